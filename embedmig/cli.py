@@ -1,0 +1,274 @@
+"""The ``embedmig`` command: parses, calls :mod:`embedmig.command`, prints.
+
+This is the one place where errors become messages: an EmbedmigError prints one line on stderr and
+exits non-zero (1, or 3 for a failed gate); ``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+import click
+
+from embedmig import command
+from embedmig.config import Config
+from embedmig.errors import EmbedmigError, GateFailed
+from embedmig.metrics.report import Report
+
+EXIT_ERROR, EXIT_GATE = 1, 3
+
+
+class State:
+    def __init__(self) -> None:
+        self.verbose = False
+        self.config_path: str | None = None
+
+    def config(self) -> Config:
+        return Config(self.config_path) if self.config_path else Config.find()
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", "config_path", help="embedmig.ini or pyproject.toml to use.")
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and debug logging.")
+@click.option("-q", "--quiet", is_flag=True, help="Only print results and errors.")
+@click.version_option(package_name="embedmig")
+@pass_state
+def cli(state: State, config_path: str | None, verbose: bool, quiet: bool) -> None:
+    """Versioned, reversible migrations of the embedding model behind a FAISS index."""
+    state.verbose = verbose
+    state.config_path = config_path
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="embedmig: %(message)s", stream=sys.stderr, force=True)
+    if not verbose:
+        for noisy in ("sentence_transformers", "transformers", "huggingface_hub", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING if not quiet else logging.ERROR)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@pass_state
+def init(state: State, directory: str) -> None:
+    """Create an environment in DIRECTORY and embedmig.ini here."""
+    ini = command.init(directory, state.config_path or "embedmig.ini")
+    click.echo(f"created {directory}/ (env.py, script.py.mako, versions/) and {ini}")
+    click.echo(
+        f"next: set `corpus` in {ini}, then `embedmig revision -m MSG --alias NAME --new MODEL`"
+    )
+
+
+@cli.command()
+@click.option("-m", "--message", required=True, help="What this revision does.")
+@click.option("--alias", required=True, help="The alias the revision migrates.")
+@click.option("--new", "new", required=True, help="Model to move to: hub name or local folder.")
+@click.option("--old", default=None, help="Model the alias is on now (default: its head's new).")
+@click.option("--rev-id", default=None, help="Revision id to use instead of a random one.")
+@click.option(
+    "--index-factory", default="Flat", show_default=True, help="faiss.index_factory string."
+)
+@pass_state
+def revision(
+    state: State,
+    message: str,
+    alias: str,
+    new: str,
+    old: str | None,
+    rev_id: str | None,
+    index_factory: str,
+) -> None:
+    """Write a new revision script for an alias."""
+    rev = command.revision(
+        state.config(),
+        message,
+        alias=alias,
+        new=new,
+        old=old,
+        rev_id=rev_id,
+        index_factory=index_factory,
+    )
+    click.echo(f"wrote {rev.path} ({rev.revision}, alias {rev.alias})")
+
+
+@cli.command()
+@click.argument("target", default="head")
+@click.option(
+    "--dry-run", is_flag=True, help="Run on a sample in throwaway indexes; change nothing."
+)
+@click.option("--sample", default=1000, show_default=True, help="Documents in a dry run's sample.")
+@click.option("--force", is_flag=True, help="Swap even if a gate fails (recorded as forced).")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    help="Write the report (.json or text).",
+)
+@pass_state
+def upgrade(
+    state: State, target: str, dry_run: bool, sample: int, force: bool, report_path: str | None
+) -> None:
+    """Migrate to TARGET (head, heads, ALIAS@head, +N, a revision)."""
+    reports = command.upgrade(
+        state.config(),
+        target,
+        dry_run=dry_run,
+        sample=sample,
+        force=force,
+        report_path=report_path,
+        on_report=_print_report,
+    )
+    if not reports:
+        click.echo(f"nothing to do: already at {target}")
+
+
+def _print_report(report: Report) -> None:
+    click.echo(report.render_text())
+
+
+@cli.command()
+@click.argument("target")
+@pass_state
+def downgrade(state: State, target: str) -> None:
+    """Roll back to TARGET (-1, ALIAS@-1, base, a revision) without re-embedding."""
+    undone = command.downgrade(state.config(), target)
+    for rev in undone:
+        click.echo(f"rolled back {rev.alias}: {rev.revision} -> {rev.down_revision or 'base'}")
+    if not undone:
+        click.echo(f"nothing to do: already at {target}")
+
+
+@cli.command()
+@pass_state
+def current(state: State) -> None:
+    """Show each alias's revision and live index."""
+    states = command.current(state.config())
+    if not states:
+        click.echo("no alias has been migrated yet")
+    for s in states:
+        head = " (head)" if s.is_head else ""
+        live = (
+            f"index #{s.live.id}, {s.live.ntotal} vectors, dim {s.live.dim}, {s.live.factory}"
+            if s.live
+            else "no live index"
+        )
+        click.echo(f"{s.alias}: {s.revision or 'base'}{head}; {live}")
+
+
+@cli.command()
+@click.option("--alias", default=None, help="Only this alias.")
+@click.option("-v", "--verbose", "detail", is_flag=True, help="Show verdicts, gates and metrics.")
+@pass_state
+def history(state: State, alias: str | None, detail: bool) -> None:
+    """Recorded upgrades, downgrades, dry runs and stamps, newest first."""
+    for event in command.history(state.config(), alias):
+        when = event.finished_at.strftime("%Y-%m-%d %H:%M:%S")
+        move = f"#{event.from_index or '-'} -> #{event.to_index or '-'}"
+        verdict = f" gates:{event.verdict}" if event.verdict else ""
+        click.echo(
+            f"{when}  {event.alias:<12} {event.action:<9} {event.revision or 'base':<14} "
+            f"{event.status:<11} {move}{verdict}  {event.user}@{event.host}"
+        )
+        if detail and event.metrics:
+            verdict_detail = event.metrics.get("verdict") or {}
+            for check in verdict_detail.get("checks", []):
+                shown = "n/a" if check["value"] is None else f"{check['value']:.4f}"
+                mark = "ok" if check["passed"] else "FAILED"
+                click.echo(
+                    f"    gate {check['bound']}_{check['metric']} {check['limit']}: {shown} {mark}"
+                )
+            for name, value in (event.metrics.get("metrics") or {}).items():
+                if value is not None:
+                    click.echo(f"    {name:<28} {value:.4f}")
+
+
+@cli.command()
+@pass_state
+def heads(state: State) -> None:
+    """Show the head revision of every alias."""
+    for rev in command.heads(state.config()):
+        click.echo(
+            f"{rev.revision} ({rev.alias}) (head)  {rev.message.splitlines()[0] if rev.message else ''}"
+        )
+
+
+@cli.command()
+@click.argument("rev")
+@pass_state
+def show(state: State, rev: str) -> None:
+    """Show a revision script and its recorded history."""
+    script, events = command.show(state.config(), rev)
+    click.echo(f"Rev: {script.revision}")
+    click.echo(f"Parent: {script.down_revision or '<base>'}")
+    click.echo(f"Alias: {script.alias}")
+    click.echo(f"Old: {script.old.describe() if script.old else '(none: first index)'}")
+    click.echo(f"New: {script.new.describe()}")
+    click.echo(f"Gates: {script.gates!r}")
+    click.echo(f"Index factory: {script.index_factory}")
+    click.echo(f"Path: {script.path}")
+    click.echo("")
+    click.echo("    " + script.message.replace("\n", "\n    "))
+    for event in events:
+        click.echo(f"  {event.finished_at:%Y-%m-%d %H:%M:%S} {event.action} {event.status}")
+
+
+@cli.command()
+@click.argument("target")
+@pass_state
+def stamp(state: State, target: str) -> None:
+    """Record TARGET as an alias's revision without running migrations."""
+    for alias, rev in command.stamp(state.config(), target):
+        click.echo(f"stamped {alias} at {rev or 'base'}")
+
+
+@cli.command()
+@click.argument("alias")
+@click.argument("query")
+@click.option("-k", default=10, show_default=True, help="Number of hits.")
+@pass_state
+def search(state: State, alias: str, query: str, k: int) -> None:
+    """Search ALIAS's live index; one tab-separated line per hit: rank, key, score, text."""
+    for hit in command.search(state.config(), alias, query, k):
+        snippet = " ".join(hit.snippet.split())[:80]
+        click.echo(f"{hit.rank}\t{hit.key}\t{hit.score:.4f}\t{snippet}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: the one error boundary."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    state = State()
+    try:
+        cli.main(args=list(argv) if argv is not None else None, obj=state, standalone_mode=False)
+    except GateFailed as exc:
+        return _fail(state, exc, EXIT_GATE)
+    except EmbedmigError as exc:
+        return _fail(state, exc, EXIT_ERROR)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return int(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return EXIT_ERROR
+    except OSError as exc:
+        return _fail(state, exc, EXIT_ERROR)
+    return 0
+
+
+def _fail(state: State, exc: BaseException, code: int) -> int:
+    if state.verbose:
+        traceback.print_exception(exc)
+    message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    click.echo(f"embedmig: error: {message}", err=True)
+    return code
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The operations of embedmig, one function per CLI command, usable from Python.
+
+Each takes a :class:`~embedmig.config.Config` (except ``init``, which makes one) and returns data;
+printing is the CLI's business. Errors are :mod:`embedmig.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from embedmig.config import Config
+from embedmig.errors import ConfigError, ScriptError
+from embedmig.metrics.report import Report
+from embedmig.runtime import runner
+from embedmig.runtime.environment import Environment
+from embedmig.runtime.searcher import Hit, Searcher
+from embedmig.script import Revision
+from embedmig.store import catalog
+
+TEMPLATE = Path(__file__).parent / "migrations_template"
+_INI_TEMPLATE = "embedmig.ini.tmpl"
+
+
+@dataclass(frozen=True)
+class AliasState:
+    alias: str
+    revision: str | None
+    live: catalog.IndexRecord | None
+    is_head: bool
+
+
+@contextmanager
+def _opened(config: Config) -> Iterator[Environment]:
+    env = Environment(config)
+    try:
+        yield env
+    finally:
+        env.dispose()
+
+
+def init(directory: str | Path, config_path: str | Path = "embedmig.ini") -> Path:
+    """Create an environment in ``directory`` and ``embedmig.ini`` next to it; overwrite nothing."""
+    directory, ini = Path(directory), Path(config_path)
+    if ini.exists():
+        raise ConfigError(f"{ini} already exists; refusing to overwrite it")
+    if directory.exists() and any(directory.iterdir()):
+        raise ConfigError(f"{directory} exists and is not empty; refusing to overwrite it")
+    ignore = shutil.ignore_patterns(_INI_TEMPLATE, "__pycache__")
+    shutil.copytree(TEMPLATE, directory, ignore=ignore, dirs_exist_ok=True)
+    try:
+        location = directory.resolve().relative_to(ini.resolve().parent)
+    except ValueError:
+        location = directory.resolve()
+    text = (TEMPLATE / _INI_TEMPLATE).read_text(encoding="utf-8")
+    ini.write_text(text.replace("{script_location}", location.as_posix()), encoding="utf-8")
+    return ini
+
+
+def revision(
+    config: Config,
+    message: str,
+    *,
+    alias: str,
+    new: str,
+    old: str | None = None,
+    rev_id: str | None = None,
+    index_factory: str = "Flat",
+) -> Revision:
+    """Write a revision script moving ``alias`` to ``new`` on top of the alias's current head."""
+    scripts = Environment(config).scripts
+    return scripts.generate(
+        rev_id=rev_id or uuid.uuid4().hex[-12:],
+        message=message,
+        alias=alias,
+        old=old,
+        new=new,
+        index_factory=index_factory,
+    )
+
+
+def upgrade(
+    config: Config,
+    target: str = "head",
+    *,
+    dry_run: bool = False,
+    sample: int = 1000,
+    force: bool = False,
+    report_path: str | Path | None = None,
+    on_report: Callable[[Report], None] | None = None,
+) -> list[Report]:
+    """Migrate to ``target``: backfill, evaluate, gate and swap each revision on the way.
+
+    With ``dry_run`` every revision runs on a seeded sample in throwaway indexes and nothing but a
+    history row changes. ``report_path`` receives the last report (``.json``: JSON, else text).
+    """
+    if sample < 1:
+        raise ConfigError("--sample must be at least 1")
+    written: list[Report] = []
+
+    def keep(report: Report) -> None:
+        written.append(report)
+        if report_path is not None:
+            write_report(report, Path(report_path))
+        if on_report is not None:
+            on_report(report)
+
+    with _opened(config) as env:
+        return runner.upgrade(
+            env, target, dry_run=dry_run, sample=sample, force=force, on_report=keep
+        )
+
+
+def downgrade(config: Config, target: str) -> list[Revision]:
+    """Roll back to ``target`` (``-1``, ``ALIAS@-1``, ``base``, a revision); no re-embedding."""
+    with _opened(config) as env:
+        return runner.downgrade(env, target)
+
+
+def current(config: Config) -> list[AliasState]:
+    """Every alias with a revision or a live index: where it is and what it serves."""
+    with _opened(config) as env, env.engine.connect() as conn:
+        versions = catalog.versions(conn)
+        aliases = sorted(set(versions) | {r.alias for r in catalog.indexes(conn)})
+        states = []
+        for alias in aliases:
+            rev = versions.get(alias)
+            head = env.scripts.alias_head(alias)
+            states.append(
+                AliasState(
+                    alias=alias,
+                    revision=rev,
+                    live=catalog.live_index(conn, alias),
+                    is_head=head is not None and head.revision == rev,
+                )
+            )
+        return states
+
+
+def history(config: Config, alias: str | None = None) -> list[catalog.HistoryRecord]:
+    """Recorded upgrades, downgrades, dry runs and stamps, newest first."""
+    with _opened(config) as env, env.engine.connect() as conn:
+        return catalog.history(conn, alias)
+
+
+def heads(config: Config) -> list[Revision]:
+    return Environment(config).scripts.heads()
+
+
+def revisions(config: Config) -> list[Revision]:
+    """Every revision script, newest first."""
+    return Environment(config).scripts.all()
+
+
+def show(config: Config, rev: str) -> tuple[Revision, list[catalog.HistoryRecord]]:
+    """A revision script and what history recorded for it."""
+    with _opened(config) as env:
+        found = env.scripts.resolve(rev)
+        if len(found) != 1:
+            raise ScriptError(f"{rev!r} names {len(found)} revisions; name one")
+        with env.engine.connect() as conn:
+            return found[0], catalog.history(conn, found[0].alias, found[0].revision)
+
+
+def stamp(config: Config, target: str) -> list[tuple[str, str | None]]:
+    """Set aliases' recorded revision without running anything; live indexes are untouched.
+
+    ``target`` is a revision (or ``heads``, ``ALIAS@head``), ``base`` or ``ALIAS@base``.
+    """
+    with _opened(config) as env:
+        if target == "base" or target.endswith("@base"):
+            alias = target.partition("@")[0] if "@" in target else None
+            with env.engine.connect() as conn:
+                known = catalog.versions(conn)
+            if alias is not None and alias not in known:
+                raise ScriptError(f"alias {alias!r} has no recorded revision")
+            changes: list[tuple[str, str | None]] = [
+                (a, None) for a in sorted(known) if alias is None or a == alias
+            ]
+        else:
+            changes = [(rev.alias, rev.revision) for rev in env.scripts.resolve(target)]
+            if not changes:
+                raise ScriptError(f"{target!r} names no revision")
+        started = catalog.now()
+        with env.engine.begin() as conn:
+            for alias_name, rev_id in changes:
+                catalog.set_version(conn, alias_name, rev_id)
+                catalog.record(
+                    conn,
+                    alias=alias_name,
+                    revision=rev_id,
+                    action="stamp",
+                    status="ok",
+                    started_at=started,
+                )
+        return changes
+
+
+def search(config: Config, alias: str, query: str, k: int = 10) -> list[Hit]:
+    """Top-``k`` documents of ``alias``'s live index for ``query``."""
+    with _opened(config) as env:
+        return Searcher(env, alias).search(query, k)
+
+
+def write_report(report: Report, path: Path) -> None:
+    text = report.to_json() if path.suffix.lower() == ".json" else report.render_text()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write report {path}: {exc.strerror}") from None

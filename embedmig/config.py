@@ -1,0 +1,175 @@
+"""Configuration: ``embedmig.ini`` (section ``[embedmig]``) or ``[tool.embedmig]`` in pyproject.toml.
+
+Relative paths in the configuration are resolved against the folder of the file that holds it, as
+alembic does for ``script_location``, so commands work from any working directory.
+"""
+
+from __future__ import annotations
+
+import configparser
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+from embedmig.errors import ConfigError
+
+SECTION = "embedmig"
+
+DEFAULTS: Mapping[str, str] = {
+    "script_location": "migrations",
+    "sqlalchemy.url": "sqlite:///embedmig.db",
+    "index_dir": "indexes",
+    "batch_size": "256",
+    "eval.sample": "500",
+    "eval.k": "10",
+    "eval.seed": "0",
+    "corpus.id_field": "id",
+    "corpus.text_field": "text",
+    "queries.id_field": "_id",
+    "queries.text_field": "text",
+}
+
+
+class Config:
+    """Options of one embedmig project.
+
+    ``Config("embedmig.ini")`` or ``Config("pyproject.toml")`` read a file; ``options`` override or
+    replace it (``Config(options={...}, root=...)`` needs no file at all, handy in pipelines).
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = "embedmig.ini",
+        *,
+        options: Mapping[str, object] | None = None,
+        root: str | Path | None = None,
+    ) -> None:
+        self.path = Path(path).resolve() if path is not None else None
+        file_options = _read(self.path) if self.path is not None else {}
+        merged = {**DEFAULTS, **file_options}
+        merged.update({k: str(v) for k, v in (options or {}).items()})
+        self.options: dict[str, str] = merged
+        if root is not None:
+            self.root = Path(root).resolve()
+        elif self.path is not None:
+            self.root = self.path.parent
+        else:
+            self.root = Path.cwd()
+
+    @classmethod
+    def find(cls, start: str | Path | None = None) -> Config:
+        """The configuration in ``start`` (default: the working directory)."""
+        folder = Path(start or Path.cwd())
+        ini = folder / "embedmig.ini"
+        if ini.exists():
+            return cls(ini)
+        pyproject = folder / "pyproject.toml"
+        if pyproject.exists() and _pyproject_section(pyproject) is not None:
+            return cls(pyproject)
+        raise ConfigError(
+            f"no embedmig.ini or [tool.embedmig] in pyproject.toml in {folder}; "
+            "run `embedmig init DIR` first or pass --config"
+        )
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        value = self.options.get(key)
+        if value is None or value.strip() == "":
+            return default
+        return value.strip()
+
+    def require(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            where = self.path or "the options"
+            raise ConfigError(f"option {key!r} is not set in {where}")
+        return value
+
+    def get_int(self, key: str, *, minimum: int = 1) -> int:
+        raw = self.require(key)
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"option {key!r} must be an integer, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"option {key!r} must be at least {minimum}, got {value}")
+        return value
+
+    def get_bool(self, key: str, default: bool = False) -> bool:
+        raw = self.get(key)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"option {key!r} must be true or false, got {raw!r}")
+
+    def path_option(self, key: str) -> Path | None:
+        value = self.get(key)
+        return self.resolve(value) if value is not None else None
+
+    def resolve(self, value: str | Path) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def script_location(self) -> Path:
+        return self.resolve(self.require("script_location"))
+
+    @property
+    def index_dir(self) -> Path:
+        return self.resolve(self.require("index_dir"))
+
+    @property
+    def url(self) -> str:
+        url = self.require("sqlalchemy.url")
+        # A relative SQLite file belongs next to the config file, not to the working directory.
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            rest = url[len(prefix) :]
+            if rest and not rest.startswith(":memory:"):
+                return prefix + str(self.resolve(rest))
+        return url
+
+    def __repr__(self) -> str:
+        return f"Config({str(self.path) if self.path else None!r}, root={str(self.root)!r})"
+
+
+def _read(path: Path) -> dict[str, str]:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.name == "pyproject.toml":
+        section = _pyproject_section(path)
+        if section is None:
+            raise ConfigError(f"{path} has no [tool.embedmig] table")
+        return section
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse {path}: {exc}") from None
+    if not parser.has_section(SECTION):
+        raise ConfigError(f"{path} has no [{SECTION}] section")
+    return dict(parser.items(SECTION))
+
+
+def _pyproject_section(path: Path) -> dict[str, str] | None:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse {path}: {exc}") from None
+    table = data.get("tool", {}).get(SECTION)
+    if table is None:
+        return None
+    return {k: str(v) for k, v in _flatten(table).items()}
+
+
+def _flatten(table: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    """``[tool.embedmig.corpus] id_field = "x"`` becomes ``corpus.id_field``, as in the ini form."""
+    flat: dict[str, object] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,80 @@
+"""Opening the history database, and keeping its schema at this embedmig's version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext as AlembicMigrationContext
+from alembic.script import ScriptDirectory
+
+from embedmig.errors import HistoryError
+
+# Not alembic_version: the user's own alembic migrations may share this database.
+VERSION_TABLE = "embedmig_schema_version"
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def connect(url: str) -> sa.Engine:
+    """An engine on ``url`` whose schema is current; created or upgraded on first use."""
+    try:
+        engine = sa.create_engine(url, **_engine_options(url))
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise HistoryError(f"invalid history database URL {_safe(url)}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        _ensure_schema(engine)
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+        raise HistoryError(f"cannot open history database {_safe(url)}: {reason}") from None
+    return engine
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        # Writers, searchers and the runner share the file; wait for a lock instead of failing.
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_pre_ping": True}
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _ensure_schema(engine: sa.Engine) -> None:
+    script = ScriptDirectory(str(_MIGRATIONS))
+    known = set(script.get_heads())
+    with engine.connect() as conn:
+        current = set(
+            AlembicMigrationContext.configure(
+                conn, opts={"version_table": VERSION_TABLE}
+            ).get_current_heads()
+        )
+    if current == known:
+        return
+    unknown = [rev for rev in current if rev not in {s.revision for s in script.walk_revisions()}]
+    if unknown:
+        raise HistoryError(
+            f"history schema {', '.join(unknown)} is newer than this embedmig knows; "
+            "upgrade embedmig to use this database"
+        )
+    with engine.begin() as conn:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        alembic_command.upgrade(cfg, "heads")
+
+
+def _safe(url: str) -> str:
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(unparseable URL)"

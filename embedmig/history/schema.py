@@ -1,0 +1,85 @@
+"""embedmig's own tables (SQLAlchemy Core). Changes ship as alembic migrations in ``migrations/``."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# alias -> revision it is at; the alias's live index is the one row of `index` in state "live".
+version = sa.Table(
+    "embedmig_version",
+    metadata,
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("revision", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+index = sa.Table(
+    "embedmig_index",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("revision", sa.String(64), nullable=False),
+    sa.Column("path", sa.String(1024), nullable=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("metric", sa.String(16), nullable=False),
+    sa.Column("factory", sa.String(255), nullable=False),
+    sa.Column("ntotal", sa.BigInteger, nullable=False, default=0),
+    sa.Column("sha256", sa.String(64), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_embedmig_index_alias_state", "alias", "state"),
+    # At most one live index per alias, enforced by the database rather than by care.
+    sa.Index(
+        "uq_embedmig_index_live",
+        "alias",
+        unique=True,
+        sqlite_where=sa.text("state = 'live'"),
+        postgresql_where=sa.text("state = 'live'"),
+    ),
+)
+
+history = sa.Table(
+    "embedmig_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("revision", sa.String(64), nullable=True),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("from_index", sa.Integer, nullable=True),
+    sa.Column("to_index", sa.Integer, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=True),
+    sa.Column("forced", sa.Boolean, nullable=False, default=False),
+    sa.Column("metrics", sa.Text, nullable=True),
+    sa.Column("message", sa.Text, nullable=True),
+    sa.Column("user", sa.String(255), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_embedmig_history_alias", "alias"),
+)
+
+# Stable int64 ids for string keys, shared by every index of an alias so results compare by id.
+doc = sa.Table(
+    "embedmig_doc",
+    metadata,
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("key", sa.String(512), nullable=False),
+    sa.Column("snippet", sa.Text, nullable=False, default=""),
+    sa.UniqueConstraint("alias", "key", name="uq_embedmig_doc_key"),
+)
+
+checkpoint = sa.Table(
+    "embedmig_checkpoint",
+    metadata,
+    sa.Column("index_id", sa.Integer, sa.ForeignKey("embedmig_index.id"), primary_key=True),
+    sa.Column("docs_consumed", sa.BigInteger, nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,1 @@
+"""Metrics of a migration: pure kernels (``kernels``) and the report built from them (``report``)."""

@@ -1,0 +1,34 @@
+"""${message}
+
+Revision ID: ${up_revision}
+Revises: ${down_revision | comma,n}
+Create Date: ${create_date}
+"""
+
+from embedmig import Embedder, Gates
+
+revision = ${repr(up_revision)}
+down_revision = ${repr(down_revision)}
+branch_labels = ${repr(branch_labels)}
+alias = ${repr(alias)}
+
+old = ${"Embedder(%r)" % old if old else "None"}
+new = Embedder(${repr(new)})
+% if old:
+# Every gate is min_<metric> or max_<metric>; metric names: embedmig.gates.METRICS.
+gates = Gates(min_overlap_at_10=0.5, max_score_shift=0.2)
+% else:
+# The alias's first index: nothing to compare with, so no gates by default.
+gates = Gates()
+% endif
+index_factory = ${repr(index_factory)}  # any faiss.index_factory string: "HNSW32", "IVF1024,PQ48", ...
+
+
+def upgrade(ctx):
+    ctx.backfill()  # shadow index with `new`; resumes after a kill
+    ctx.evaluate()  # old vs new on the query sample; raises GateFailed when a gate fails
+    ctx.swap()  # atomic alias swap, recorded in history
+
+
+def downgrade(ctx):
+    ctx.rollback()  # alias back to the index live before this revision; no re-embedding

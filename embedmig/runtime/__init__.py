@@ -1,0 +1,1 @@
+"""Running migrations (context, backfill, evaluation) and reading live indexes (searcher)."""

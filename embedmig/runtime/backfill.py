@@ -1,0 +1,217 @@
+"""Backfill: stream the corpus through the new embedder into a shadow index, resumably."""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from embedmig.embedders import LoadedEmbedder
+from embedmig.errors import SourceError, StoreError
+from embedmig.runtime.environment import Environment
+from embedmig.script import Revision
+from embedmig.sources import Document
+from embedmig.store import catalog, files
+
+log = logging.getLogger("embedmig")
+
+
+class Sampler:
+    """A seeded sample of documents that does not depend on corpus order or on resuming.
+
+    Keeps the ``size`` keys with the smallest seeded hash (a bottom-k sketch); a later document
+    with a sampled key replaces the earlier one, as it does in the index.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self._salt = str(seed).encode() + b"\0"
+        self._heap: list[tuple[int, str]] = []  # (-hash, key): the root is the largest hash kept
+        self._docs: dict[str, Document] = {}
+
+    def offer(self, doc: Document) -> None:
+        if doc.key in self._docs:
+            self._docs[doc.key] = doc
+            return
+        h = int.from_bytes(hashlib.blake2b(self._salt + doc.key.encode(), digest_size=8).digest())
+        if len(self._heap) < self.size:
+            heapq.heappush(self._heap, (-h, doc.key))
+            self._docs[doc.key] = doc
+        elif self._heap and h < -self._heap[0][0]:
+            _, dropped = heapq.heapreplace(self._heap, (-h, doc.key))
+            del self._docs[dropped]
+            self._docs[doc.key] = doc
+
+    def documents(self) -> list[Document]:
+        """The sample, smallest hash first: any prefix is itself a seeded sample."""
+        return [self._docs[key] for _, key in sorted(self._heap, reverse=True)]
+
+
+@dataclass
+class CorpusStats:
+    documents: int = 0
+    skipped_empty: int = 0
+    duplicates: int = 0
+    truncated: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Shadow:
+    record: catalog.IndexRecord
+    index: Any
+    sample: list[Document]
+    stats: CorpusStats
+
+
+def batches(
+    docs: Iterable[Document], size: int, stats: CorpusStats, sampler: Sampler, skip: int
+) -> Iterator[tuple[int, list[Document]]]:
+    """Batches of non-empty documents after the first ``skip``, with the count consumed so far.
+
+    Skipped documents still reach the sampler, so a resumed run samples the same queries.
+    """
+    batch: list[Document] = []
+    consumed = 0
+    for doc in docs:
+        consumed += 1
+        sampler.offer(doc)
+        if consumed <= skip:
+            continue
+        if not doc.text.strip():
+            stats.skipped_empty += 1
+            continue
+        batch.append(doc)
+        if len(batch) >= size:
+            yield consumed, batch
+            batch = []
+    stats.documents = consumed
+    if batch:
+        yield consumed, batch
+
+
+def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_size: int) -> Shadow:
+    """Build (or resume building) the shadow index of ``rev`` and mark it ready."""
+    engine = env.engine
+    with engine.begin() as conn:
+        index_id, skip, rows = _start(conn, env, rev, embedder)
+    path = env.index_path(rev.alias, index_id, rev.revision)
+    spool = files.Spool(path, embedder.dim)
+    spool.truncate(rows)
+    if skip:
+        log.info("resuming backfill of %s at document %d (%d vectors kept)", rev.alias, skip, rows)
+    stats = CorpusStats()
+    sampler = Sampler(sample_size, env.config.get_int("eval.seed", minimum=0))
+    seen_max_len = embedder.max_seq_length
+    started, last_log = time.monotonic(), time.monotonic()
+    for consumed, batch in batches(env.corpus(rev.alias), env.batch_size, stats, sampler, skip):
+        texts = [doc.text for doc in batch]
+        if seen_max_len is not None:
+            stats.truncated += _count_truncated(embedder, texts, seen_max_len)
+        vectors = embedder.encode_documents(texts, env.batch_size)
+        with engine.begin() as conn:
+            ids = catalog.assign_ids(conn, rev.alias, [doc.key for doc in batch], texts)
+            spool.append(ids, vectors)
+            rows += len(batch)
+            catalog.save_checkpoint(conn, index_id, consumed, rows)
+        if time.monotonic() - last_log > 10:
+            last_log = time.monotonic()
+            rate = (rows) / max(1e-9, last_log - started)
+            log.info("backfill %s: %d documents embedded (%.0f/s)", rev.alias, rows, rate)
+    if rows == 0:
+        _abandon(env, index_id, spool)
+        raise SourceError(f"the corpus of alias {rev.alias!r} has no non-empty documents")
+    index = spool.build(rev.index_factory, seed=env.config.get_int("eval.seed", minimum=0))
+    stats.duplicates = rows - int(index.ntotal)
+    sha256 = files.save(index, path)
+    with engine.begin() as conn:
+        catalog.update_index(
+            conn,
+            index_id,
+            state=catalog.READY,
+            path=str(path),
+            ntotal=int(index.ntotal),
+            sha256=sha256,
+        )
+        catalog.clear_checkpoint(conn, index_id)
+    spool.remove()
+    if stats.duplicates:
+        stats.notes.append(
+            f"{stats.duplicates} repeated document key(s): the last text of each won"
+        )
+    if stats.skipped_empty:
+        stats.notes.append(f"{stats.skipped_empty} empty document(s) skipped")
+    if stats.truncated:
+        stats.notes.append(
+            f"{stats.truncated} document(s) longer than the model's {seen_max_len} tokens were truncated"
+        )
+    log.info("backfill %s: %d vectors in index #%d", rev.alias, index.ntotal, index_id)
+    return Shadow(_get(env, index_id), index, sampler.documents(), stats)
+
+
+def _start(
+    conn: Any, env: Environment, rev: Revision, embedder: LoadedEmbedder
+) -> tuple[int, int, int]:
+    """Resume a killed build of this revision with this model, or register a new shadow."""
+    building = catalog.find_index(conn, rev.alias, rev.revision, [catalog.BUILDING])
+    if building is not None and building.fingerprint == embedder.fingerprint:
+        skip, rows = catalog.checkpoint(conn, building.id)
+        return building.id, skip, rows
+    # An unswapped shadow of an earlier run may be stale (the corpus moved on): rebuild it.
+    for old in catalog.indexes(conn, rev.alias):
+        if old.revision == rev.revision and old.state in (catalog.BUILDING, catalog.READY):
+            catalog.update_index(conn, old.id, state=catalog.DROPPED)
+            catalog.clear_checkpoint(conn, old.id)
+            _remove_files(env, old)
+    index_id = catalog.register_index(
+        conn,
+        alias=rev.alias,
+        revision=rev.revision,
+        fingerprint=embedder.fingerprint,
+        model=embedder.spec_json,
+        dim=embedder.dim,
+        factory=rev.index_factory,
+        metric=files.METRIC,
+    )
+    # Fail now, not after hours of encoding, if the factory string is not valid for this model.
+    files.new_index(embedder.dim, rev.index_factory)
+    env.config.index_dir.mkdir(parents=True, exist_ok=True)
+    return index_id, 0, 0
+
+
+def _get(env: Environment, index_id: int) -> catalog.IndexRecord:
+    with env.engine.connect() as conn:
+        return catalog.get_index(conn, index_id)
+
+
+def _abandon(env: Environment, index_id: int, spool: files.Spool) -> None:
+    with env.engine.begin() as conn:
+        catalog.clear_checkpoint(conn, index_id)
+        catalog.delete_index(conn, index_id)
+    spool.remove()
+
+
+def _remove_files(env: Environment, record: catalog.IndexRecord) -> None:
+    path = env.index_path(record.alias, record.id, record.revision)
+    files.Spool(path, record.dim).remove()
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot remove {path}: {exc.strerror}") from None
+
+
+def _count_truncated(embedder: LoadedEmbedder, texts: list[str], max_len: int) -> int:
+    tokenizer = getattr(embedder.model, "tokenizer", None)
+    if tokenizer is None or not callable(tokenizer):
+        return 0
+    try:
+        encoded = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+    except Exception:  # static and custom tokenizers differ; counting is a courtesy, not a must
+        return 0
+    return int(np.count_nonzero(np.fromiter(map(len, encoded), dtype=np.int64) > max_len))

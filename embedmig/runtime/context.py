@@ -1,0 +1,378 @@
+"""MigrationContext: what a revision's ``upgrade(ctx)`` / ``downgrade(ctx)`` operate on."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedmig.config import Config
+from embedmig.embedders import Embedder, LoadedEmbedder
+from embedmig.errors import GateFailed, SourceError, StateError, StoreError
+from embedmig.gates import Gates
+from embedmig.metrics.report import Report
+from embedmig.runtime import evaluate as ev
+from embedmig.runtime.backfill import Sampler, Shadow, backfill
+from embedmig.runtime.environment import Environment
+from embedmig.script import Revision
+from embedmig.sources import Document
+from embedmig.store import catalog, files
+
+log = logging.getLogger("embedmig")
+
+
+@dataclass(frozen=True)
+class DryRunIndexes:
+    """Throwaway in-memory indexes of a sample, for both models, with sample-local ids."""
+
+    new: Any
+    old: Any | None
+    old_embedder: LoadedEmbedder | None
+    ids: dict[str, int]
+    queries: ev.QuerySet
+    notes: list[str]
+
+
+class MigrationContext:
+    """One revision being applied or undone, with explicit access to everything it needs."""
+
+    def __init__(
+        self,
+        env: Environment,
+        revision: Revision,
+        *,
+        dry_run: bool = False,
+        sample: int = 1000,
+        force: bool = False,
+    ) -> None:
+        self.env = env
+        self.revision = revision
+        self.dry_run = dry_run
+        self.sample = sample
+        self.force = force
+        self.report: Report | None = None
+        self.swapped = False
+        self.rolled_back = False
+        self._started = catalog.now()
+        self._new: LoadedEmbedder | None = None
+        self._shadow: Shadow | None = None
+        self._dry: DryRunIndexes | None = None
+        self._live_at_start: catalog.IndexRecord | None = None
+
+    @property
+    def alias(self) -> str:
+        return self.revision.alias
+
+    @property
+    def old(self) -> Embedder | None:
+        return self.revision.old
+
+    @property
+    def new(self) -> Embedder:
+        return self.revision.new
+
+    @property
+    def gates(self) -> Gates:
+        return self.revision.gates
+
+    @property
+    def config(self) -> Config:
+        return self.env.config
+
+    @property
+    def k(self) -> int:
+        return self.config.get_int("eval.k")
+
+    # ---- upgrade steps -----------------------------------------------------------------------
+
+    def backfill(self) -> None:
+        """Embed the corpus (or, in a dry run, a sample) with the new model into a shadow index."""
+        with self.env.engine.connect() as conn:
+            self._live_at_start = catalog.live_index(conn, self.alias)
+        self._new = self.env.load_embedder(self.new)
+        if self._live_at_start is not None and self._live_at_start.dim != self._new.dim:
+            # A change of dimension is fine (a new index); it is said so the report shows it.
+            log.info("dimension changes from %d to %d", self._live_at_start.dim, self._new.dim)
+        if self.dry_run:
+            self._dry = self._dry_backfill(self._new)
+        else:
+            sample_size = self.config.get_int("eval.sample")
+            self._shadow = backfill(self.env, self.revision, self._new, sample_size)
+
+    def evaluate(self) -> Report:
+        """Compare old and new on the query sample, check the gates, keep the report.
+
+        Raises GateFailed (after recording the verdict) when a gate fails and force is off.
+        """
+        if self._new is None:
+            raise StateError("ctx.evaluate() needs ctx.backfill() first")
+        report = self._dry_evaluate() if self._dry else self._evaluate_shadow()
+        report.verdict = self.gates.check(report.metrics, forced=self.force)
+        self.report = report
+        if not report.verdict.passed and not self.force:
+            failures = "; ".join(c.describe() for c in report.verdict.failures())
+            self._record_failed_gate(report)
+            where = (
+                "" if self.dry_run else f"; shadow index #{self._shadow_id()} kept for inspection"
+            )
+            raise GateFailed(
+                f"gate failed for {self.alias} @ {self.revision.revision}: {failures}{where}"
+                " (alias unchanged; --force overrides)",
+                report,
+            )
+        return report
+
+    def swap(self) -> None:
+        """Point the alias at the shadow index, atomically, and record it."""
+        if self.report is None:
+            self.evaluate()
+        assert self.report is not None and self.report.verdict is not None
+        verdict = self.report.verdict
+        if self.dry_run:
+            with self.env.engine.begin() as conn:
+                self._record(conn, "dry-run", "ok", verdict=verdict.label, metrics=self._metrics())
+            self.swapped = True
+            return
+        shadow = self._shadow
+        assert shadow is not None
+        if shadow.record.path is None or not _exists(shadow.record.path):
+            raise StoreError(f"shadow index file {shadow.record.path} is missing; refusing to swap")
+        with self.env.engine.begin() as conn:
+            live = catalog.live_index(conn, self.alias)
+            expected = self._live_at_start.id if self._live_at_start else None
+            if (live.id if live else None) != expected:
+                raise StateError(
+                    f"the live index of {self.alias} changed during this migration "
+                    f"(now #{live.id if live else None}); re-run the upgrade"
+                )
+            catalog.point_alias(conn, self.alias, self.revision.revision, shadow.record.id)
+            self._record(
+                conn,
+                "upgrade",
+                "forced" if not verdict.passed else "ok",
+                from_index=expected,
+                to_index=shadow.record.id,
+                verdict=verdict.label,
+                forced=not verdict.passed,
+                metrics=self._metrics(),
+            )
+        self.swapped = True
+        self._shadow = None  # the index is saved; release its memory
+        log.info(
+            "swapped %s to index #%d (%s)", self.alias, shadow.record.id, self.revision.revision
+        )
+
+    # ---- downgrade ---------------------------------------------------------------------------
+
+    def rollback(self) -> None:
+        """Point the alias back at the index that was live before this revision; no re-embedding."""
+        rev = self.revision
+        with self.env.engine.begin() as conn:
+            live = catalog.live_index(conn, self.alias)
+            if live is None or live.revision != rev.revision:
+                raise StateError(
+                    f"alias {self.alias} is not live on an index of revision {rev.revision}; "
+                    "nothing to roll back"
+                )
+            previous: catalog.IndexRecord | None = None
+            if rev.down_revision is not None:
+                previous = self._previous_index(conn, live)
+                if previous.path is None or not _exists(previous.path):
+                    raise StoreError(
+                        f"index #{previous.id} of {rev.down_revision} has no file at {previous.path}"
+                    )
+            catalog.point_alias(
+                conn, self.alias, rev.down_revision, previous.id if previous else None
+            )
+            self._record(
+                conn,
+                "downgrade",
+                "ok",
+                from_index=live.id,
+                to_index=previous.id if previous else None,
+            )
+        self.rolled_back = True
+
+    def _previous_index(self, conn: Any, live: catalog.IndexRecord) -> catalog.IndexRecord:
+        rev = self.revision
+        for event in catalog.history(conn, self.alias, rev.revision):
+            if event.action == "upgrade" and event.to_index == live.id and event.from_index:
+                previous = catalog.get_index(conn, event.from_index)
+                break
+        else:
+            found = catalog.find_index(conn, self.alias, str(rev.down_revision), [catalog.RETIRED])
+            if found is None:
+                raise StateError(f"no retained index of {rev.down_revision} to roll back to")
+            previous = found
+        if previous.state != catalog.RETIRED:
+            raise StateError(
+                f"index #{previous.id} of {previous.revision} is {previous.state}, not retired; "
+                "it cannot be restored without re-embedding"
+            )
+        return previous
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _shadow_id(self) -> int | None:
+        return self._shadow.record.id if self._shadow else None
+
+    def _metrics(self) -> dict[str, Any] | None:
+        return self.report.to_dict() if self.report else None
+
+    def _record(self, conn: Any, action: str, status: str, **values: Any) -> None:
+        catalog.record(
+            conn,
+            alias=self.alias,
+            revision=self.revision.revision,
+            action=action,
+            status=status,
+            started_at=self._started,
+            **values,
+        )
+
+    def _record_failed_gate(self, report: Report) -> None:
+        with self.env.engine.begin() as conn:
+            self._record(
+                conn,
+                "dry-run" if self.dry_run else "upgrade",
+                "gate-failed",
+                from_index=self._live_at_start.id if self._live_at_start else None,
+                to_index=self._shadow_id(),
+                verdict="fail",
+                metrics=report.to_dict(),
+            )
+
+    def _sample_queries(
+        self, corpus_sample: list[Document], ids_of: Mapping[str, int]
+    ) -> ev.QuerySet:
+        """Configured queries (judged ones, when there are qrels) or a sample of the documents."""
+        size = self.config.get_int("eval.sample")
+        seed = self.config.get_int("eval.seed", minimum=0)
+        source = self.env.queries(self.alias)
+        if source is None:
+            docs = [d for d in corpus_sample if d.key in ids_of][:size]
+            self_ids = np.array([ids_of[d.key] for d in docs], dtype=np.int64)
+            return ev.QuerySet(docs, "sampled corpus documents", self_ids=self_ids)
+        qrels = self.env.qrels(self.alias)
+        sampler = Sampler(size, seed)
+        for doc in source:
+            if qrels is None or doc.key in qrels:
+                sampler.offer(doc)
+        docs = sampler.documents()
+        relevance = None
+        if qrels is not None:
+            relevance = {
+                row: {ids_of[key]: grade for key, grade in qrels[doc.key].items() if key in ids_of}
+                for row, doc in enumerate(docs)
+            }
+        return ev.QuerySet(
+            docs, "queries file" + (" with qrels" if qrels else ""), relevance=relevance
+        )
+
+    def _evaluate_shadow(self) -> Report:
+        shadow, new = self._shadow, self._new
+        assert shadow is not None and new is not None
+        with self.env.engine.connect() as conn:
+            candidate_keys = {d.key for d in shadow.sample}
+            qrels = self.env.qrels(self.alias)
+            if qrels is not None:
+                candidate_keys |= {key for judged in qrels.values() for key in judged}
+            ids_of = catalog.lookup_ids(conn, self.alias, candidate_keys)
+        queries = self._sample_queries(shadow.sample, ids_of)
+        old_side = None
+        live = self._live_at_start
+        if live is not None and self.old is not None:
+            if live.path is None:
+                raise StoreError(f"live index #{live.id} of {self.alias} has no file")
+            old_side = ev.Side(
+                self.env.load_embedder(self.old), files.load(Path(live.path), live.sha256)
+            )
+
+        def keys_of(ids: set[int]) -> dict[int, str]:
+            with self.env.engine.connect() as conn:
+                described = catalog.describe_ids(conn, self.alias, ids)
+            return {i: key for i, (key, _) in described.items()}
+
+        return ev.run(
+            alias=self.alias,
+            revision=self.revision.revision,
+            dry_run=False,
+            old=old_side,
+            new=ev.Side(new, shadow.index),
+            queries=queries,
+            k=self.k,
+            batch_size=self.env.batch_size,
+            keys_of=keys_of,
+            notes=shadow.stats.notes,
+        )
+
+    def _dry_backfill(self, new: LoadedEmbedder) -> DryRunIndexes:
+        seed = self.config.get_int("eval.seed", minimum=0)
+        sampler = Sampler(self.sample, seed)
+        qrels = self.env.qrels(self.alias) if self.env.queries(self.alias) is not None else None
+        judged = {key for judged in (qrels or {}).values() for key in judged}
+        extra: dict[str, Document] = {}
+        skipped = 0
+        for doc in self.env.corpus(self.alias):
+            if not doc.text.strip():
+                skipped += 1
+                continue
+            sampler.offer(doc)
+            if doc.key in judged:
+                extra[doc.key] = doc
+        docs = {d.key: d for d in sampler.documents()}
+        corpus_sample = list(docs.values())
+        docs.update(extra)
+        if not docs:
+            raise SourceError(f"the corpus of alias {self.alias!r} has no non-empty documents")
+        ids = {key: i for i, key in enumerate(docs)}
+        texts = [d.text for d in docs.values()]
+        id_array = np.arange(len(docs), dtype=np.int64)
+        batch = self.env.batch_size
+        new_index = files.build(
+            new.encode_documents(texts, batch), id_array, self.revision.index_factory
+        )
+        old_index, old_embedder = None, None
+        if self.old is not None:
+            old_embedder = self.env.load_embedder(self.old)
+            live = self._live_at_start
+            old_index = files.build(
+                old_embedder.encode_documents(texts, batch),
+                id_array,
+                live.factory if live is not None else "Flat",
+            )
+        notes = [f"dry run on a seeded sample of {len(corpus_sample)} documents"]
+        if extra:
+            notes.append(
+                f"plus {len(extra)} judged documents of the queries, so qrels metrics apply"
+            )
+        if skipped:
+            notes.append(f"{skipped} empty document(s) skipped")
+        queries = self._sample_queries(corpus_sample, ids)
+        return DryRunIndexes(new_index, old_index, old_embedder, ids, queries, notes)
+
+    def _dry_evaluate(self) -> Report:
+        dry, new = self._dry, self._new
+        assert dry is not None and new is not None
+        keys = {i: key for key, i in dry.ids.items()}
+        old_side = ev.Side(dry.old_embedder, dry.old) if dry.old_embedder is not None else None
+        return ev.run(
+            alias=self.alias,
+            revision=self.revision.revision,
+            dry_run=True,
+            old=old_side,
+            new=ev.Side(new, dry.new),
+            queries=dry.queries,
+            k=self.k,
+            batch_size=self.env.batch_size,
+            keys_of=lambda wanted: {i: keys[i] for i in wanted if i in keys},
+            notes=dry.notes,
+        )
+
+
+def _exists(path: str) -> bool:
+    return Path(path).is_file()

@@ -1,0 +1,87 @@
+"""An opened project: configuration, history database, revision scripts, env.py and models.
+
+Opened once per command and passed explicitly to everything that needs it (no module globals).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import cached_property
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import sqlalchemy as sa
+
+from embedmig import embedders
+from embedmig.config import Config
+from embedmig.embedders import Embedder, LoadedEmbedder
+from embedmig.errors import ScriptError, SourceError
+from embedmig.history import db
+from embedmig.script import ScriptDir, load_env
+from embedmig.sources import Document, Qrels
+from embedmig.store.files import safe_component
+
+
+class Environment:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @cached_property
+    def engine(self) -> sa.Engine:
+        return db.connect(self.config.url)
+
+    @cached_property
+    def scripts(self) -> ScriptDir:
+        return ScriptDir(self.config)
+
+    @cached_property
+    def env_module(self) -> ModuleType:
+        return load_env(self.config)
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.get_int("batch_size")
+
+    def corpus(self, alias: str) -> Iterable[Document]:
+        docs: Iterable[Document] | None = self._call_env("corpus", alias, required=True)
+        if docs is None:
+            raise SourceError("env.py corpus() returned None; it must return documents")
+        return docs
+
+    def queries(self, alias: str) -> Iterable[Document] | None:
+        queries: Iterable[Document] | None = self._call_env("queries", alias, required=False)
+        return queries
+
+    def qrels(self, alias: str) -> Qrels | None:
+        qrels: Qrels | None = self._call_env("qrels", alias, required=False)
+        return qrels
+
+    def _call_env(self, name: str, alias: str, *, required: bool) -> Any:
+        function = getattr(self.env_module, name, None)
+        if function is None:
+            if required:
+                raise ScriptError(f"env.py defines no {name}(config, alias)")
+            return None
+        try:
+            return function(self.config, alias)
+        except (SourceError, ScriptError):
+            raise
+        except Exception as exc:  # user glue code: any failure becomes one clear line
+            raise SourceError(f"env.py {name}() failed: {exc.__class__.__name__}: {exc}") from exc
+
+    def load_embedder(self, spec: Embedder) -> LoadedEmbedder:
+        return embedders.load(
+            spec,
+            self.config.root,
+            allow_remote_code=self.config.get_bool("allow_remote_code"),
+            device=self.config.get("device"),
+        )
+
+    def index_path(self, alias: str, index_id: int, revision: str) -> Path:
+        folder = self.config.index_dir / safe_component(alias, "alias")
+        return folder / f"{index_id:06d}-{safe_component(revision, 'revision')}.faiss"
+
+    def dispose(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()

@@ -1,0 +1,101 @@
+"""Runs revisions along a path: checks each one's preconditions, calls its upgrade/downgrade."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from embedmig import embedders
+from embedmig.errors import EmbedmigError, ScriptError, StateError
+from embedmig.metrics.report import Report
+from embedmig.runtime.context import MigrationContext
+from embedmig.runtime.environment import Environment
+from embedmig.script import Revision
+from embedmig.store import catalog
+
+
+def upgrade(
+    env: Environment,
+    target: str,
+    *,
+    dry_run: bool = False,
+    sample: int = 1000,
+    force: bool = False,
+    on_report: Callable[[Report], None] | None = None,
+) -> list[Report]:
+    """Apply every revision between the current state and ``target``; one report each."""
+    with env.engine.connect() as conn:
+        current = catalog.versions(conn)
+        live = {alias: catalog.live_index(conn, alias) for alias in current}
+    path = env.scripts.upgrade_path(target, list(current.values()))
+    # Fingerprint each alias is expected to be live on; a dry run advances it without swapping.
+    expected = {alias: record.fingerprint for alias, record in live.items() if record is not None}
+    reports: list[Report] = []
+    for rev in path:
+        _check_old(env, rev, expected.get(rev.alias))
+        ctx = MigrationContext(env, rev, dry_run=dry_run, sample=sample, force=force)
+        try:
+            _call(rev.upgrade, ctx, rev, "upgrade")
+        finally:
+            if ctx.report is not None and on_report is not None:
+                on_report(ctx.report)
+        if not ctx.swapped:
+            raise ScriptError(f"upgrade() of {rev.revision} returned without calling ctx.swap()")
+        assert ctx.report is not None
+        reports.append(ctx.report)
+        expected[rev.alias] = _new_fingerprint(env, rev)
+    return reports
+
+
+def downgrade(env: Environment, target: str) -> list[Revision]:
+    """Undo every revision between the current state and ``target``; returns those undone."""
+    with env.engine.connect() as conn:
+        current = catalog.versions(conn)
+    path = env.scripts.downgrade_path(target, list(current.values()))
+    for rev in path:
+        ctx = MigrationContext(env, rev)
+        _call(rev.downgrade, ctx, rev, "downgrade")
+        if not ctx.rolled_back:
+            raise ScriptError(
+                f"downgrade() of {rev.revision} returned without calling ctx.rollback()"
+            )
+    return path
+
+
+def _new_fingerprint(env: Environment, rev: Revision) -> str:
+    location = embedders.resolve_location(rev.new, env.config.root)
+    return embedders.fingerprint(rev.new, location)
+
+
+def _check_old(env: Environment, rev: Revision, live_fingerprint: str | None) -> None:
+    """The revision's ``old`` must describe the index the alias is live on, exactly."""
+    if rev.old is None:
+        if live_fingerprint is not None:
+            raise StateError(
+                f"revision {rev.revision} builds the first index of {rev.alias!r} (old = None), "
+                "but the alias already has a live index"
+            )
+        return
+    if live_fingerprint is None:
+        raise StateError(
+            f"revision {rev.revision} migrates {rev.alias!r} from {rev.old.model}, "
+            "but the alias has no live index"
+        )
+    location = embedders.resolve_location(rev.old, env.config.root)
+    if embedders.fingerprint(rev.old, location) != live_fingerprint:
+        raise StateError(
+            f"revision {rev.revision}: old = {rev.old.describe()} does not match the model and "
+            f"options the live index of {rev.alias!r} was built with (fingerprints differ)"
+        )
+
+
+def _call(
+    function: Callable[[MigrationContext], None], ctx: MigrationContext, rev: Revision, name: str
+) -> None:
+    try:
+        function(ctx)
+    except EmbedmigError:
+        raise
+    except Exception as exc:  # the revision's own code: one line, the traceback with --verbose
+        raise ScriptError(
+            f"{name}() of revision {rev.revision} raised {exc.__class__.__name__}: {exc}"
+        ) from exc

@@ -1,0 +1,279 @@
+"""Revision scripts on top of alembic's ScriptDirectory and RevisionMap.
+
+Alembic owns the graph: loading ``versions/``, partial ids, ``head``/``heads``/``base``,
+``+N``/``-N``, ``branch@head`` and Mako generation. This module adds what an embedmig revision is
+(alias, old and new embedders, gates, index factory) and checks it, and turns alembic's errors
+into ``ScriptError``. Each alias is one branch of the graph, labelled with the alias name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import re
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from alembic.script import Script, ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
+
+from embedmig.config import Config
+from embedmig.embedders import Embedder
+from embedmig.errors import ConfigError, ScriptError
+from embedmig.gates import Gates
+from embedmig.store.files import safe_component
+
+_REV_ID = re.compile(r"^[0-9a-zA-Z_]{1,32}$")
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One migration script, checked."""
+
+    revision: str
+    down_revision: str | None
+    alias: str
+    old: Embedder | None
+    new: Embedder
+    gates: Gates
+    index_factory: str
+    message: str
+    path: Path
+    upgrade: Callable[[Any], None]
+    downgrade: Callable[[Any], None]
+
+    @property
+    def is_base(self) -> bool:
+        return self.down_revision is None
+
+
+class ScriptDir:
+    """The ``versions/`` of an environment, as embedmig revisions."""
+
+    def __init__(self, config: Config) -> None:
+        location = config.script_location
+        if not (location / "script.py.mako").is_file() or not (location / "versions").is_dir():
+            raise ConfigError(
+                f"{location} is not an embedmig environment (no script.py.mako or versions/); "
+                "run `embedmig init` to create one"
+            )
+        self.location = location
+        self._scripts = ScriptDirectory(str(location), messaging_opts={"quiet": True})
+        self._checked: dict[str, Revision] = {}
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def get(self, rev_id: str) -> Revision:
+        with _alembic_errors():
+            script = self._scripts.get_revision(rev_id)
+        if script is None:
+            raise ScriptError(f"no revision {rev_id!r}")
+        return self._check(script)
+
+    def all(self) -> list[Revision]:
+        """Every revision, newest first (alembic's walk order)."""
+        with _alembic_errors():
+            scripts = list(self._scripts.walk_revisions())
+        return [self._check(script) for script in scripts]
+
+    def resolve(self, target: str) -> list[Revision]:
+        """Revisions named by ``target``: an id (or a unique prefix), ``heads``, ``ALIAS@head``."""
+        with _alembic_errors():
+            scripts = self._scripts.revision_map.get_revisions(target)
+        return [self._check(s) for s in scripts if s is not None]  # type: ignore[arg-type]
+
+    def heads(self) -> list[Revision]:
+        with _alembic_errors():
+            heads = self._scripts.get_heads()
+        return [self.get(head) for head in heads]
+
+    def alias_head(self, alias: str) -> Revision | None:
+        """The head of ``alias``'s chain, or None when the alias has no revision yet."""
+        if alias not in self._branch_labels():
+            return None
+        with _alembic_errors():
+            head = self._scripts.revision_map.get_current_head(alias)
+        return self.get(head) if head else None
+
+    def _branch_labels(self) -> set[str]:
+        with _alembic_errors():
+            return {label for s in self._scripts.walk_revisions() for label in s.branch_labels}
+
+    # ---- paths between states ----------------------------------------------------------------
+
+    def upgrade_path(self, target: str, current: Sequence[str]) -> list[Revision]:
+        """Revisions to apply, in order, to go from ``current`` heads to ``target``."""
+        with _alembic_errors():
+            scripts = self._scripts.revision_map.iterate_revisions(
+                target, tuple(current), implicit_base=True
+            )
+            return [self._check(s) for s in reversed(list(scripts))]  # type: ignore[arg-type]
+
+    def downgrade_path(self, target: str, current: Sequence[str]) -> list[Revision]:
+        """Revisions to undo, in order, to go from ``current`` heads down to ``target``."""
+        relative = re.match(r"^-\d+$", target.strip())
+        if relative and len(current) > 1:
+            raise ScriptError(
+                f"downgrade {target} is ambiguous with several aliases at a revision; "
+                "name one, e.g. ALIAS@-1"
+            )
+        with _alembic_errors():
+            scripts = self._scripts.revision_map.iterate_revisions(
+                tuple(current), target, select_for_downgrade=True
+            )
+            return [self._check(s) for s in scripts]  # type: ignore[arg-type]
+
+    # ---- writing -----------------------------------------------------------------------------
+
+    def generate(
+        self,
+        *,
+        rev_id: str,
+        message: str,
+        alias: str,
+        old: str | None,
+        new: str,
+        index_factory: str,
+    ) -> Revision:
+        """Write a revision for ``alias`` on top of its head, from script.py.mako."""
+        safe_component(alias, "alias")
+        if not _REV_ID.match(rev_id):
+            raise ScriptError(f"revision id {rev_id!r} must be 1-32 letters, digits or '_'")
+        with contextlib.suppress(ScriptError):
+            self.get(rev_id)
+            raise ScriptError(f"revision {rev_id!r} already exists")
+        head = self.alias_head(alias)
+        if head is None and old is not None:
+            raise ScriptError(
+                f"alias {alias!r} has no revision yet: its first revision builds its first index "
+                "and takes no --old"
+            )
+        if head is not None and old is None:
+            old = head.new.model
+        with _alembic_errors():
+            script = self._scripts.generate_revision(
+                rev_id,
+                message,
+                head=f"{alias}@head" if head else "base",
+                branch_labels=None if head else [alias],
+                alias=alias,
+                old=old,
+                new=new,
+                index_factory=index_factory,
+            )
+        if script is None:
+            raise ScriptError(f"alembic wrote no script for {rev_id}")
+        return self._check(script)
+
+    # ---- checking ----------------------------------------------------------------------------
+
+    def _check(self, script: Script) -> Revision:
+        cached = self._checked.get(script.revision)
+        if cached is not None:
+            return cached
+        module = script.module
+        where = Path(script.path).name
+        alias = _attr(module, "alias", str, where)
+        safe_component(alias, f"{where}: alias")
+        new = _attr(module, "new", Embedder, where)
+        old = getattr(module, "old", None)
+        if old is not None and not isinstance(old, Embedder):
+            raise ScriptError(f"{where}: `old` must be an Embedder or None")
+        gates = getattr(module, "gates", None) or Gates()
+        if not isinstance(gates, Gates):
+            raise ScriptError(f"{where}: `gates` must be a Gates(...)")
+        factory = getattr(module, "index_factory", "Flat")
+        if not isinstance(factory, str) or not factory.strip():
+            raise ScriptError(f"{where}: `index_factory` must be a faiss index_factory string")
+        down = script.down_revision
+        if isinstance(down, (tuple, list)):
+            raise ScriptError(f"{where}: merge revisions are not supported (one down_revision)")
+        if down is None and old is not None:
+            raise ScriptError(
+                f"{where}: the first revision of alias {alias!r} must have old = None"
+            )
+        if down is not None:
+            parent = self.get(down)
+            if parent.alias != alias:
+                raise ScriptError(
+                    f"{where}: alias {alias!r} differs from {parent.alias!r} of its "
+                    f"down_revision {down}"
+                )
+            if old is None:
+                raise ScriptError(f"{where}: only an alias's first revision may have old = None")
+        elif alias not in script.branch_labels:
+            raise ScriptError(
+                f"{where}: the first revision of {alias!r} needs branch_labels = ({alias!r},)"
+            )
+        revision = Revision(
+            revision=script.revision,
+            down_revision=down,
+            alias=alias,
+            old=old,
+            new=new,
+            gates=gates,
+            index_factory=factory.strip(),
+            message=(script.doc or "").strip(),
+            path=Path(script.path),
+            upgrade=_attr(module, "upgrade", Callable, where),
+            downgrade=_attr(module, "downgrade", Callable, where),
+        )
+        self._checked[script.revision] = revision
+        return revision
+
+
+def load_env(config: Config) -> ModuleType:
+    """The environment's env.py, which says where documents and queries come from."""
+    path = config.script_location / "env.py"
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing; run `embedmig init` to create an environment")
+    spec = importlib.util.spec_from_file_location("embedmig_env", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise ScriptError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except Exception as exc:  # user code: report it on one line, whatever it raised
+        raise ScriptError(f"{path} failed to load: {exc.__class__.__name__}: {exc}") from exc
+    if not callable(getattr(module, "corpus", None)):
+        raise ScriptError(f"{path} must define corpus(config, alias)")
+    return module
+
+
+def _attr(module: ModuleType, name: str, kind: Any, where: str) -> Any:
+    if not hasattr(module, name):
+        raise ScriptError(f"{where}: missing `{name}`")
+    value = getattr(module, name)
+    ok = callable(value) if kind is Callable else isinstance(value, kind)
+    if not ok:
+        raise ScriptError(f"{where}: `{name}` has the wrong type ({type(value).__name__})")
+    return value
+
+
+@contextlib.contextmanager
+def _alembic_errors() -> Iterator[None]:
+    """Alembic's and the scripts' own failures, as one-line ScriptErrors."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            yield
+    except (RevisionError, CommandError) as exc:
+        raise ScriptError(str(exc).strip().splitlines()[0]) from exc
+    except UserWarning as exc:
+        raise ScriptError(str(exc)) from exc
+    except SyntaxError as exc:
+        raise ScriptError(
+            f"{Path(exc.filename or '?').name}:{exc.lineno}: syntax error: {exc.msg}"
+        ) from None
+    except ScriptError:
+        raise
+    except Exception as exc:  # a revision module's own code raised while alembic imported it
+        raise ScriptError(
+            f"a revision script failed to load: {exc.__class__.__name__}: {exc}"
+        ) from exc

@@ -1,0 +1,166 @@
+"""Where documents, queries and relevance judgements come from.
+
+A source is any iterable of :class:`Document`; env.py returns one per call. Order matters only for
+resuming a killed backfill, which skips by position: keep a source's order stable.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from embedmig.config import Config
+from embedmig.errors import SourceError
+
+Qrels = dict[str, dict[str, int]]
+
+
+class Document(NamedTuple):
+    key: str
+    text: str
+
+
+@dataclass(frozen=True)
+class JsonlSource:
+    """One JSON object a line; ``title_field``, when set and present, is prepended to the text."""
+
+    path: Path
+    id_field: str = "id"
+    text_field: str = "text"
+    title_field: str | None = None
+
+    def __iter__(self) -> Iterator[Document]:
+        try:
+            fh = self.path.open("r", encoding="utf-8")
+        except OSError as exc:
+            raise SourceError(f"cannot read {self.path}: {exc.strerror}") from None
+        with fh:
+            lineno = 0
+            try:
+                for lineno, line in enumerate(fh, 1):
+                    if line.strip():
+                        yield self._document(json.loads(line), lineno)
+            except UnicodeDecodeError:
+                raise SourceError(f"{self.path}:{lineno + 1}: not valid UTF-8") from None
+            except json.JSONDecodeError as exc:
+                raise SourceError(f"{self.path}:{lineno}: invalid JSON ({exc.msg})") from None
+
+    def _document(self, row: Any, lineno: int) -> Document:
+        if not isinstance(row, dict):
+            raise SourceError(f"{self.path}:{lineno}: expected a JSON object")
+        key = row.get(self.id_field)
+        text = row.get(self.text_field)
+        if key is None or isinstance(key, (dict, list)):
+            raise SourceError(f"{self.path}:{lineno}: missing or invalid {self.id_field!r}")
+        if not isinstance(text, str):
+            raise SourceError(f"{self.path}:{lineno}: {self.text_field!r} is not a string")
+        if self.title_field:
+            title = row.get(self.title_field)
+            if isinstance(title, str) and title.strip():
+                text = f"{title} {text}"
+        return Document(str(key), text)
+
+
+@dataclass(frozen=True)
+class SqlSource:
+    """Rows of a SQL query through SQLAlchemy, streamed (server-side cursor where supported)."""
+
+    url: str
+    query: str
+    id_column: str = "id"
+    text_column: str = "text"
+    params: Mapping[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[Document]:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=1000).execute(
+                    sa.text(self.query), dict(self.params or {})
+                )
+                for row in result.mappings():
+                    yield Document(str(row[self.id_column]), str(row[self.text_column]))
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"corpus query failed: {exc.__class__.__name__}: {exc}") from None
+        except KeyError as exc:
+            raise SourceError(f"corpus query returned no column {exc}") from None
+        finally:
+            engine.dispose()
+
+
+@dataclass(frozen=True)
+class IterableSource:
+    """Documents from Python: a function returning (key, text) pairs, called once per pass."""
+
+    factory: Callable[[], Iterable[tuple[str, str]]]
+
+    def __iter__(self) -> Iterator[Document]:
+        for key, text in self.factory():
+            yield Document(str(key), text)
+
+
+def corpus_from_config(config: Config) -> JsonlSource:
+    return JsonlSource(
+        path=_existing(config, "corpus"),
+        id_field=config.require("corpus.id_field"),
+        text_field=config.require("corpus.text_field"),
+        title_field=config.get("corpus.title_field"),
+    )
+
+
+def queries_from_config(config: Config) -> JsonlSource | None:
+    if config.get("queries") is None:
+        return None
+    return JsonlSource(
+        path=_existing(config, "queries"),
+        id_field=config.require("queries.id_field"),
+        text_field=config.require("queries.text_field"),
+    )
+
+
+def qrels_from_config(config: Config) -> Qrels | None:
+    path = config.path_option("qrels")
+    return read_qrels(_existing(config, "qrels")) if path is not None else None
+
+
+def read_qrels(path: Path) -> Qrels:
+    """BEIR qrels: tab-separated ``query-id corpus-id score`` with a header line."""
+    qrels: Qrels = {}
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = csv.reader(fh, delimiter="\t")
+            header = next(rows, None)
+            if header is None:
+                raise SourceError(f"{path} is empty")
+            for lineno, row in enumerate(rows, 2):
+                if not row:
+                    continue
+                if len(row) < 3:
+                    raise SourceError(f"{path}:{lineno}: expected query-id, corpus-id, score")
+                try:
+                    score = int(row[2])
+                except ValueError:
+                    raise SourceError(
+                        f"{path}:{lineno}: score {row[2]!r} is not an integer"
+                    ) from None
+                qrels.setdefault(row[0], {})[row[1]] = score
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SourceError(f"{path}: not valid UTF-8") from None
+    return qrels
+
+
+def _existing(config: Config, key: str) -> Path:
+    path = config.path_option(key)
+    if path is None:
+        raise SourceError(f"option {key!r} is not set: point it at a file in {config.path}")
+    if not path.is_file():
+        raise SourceError(f"{key} file {path} does not exist")
+    return path

@@ -1,0 +1,345 @@
+"""The catalog in SQL: indexes and their lifecycle, alias pointers, stable document ids, history.
+
+Every function takes an open connection and leaves the transaction to the caller, so a swap and its
+history row, or a batch and its checkpoint, commit together.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from embedmig.errors import SourceError, StateError
+from embedmig.history import schema as t
+
+SNIPPET_CHARS = 200
+MAX_KEY_CHARS = 512
+
+BUILDING, READY, LIVE, RETIRED, DROPPED = "building", "ready", "live", "retired", "dropped"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class IndexRecord:
+    id: int
+    alias: str
+    revision: str
+    path: str | None
+    fingerprint: str
+    model: str
+    dim: int
+    metric: str
+    factory: str
+    ntotal: int
+    sha256: str | None
+    state: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> IndexRecord:
+        return cls(**dict(row._mapping))
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    id: int
+    alias: str
+    revision: str | None
+    action: str
+    from_index: int | None
+    to_index: int | None
+    status: str
+    verdict: str | None
+    forced: bool
+    metrics: dict[str, Any] | None
+    message: str | None
+    user: str
+    host: str
+    started_at: datetime
+    finished_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> HistoryRecord:
+        values = dict(row._mapping)
+        values["metrics"] = json.loads(values["metrics"]) if values["metrics"] else None
+        return cls(**values)
+
+
+# ---- aliases and versions -------------------------------------------------------------------
+
+
+def versions(conn: sa.Connection) -> dict[str, str]:
+    rows = conn.execute(sa.select(t.version.c.alias, t.version.c.revision))
+    return {alias: revision for alias, revision in rows}
+
+
+def set_version(conn: sa.Connection, alias: str, revision: str | None) -> None:
+    conn.execute(t.version.delete().where(t.version.c.alias == alias))
+    if revision is not None:
+        conn.execute(t.version.insert().values(alias=alias, revision=revision, updated_at=now()))
+
+
+def live_index(conn: sa.Connection, alias: str) -> IndexRecord | None:
+    row = conn.execute(
+        sa.select(t.index).where(t.index.c.alias == alias, t.index.c.state == LIVE)
+    ).first()
+    return IndexRecord.from_row(row) if row else None
+
+
+def get_index(conn: sa.Connection, index_id: int) -> IndexRecord:
+    row = conn.execute(sa.select(t.index).where(t.index.c.id == index_id)).first()
+    if row is None:
+        raise StateError(f"no index #{index_id}")
+    return IndexRecord.from_row(row)
+
+
+def indexes(conn: sa.Connection, alias: str | None = None) -> list[IndexRecord]:
+    query = sa.select(t.index).order_by(t.index.c.id)
+    if alias is not None:
+        query = query.where(t.index.c.alias == alias)
+    return [IndexRecord.from_row(row) for row in conn.execute(query)]
+
+
+def find_index(
+    conn: sa.Connection, alias: str, revision: str, states: Sequence[str]
+) -> IndexRecord | None:
+    """The newest index of ``alias`` built by ``revision`` in one of ``states``."""
+    row = conn.execute(
+        sa.select(t.index)
+        .where(
+            t.index.c.alias == alias,
+            t.index.c.revision == revision,
+            t.index.c.state.in_(states),
+        )
+        .order_by(t.index.c.id.desc())
+    ).first()
+    return IndexRecord.from_row(row) if row else None
+
+
+def register_index(
+    conn: sa.Connection,
+    *,
+    alias: str,
+    revision: str,
+    fingerprint: str,
+    model: str,
+    dim: int,
+    factory: str,
+    metric: str,
+) -> int:
+    stamp = now()
+    result = conn.execute(
+        t.index.insert().values(
+            alias=alias,
+            revision=revision,
+            fingerprint=fingerprint,
+            model=model,
+            dim=dim,
+            metric=metric,
+            factory=factory,
+            ntotal=0,
+            state=BUILDING,
+            created_at=stamp,
+            updated_at=stamp,
+        )
+    )
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def update_index(conn: sa.Connection, index_id: int, **values: Any) -> None:
+    conn.execute(
+        t.index.update().where(t.index.c.id == index_id).values(updated_at=now(), **values)
+    )
+
+
+def delete_index(conn: sa.Connection, index_id: int) -> None:
+    conn.execute(t.index.delete().where(t.index.c.id == index_id))
+
+
+def point_alias(
+    conn: sa.Connection, alias: str, revision: str | None, index_id: int | None
+) -> IndexRecord | None:
+    """Make ``index_id`` the live index of ``alias`` (None: no live index); return the old one.
+
+    The caller's transaction makes this atomic: readers see the old index or the new, never none.
+    """
+    previous = live_index(conn, alias)
+    if previous is not None:
+        update_index(conn, previous.id, state=RETIRED)
+    if index_id is not None:
+        update_index(conn, index_id, state=LIVE)
+    set_version(conn, alias, revision)
+    return previous
+
+
+# ---- document ids ----------------------------------------------------------------------------
+
+
+def assign_ids(
+    conn: sa.Connection, alias: str, keys: Sequence[str], texts: Sequence[str]
+) -> np.ndarray:
+    """Stable int64 ids of ``keys`` (new keys get fresh ids); refreshes changed snippets."""
+    for key in keys:
+        if not key or len(key) > MAX_KEY_CHARS:
+            raise SourceError(f"document key {key[:40]!r} must be 1-{MAX_KEY_CHARS} characters")
+    snippets = {key: text[:SNIPPET_CHARS] for key, text in zip(keys, texts, strict=True)}
+    known: dict[str, int] = {}
+    stale: list[dict[str, Any]] = []
+    unique = list(snippets)
+    for start in range(0, len(unique), 500):
+        part = unique[start : start + 500]
+        rows = conn.execute(
+            sa.select(t.doc.c.key, t.doc.c.id, t.doc.c.snippet).where(
+                t.doc.c.alias == alias, t.doc.c.key.in_(part)
+            )
+        )
+        for key, doc_id, snippet in rows:
+            known[key] = doc_id
+            if snippet != snippets[key]:
+                stale.append({"b_id": doc_id, "b_snippet": snippets[key]})
+    missing = [key for key in unique if key not in known]
+    if missing:
+        top = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.max(t.doc.c.id), 0)).where(t.doc.c.alias == alias)
+        ).scalar_one()
+        fresh = {key: int(top) + 1 + i for i, key in enumerate(missing)}
+        conn.execute(
+            t.doc.insert(),
+            [{"alias": alias, "id": i, "key": k, "snippet": snippets[k]} for k, i in fresh.items()],
+        )
+        known.update(fresh)
+    if stale:
+        conn.execute(
+            t.doc.update()
+            .where(t.doc.c.alias == alias, t.doc.c.id == sa.bindparam("b_id"))
+            .values(snippet=sa.bindparam("b_snippet")),
+            stale,
+        )
+    return np.fromiter((known[key] for key in keys), dtype=np.int64, count=len(keys))
+
+
+def lookup_ids(conn: sa.Connection, alias: str, keys: Iterable[str]) -> dict[str, int]:
+    """Ids of the ``keys`` that have one; assigns nothing (dry runs must not write)."""
+    found: dict[str, int] = {}
+    unique = list(dict.fromkeys(keys))
+    for start in range(0, len(unique), 500):
+        rows = conn.execute(
+            sa.select(t.doc.c.key, t.doc.c.id).where(
+                t.doc.c.alias == alias, t.doc.c.key.in_(unique[start : start + 500])
+            )
+        )
+        found.update({key: int(doc_id) for key, doc_id in rows})
+    return found
+
+
+def describe_ids(conn: sa.Connection, alias: str, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+    """id -> (key, snippet) for the given ids."""
+    wanted = sorted({int(i) for i in ids if i >= 0})
+    found: dict[int, tuple[str, str]] = {}
+    for start in range(0, len(wanted), 500):
+        rows = conn.execute(
+            sa.select(t.doc.c.id, t.doc.c.key, t.doc.c.snippet).where(
+                t.doc.c.alias == alias, t.doc.c.id.in_(wanted[start : start + 500])
+            )
+        )
+        found.update({int(i): (key, snippet) for i, key, snippet in rows})
+    return found
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+
+def checkpoint(conn: sa.Connection, index_id: int) -> tuple[int, int]:
+    """(documents consumed, rows spooled) recorded for an index being built."""
+    row = conn.execute(
+        sa.select(t.checkpoint.c.docs_consumed, t.checkpoint.c.rows).where(
+            t.checkpoint.c.index_id == index_id
+        )
+    ).first()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def save_checkpoint(conn: sa.Connection, index_id: int, docs_consumed: int, rows: int) -> None:
+    values = {"docs_consumed": docs_consumed, "rows": rows, "updated_at": now()}
+    updated = conn.execute(
+        t.checkpoint.update().where(t.checkpoint.c.index_id == index_id).values(**values)
+    )
+    if updated.rowcount == 0:
+        conn.execute(t.checkpoint.insert().values(index_id=index_id, **values))
+
+
+def clear_checkpoint(conn: sa.Connection, index_id: int) -> None:
+    conn.execute(t.checkpoint.delete().where(t.checkpoint.c.index_id == index_id))
+
+
+# ---- history ---------------------------------------------------------------------------------
+
+
+def record(
+    conn: sa.Connection,
+    *,
+    alias: str,
+    revision: str | None,
+    action: str,
+    status: str,
+    started_at: datetime,
+    from_index: int | None = None,
+    to_index: int | None = None,
+    verdict: str | None = None,
+    forced: bool = False,
+    metrics: Mapping[str, Any] | None = None,
+    message: str | None = None,
+) -> int:
+    result = conn.execute(
+        t.history.insert().values(
+            alias=alias,
+            revision=revision,
+            action=action,
+            from_index=from_index,
+            to_index=to_index,
+            status=status,
+            verdict=verdict,
+            forced=forced,
+            metrics=json.dumps(metrics, allow_nan=False) if metrics is not None else None,
+            message=message,
+            user=_user(),
+            host=socket.gethostname(),
+            started_at=started_at,
+            finished_at=now(),
+        )
+    )
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def history(
+    conn: sa.Connection, alias: str | None = None, revision: str | None = None
+) -> list[HistoryRecord]:
+    query = sa.select(t.history).order_by(t.history.c.id.desc())
+    if alias is not None:
+        query = query.where(t.history.c.alias == alias)
+    if revision is not None:
+        query = query.where(t.history.c.revision == revision)
+    return [HistoryRecord.from_row(row) for row in conn.execute(query)]
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -1,0 +1,219 @@
+"""FAISS index files: built from a durable spool of vectors, saved atomically, verified on load.
+
+A backfill appends each batch of vectors to a *spool* (raw float32 rows and int64 ids) and fsyncs
+it before its checkpoint commits, so a killed run resumes without re-embedding. The index is built
+from the spool once the corpus is done: that also lets IVF/PQ factories train on a sample first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from embedmig.errors import StoreError
+
+METRIC = "ip"
+_CHUNK_ROWS = 65536
+_MAX_TRAIN_ROWS = 100_000
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def safe_component(value: str, what: str) -> str:
+    """``value`` if it can be one path component inside the index folder, else a StoreError."""
+    if not _SAFE_NAME.match(value) or ".." in value:
+        raise StoreError(
+            f"{what} {value!r} must be 1-64 letters, digits, '_', '-' or '.', "
+            "start with a letter or digit and contain no '..'"
+        )
+    return value
+
+
+def new_index(dim: int, factory: str) -> Any:
+    try:
+        return faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1]
+        raise StoreError(f"invalid faiss index factory {factory!r}: {reason}") from None
+
+
+def build(vectors: np.ndarray, ids: np.ndarray, factory: str) -> Any:
+    """An index of ``vectors`` under ``ids``; for a repeated id the last row wins."""
+    index = new_index(vectors.shape[1], factory)
+    keep = _last_occurrence(ids)
+    _train(index, vectors, keep)
+    index.add_with_ids(np.ascontiguousarray(vectors[keep]), ids[keep])
+    return index
+
+
+class Spool:
+    """Append-only vectors of one index being built, durable batch by batch."""
+
+    def __init__(self, base: Path, dim: int) -> None:
+        self.vec_path = base.with_suffix(".vec")
+        self.ids_path = base.with_suffix(".ids")
+        self.dim = dim
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dim * 4
+
+    def rows(self) -> int:
+        if not self.ids_path.exists():
+            return 0
+        return self.ids_path.stat().st_size // 8
+
+    def truncate(self, rows: int) -> None:
+        """Drop rows written after the last checkpoint (a killed run may leave a partial batch)."""
+        for path, width in ((self.vec_path, self.row_bytes), (self.ids_path, 8)):
+            with _open_for_append(path) as fh:
+                fh.truncate(rows * width)
+                os.fsync(fh.fileno())
+
+    def append(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if vectors.shape != (len(ids), self.dim):
+            raise StoreError(f"vectors of shape {vectors.shape} do not match dimension {self.dim}")
+        for path, data in (
+            (self.vec_path, np.ascontiguousarray(vectors, dtype=np.float32)),
+            (self.ids_path, np.ascontiguousarray(ids, dtype=np.int64)),
+        ):
+            with _open_for_append(path) as fh:
+                fh.write(data.tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def build(self, factory: str, seed: int = 0) -> Any:
+        """The index of every spooled row, read in bounded chunks; last row of an id wins."""
+        n = self.rows()
+        ids = np.fromfile(self.ids_path, dtype=np.int64, count=n) if n else np.empty(0, np.int64)
+        index = new_index(self.dim, factory)
+        keep = _last_occurrence(ids)
+        if not index.is_trained:
+            rng = np.random.default_rng(seed)
+            sample = np.flatnonzero(keep)
+            if len(sample) > _MAX_TRAIN_ROWS:
+                sample = np.sort(rng.choice(sample, _MAX_TRAIN_ROWS, replace=False))
+            _train(index, self._rows_at(sample), np.ones(len(sample), dtype=bool))
+        for start in range(0, n, _CHUNK_ROWS):
+            stop = min(n, start + _CHUNK_ROWS)
+            mask = keep[start:stop]
+            if mask.any():
+                chunk = np.fromfile(
+                    self.vec_path,
+                    dtype=np.float32,
+                    count=(stop - start) * self.dim,
+                    offset=start * self.row_bytes,
+                ).reshape(-1, self.dim)
+                index.add_with_ids(np.ascontiguousarray(chunk[mask]), ids[start:stop][mask])
+        return index
+
+    def _rows_at(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        matrix = np.memmap(self.vec_path, dtype=np.float32, mode="r").reshape(-1, self.dim)
+        return np.array(matrix[rows])
+
+    def remove(self) -> None:
+        self.vec_path.unlink(missing_ok=True)
+        self.ids_path.unlink(missing_ok=True)
+
+
+def save(index: Any, path: Path) -> str:
+    """Write ``index`` to ``path`` atomically and durably; return the file's sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with tmp.open("wb") as fh:
+
+            def write(block: bytes) -> int:
+                digest.update(block)
+                return fh.write(block)
+
+            faiss.write_index(index, faiss.PyCallbackIOWriter(write))  # type: ignore[attr-defined]
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write index file {path}: {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
+def load(path: Path, sha256: str | None) -> Any:
+    """Read an index file, refusing it unless its sha256 matches the recorded one."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+
+            def read(n: int) -> bytes:
+                block = fh.read(n)
+                digest.update(block)
+                return block
+
+            try:
+                index = faiss.read_index(faiss.PyCallbackIOReader(read))  # type: ignore[attr-defined]
+            except RuntimeError:
+                raise StoreError(f"index file {path} is truncated or corrupt") from None
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise StoreError(f"index file {path} is missing") from None
+    except OSError as exc:
+        raise StoreError(f"cannot read index file {path}: {exc.strerror}") from None
+    if sha256 is not None and digest.hexdigest() != sha256:
+        raise StoreError(f"index file {path} does not match its recorded sha256; refusing it")
+    return index
+
+
+def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` scores and ids; rows shorter than ``k`` are padded with id -1 and score -inf."""
+    if len(queries) == 0 or k < 1:
+        return np.empty((len(queries), max(k, 0)), np.float32), np.empty(
+            (len(queries), 0), np.int64
+        )
+    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    scores[ids < 0] = -np.inf
+    return scores, ids
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_for_append(path: Path) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return path.open("ab")
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _last_occurrence(ids: np.ndarray) -> np.ndarray:
+    """Mask of the rows that hold the last occurrence of their id."""
+    keep = np.zeros(len(ids), dtype=bool)
+    if len(ids):
+        _, first_in_reversed = np.unique(ids[::-1], return_index=True)
+        keep[len(ids) - 1 - first_in_reversed] = True
+    return keep
+
+
+def _train(index: Any, vectors: np.ndarray, keep: np.ndarray) -> None:
+    if index.is_trained:
+        return
+    sample = np.ascontiguousarray(vectors[keep])
+    try:
+        index.train(sample)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1]
+        raise StoreError(f"cannot train the index on {len(sample)} vectors: {reason}") from None

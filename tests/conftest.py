@@ -1,0 +1,108 @@
+"""Fixtures: tiny real sentence-transformers models, a real-text corpus, a fresh project."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from embedmig import Config, command
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_DATA = ROOT / "demo" / "data"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
+def corpus_rows(n: int) -> list[dict[str, str]]:
+    """The first ``n`` SciFact abstracts shipped with the demo (real text, not filler)."""
+    rows = []
+    with (DEMO_DATA / "corpus.jsonl").open() as fh:
+        for line in fh:
+            doc = json.loads(line)
+            rows.append({"id": doc["_id"], "text": f"{doc['title']} {doc['text']}"})
+            if len(rows) == n:
+                break
+    return rows
+
+
+def build_static_model(
+    path: Path, texts: list[str], dim: int, seed: int, base: Path | None = None, noise: float = 0.0
+) -> Path:
+    """A real StaticEmbedding sentence-transformers model over a word-level tokenizer.
+
+    With ``base``, the weights are the base model's plus ``noise``: a nearby vector space, as when
+    a model is fine-tuned or distilled; without it, an unrelated random space.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.models import StaticEmbedding
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(
+        texts, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"], vocab_size=4000)
+    )
+    rng = np.random.default_rng(seed)
+    vocab = tokenizer.get_vocab_size()
+    if base is not None:
+        weights = (
+            SentenceTransformer(str(base), device="cpu")[0].embedding.weight.detach().numpy().copy()
+        )
+        weights += noise * rng.standard_normal(weights.shape).astype(np.float32)
+    else:
+        weights = rng.standard_normal((vocab, dim)).astype(np.float32)
+    model = SentenceTransformer(
+        modules=[StaticEmbedding(tokenizer, embedding_weights=weights)], device="cpu"
+    )
+    model.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus_texts() -> list[str]:
+    return [row["text"] for row in corpus_rows(300)]
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory, corpus_texts: list[str]) -> dict[str, Path]:
+    """Three tiny models: `a`; `near`, a small perturbation of `a`; `far`, unrelated to `a`."""
+    root = tmp_path_factory.mktemp("models")
+    a = build_static_model(root / "a", corpus_texts, 32, seed=0)
+    return {
+        "a": a,
+        "near": build_static_model(root / "near", corpus_texts, 32, seed=1, base=a, noise=0.02),
+        "far": build_static_model(root / "far", corpus_texts, 24, seed=2),
+    }
+
+
+@pytest.fixture
+def project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models: dict[str, Path]
+) -> Iterator[Path]:
+    """A fresh project folder with an environment and a 300-document JSONL corpus."""
+    monkeypatch.chdir(tmp_path)
+    command.init("migrations")
+    with (tmp_path / "corpus.jsonl").open("w") as fh:
+        for row in corpus_rows(300):
+            fh.write(json.dumps(row) + "\n")
+    for name, path in models.items():
+        (tmp_path / "models").mkdir(exist_ok=True)
+        (tmp_path / "models" / name).symlink_to(path)
+    yield tmp_path
+
+
+@pytest.fixture
+def config(project: Path) -> Config:
+    return Config(project / "embedmig.ini")
