@@ -219,6 +219,9 @@ def load(
 def _load_model(spec: Embedder, location: Path, device: str | None) -> SentenceTransformer:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     try:
         model = SentenceTransformer(

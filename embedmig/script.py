@@ -100,6 +100,10 @@ class ScriptDir:
             head = self._scripts.revision_map.get_current_head(alias)
         return self.get(head) if head else None
 
+    def _all_ids(self) -> set[str]:
+        with _alembic_errors():
+            return {s.revision for s in self._scripts.walk_revisions()}
+
     def _branch_labels(self) -> set[str]:
         with _alembic_errors():
             return {label for s in self._scripts.walk_revisions() for label in s.branch_labels}
@@ -144,8 +148,7 @@ class ScriptDir:
         safe_component(alias, "alias")
         if not _REV_ID.match(rev_id):
             raise ScriptError(f"revision id {rev_id!r} must be 1-32 letters, digits or '_'")
-        with contextlib.suppress(ScriptError):
-            self.get(rev_id)
+        if rev_id in self._all_ids():
             raise ScriptError(f"revision {rev_id!r} already exists")
         head = self.alias_head(alias)
         if head is None and old is not None:
@@ -168,7 +171,12 @@ class ScriptDir:
             )
         if script is None:
             raise ScriptError(f"alembic wrote no script for {rev_id}")
-        return self._check(script)
+        try:
+            return self._check(script)
+        except ScriptError:
+            # A script that cannot be loaded must not stay behind to break every later command.
+            Path(script.path).unlink(missing_ok=True)
+            raise
 
     # ---- checking ----------------------------------------------------------------------------
 

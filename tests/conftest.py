@@ -106,3 +106,32 @@ def project(
 @pytest.fixture
 def config(project: Path) -> Config:
     return Config(project / "embedmig.ini")
+
+
+def snapshot(config: Config, *, with_history: bool = True) -> dict[str, object]:
+    """Every durable thing embedmig owns: its tables' rows and the index folder's files."""
+    import hashlib
+
+    import sqlalchemy as sa
+
+    from embedmig.history import schema
+
+    state: dict[str, object] = {}
+    db_path = config.url.removeprefix("sqlite:///")
+    if Path(db_path).exists():
+        engine = sa.create_engine(config.url)
+        with engine.connect() as conn:
+            for table in schema.metadata.sorted_tables:
+                if table is schema.history and not with_history:
+                    continue
+                state[table.name] = sorted(map(tuple, conn.execute(sa.select(table))), key=repr)
+        engine.dispose()
+    index_dir = config.index_dir
+    if index_dir.exists():
+        state["files"] = {
+            str(p.relative_to(index_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(index_dir.rglob("*"))
+            if p.is_file()
+        }
+    state["versions"] = sorted(p.name for p in (config.script_location / "versions").iterdir())
+    return state

@@ -1,28 +1,205 @@
-"""Specs of upgrade, downgrade and the alias swap."""
+"""Specs of upgrade: backfill, evaluate, gates and the atomic alias swap."""
 
 from __future__ import annotations
 
-from embedmig import Config, command
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import snapshot
+
+from embedmig import Config, GateFailed, ScriptError, StateError, command
+from embedmig.store import files
 
 
-def first_and_second(config: Config, second_model: str = "models/near") -> None:
+def set_gates(config: Config, rev_id: str, gates: str) -> None:
+    path = next((config.script_location / "versions").glob(f"{rev_id}_*.py"))
+    text = re.sub(r"^gates = .*$", f"gates = {gates}", path.read_text(), flags=re.M)
+    path.write_text(text)
+
+
+def two_revisions(config: Config, second: str = "models/near", gates: str | None = None) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
-    command.revision(config, "second", alias="docs", new=second_model, rev_id="r2")
+    command.revision(config, "second", alias="docs", new=second, rev_id="r2")
+    if gates is not None:
+        set_gates(config, "r2", gates)
 
 
-def test_upgrade_head_builds_the_first_index_and_points_the_alias(config: Config) -> None:
-    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
-    reports = command.upgrade(config, "head")
-    assert len(reports) == 1
+def live(config: Config):  # type: ignore[no-untyped-def]
     (state,) = command.current(config)
-    assert state.alias == "docs" and state.revision == "r1" and state.is_head
-    assert state.live is not None and state.live.ntotal == 300
+    return state
 
 
-def test_upgrade_to_a_near_model_swaps_and_reports_high_overlap(config: Config) -> None:
-    first_and_second(config)
+def test_first_upgrade_builds_the_alias_first_index(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    (report,) = command.upgrade(config, "head")
+    state = live(config)
+    assert (state.alias, state.revision, state.is_head) == ("docs", "r1", True)
+    assert state.live is not None and state.live.ntotal == 300 and state.live.dim == 32
+    assert report.old_model is None and report.corpus_size == 300
+
+
+def test_upgrade_to_a_nearby_model_reports_high_overlap_and_swaps(config: Config) -> None:
+    two_revisions(config)
     reports = command.upgrade(config, "head")
     assert [r.revision for r in reports] == ["r1", "r2"]
     metrics = reports[1].metrics
     assert metrics["overlap_at_10"] is not None and metrics["overlap_at_10"] > 0.6
-    assert command.current(config)[0].revision == "r2"
+    assert metrics["score_ks"] is not None and 0 <= metrics["score_ks"] <= 1
+    assert live(config).revision == "r2"
+
+
+def test_upgrade_to_an_unrelated_model_reports_low_overlap(config: Config) -> None:
+    two_revisions(config, second="models/far")
+    command.upgrade(config, "r1")
+    (report,) = command.upgrade(config, "head", force=True)
+    assert report.metrics["overlap_at_10"] is not None and report.metrics["overlap_at_10"] < 0.3
+
+
+def test_failing_gate_leaves_alias_unchanged_and_keeps_the_shadow(config: Config) -> None:
+    two_revisions(config, second="models/far", gates="Gates(min_overlap_at_10=0.9)")
+    command.upgrade(config, "r1")
+    before = live(config).live
+    with pytest.raises(GateFailed, match=r"overlap_at_10 = 0\.\d+ \(needs >= 0\.9\)"):
+        command.upgrade(config, "head")
+    after = live(config)
+    assert after.revision == "r1" and after.live == before
+    from embedmig.runtime.environment import Environment
+    from embedmig.store import catalog
+
+    env = Environment(config)
+    with env.engine.connect() as conn:
+        shadows = [i for i in catalog.indexes(conn, "docs") if i.revision == "r2"]
+        (event, *_) = catalog.history(conn, "docs")
+    assert [s.state for s in shadows] == ["ready"]
+    assert Path(str(shadows[0].path)).is_file()
+    assert (event.action, event.status, event.verdict) == ("upgrade", "gate-failed", "fail")
+    assert event.metrics is not None and event.metrics["verdict"]["checks"][0]["passed"] is False
+
+
+def test_force_swaps_despite_a_failing_gate_and_is_recorded(config: Config) -> None:
+    two_revisions(config, second="models/far", gates="Gates(min_overlap_at_10=0.9)")
+    command.upgrade(config, "head", force=True)
+    assert live(config).revision == "r2"
+    (event, *_) = command.history(config)
+    assert (event.status, event.verdict, event.forced) == ("forced", "forced", True)
+
+
+def test_gate_on_a_metric_that_was_not_measured_fails_closed(config: Config) -> None:
+    two_revisions(config, gates="Gates(min_recall_ratio=0.9)")  # no qrels configured
+    command.upgrade(config, "r1")
+    with pytest.raises(GateFailed, match="recall_ratio = not measured"):
+        command.upgrade(config, "head")
+
+
+def test_dry_run_changes_nothing_but_its_history_row(config: Config) -> None:
+    two_revisions(config)
+    command.upgrade(config, "r1")
+    before = snapshot(config, with_history=False)
+    history_before = len(command.history(config))
+    (report,) = command.upgrade(config, "head", dry_run=True, sample=120)
+    assert report.dry_run and report.metrics["overlap_at_10"] is not None
+    assert snapshot(config, with_history=False) == before
+    events = command.history(config)
+    assert len(events) == history_before + 1 and events[0].action == "dry-run"
+
+
+def test_dry_run_writes_a_json_report(config: Config, project: Path) -> None:
+    two_revisions(config)
+    command.upgrade(config, "r1")
+    command.upgrade(config, "head", dry_run=True, sample=100, report_path=project / "r.json")
+    import json
+
+    data = json.loads((project / "r.json").read_text())
+    assert data["schema_version"] == 1 and data["revision"] == "r2" and data["dry_run"] is True
+    assert data["verdict"]["result"] == "pass"
+
+
+def test_dry_run_of_a_first_revision_builds_nothing(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    assert command.current(config) == []  # creates the history database
+    before = snapshot(config, with_history=False)
+    command.upgrade(config, "head", dry_run=True, sample=50)
+    assert snapshot(config, with_history=False) == before
+    assert command.current(config) == []
+
+
+def test_old_that_does_not_match_the_live_index_is_refused(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.revision(
+        config, "second", alias="docs", old="models/far", new="models/near", rev_id="r2"
+    )
+    command.upgrade(config, "r1")
+    before = snapshot(config)
+    with pytest.raises(StateError, match="does not match"):
+        command.upgrade(config, "head")
+    assert snapshot(config) == before
+
+
+def test_upgrade_that_never_swaps_is_an_error(config: Config) -> None:
+    two_revisions(config)
+    command.upgrade(config, "r1")
+    path = next((config.script_location / "versions").glob("r2_*.py"))
+    path.write_text(path.read_text().replace("    ctx.swap()", "    pass"))
+    with pytest.raises(ScriptError, match="without calling ctx.swap"):
+        command.upgrade(config, "head")
+    assert live(config).revision == "r1"
+
+
+def test_upgrade_at_head_is_a_no_op(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.upgrade(config, "head")
+    before = snapshot(config)
+    assert command.upgrade(config, "head") == []
+    assert snapshot(config) == before
+
+
+def test_repeated_keys_keep_the_last_text(config: Config, project: Path) -> None:
+    import json
+
+    with (project / "corpus.jsonl").open("a") as fh:
+        fh.write(json.dumps({"id": "dup", "text": "first text of dup"}) + "\n")
+        fh.write(json.dumps({"id": "dup", "text": "cancer stem cells tumor growth"}) + "\n")
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    (report,) = command.upgrade(config, "head")
+    assert report.corpus_size == 301
+    assert any("repeated document key" in note for note in report.notes)
+    hits = command.search(config, "docs", "cancer stem cells tumor growth", k=1)
+    assert hits[0].key == "dup" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_index_factory_of_the_revision_is_used(config: Config) -> None:
+    command.revision(
+        config, "first", alias="docs", new="models/a", rev_id="r1", index_factory="IVF4,Flat"
+    )
+    command.upgrade(config, "head")
+    record = live(config).live
+    assert record is not None and record.factory == "IVF4,Flat"
+    index = files.load(Path(str(record.path)), record.sha256)
+    assert index.ntotal == 300 and "IVF" in type(files.faiss.downcast_index(index.index)).__name__
+
+
+def test_vectors_in_the_index_equal_a_fresh_encoding(
+    config: Config, models: dict[str, Path]
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from embedmig.runtime.environment import Environment
+    from embedmig.store import catalog
+
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.upgrade(config, "head")
+    record = live(config).live
+    assert record is not None
+    index = files.load(Path(str(record.path)), record.sha256)
+    env = Environment(config)
+    with env.engine.connect() as conn:
+        ids = catalog.lookup_ids(conn, "docs", ["33370", "8764879"])
+    from conftest import corpus_rows
+
+    texts = {row["id"]: row["text"] for row in corpus_rows(300)}
+    model = SentenceTransformer(str(models["a"]), device="cpu")
+    expected = model.encode([texts["33370"], texts["8764879"]], normalize_embeddings=True)
+    got = np.stack([index.reconstruct(ids["33370"]), index.reconstruct(ids["8764879"])])
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -110,7 +110,9 @@ def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_s
     sampler = Sampler(sample_size, env.config.get_int("eval.seed", minimum=0))
     seen_max_len = embedder.max_seq_length
     started, last_log = time.monotonic(), time.monotonic()
-    for consumed, batch in batches(env.corpus(rev.alias), env.batch_size, stats, sampler, skip):
+    for consumed, batch in batches(
+        env.corpus(rev.alias), env.checkpoint_every, stats, sampler, skip
+    ):
         texts = [doc.text for doc in batch]
         if seen_max_len is not None:
             stats.truncated += _count_truncated(embedder, texts, seen_max_len)

@@ -43,6 +43,10 @@ class Environment:
     def batch_size(self) -> int:
         return self.config.get_int("batch_size")
 
+    @property
+    def checkpoint_every(self) -> int:
+        return self.config.get_int("checkpoint_every")
+
     def corpus(self, alias: str) -> Iterable[Document]:
         docs: Iterable[Document] | None = self._call_env("corpus", alias, required=True)
         if docs is None:
