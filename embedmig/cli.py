@@ -130,7 +130,8 @@ def _print_report(report: Report) -> None:
     click.echo(report.render_text())
 
 
-@cli.command()
+# ignore_unknown_options lets `downgrade -1` through as a target, as alembic's CLI does.
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("target")
 @pass_state
 def downgrade(state: State, target: str) -> None:

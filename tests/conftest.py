@@ -116,7 +116,10 @@ def snapshot(config: Config, *, with_history: bool = True) -> dict[str, object]:
 
     from embedmig.history import schema
 
-    state: dict[str, object] = {}
+    # A database not created yet holds the same as one with empty tables.
+    state: dict[str, object] = {
+        t.name: [] for t in schema.metadata.sorted_tables if with_history or t is not schema.history
+    }
     db_path = config.url.removeprefix("sqlite:///")
     if Path(db_path).exists():
         engine = sa.create_engine(config.url)

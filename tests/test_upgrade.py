@@ -142,7 +142,7 @@ def test_upgrade_that_never_swaps_is_an_error(config: Config) -> None:
     command.upgrade(config, "r1")
     path = next((config.script_location / "versions").glob("r2_*.py"))
     path.write_text(path.read_text().replace("    ctx.swap()", "    pass"))
-    with pytest.raises(ScriptError, match="without calling ctx.swap"):
+    with pytest.raises(ScriptError, match=r"without calling ctx\.swap"):
         command.upgrade(config, "head")
     assert live(config).revision == "r1"
 

@@ -1,0 +1,155 @@
+"""Specs of the command line: output for scripts, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import snapshot
+
+from embedmig import Config
+from embedmig.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_full_cycle_through_the_cli(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        run(
+            capsys,
+            "revision",
+            "-m",
+            "first",
+            "--alias",
+            "docs",
+            "--new",
+            "models/a",
+            "--rev-id",
+            "r1",
+        )[0]
+        == 0
+    )
+    code, out, _ = run(
+        capsys,
+        "revision",
+        "-m",
+        "second",
+        "--alias",
+        "docs",
+        "--new",
+        "models/near",
+        "--rev-id",
+        "r2",
+    )
+    assert code == 0 and "r2" in out
+    assert run(capsys, "upgrade", "r1")[0] == 0
+    code, out, _ = run(capsys, "upgrade", "--dry-run", "--sample", "100")
+    assert code == 0 and "dry run" in out and "overlap_at_10" in out
+    code, out, _ = run(capsys, "upgrade")
+    assert code == 0 and out.startswith("PASS")
+    code, out, _ = run(capsys, "current")
+    assert out.strip().startswith("docs: r2 (head); index #")
+    code, out, _ = run(capsys, "downgrade", "-1")
+    assert code == 0 and "r2 -> r1" in out
+    code, out, _ = run(capsys, "history", "-v")
+    assert [line.split()[3] for line in out.splitlines() if not line.startswith(" ")] == [
+        "downgrade",
+        "upgrade",
+        "dry-run",
+        "upgrade",
+    ]
+    code, out, _ = run(capsys, "heads")
+    assert out.startswith("r2 (docs) (head)")
+    code, out, _ = run(capsys, "show", "r2")
+    assert "Alias: docs" in out and "New: models/near" in out
+
+
+def test_search_prints_only_hits_one_per_line(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "revision", "-m", "first", "--alias", "docs", "--new", "models/a")
+    run(capsys, "upgrade")
+    code, out, _ = run(capsys, "search", "docs", "stem cells", "-k", "4")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 4
+    for rank, line in enumerate(lines, 1):
+        fields = line.split("\t")
+        assert len(fields) == 4 and fields[0] == str(rank)
+        float(fields[2])
+
+
+def test_bad_input_is_one_line_on_stderr_with_exit_1(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = snapshot(Config(project / "embedmig.ini"))
+    code, out, err = run(capsys, "upgrade", "nope")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("embedmig: error: ") and "Traceback" not in err
+    assert snapshot(Config(project / "embedmig.ini")) == before
+
+
+def test_verbose_shows_the_traceback(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "--verbose", "upgrade", "nope")
+    assert (
+        code == 1
+        and "Traceback" in err
+        and err.rstrip().splitlines()[-1].startswith("embedmig: error:")
+    )
+
+
+def test_failed_gate_exits_3(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "revision", "-m", "first", "--alias", "docs", "--new", "models/a", "--rev-id", "r1")
+    run(
+        capsys,
+        "revision",
+        "-m",
+        "second",
+        "--alias",
+        "docs",
+        "--new",
+        "models/far",
+        "--rev-id",
+        "r2",
+    )
+    run(capsys, "upgrade", "r1")
+    path = next((project / "migrations" / "versions").glob("r2_*.py"))
+    path.write_text(
+        path.read_text().replace("Gates(min_overlap_at_10=0.5", "Gates(min_overlap_at_10=0.95")
+    )
+    code, out, err = run(capsys, "upgrade")
+    assert code == 3 and out.startswith("FAIL") and "gate failed" in err
+
+
+def test_missing_config_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "current")
+    assert code == 1 and "embedmig init" in err
+
+
+def test_unreachable_database_is_a_clear_error(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ini = project / "embedmig.ini"
+    ini.write_text(
+        ini.read_text().replace("sqlite:///embedmig.db", "sqlite:////nonexistent/dir/x.db")
+    )
+    code, _, err = run(capsys, "current")
+    assert code == 1 and "cannot open history database" in err
+
+
+def test_console_script_runs(project: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "from embedmig.cli import run; run()", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and "upgrade" in result.stdout

@@ -1,0 +1,139 @@
+"""Specs of rollback, stamp and the alias-resolving searcher."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from conftest import snapshot
+
+from embedmig import Config, ScriptError, StateError, command, open_searcher
+
+QUERY = "glioblastoma stem cells tumor growth"
+
+
+def upgraded_twice(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.revision(config, "second", alias="docs", new="models/far", rev_id="r2")
+    command.upgrade(config, "r1")
+
+
+def test_downgrade_restores_the_exact_previous_index(config: Config) -> None:
+    upgraded_twice(config)
+    (before,) = command.current(config)
+    assert before.live is not None and before.live.path is not None
+    file_sha = hashlib.sha256(Path(before.live.path).read_bytes()).hexdigest()
+    hits_before = command.search(config, "docs", QUERY)
+    command.upgrade(config, "head", force=True)
+    assert command.search(config, "docs", QUERY) != hits_before
+
+    (undone,) = command.downgrade(config, "-1")
+    assert undone.revision == "r2"
+    (after,) = command.current(config)
+    assert after.revision == "r1" and after.live is not None
+    assert after.live.id == before.live.id and after.live.sha256 == before.live.sha256
+    assert hashlib.sha256(Path(after.live.path or "").read_bytes()).hexdigest() == file_sha
+    assert command.search(config, "docs", QUERY) == hits_before
+    assert command.history(config)[0].action == "downgrade"
+
+
+def test_downgrade_does_not_re_embed(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    upgraded_twice(config)
+    command.upgrade(config, "head", force=True)
+    from embedmig.embedders import LoadedEmbedder
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("downgrade encoded documents")
+
+    monkeypatch.setattr(LoadedEmbedder, "encode_documents", refuse)
+    monkeypatch.setattr(LoadedEmbedder, "encode_queries", refuse)
+    command.downgrade(config, "docs@-1")
+    assert command.current(config)[0].revision == "r1"
+
+
+def test_downgrade_to_base_leaves_the_alias_without_live_index(config: Config) -> None:
+    upgraded_twice(config)
+    command.downgrade(config, "base")
+    (state,) = command.current(config)
+    assert state.revision is None and state.live is None
+    with pytest.raises(StateError, match="no live index"):
+        command.search(config, "docs", QUERY)
+
+
+def test_upgrade_again_after_downgrade_rebuilds_the_shadow(config: Config) -> None:
+    upgraded_twice(config)
+    command.upgrade(config, "head", force=True)
+    command.downgrade(config, "-1")
+    command.upgrade(config, "head", force=True)
+    (state,) = command.current(config)
+    assert state.revision == "r2" and state.live is not None
+
+
+def test_downgrade_to_an_unknown_revision_changes_nothing(config: Config) -> None:
+    upgraded_twice(config)
+    before = snapshot(config)
+    with pytest.raises(ScriptError, match="nope"):
+        command.downgrade(config, "nope")
+    assert snapshot(config) == before
+
+
+def test_rollback_refuses_when_the_previous_index_file_is_gone(config: Config) -> None:
+    upgraded_twice(config)
+    (state,) = command.current(config)
+    assert state.live is not None
+    command.upgrade(config, "head", force=True)
+    Path(state.live.path or "").unlink()
+    before = snapshot(config)
+    with pytest.raises(Exception, match="has no file"):
+        command.downgrade(config, "-1")
+    assert snapshot(config) == before
+
+
+def test_searcher_follows_a_swap_and_a_rollback_without_reopening(config: Config) -> None:
+    upgraded_twice(config)
+    searcher = open_searcher(config, "docs")
+    first = searcher.search(QUERY, k=5)
+    assert searcher.index_record.revision == "r1"
+    command.upgrade(config, "head", force=True)
+    assert searcher.index_record.revision == "r2"
+    assert searcher.search(QUERY, k=5) != first
+    command.downgrade(config, "-1")
+    assert searcher.search(QUERY, k=5) == first
+    searcher.close()
+
+
+def test_search_returns_keys_scores_and_snippets_in_rank_order(config: Config) -> None:
+    upgraded_twice(config)
+    hits = command.search(config, "docs", QUERY, k=7)
+    assert [h.rank for h in hits] == list(range(1, 8))
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+    assert all(h.key and h.snippet for h in hits)
+
+
+def test_search_with_k_beyond_the_index_returns_every_document(config: Config) -> None:
+    upgraded_twice(config)
+    assert len(command.search(config, "docs", QUERY, k=1000)) == 300
+
+
+def test_searcher_refuses_an_index_file_that_was_altered(config: Config) -> None:
+    upgraded_twice(config)
+    (state,) = command.current(config)
+    assert state.live is not None and state.live.path is not None
+    path = Path(state.live.path)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="sha256"):
+        command.search(config, "docs", QUERY)
+
+
+def test_stamp_sets_the_revision_without_touching_the_index(config: Config) -> None:
+    upgraded_twice(config)
+    (before,) = command.current(config)
+    assert command.stamp(config, "r2") == [("docs", "r2")]
+    (after,) = command.current(config)
+    assert after.revision == "r2" and after.live == before.live
+    assert command.history(config)[0].action == "stamp"
+    assert command.stamp(config, "docs@base") == [("docs", None)]
+    assert command.current(config)[0].revision is None

@@ -1,0 +1,73 @@
+"""A backfill that dies part-way resumes from its last checkpoint without re-embedding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedmig import Config, SourceError, command
+from embedmig.embedders import LoadedEmbedder
+from embedmig.store import files
+
+FLAKY_ENV = """
+from pathlib import Path
+from embedmig import SourceError, sources
+
+def corpus(config, alias):
+    stop = Path(config.root, "die-after")
+    limit = int(stop.read_text()) if stop.exists() else None
+    for n, doc in enumerate(sources.corpus_from_config(config)):
+        if limit is not None and n == limit:
+            raise SourceError(f"corpus connection lost after {n} documents")
+        yield doc
+"""
+
+
+def test_killed_backfill_resumes_without_embedding_a_batch_twice(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ini = project / "embedmig.ini"
+    ini.write_text(ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 40"))
+    (project / "migrations" / "env.py").write_text(FLAKY_ENV)
+    config = Config(ini)
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+
+    encoded: list[int] = []
+    real_encode = LoadedEmbedder.encode_documents
+
+    def counting(self: LoadedEmbedder, texts: list[str], batch_size: int) -> np.ndarray:
+        encoded.append(len(texts))
+        return real_encode(self, texts, batch_size)
+
+    monkeypatch.setattr(LoadedEmbedder, "encode_documents", counting)
+    (project / "die-after").write_text("130")
+    with pytest.raises(SourceError, match="lost after 130"):
+        command.upgrade(config, "head")
+    assert sum(encoded) == 120  # 3 checkpointed batches
+    ((alias, revision, live),) = [(s.alias, s.revision, s.live) for s in command.current(config)]
+    assert (alias, revision, live) == ("docs", None, None)
+
+    (project / "die-after").unlink()
+    command.upgrade(config, "head")
+    assert sum(encoded) == 300  # the 120 already spooled were not embedded again
+
+    (state,) = command.current(config)
+    assert state.live is not None and state.live.ntotal == 300
+    index = files.load(Path(str(state.live.path)), state.live.sha256)
+    monkeypatch.setattr(LoadedEmbedder, "encode_documents", real_encode)
+    rebuilt = Config(
+        ini, options={"index_dir": "indexes-again", "sqlalchemy.url": "sqlite:///again.db"}
+    )
+    command.upgrade(rebuilt, "head")
+    (again,) = command.current(rebuilt)
+    assert again.live is not None
+    other = files.load(Path(str(again.live.path)), again.live.sha256)
+    ids = np.arange(1, 301, dtype=np.int64)
+    np.testing.assert_allclose(
+        np.stack([index.reconstruct(int(i)) for i in ids]),
+        np.stack([other.reconstruct(int(i)) for i in ids]),
+        atol=1e-6,
+    )
+    assert not list(Path(project / "indexes").rglob("*.vec"))  # the spool is gone

@@ -1,0 +1,191 @@
+"""Specs of init, revision generation, several aliases and relative targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import snapshot
+
+from embedmig import Config, ConfigError, ScriptError, command
+
+
+def test_init_copies_the_template_and_writes_the_config(tmp_path: Path) -> None:
+    ini = command.init(tmp_path / "migrations", tmp_path / "embedmig.ini")
+    for name in ("env.py", "script.py.mako", "README", "versions"):
+        assert (tmp_path / "migrations" / name).exists()
+    config = Config(ini)
+    assert config.script_location == tmp_path / "migrations"
+    assert config.url == f"sqlite:///{tmp_path / 'embedmig.db'}"
+    assert config.index_dir == tmp_path / "indexes"
+
+
+def test_init_refuses_to_overwrite_a_config(tmp_path: Path) -> None:
+    (tmp_path / "embedmig.ini").write_text("[embedmig]\n")
+    with pytest.raises(ConfigError, match="already exists"):
+        command.init(tmp_path / "migrations", tmp_path / "embedmig.ini")
+    assert not (tmp_path / "migrations").exists()
+    assert (tmp_path / "embedmig.ini").read_text() == "[embedmig]\n"
+
+
+def test_init_refuses_a_non_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "mine.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="not empty"):
+        command.init(tmp_path / "migrations", tmp_path / "embedmig.ini")
+    assert not (tmp_path / "embedmig.ini").exists()
+
+
+def test_pyproject_tool_table_configures_a_project(project: Path) -> None:
+    (project / "embedmig.ini").unlink()
+    (project / "pyproject.toml").write_text(
+        '[tool.embedmig]\nscript_location = "migrations"\ncorpus = "corpus.jsonl"\n'
+        "[tool.embedmig.eval]\nk = 5\n"
+    )
+    config = Config.find(project)
+    assert config.path == project / "pyproject.toml" and config.get("eval.k") == "5"
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    (report,) = command.upgrade(config)
+    assert report.k == 5 and report.corpus_size == 300
+
+
+def test_first_revision_of_an_alias_starts_a_labelled_branch(config: Config) -> None:
+    rev = command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    assert rev.down_revision is None and rev.old is None and rev.alias == "docs"
+    text = rev.path.read_text()
+    assert "branch_labels = ('docs',)" in text and "old = None" in text
+
+
+def test_next_revision_chains_on_the_alias_head_and_takes_old_from_it(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    rev = command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
+    assert rev.down_revision == "r1"
+    assert rev.old is not None and rev.old.model == "models/a" and rev.new.model == "models/near"
+
+
+def test_old_for_an_alias_without_revisions_is_refused(config: Config) -> None:
+    before = snapshot(config)
+    with pytest.raises(ScriptError, match="no revision yet"):
+        command.revision(config, "x", alias="docs", old="models/a", new="models/near")
+    assert snapshot(config) == before
+
+
+def test_a_taken_revision_id_is_refused(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    before = snapshot(config)
+    with pytest.raises(ScriptError, match="already exists"):
+        command.revision(config, "again", alias="faq", new="models/a", rev_id="r1")
+    assert snapshot(config) == before
+
+
+@pytest.mark.parametrize("alias", ["../evil", "a/b", "..", ".hidden", "", "x" * 65])
+def test_alias_names_cannot_escape_the_index_folder(config: Config, alias: str) -> None:
+    before = snapshot(config)
+    with pytest.raises(Exception, match="alias"):
+        command.revision(config, "x", alias=alias, new="models/a")
+    assert snapshot(config) == before
+
+
+def aliases(config: Config) -> None:
+    command.revision(config, "docs 1", alias="docs", new="models/a", rev_id="d1")
+    command.revision(config, "docs 2", alias="docs", new="models/near", rev_id="d2")
+    command.revision(config, "faq 1", alias="faq", new="models/far", rev_id="f1")
+
+
+def test_several_aliases_each_have_their_own_chain_and_head(config: Config) -> None:
+    aliases(config)
+    assert sorted((h.alias, h.revision) for h in command.heads(config)) == [
+        ("docs", "d2"),
+        ("faq", "f1"),
+    ]
+
+
+def test_head_is_ambiguous_with_several_aliases(config: Config) -> None:
+    aliases(config)
+    before = snapshot(config)
+    with pytest.raises(ScriptError, match="Multiple heads"):
+        command.upgrade(config, "head")
+    assert snapshot(config) == before
+
+
+def test_heads_upgrades_every_alias(config: Config) -> None:
+    aliases(config)
+    command.upgrade(config, "heads")
+    assert {(s.alias, s.revision) for s in command.current(config)} == {
+        ("docs", "d2"),
+        ("faq", "f1"),
+    }
+
+
+def test_alias_at_head_upgrades_one_alias_only(config: Config) -> None:
+    aliases(config)
+    command.upgrade(config, "faq@head")
+    assert [(s.alias, s.revision) for s in command.current(config)] == [("faq", "f1")]
+
+
+def test_relative_and_partial_targets(config: Config) -> None:
+    command.revision(config, "1", alias="docs", new="models/a", rev_id="aaa111")
+    command.revision(config, "2", alias="docs", new="models/near", rev_id="bbb222")
+    command.revision(config, "3", alias="docs", new="models/a", rev_id="ccc333")
+    command.upgrade(config, "+1")
+    assert command.current(config)[0].revision == "aaa111"
+    command.upgrade(config, "bbb2")  # a unique prefix
+    assert command.current(config)[0].revision == "bbb222"
+    command.upgrade(config, "+1", force=True)
+    assert command.current(config)[0].revision == "ccc333"
+    command.downgrade(config, "-2")
+    assert command.current(config)[0].revision == "aaa111"
+
+
+def test_minus_one_is_ambiguous_with_several_aliases(config: Config) -> None:
+    aliases(config)
+    command.upgrade(config, "heads")
+    before = snapshot(config)
+    with pytest.raises(ScriptError, match="ALIAS@-1"):
+        command.downgrade(config, "-1")
+    assert snapshot(config) == before
+    command.downgrade(config, "docs@-1")
+    assert {(s.alias, s.revision) for s in command.current(config)} == {
+        ("docs", "d1"),
+        ("faq", "f1"),
+    }
+
+
+def test_unknown_target_is_refused_and_changes_nothing(config: Config) -> None:
+    aliases(config)
+    before = snapshot(config)
+    with pytest.raises(ScriptError, match="No such revision"):
+        command.upgrade(config, "zzzz")
+    assert snapshot(config) == before
+
+
+def test_show_describes_a_revision_and_its_history(config: Config) -> None:
+    aliases(config)
+    command.upgrade(config, "docs@head")
+    rev, events = command.show(config, "d2")
+    assert rev.alias == "docs" and rev.old is not None and rev.new.model == "models/near"
+    assert [e.action for e in events] == ["upgrade"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace("alias = 'docs'", ""), "missing `alias`"),
+        (lambda t: t.replace("new = Embedder(", "new = ("), "`new` has the wrong type"),
+        (lambda t: t + "\ndef oops(:\n", "syntax error"),
+        (
+            lambda t: t.replace("revision = 'd2'", "revision = 'd2'\nraise RuntimeError('boom')"),
+            "boom",
+        ),
+        (lambda t: t.replace("down_revision = 'd1'", "down_revision = 'zzzz'"), "zzzz"),
+        (lambda t: t.replace("Gates(", "Gates(min_typo=1, "), "unknown gate 'min_typo'"),
+    ],
+)
+def test_a_broken_revision_script_is_a_one_line_error(config: Config, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    aliases(config)
+    path = next((config.script_location / "versions").glob("d2_*.py"))
+    path.write_text(edit(path.read_text()))
+    before = snapshot(config)
+    with pytest.raises(ScriptError, match=message):
+        command.upgrade(config, "docs@head")
+    assert snapshot(config) == before
