@@ -221,7 +221,7 @@ def _load_model(spec: Embedder, location: Path, device: str | None) -> SentenceT
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     try:
         model = SentenceTransformer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,7 @@ def test_search_returns_keys_scores_and_snippets_in_rank_order(config: Config) -
     upgraded_twice(config)
     hits = command.search(config, "docs", QUERY, k=7)
     assert [h.rank for h in hits] == list(range(1, 8))
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+    assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
     assert all(h.key and h.snippet for h in hits)
 
 
