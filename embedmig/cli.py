@@ -17,7 +17,7 @@ import click
 from embedmig import command
 from embedmig.config import Config
 from embedmig.errors import EmbedmigError, GateFailed
-from embedmig.metrics.report import Report
+from embedmig.metrics.report import HEADLINE, Report
 
 EXIT_ERROR, EXIT_GATE = 1, 3
 
@@ -182,9 +182,10 @@ def history(state: State, alias: str | None, detail: bool) -> None:
                 click.echo(
                     f"    gate {check['bound']}_{check['metric']} {check['limit']}: {shown} {mark}"
                 )
-            for name, value in (event.metrics.get("metrics") or {}).items():
-                if value is not None:
-                    click.echo(f"    {name:<28} {value:.4f}")
+            metrics = event.metrics.get("metrics") or {}
+            for name in HEADLINE:
+                if metrics.get(name) is not None:
+                    click.echo(f"    {name:<28} {metrics[name]:.4f}")
 
 
 @cli.command()

@@ -15,6 +15,23 @@ from embedmig.metrics import kernels
 
 SCHEMA_VERSION = 1
 WORST = 5
+# What the terminal shows; the JSON report has every metric.
+HEADLINE = (
+    "overlap_at_10",
+    "overlap_at_10_p5",
+    "overlap_at_10_below_half",
+    "jaccard_at_10",
+    "overlap_at_100",
+    "score_delta_mean",
+    "score_ks",
+    "score_wasserstein",
+    "recall_at_10_old",
+    "recall_at_10_new",
+    "recall_ratio",
+    "ndcg_at_10_old",
+    "ndcg_at_10_new",
+    "ndcg_delta",
+)
 
 
 @dataclass(frozen=True)
@@ -96,7 +113,7 @@ class Report:
         if self.verdict is not None:
             for check in self.verdict.checks:
                 lines.append(f"  gate {check.describe()}")
-        shown = [(name, value) for name, value in self.metrics.items() if value is not None]
+        shown = [(n, self.metrics[n]) for n in HEADLINE if self.metrics.get(n) is not None]
         if shown:
             lines.append("  metrics:")
             for name, value in shown:

