@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from embedmig.runtime import evaluate as ev
 from embedmig.runtime.backfill import Sampler, Shadow, backfill
 from embedmig.runtime.environment import Environment
 from embedmig.script import Revision
-from embedmig.sources import Document
+from embedmig.sources import Document, Qrels
 from embedmig.store import catalog, files
 
 log = logging.getLogger("embedmig")
@@ -86,6 +87,11 @@ class MigrationContext:
     @property
     def k(self) -> int:
         return self.config.get_int("eval.k")
+
+    @cached_property
+    def _qrels(self) -> Qrels | None:
+        """Judgements apply only to configured queries; read once per migration."""
+        return self.env.qrels(self.alias) if self.env.queries(self.alias) is not None else None
 
     # ---- upgrade steps -----------------------------------------------------------------------
 
@@ -252,12 +258,15 @@ class MigrationContext:
         """Configured queries (judged ones, when there are qrels) or a sample of the documents."""
         size = self.config.get_int("eval.sample")
         seed = self.config.get_int("eval.seed", minimum=0)
+        qrels = self._qrels
+        if self.old is None and qrels is None and not self.gates:
+            # An alias's first index has nothing to be compared with: skip encoding queries.
+            return ev.QuerySet([], "none (first index of the alias, no qrels)")
         source = self.env.queries(self.alias)
         if source is None:
             docs = [d for d in corpus_sample if d.key in ids_of][:size]
             self_ids = np.array([ids_of[d.key] for d in docs], dtype=np.int64)
             return ev.QuerySet(docs, "sampled corpus documents", self_ids=self_ids)
-        qrels = self.env.qrels(self.alias)
         sampler = Sampler(size, seed)
         for doc in source:
             if qrels is None or doc.key in qrels:
@@ -278,9 +287,8 @@ class MigrationContext:
         assert shadow is not None and new is not None
         with self.env.engine.connect() as conn:
             candidate_keys = {d.key for d in shadow.sample}
-            qrels = self.env.qrels(self.alias)
-            if qrels is not None:
-                candidate_keys |= {key for judged in qrels.values() for key in judged}
+            if self._qrels is not None:
+                candidate_keys |= {key for judged in self._qrels.values() for key in judged}
             ids_of = catalog.lookup_ids(conn, self.alias, candidate_keys)
         queries = self._sample_queries(shadow.sample, ids_of)
         old_side = None
@@ -313,8 +321,7 @@ class MigrationContext:
     def _dry_backfill(self, new: LoadedEmbedder) -> DryRunIndexes:
         seed = self.config.get_int("eval.seed", minimum=0)
         sampler = Sampler(self.sample, seed)
-        qrels = self.env.qrels(self.alias) if self.env.queries(self.alias) is not None else None
-        judged = {key for judged in (qrels or {}).values() for key in judged}
+        judged = {key for judged in (self._qrels or {}).values() for key in judged}
         extra: dict[str, Document] = {}
         skipped = 0
         for doc in self.env.corpus(self.alias):

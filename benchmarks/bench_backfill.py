@@ -1,0 +1,148 @@
+"""`embedmig upgrade` of a real corpus vs a hand-written baseline doing the same work.
+
+Baseline: read the JSONL corpus, encode it in chunks with the same model and batch size
+(normalized), add each chunk to an IndexIDMap2 over a flat inner-product index, write_index.
+embedmig: a fresh project whose first revision builds the alias's index with the same model,
+through `embedmig.command.upgrade` (SQL ids and checkpoints, spool, checksummed atomic save).
+
+Each run is a separate process (fresh model, clean peak RSS); runs alternate so drift in the
+machine's speed hits both. Prints wall time and peak RSS of each, and the ratios (min over runs).
+Target: time ratio <= 1.05, peak memory <= baseline + 10%.
+
+    python benchmarks/bench_backfill.py [--docs 1500] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCIFACT = ROOT.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
+DEMO = ROOT / "demo" / "data" / "corpus.jsonl"
+BATCH, CHUNK = 32, 1024
+
+
+def corpus_file(work: Path, docs: int) -> Path:
+    source = SCIFACT if SCIFACT.exists() else DEMO
+    out = work / "corpus.jsonl"
+    with source.open() as src, out.open("w") as dst:
+        for n, line in enumerate(src):
+            if n == docs:
+                break
+            row = json.loads(line)
+            dst.write(
+                json.dumps({"id": row["_id"], "text": f"{row['title']} {row['text']}"}) + "\n"
+            )
+    return out
+
+
+def baseline(work: Path, model_dir: str) -> None:
+    import faiss
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_dir, local_files_only=True)
+    dim = model.get_embedding_dimension()
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    chunk: list[str] = []
+    next_id = 1
+
+    def flush() -> None:
+        nonlocal next_id
+        vectors = model.encode(chunk, batch_size=BATCH, normalize_embeddings=True)
+        index.add_with_ids(vectors, np.arange(next_id, next_id + len(chunk), dtype=np.int64))
+        next_id += len(chunk)
+        chunk.clear()
+
+    with (work / "corpus.jsonl").open() as fh:
+        for line in fh:
+            chunk.append(json.loads(line)["text"])
+            if len(chunk) == CHUNK:
+                flush()
+    if chunk:
+        flush()
+    faiss.write_index(index, str(work / "baseline.faiss"))
+
+
+def embedmig_run(work: Path, model_dir: str) -> None:
+    from embedmig import Config, command
+
+    project = Path(tempfile.mkdtemp(dir=work))
+    os.chdir(project)
+    command.init("migrations")
+    ini = project / "embedmig.ini"
+    text = ini.read_text().replace("corpus = corpus.jsonl", f"corpus = {work / 'corpus.jsonl'}")
+    ini.write_text(text.replace("checkpoint_every = 1024", f"checkpoint_every = {CHUNK}"))
+    config = Config(ini)
+    command.revision(config, "first", alias="docs", new=model_dir, rev_id="b1")
+    command.upgrade(config, "head")
+
+
+def child(kind: str, work: Path, model_dir: str) -> None:
+    started = time.perf_counter()
+    (baseline if kind == "baseline" else embedmig_run)(work, model_dir)
+    seconds = time.perf_counter() - started
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--docs", type=int, default=1500)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--child", choices=["baseline", "embedmig"])
+    parser.add_argument("--work")
+    parser.add_argument("--model")
+    args = parser.parse_args()
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if args.child:
+        child(args.child, Path(args.work), args.model)
+        return
+    sys.path.insert(0, str(ROOT))
+    from demo.models import minilm
+
+    model_dir = str(minilm())
+    work = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
+    corpus_file(work, args.docs)
+    results: dict[str, list[dict[str, float]]] = {"baseline": [], "embedmig": []}
+    for _ in range(args.repeat):
+        for kind in ("baseline", "embedmig"):
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    kind,
+                    "--work",
+                    str(work),
+                    "--model",
+                    model_dir,
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            results[kind].append(json.loads(out.strip().splitlines()[-1]))
+            print(kind, results[kind][-1], flush=True)
+    best = {k: min(r["seconds"] for r in v) for k, v in results.items()}
+    peak = {k: max(r["peak_mb"] for r in v) for k, v in results.items()}
+    source = "SciFact" if SCIFACT.exists() else "demo SciFact subset"
+    print(f"\n{args.docs} {source} documents, all-MiniLM-L6-v2, batch {BATCH}, chunk {CHUNK}")
+    print(f"baseline: {best['baseline']:.1f} s, peak {peak['baseline']:.0f} MB")
+    print(f"embedmig: {best['embedmig']:.1f} s, peak {peak['embedmig']:.0f} MB")
+    print(
+        f"time ratio embedmig/baseline = {best['embedmig'] / best['baseline']:.3f} (target <= 1.05)"
+    )
+    print(f"peak memory ratio = {peak['embedmig'] / peak['baseline']:.3f} (target <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()
