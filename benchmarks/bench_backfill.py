@@ -113,8 +113,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     corpus_file(work, args.docs)
     results: dict[str, list[dict[str, float]]] = {"baseline": [], "embedmig": []}
-    for _ in range(args.repeat):
-        for kind in ("baseline", "embedmig"):
+    for turn in range(args.repeat):
+        # ABBA order: whatever drifts during the run (cache, clock, other load) hits both.
+        for kind in ("baseline", "embedmig")[:: 1 if turn % 2 == 0 else -1]:
             out = subprocess.run(
                 [
                     sys.executable,

@@ -115,7 +115,7 @@ def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_s
     ):
         texts = [doc.text for doc in batch]
         if seen_max_len is not None:
-            stats.truncated += _count_truncated(embedder, texts, seen_max_len)
+            stats.truncated += _count_truncated(embedder, texts, seen_max_len, env.batch_size)
         vectors = embedder.encode_documents(texts, env.batch_size)
         with engine.begin() as conn:
             ids = catalog.assign_ids(conn, rev.alias, [doc.key for doc in batch], texts)
@@ -208,12 +208,17 @@ def _remove_files(env: Environment, record: catalog.IndexRecord) -> None:
         raise StoreError(f"cannot remove {path}: {exc.strerror}") from None
 
 
-def _count_truncated(embedder: LoadedEmbedder, texts: list[str], max_len: int) -> int:
+def _count_truncated(embedder: LoadedEmbedder, texts: list[str], max_len: int, step: int) -> int:
+    """How many texts exceed the model's token limit (the model truncates them silently)."""
     tokenizer = getattr(embedder.model, "tokenizer", None)
     if tokenizer is None or not callable(tokenizer):
         return 0
-    try:
-        encoded = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
-    except Exception:  # static and custom tokenizers differ; counting is a courtesy, not a must
-        return 0
-    return int(np.count_nonzero(np.fromiter(map(len, encoded), dtype=np.int64) > max_len))
+    count = 0
+    # In slices, so the token lists of a whole checkpoint chunk never sit in memory at once.
+    for start in range(0, len(texts), step):
+        try:
+            encoded = tokenizer(texts[start : start + step], truncation=False)["input_ids"]
+        except Exception:  # static and custom tokenizers differ; counting is a courtesy, not a must
+            return 0
+        count += int(np.count_nonzero(np.fromiter(map(len, encoded), dtype=np.int64) > max_len))
+    return count
