@@ -203,3 +203,12 @@ def test_vectors_in_the_index_equal_a_fresh_encoding(
     expected = model.encode([texts["33370"], texts["8764879"]], normalize_embeddings=True)
     got = np.stack([index.reconstruct(ids["33370"]), index.reconstruct(ids["8764879"])])
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_an_invalid_index_factory_is_refused_before_embedding(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", index_factory="NoSuchIndex")
+    assert command.current(config) == []
+    before = snapshot(config)
+    with pytest.raises(Exception, match="invalid faiss index factory 'NoSuchIndex'"):
+        command.upgrade(config)
+    assert snapshot(config) == before

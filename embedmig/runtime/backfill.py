@@ -99,6 +99,7 @@ def batches(
 def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_size: int) -> Shadow:
     """Build (or resume building) the shadow index of ``rev`` and mark it ready."""
     engine = env.engine
+    docs = env.corpus(rev.alias)  # first: a corpus that cannot be opened registers nothing
     with engine.begin() as conn:
         index_id, skip, rows = _start(conn, env, rev, embedder)
     path = env.index_path(rev.alias, index_id, rev.revision)
@@ -110,25 +111,29 @@ def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_s
     sampler = Sampler(sample_size, env.config.get_int("eval.seed", minimum=0))
     seen_max_len = embedder.max_seq_length
     started, last_log = time.monotonic(), time.monotonic()
-    for consumed, batch in batches(
-        env.corpus(rev.alias), env.checkpoint_every, stats, sampler, skip
-    ):
-        texts = [doc.text for doc in batch]
-        if seen_max_len is not None:
-            stats.truncated += _count_truncated(embedder, texts, seen_max_len, env.batch_size)
-        vectors = embedder.encode_documents(texts, env.batch_size)
-        with engine.begin() as conn:
-            ids = catalog.assign_ids(conn, rev.alias, [doc.key for doc in batch], texts)
-            spool.append(ids, vectors)
-            rows += len(batch)
-            catalog.save_checkpoint(conn, index_id, consumed, rows)
-        if time.monotonic() - last_log > 10:
-            last_log = time.monotonic()
-            rate = (rows) / max(1e-9, last_log - started)
-            log.info("backfill %s: %d documents embedded (%.0f/s)", rev.alias, rows, rate)
-    if rows == 0:
-        _abandon(env, index_id, spool)
-        raise SourceError(f"the corpus of alias {rev.alias!r} has no non-empty documents")
+    try:
+        for consumed, batch in batches(docs, env.checkpoint_every, stats, sampler, skip):
+            texts = [doc.text for doc in batch]
+            if seen_max_len is not None:
+                stats.truncated += _count_truncated(embedder, texts, seen_max_len, env.batch_size)
+            vectors = embedder.encode_documents(texts, env.batch_size)
+            with engine.begin() as conn:
+                ids = catalog.assign_ids(conn, rev.alias, [doc.key for doc in batch], texts)
+                spool.append(ids, vectors)
+                rows += len(batch)
+                catalog.save_checkpoint(conn, index_id, consumed, rows)
+            if time.monotonic() - last_log > 10:
+                last_log = time.monotonic()
+                rate = rows / max(1e-9, last_log - started)
+                log.info("backfill %s: %d documents embedded (%.0f/s)", rev.alias, rows, rate)
+        if rows == 0:
+            raise SourceError(f"the corpus of alias {rev.alias!r} has no non-empty documents")
+    except BaseException:
+        # Keep a checkpointed build for the next run to resume; one with nothing durable in it
+        # is removed, so a failure on the first batch leaves no trace.
+        if rows == 0:
+            _abandon(env, index_id, spool)
+        raise
     index = spool.build(rev.index_factory, seed=env.config.get_int("eval.seed", minimum=0))
     stats.duplicates = rows - int(index.ntotal)
     sha256 = files.save(index, path)
@@ -183,7 +188,6 @@ def _start(
     )
     # Fail now, not after hours of encoding, if the factory string is not valid for this model.
     files.new_index(embedder.dim, rev.index_factory)
-    env.config.index_dir.mkdir(parents=True, exist_ok=True)
     return index_id, 0, 0
 
 

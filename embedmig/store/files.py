@@ -71,6 +71,8 @@ class Spool:
     def truncate(self, rows: int) -> None:
         """Drop rows written after the last checkpoint (a killed run may leave a partial batch)."""
         for path, width in ((self.vec_path, self.row_bytes), (self.ids_path, 8)):
+            if not path.exists():
+                continue
             with _open_for_append(path) as fh:
                 fh.truncate(rows * width)
                 os.fsync(fh.fileno())
