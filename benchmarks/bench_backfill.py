@@ -10,6 +10,10 @@ machine's speed hits both. Prints wall time and peak RSS of each, and the ratios
 Target: time ratio <= 1.05, peak memory <= baseline + 10%.
 
     python benchmarks/bench_backfill.py [--docs 1500] [--repeat 2]
+
+Measured 2026-11-26 (2 cores, 1,500 SciFact abstracts): baseline 78.0 s / 1016 MB peak,
+embedmig 66.9 s / 1093 MB: time ratio 0.86, memory ratio 1.08. Identical encode runs on this
+machine vary by about 10%, so read the time ratio as "no measurable overhead".
 """
 
 from __future__ import annotations

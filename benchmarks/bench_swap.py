@@ -7,6 +7,10 @@ transaction alone (`catalog.point_alias` plus its history row) is repeated 50 ti
 Prints medians and the 1M/10k ratios (target: about 1).
 
     python benchmarks/bench_swap.py [--large 1000000]
+
+Measured 2026-11-26 (10k vs 1M vectors): ctx.swap() 3.0 vs 4.0 ms (two samples each, dominated
+by SQLite's commit fsync), ctx.rollback() 6.6 vs 6.9 ms (1.05), swap transaction x50 median
+1.52 vs 1.45 ms (0.95).
 """
 
 from __future__ import annotations

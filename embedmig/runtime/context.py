@@ -167,7 +167,6 @@ class MigrationContext:
                 metrics=self._metrics(),
             )
         self.swapped = True
-        self._shadow = None  # the index is saved; release its memory
         log.info(
             "swapped %s to index #%d (%s)", self.alias, shadow.record.id, self.revision.revision
         )
@@ -305,18 +304,24 @@ class MigrationContext:
                 described = catalog.describe_ids(conn, self.alias, ids)
             return {i: key for i, (key, _) in described.items()}
 
-        return ev.run(
+        index = shadow.index
+        if index is None:  # evaluated before: read it back, verified
+            index = files.load(Path(str(shadow.record.path)), shadow.record.sha256)
+        report = ev.run(
             alias=self.alias,
             revision=self.revision.revision,
             dry_run=False,
             old=old_side,
-            new=ev.Side(new, shadow.index),
+            new=ev.Side(new, index),
             queries=queries,
             k=self.k,
             batch_size=self.env.batch_size,
             keys_of=keys_of,
             notes=shadow.stats.notes,
         )
+        # The swap needs only the saved file: free the index now rather than inside the swap.
+        shadow.index = None
+        return report
 
     def _dry_backfill(self, new: LoadedEmbedder) -> DryRunIndexes:
         seed = self.config.get_int("eval.seed", minimum=0)
