@@ -19,34 +19,17 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def revise(
+    capsys: pytest.CaptureFixture[str], message: str, model: str, rev_id: str
+) -> tuple[int, str, str]:
+    return run(
+        capsys, "revision", "-m", message, "--alias", "docs", "--new", model, "--rev-id", rev_id
+    )
+
+
 def test_full_cycle_through_the_cli(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert (
-        run(
-            capsys,
-            "revision",
-            "-m",
-            "first",
-            "--alias",
-            "docs",
-            "--new",
-            "models/a",
-            "--rev-id",
-            "r1",
-        )[0]
-        == 0
-    )
-    code, out, _ = run(
-        capsys,
-        "revision",
-        "-m",
-        "second",
-        "--alias",
-        "docs",
-        "--new",
-        "models/near",
-        "--rev-id",
-        "r2",
-    )
+    assert revise(capsys, "first", "models/a", "r1")[0] == 0
+    code, out, _ = revise(capsys, "second", "models/near", "r2")
     assert code == 0 and "r2" in out
     assert run(capsys, "upgrade", "r1")[0] == 0
     code, out, _ = run(capsys, "upgrade", "--dry-run", "--sample", "100")
@@ -104,19 +87,8 @@ def test_verbose_shows_the_traceback(project: Path, capsys: pytest.CaptureFixtur
 
 
 def test_failed_gate_exits_3(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run(capsys, "revision", "-m", "first", "--alias", "docs", "--new", "models/a", "--rev-id", "r1")
-    run(
-        capsys,
-        "revision",
-        "-m",
-        "second",
-        "--alias",
-        "docs",
-        "--new",
-        "models/far",
-        "--rev-id",
-        "r2",
-    )
+    revise(capsys, "first", "models/a", "r1")
+    revise(capsys, "second", "models/far", "r2")
     run(capsys, "upgrade", "r1")
     path = next((project / "migrations" / "versions").glob("r2_*.py"))
     path.write_text(
