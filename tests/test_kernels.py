@@ -107,3 +107,65 @@ def test_qrels_metrics_match_textbook_definitions(seed: int) -> None:
         assert ndcg[i] == pytest.approx(ref_ndcg(ranked, judged, k), abs=1e-9)
         assert recall[i] == pytest.approx(len(found) / len(judged) if judged else 0.0, abs=1e-9)
         assert mrr[i] == pytest.approx(0.0 if first is None else 1 / (first + 1), abs=1e-9)
+
+
+def ref_rbo(a: list[int], b: list[int], p: float) -> float:
+    k = len(a)
+    total, common = 0.0, 0
+    for d in range(1, k + 1):
+        common = len({x for x in a[:d] if x >= 0} & {y for y in b[:d] if y >= 0})
+        total += common / d * p**d
+    return common / k * p**k + (1 - p) / p * total
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("p", [0.5, 0.9, 0.98])
+def test_rbo_matches_its_definition(seed: int, p: float) -> None:
+    a, b = id_matrices(seed, 50, 12, universe=15)
+    got = kernels.rbo(a, b, p)
+    for i in range(len(a)):
+        assert got[i] == pytest.approx(ref_rbo(list(a[i]), list(b[i]), p), abs=1e-9)
+
+
+def test_rbo_of_identical_and_disjoint_lists() -> None:
+    a = np.arange(20, dtype=np.int64).reshape(2, 10)
+    assert kernels.rbo(a, a) == pytest.approx([1.0, 1.0])
+    assert kernels.rbo(a, a + 100) == pytest.approx([0.0, 0.0])
+
+
+def test_large_ids_use_wide_keys() -> None:
+    a = np.array([[2**40, 5, 2**41]], dtype=np.int64)
+    b = np.array([[2**41, 2**40, 7]], dtype=np.int64)
+    assert kernels.overlap_at_k(a, b, 3)[0] == pytest.approx(2 / 3)
+    assert kernels.rbo(a, b)[0] == pytest.approx(ref_rbo(list(a[0]), list(b[0]), 0.9))
+
+
+def test_threshold_map_is_quantile_mapping() -> None:
+    old = np.linspace(0.0, 1.0, 101)
+    new = old * 0.5 + 0.2
+    share, mapped = kernels.threshold_map(old, new, np.array([0.3, 0.62]))
+    expected_share = [np.mean(old <= 0.3), np.mean(old <= 0.62)]
+    assert share == pytest.approx(expected_share)
+    assert mapped == pytest.approx(np.quantile(new, expected_share))
+
+
+def test_bootstrap_interval_is_seeded_and_covers_the_mean() -> None:
+    values = np.random.default_rng(3).normal(0.1, 1.0, 400)
+    low, high = kernels.bootstrap_mean_ci(values, seed=7) or (0.0, 0.0)
+    assert low < values.mean() < high
+    assert kernels.bootstrap_mean_ci(values, seed=7) == (low, high)
+    # Reference: the same resamples drawn one at a time.
+    rng = np.random.default_rng(7)
+    means = [values[rng.integers(0, 400, 400)].mean() for _ in range(1000)]
+    assert (low, high) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])), abs=1e-12)
+
+
+def test_ranks_of_finds_first_positions_and_marks_absent() -> None:
+    ids = np.array([[5, 3, 5, -1], [1, 2, 3, 4]], dtype=np.int64)
+    ranks = kernels.ranks_of(ids, np.array([0, 0, 1, 1]), np.array([5, 9, 4, 1]))
+    assert list(ranks) == [0, 4, 3, 0]
+
+
+def test_pair_cosines_never_pair_a_row_with_itself() -> None:
+    x = np.eye(4, dtype=np.float32)
+    assert np.all(kernels.pair_cosines(x, 500) == 0.0)

@@ -7,7 +7,7 @@ Row-wise kernels work in bounded chunks of rows so memory stays flat for any num
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -15,40 +15,118 @@ _CHUNK_ROWS = 8192
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
-def _dedupe_sorted(ids: np.ndarray, side: int) -> np.ndarray:
-    """Each row sorted, with padding and repeats replaced by negative sentinels unique per cell.
+def _sorted_tags(
+    old: np.ndarray, new: np.ndarray, with_positions: bool
+) -> tuple[np.ndarray, int]:
+    """Both rows' ids as tagged keys, each row sorted; the number of low bits below the tag.
 
-    Sentinels differ between the two sides (``side`` 0 or 1), so they never match each other.
+    A key is ``id << 1 | side`` (side 0: old, 1: new), optionally followed by the id's position
+    in its list in the low bits. After sorting, an id present on both sides shows up as a pair of
+    neighbouring tags ``2*id``, ``2*id + 1``: one row-wise sort replaces set operations.
+    Padding (-1) is tagged -2 on both sides, so it never forms such a pair with itself.
     """
-    rows = np.sort(ids, axis=1)
-    k = rows.shape[1]
-    sentinels = -2 - (np.arange(k, dtype=np.int64) + side * k)
-    repeat = np.zeros(rows.shape, dtype=bool)
-    repeat[:, 1:] = rows[:, 1:] == rows[:, :-1]
-    invalid = repeat | (rows < 0)
-    return np.where(invalid, sentinels, rows)
+    n, k = old.shape
+    low = max(1, int(k - 1).bit_length()) if with_positions else 0
+    top = int(max(old.max(initial=0), new.max(initial=0)))
+    dtype = np.int32 if (top + 1) << (low + 2) < np.iinfo(np.int32).max else np.int64
+    keys = np.empty((n, 2 * k), dtype=dtype)
+    keys[:, :k] = old
+    keys[:, k:] = new
+    np.maximum(keys, -1, out=keys)
+    keys <<= 1
+    keys[:, k:] |= 1
+    keys[keys == -1] = -2  # new-side padding: same tag as old-side padding
+    if with_positions:
+        keys <<= low
+        positions = np.arange(k, dtype=dtype)
+        keys[:, :k] |= positions
+        keys[:, k:] |= positions
+    keys.sort(axis=1)
+    return keys, low
 
 
-def _intersections(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row: |A ∩ B|, |A|, |B| of the id sets of two equally long row blocks."""
-    da, db = _dedupe_sorted(a, 0), _dedupe_sorted(b, 1)
-    both = np.sort(np.concatenate([da, db], axis=1), axis=1)
-    # Each side is free of repeats, so an equal neighbour pair is an id present on both sides.
-    common = ((both[:, 1:] == both[:, :-1]) & (both[:, 1:] >= 0)).sum(axis=1)
-    return common, (da >= 0).sum(axis=1), (db >= 0).sum(axis=1)
+def _pairs(tags: np.ndarray) -> np.ndarray:
+    """Mask over neighbour pairs ``(j, j+1)`` of sorted tags that hold one id from each side."""
+    lo, hi = tags[:, :-1], tags[:, 1:]
+    return ((hi - lo) == 1) & ((hi & 1) == 1) & (lo >= 0)
+
+
+def _common_and_union(old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row |A ∩ B| and |A ∪ B| of the valid ids (repeats counted once)."""
+    tags, _ = _sorted_tags(old, new, with_positions=False)
+    common = np.count_nonzero(_pairs(tags), axis=1)
+    ids = tags >> 1
+    distinct = np.count_nonzero(ids[:, 1:] != ids[:, :-1], axis=1) + 1
+    # The run of padding (tag -2, id -1) counts as one distinct value when present.
+    distinct -= np.count_nonzero(tags[:, :1] < 0, axis=1)
+    return common, distinct
 
 
 def overlap_at_k(old: np.ndarray, new: np.ndarray, k: int) -> np.ndarray:
     """|top_k(old) ∩ top_k(new)| / k per query (float64, shape ``(n,)``)."""
-    return _setwise(old, new, k, jaccard=False)
+    return _rowwise(old, new, k, lambda a, b: _common_and_union(a, b)[0] / k)
 
 
 def jaccard_at_k(old: np.ndarray, new: np.ndarray, k: int) -> np.ndarray:
     """|A ∩ B| / |A ∪ B| of the top-k id sets per query; 1.0 when both are empty."""
-    return _setwise(old, new, k, jaccard=True)
+
+    def jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        common, union = _common_and_union(a, b)
+        result: np.ndarray = np.divide(
+            common, union, out=np.ones(len(common), dtype=np.float64), where=union > 0
+        )
+        return result
+
+    return _rowwise(old, new, k, jaccard)
 
 
-def _setwise(old: np.ndarray, new: np.ndarray, k: int, *, jaccard: bool) -> np.ndarray:
+def rbo(old: np.ndarray, new: np.ndarray, p: float = 0.9) -> np.ndarray:
+    """Rank-biased overlap (Webber et al. 2010, extrapolated RBO_ext) of two top-K lists per row.
+
+    RBO_ext = X_K/K · p^K + (1-p)/p · Σ_{d=1..K} X_d/d · p^d, with X_d the number of ids in both
+    depth-d prefixes. 1.0 for identical lists, 0.0 for disjoint ones; padding never matches.
+    """
+    if not 0 < p < 1:
+        raise ValueError("p must be between 0 and 1")
+    depth = old.shape[1]
+    d = np.arange(1, depth + 1)
+    # An id common to both lists from depth m+1 on adds Σ_{d>m} p^d/d: a suffix sum, precomputed.
+    suffix = np.cumsum((p**d / d)[::-1])[::-1]
+
+    def chunk(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        n = a.shape[0]
+        keys, low = _sorted_tags(a, b, with_positions=True)
+        tags = keys >> low
+        pairs = np.flatnonzero(_pairs(tags))
+        width = keys.shape[1]
+        rows = pairs // (width - 1)
+        lo = pairs + rows  # index into the flattened keys of the old-side member of the pair
+        flat, mask = keys.ravel(), (1 << low) - 1
+        pos_new = flat[lo + 1] & mask
+        ids = tags >> 1
+        if np.count_nonzero(ids[:, 1:] == ids[:, :-1]) > len(pairs):
+            # Repeated ids: an id counts from its first position, the start of its run of keys.
+            starts = np.where(
+                np.concatenate([np.ones((n, 1), bool), ids[:, 1:] != ids[:, :-1]], axis=1),
+                np.arange(width),
+                0,
+            )
+            np.maximum.accumulate(starts, axis=1, out=starts)
+            pos_old = flat[starts.ravel()[lo] + rows * width] & mask
+        else:
+            pos_old = flat[lo] & mask
+        reach = suffix[np.maximum(pos_old, pos_new)]
+        total = np.bincount(rows, weights=reach, minlength=n)
+        common = np.bincount(rows, minlength=n)
+        result: np.ndarray = (1 - p) / p * total + common / depth * p**depth
+        return result
+
+    return _rowwise(old, new, depth, chunk)
+
+
+def _rowwise(
+    old: np.ndarray, new: np.ndarray, k: int, kernel: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> np.ndarray:
     if old.shape[0] != new.shape[0]:
         raise ValueError("old and new must have the same number of queries")
     if k < 1:
@@ -56,14 +134,7 @@ def _setwise(old: np.ndarray, new: np.ndarray, k: int, *, jaccard: bool) -> np.n
     out = np.empty(old.shape[0], dtype=np.float64)
     for start in range(0, old.shape[0], _CHUNK_ROWS):
         stop = start + _CHUNK_ROWS
-        common, size_a, size_b = _intersections(old[start:stop, :k], new[start:stop, :k])
-        if jaccard:
-            union = size_a + size_b - common
-            out[start:stop] = np.divide(
-                common, union, out=np.ones(len(common), dtype=np.float64), where=union > 0
-            )
-        else:
-            out[start:stop] = common / k
+        out[start:stop] = kernel(old[start:stop, :k], new[start:stop, :k])
     return out
 
 
@@ -163,3 +234,84 @@ def ndcg_at_k(rel: np.ndarray, ideal_grades: np.ndarray, k: int) -> np.ndarray:
     ideal = (ideal_grades[:, :k] * discounts[: ideal_grades[:, :k].shape[1]]).sum(axis=1)
     ndcg: np.ndarray = np.divide(dcg, ideal, out=np.zeros(len(dcg)), where=ideal > 0)
     return ndcg
+
+
+def threshold_map(
+    old_scores: np.ndarray, new_scores: np.ndarray, thresholds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each old-model score threshold, the share of old scores at or below it, and the
+    new-model score at that same quantile (quantile mapping): the cut-off that keeps the same
+    share of results. NaN where either distribution is empty."""
+    old, new = np.sort(_finite(old_scores)), _finite(new_scores)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if old.size == 0 or new.size == 0:
+        nan = np.full(thresholds.shape, np.nan)
+        return nan, nan.copy()
+    share = np.searchsorted(old, thresholds, side="right") / old.size
+    return share, np.quantile(new, share)
+
+
+def bootstrap_mean_ci(
+    values: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float] | None:
+    """Percentile bootstrap confidence interval of the mean (seeded; resampled in bounded blocks)."""
+    values = _finite(values)
+    if values.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    block = max(1, 4_000_000 // values.size)
+    for start in range(0, resamples, block):
+        stop = min(resamples, start + block)
+        means[start:stop] = values[rng.integers(0, values.size, (stop - start, values.size))].mean(1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def ranks_of(ids: np.ndarray, rows: np.ndarray, docs: np.ndarray) -> np.ndarray:
+    """0-based rank of ``docs[i]`` in row ``rows[i]`` of ``ids``; ``ids.shape[1]`` when absent."""
+    n, k = ids.shape
+    width = int(max(ids.max(initial=0), docs.max(initial=0))) + 2
+    keys = (np.arange(n, dtype=np.int64)[:, None] * width + (ids + 1)).ravel()
+    order = np.argsort(keys, kind="stable")  # stable: a repeated id ranks at its first place
+    sorted_keys = keys[order]
+    wanted = rows.astype(np.int64) * width + docs + 1
+    at = np.clip(np.searchsorted(sorted_keys, wanted), 0, max(len(keys) - 1, 0))
+    found = (sorted_keys[at] == wanted) if len(keys) else np.zeros(len(wanted), bool)
+    return np.where(found, order[at] % max(k, 1), k)
+
+
+def pair_cosines(vectors: np.ndarray, pairs: int, seed: int = 0) -> np.ndarray:
+    """Cosine similarity of ``pairs`` seeded random pairs of distinct rows: a background
+    distribution of how similar unrelated documents look to a model."""
+    n = vectors.shape[0]
+    if n < 2 or pairs < 1:
+        return np.empty(0)
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, n, pairs)
+    second = (first + rng.integers(1, n, pairs)) % n  # never the same row
+    a, b = vectors[first].astype(np.float64), vectors[second].astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = np.einsum("ij,ij->i", a, b)
+    cosines: np.ndarray = np.divide(dots, norms, out=np.zeros(pairs), where=norms > 0)
+    return cosines
+
+
+def histogram_pair(
+    old: np.ndarray, new: np.ndarray, bins: int = 40
+) -> dict[str, list[float] | list[int]]:
+    """Histograms of two samples on shared bin edges (for plotting them over each other)."""
+    x, y = _finite(old), _finite(new)
+    both = np.concatenate([x, y])
+    if both.size == 0:
+        return {"edges": [], "old": [], "new": []}
+    lo, hi = float(both.min()), float(both.max())
+    if hi <= lo:
+        hi = lo + 1e-6
+    edges = np.linspace(lo, hi, bins + 1)
+    return {
+        "edges": [float(e) for e in edges],
+        "old": [int(c) for c in np.histogram(x, edges)[0]],
+        "new": [int(c) for c in np.histogram(y, edges)[0]],
+    }
