@@ -53,13 +53,15 @@ def test_overlap_of_empty_query_set_is_empty() -> None:
     assert kernels.overlap_at_k(empty, empty, 10).shape == (0,)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("seed", range(6))
-def test_ks_and_wasserstein_match_scipy(seed: int) -> None:
+def test_ks_and_wasserstein_match_scipy(seed: int, dtype: type) -> None:
     rng = np.random.default_rng(seed)
-    x = rng.normal(0.5, 0.1, size=rng.integers(1, 400))
-    y = rng.normal(0.45, 0.2, size=rng.integers(1, 400))
-    if seed % 2:  # ties
+    x = rng.normal(0.0, 0.3, size=rng.integers(1, 400)).astype(dtype)
+    y = rng.normal(-0.05, 0.4, size=rng.integers(1, 400)).astype(dtype)
+    if seed % 2:  # ties, across and within samples, and signed zeros
         x, y = np.round(x, 1), np.round(y, 1)
+        x[:2], y[:1] = -0.0, 0.0
     assert kernels.ks_statistic(x, y) == pytest.approx(stats.ks_2samp(x, y).statistic, abs=1e-9)
     assert kernels.wasserstein_1(x, y) == pytest.approx(stats.wasserstein_distance(x, y), abs=1e-9)
 
