@@ -22,7 +22,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from embedmig.metrics import kernels  # noqa: E402
+from embedmig.metrics import kernels
 
 
 def best(fn: Callable[[], Any], runs: int = 7) -> float:

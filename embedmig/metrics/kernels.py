@@ -48,12 +48,13 @@ def _sorted_tags(old: np.ndarray, new: np.ndarray, with_positions: bool) -> tupl
 
 def _pairs(tags: np.ndarray) -> np.ndarray:
     """Mask over neighbour pairs ``(j, j+1)`` of sorted tags that hold one id from each side."""
-    return (tags[:, 1:] - tags[:, :-1]) == 1
+    pairs: np.ndarray = (tags[:, 1:] - tags[:, :-1]) == 1
+    return pairs
 
 
 def _common(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     tags, _ = _sorted_tags(old, new, with_positions=False)
-    return np.count_nonzero(_pairs(tags), axis=1)
+    return np.asarray(np.count_nonzero(_pairs(tags), axis=1))
 
 
 def _common_and_union(old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +214,8 @@ def _finite(values: np.ndarray) -> np.ndarray:
     if values.dtype != np.float32:
         values = values.astype(np.float64)
     values = values.ravel()
-    return values[np.isfinite(values)]
+    finite: np.ndarray = values[np.isfinite(values)]
+    return finite
 
 
 def relevance_matrix(ids: np.ndarray, qrels: Mapping[int, Mapping[int, int]]) -> np.ndarray:
@@ -311,7 +313,7 @@ def ranks_of(ids: np.ndarray, rows: np.ndarray, docs: np.ndarray) -> np.ndarray:
     wanted = rows.astype(np.int64) * width + docs + 1
     at = np.clip(np.searchsorted(sorted_keys, wanted), 0, max(len(keys) - 1, 0))
     found = (sorted_keys[at] == wanted) if len(keys) else np.zeros(len(wanted), bool)
-    return np.where(found, order[at] % max(k, 1), k)
+    return np.asarray(np.where(found, order[at] % max(k, 1), k))
 
 
 def pair_cosines(vectors: np.ndarray, pairs: int, seed: int = 0) -> np.ndarray:
