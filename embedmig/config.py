@@ -24,6 +24,10 @@ DEFAULTS: Mapping[str, str] = {
     "eval.sample": "500",
     "eval.k": "10",
     "eval.seed": "0",
+    "eval.rbo_p": "0.9",
+    "eval.resamples": "1000",
+    "eval.pairs": "10000",
+    "eval.pair_docs": "200",
     "corpus.id_field": "id",
     "corpus.text_field": "text",
     "queries.id_field": "_id",
@@ -94,6 +98,13 @@ class Config:
         if value < minimum:
             raise ConfigError(f"option {key!r} must be at least {minimum}, got {value}")
         return value
+
+    def get_float(self, key: str) -> float:
+        raw = self.require(key)
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"option {key!r} must be a number, got {raw!r}") from None
 
     def get_bool(self, key: str, default: bool = False) -> bool:
         raw = self.get(key)

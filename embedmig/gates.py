@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from embedmig.errors import ScriptError
 
 OVERLAP_KS = (1, 10, 100)
+DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+_QRELS = "(needs queries + qrels)"
 
-# Every metric a gate can name, with what it means; report.py fills exactly these keys.
+# Every metric a gate can name, with what it means; report.compute fills exactly these keys.
 METRICS: dict[str, str] = {
     **{
         f"overlap_at_{k}": f"mean share of the old top-{k} kept in the new top-{k}"
@@ -18,23 +21,57 @@ METRICS: dict[str, str] = {
     },
     **{f"overlap_at_{k}_p5": f"5th percentile of overlap@{k} over queries" for k in OVERLAP_KS},
     **{f"overlap_at_{k}_p50": f"median overlap@{k}" for k in OVERLAP_KS},
+    **{f"overlap_at_{k}_p95": f"95th percentile of overlap@{k}" for k in OVERLAP_KS},
     **{
         f"overlap_at_{k}_below_half": f"share of queries with overlap@{k} < 0.5" for k in OVERLAP_KS
     },
     **{f"jaccard_at_{k}": f"mean Jaccard index of the top-{k} sets" for k in OVERLAP_KS},
-    "score_shift": "|new - old| mean query->top-k cosine score",
+    "rbo": "mean rank-biased overlap of the top-k lists (extrapolated, p = eval.rbo_p)",
+    "score_old_mean": "mean query->top-k cosine score, old model",
+    "score_new_mean": "mean query->top-k cosine score, new model",
     "score_delta_mean": "new - old mean query->top-k cosine score",
-    "score_ks": "Kolmogorov-Smirnov statistic between the score distributions",
-    "score_wasserstein": "Wasserstein-1 distance between the score distributions",
-    "recall_at_10_old": "recall@10 of the old model (needs queries + qrels)",
-    "recall_at_10_new": "recall@10 of the new model (needs queries + qrels)",
-    "recall_ratio": "recall@10 new / old (needs queries + qrels)",
-    "ndcg_at_10_old": "nDCG@10 of the old model (needs queries + qrels)",
-    "ndcg_at_10_new": "nDCG@10 of the new model (needs queries + qrels)",
-    "ndcg_delta": "nDCG@10 new - old (needs queries + qrels)",
-    "mrr_at_10_old": "MRR@10 of the old model (needs queries + qrels)",
-    "mrr_at_10_new": "MRR@10 of the new model (needs queries + qrels)",
+    "score_shift": "|new - old| mean query->top-k cosine score",
+    "score_ks": "Kolmogorov-Smirnov statistic between the query->top-k score distributions",
+    "score_wasserstein": "Wasserstein-1 distance between the query->top-k score distributions",
+    "pair_score_delta_mean": "new - old mean cosine of random document pairs (background)",
+    "pair_score_ks": "Kolmogorov-Smirnov statistic between the random-pair distributions",
+    "pair_score_wasserstein": "Wasserstein-1 distance between the random-pair distributions",
+    **{
+        f"{name}_{side}": f"{label}, {side} model {_QRELS}"
+        for name, label in (
+            ("recall_at_10", "recall@10"),
+            ("recall_at_100", "recall@100"),
+            ("mrr_at_10", "MRR@10"),
+            ("ndcg_at_10", "nDCG@10"),
+        )
+        for side in ("old", "new")
+    },
+    **{
+        f"{name}_delta{suffix}": f"{label} new - old{what} {_QRELS}"
+        for name, label in (
+            ("recall_at_10", "recall@10"),
+            ("mrr_at_10", "MRR@10"),
+            ("ndcg_at_10", "nDCG@10"),
+        )
+        for suffix, what in (
+            ("", ""),
+            ("_ci_low", ", lower end of its bootstrap 95% interval"),
+            ("_ci_high", ", upper end of its bootstrap 95% interval"),
+        )
+    },
+    "recall_ratio": f"recall@10 new / old {_QRELS}",
 }
+# The threshold map adds one metric per old-model threshold t: new_threshold_for_<t>, e.g.
+# new_threshold_for_0_62, the new-model score at the quantile where the old one had t.
+_THRESHOLD_METRIC = re.compile(r"^new_threshold_for_(\d+)_(\d+)$")
+
+
+def threshold_metric(threshold: float) -> str:
+    return "new_threshold_for_" + f"{threshold:g}".replace(".", "_").replace("-", "minus_")
+
+
+def is_metric(name: str) -> bool:
+    return name in METRICS or bool(_THRESHOLD_METRIC.match(name))
 
 
 @dataclass(frozen=True)
@@ -79,17 +116,19 @@ class Verdict:
 class Gates:
     """Bounds on metrics: ``Gates(min_overlap_at_10=0.5, max_score_shift=0.15)``.
 
-    Each keyword is ``min_`` or ``max_`` followed by a metric name from ``embedmig.gates.METRICS``.
+    Each keyword is ``min_`` or ``max_`` followed by a metric name from ``embedmig.gates.METRICS``
+    (or ``new_threshold_for_<t>``). ``thresholds=[0.62]`` adds old-model score cut-offs your
+    application uses to the report's threshold map.
     """
 
-    def __init__(self, **bounds: float) -> None:
+    def __init__(self, *, thresholds: Iterable[float] = (), **bounds: float) -> None:
         parsed: dict[str, tuple[str, float]] = {}
         for name, limit in bounds.items():
             bound, _, metric = name.partition("_")
-            if bound not in ("min", "max") or metric not in METRICS:
+            if bound not in ("min", "max") or not is_metric(metric):
                 raise ScriptError(
                     f"unknown gate {name!r}: use min_<metric> or max_<metric> with a metric of "
-                    f"{', '.join(sorted(METRICS))}"
+                    f"embedmig.gates.METRICS, e.g. min_overlap_at_10"
                 )
             if (
                 isinstance(limit, bool)
@@ -99,6 +138,10 @@ class Gates:
                 raise ScriptError(f"gate {name} needs a finite number, got {limit!r}")
             parsed[metric + ":" + bound] = (metric, float(limit))
         self._bounds = parsed
+        try:
+            self.thresholds = tuple(sorted({float(t) for t in thresholds}))
+        except (TypeError, ValueError):
+            raise ScriptError(f"Gates thresholds must be numbers, got {thresholds!r}") from None
 
     def check(self, metrics: Mapping[str, float | None], *, forced: bool = False) -> Verdict:
         checks = tuple(
@@ -111,8 +154,10 @@ class Gates:
         return bool(self._bounds)
 
     def __repr__(self) -> str:
-        args = ", ".join(
+        args = [
             f"{key.rpartition(':')[2]}_{metric}={limit:g}"
             for key, (metric, limit) in self._bounds.items()
-        )
-        return f"Gates({args})"
+        ]
+        if self.thresholds:
+            args.append(f"thresholds={list(self.thresholds)}")
+        return f"Gates({', '.join(args)})"

@@ -93,12 +93,14 @@ def test_qrels_metrics_match_textbook_definitions(seed: int) -> None:
         }
         for i in range(n)
     }
-    rel = kernels.relevance_matrix(ids, qrels)
-    n_rel = np.array([len(qrels[i]) for i in range(n)], dtype=float)
-    ideal = np.zeros((n, k))
+    flat = [(row, doc, grade) for row, judged in qrels.items() for doc, grade in judged.items()]
+    judged = kernels.Judgements(*(np.array(col, dtype=np.int64) for col in zip(*flat, strict=True)))
+    rel = kernels.relevance_matrix(ids, judged)
+    n_rel, ideal = kernels.ideal_grades(judged, n, k)
     for i in range(n):
+        assert n_rel[i] == len(qrels[i])
         grades = sorted(qrels[i].values(), reverse=True)[:k]
-        ideal[i, : len(grades)] = grades
+        assert list(ideal[i, : len(grades)]) == grades and not ideal[i, len(grades) :].any()
     ndcg = kernels.ndcg_at_k(rel, ideal, k)
     recall = kernels.recall_at_k(rel, n_rel, k)
     mrr = kernels.mrr_at_k(rel, k)

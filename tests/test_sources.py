@@ -94,7 +94,7 @@ def test_queries_and_qrels_give_retrieval_metrics_for_both_models(project: Path)
     assert first.n_queries == 40 and first.metrics["ndcg_at_10_new"] is not None
     metrics = second.metrics
     assert metrics["recall_at_10_old"] == 1.0 and metrics["ndcg_at_10_old"] == pytest.approx(1.0)
-    assert metrics["recall_ratio"] is not None and metrics["ndcg_delta"] is not None
+    assert metrics["recall_ratio"] is not None and metrics["ndcg_at_10_delta"] is not None
 
 
 def test_a_model_that_is_not_on_disk_is_refused(config: Config) -> None:

@@ -7,7 +7,8 @@ Row-wise kernels work in bounded chunks of rows so memory stays flat for any num
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -218,27 +219,55 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return finite
 
 
-def relevance_matrix(ids: np.ndarray, qrels: Mapping[int, Mapping[int, int]]) -> np.ndarray:
+@dataclass(frozen=True)
+class Judgements:
+    """Relevance judgements as parallel arrays: query row, document id, grade (> 0: relevant)."""
+
+    rows: np.ndarray
+    docs: np.ndarray
+    grades: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Judgements:
+        return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
+
+    def relevant(self) -> Judgements:
+        keep = self.grades > 0
+        return Judgements(self.rows[keep], self.docs[keep], self.grades[keep])
+
+
+def relevance_matrix(ids: np.ndarray, judged: Judgements) -> np.ndarray:
     """Graded relevance of each retrieved id, shape of ``ids``; 0 where not judged relevant.
 
-    ``qrels`` maps a query's row number to {doc id: grade}. Built with one flat lookup instead of
-    per-row dictionary probes: pairs (row, id) are encoded to one int64 key and matched sorted.
+    (row, id) pairs are encoded to one int64 key and matched against the sorted judgement keys.
     """
     n, k = ids.shape
-    pairs = [(row, doc, grade) for row, judged in qrels.items() for doc, grade in judged.items()]
     rel = np.zeros((n, k), dtype=np.float64)
-    if not pairs or k == 0:
+    if len(judged.rows) == 0 or k == 0:
         return rel
-    judged_arr = np.array(pairs, dtype=np.int64)
-    width = int(max(judged_arr[:, 1].max(), ids.max(initial=0))) + 2
-    judged_keys = judged_arr[:, 0] * width + judged_arr[:, 1]
+    width = int(max(judged.docs.max(), ids.max(initial=0))) + 2
+    judged_keys = judged.rows.astype(np.int64) * width + judged.docs
     order = np.argsort(judged_keys)
-    judged_keys, grades = judged_keys[order], judged_arr[order, 2]
+    judged_keys, grades = judged_keys[order], judged.grades[order]
     keys = np.arange(n, dtype=np.int64)[:, None] * width + np.where(ids >= 0, ids, width - 1)
     pos = np.clip(np.searchsorted(judged_keys, keys), 0, len(judged_keys) - 1)
     hit = (judged_keys[pos] == keys) & (ids >= 0)
     rel[hit] = grades[pos[hit]]
     return rel
+
+
+def ideal_grades(judged: Judgements, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: its relevant count, and its k best grades sorted descending (zero padded)."""
+    relevant = judged.relevant()
+    counts = np.bincount(relevant.rows, minlength=n).astype(np.float64)
+    ideal = np.zeros((n, k))
+    if len(relevant.rows):
+        order = np.lexsort((-relevant.grades, relevant.rows))
+        rows, grades = relevant.rows[order], relevant.grades[order]
+        rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+        keep = rank < k
+        ideal[rows[keep], rank[keep]] = grades[keep]
+    return counts, ideal
 
 
 def recall_at_k(rel: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:

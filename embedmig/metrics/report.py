@@ -1,19 +1,26 @@
-"""The migration report: metrics computed from search results, and its text and JSON forms."""
+"""The migration report: metrics computed from search results; its text and JSON forms.
+
+The JSON form (``Report.to_dict``) is versioned by ``schema_version`` and documented in
+``docs/report-schema.md``; ``Report.from_dict`` reads it back, so any recorded report can be
+rendered again from history.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import click
 import numpy as np
 
-from embedmig.gates import OVERLAP_KS, Verdict
+from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS, Check, Verdict, threshold_metric
 from embedmig.metrics import kernels
+from embedmig.metrics.kernels import Judgements
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 WORST = 5
 # What the terminal shows; the JSON report has every metric.
 HEADLINE = (
@@ -21,17 +28,14 @@ HEADLINE = (
     "overlap_at_10_p5",
     "overlap_at_10_below_half",
     "jaccard_at_10",
+    "rbo",
     "overlap_at_100",
     "score_delta_mean",
     "score_ks",
     "score_wasserstein",
-    "recall_at_10_old",
-    "recall_at_10_new",
-    "recall_ratio",
-    "ndcg_at_10_old",
-    "ndcg_at_10_new",
-    "ndcg_delta",
+    "pair_score_delta_mean",
 )
+QRELS_METRICS = ("recall_at_10", "recall_at_100", "mrr_at_10", "ndcg_at_10")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,15 @@ class Results:
 
     ids: np.ndarray
     scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class Settings:
+    k: int = 10
+    rbo_p: float = 0.9
+    thresholds: Sequence[float] = ()
+    seed: int = 0
+    resamples: int = 1000
 
 
 @dataclass
@@ -55,9 +68,12 @@ class Report:
     k: int
     metrics: dict[str, float | None]
     distributions: dict[str, Any]
-    worst: list[dict[str, Any]] = field(default_factory=list)
+    worst: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     verdict: Verdict | None = None
     notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    # ---- JSON ---------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         verdict = None
@@ -93,37 +109,124 @@ class Report:
                 "distributions": self.distributions,
                 "worst_queries": self.worst,
                 "notes": self.notes,
+                "timings": self.timings,
             }
         )
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Report:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"report schema_version {version!r} is not {SCHEMA_VERSION}")
+        verdict = None
+        if data.get("verdict") is not None:
+            checks = tuple(
+                Check(c["metric"], c["bound"], c["limit"], c["value"])
+                for c in data["verdict"]["checks"]
+            )
+            verdict = Verdict(checks, forced=bool(data["verdict"]["forced"]))
+        return cls(
+            alias=data["alias"],
+            revision=data["revision"],
+            old_model=data["old_model"],
+            new_model=data["new_model"],
+            dry_run=data["dry_run"],
+            corpus_size=data["corpus_size"],
+            query_source=data["query_source"],
+            n_queries=data["n_queries"],
+            k=data["k"],
+            metrics=dict(data["metrics"]),
+            distributions=dict(data["distributions"]),
+            worst=dict(data["worst_queries"]),
+            verdict=verdict,
+            notes=list(data["notes"]),
+            timings=dict(data.get("timings") or {}),
+        )
+
+    # ---- terminal -----------------------------------------------------------------------------
 
     def render_text(self) -> str:
+        """A summary for a 100-column terminal: verdict, gates, key numbers, worst queries.
+
+        Styled with ANSI colours; click.echo drops them when the output is not a terminal.
+        """
         lines: list[str] = []
         mode = "dry run" if self.dry_run else "upgrade"
-        verdict = self.verdict.label.upper() if self.verdict and self.verdict.checks else "NO GATES"
-        lines.append(f"{verdict}  {self.alias} @ {self.revision} ({mode})")
-        lines.append(f"  old: {self.old_model or '(none: first index of the alias)'}")
-        lines.append(f"  new: {self.new_model}")
+        if self.verdict is not None and self.verdict.checks:
+            label = self.verdict.label.upper()
+            colour = {"PASS": "green", "FAIL": "red", "FORCED": "yellow"}[label]
+            head = click.style(label, fg=colour, bold=True)
+        else:
+            head = click.style("NO GATES", bold=True)
+        lines.append(f"{head} {self.alias} @ {self.revision} ({mode})")
+        lines.append(f"  old  {self.old_model or '(none: first index of the alias)'}")
+        lines.append(f"  new  {self.new_model}")
         lines.append(
-            f"  {self.corpus_size} documents, {self.n_queries} queries ({self.query_source}), k={self.k}"
+            f"  {self.corpus_size:,} documents; {self.n_queries:,} queries ({self.query_source}); k={self.k}"
         )
         if self.verdict is not None:
             for check in self.verdict.checks:
-                lines.append(f"  gate {check.describe()}")
+                mark = (
+                    click.style("ok", fg="green")
+                    if check.passed
+                    else click.style("FAILED", fg="red", bold=True)
+                )
+                op = ">=" if check.bound == "min" else "<="
+                value = "not measured" if check.value is None else f"{check.value:.4f}"
+                lines.append(
+                    f"  gate  {check.metric:<28} {value:>12}  {op} {check.limit:<8g} {mark}"
+                )
         shown = [(n, self.metrics[n]) for n in HEADLINE if self.metrics.get(n) is not None]
         if shown:
-            lines.append("  metrics:")
-            for name, value in shown:
-                lines.append(f"    {name:<28} {value:8.4f}")
-        if self.worst:
-            lines.append(f"  most affected queries (overlap@{self.k}):")
-            for row in self.worst:
-                lines.append(f"    {row['overlap']:.2f}  {_clip(row['query'], 70)}")
-                lines.append(f"          old: {', '.join(row['old_top'])}")
-                lines.append(f"          new: {', '.join(row['new_top'])}")
+            lines.append(click.style("  retrieval change", bold=True))
+            for i in range(0, len(shown), 2):
+                cells = [f"{name:<26}{value:>9.4f}" for name, value in shown[i : i + 2]]
+                lines.append("    " + "    ".join(cells))
+        qrels = self.distributions.get("qrels")
+        if qrels:
+            lines.append(
+                click.style(
+                    "  against the judgements          old       new     delta  95% interval",
+                    bold=True,
+                )
+            )
+            for name, row in qrels.items():
+                interval = row.get("ci")
+                ci = f"[{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else ""
+                old = "" if row.get("old") is None else f"{row['old']:.4f}"
+                delta = "" if row.get("delta") is None else f"{row['delta']:+.4f}"
+                lines.append(f"    {name:<26}{old:>9} {row['new']:>9.4f} {delta:>9}  {ci}")
+        mapping = self.distributions.get("threshold_map") or []
+        if mapping and any(row["new"] is not None for row in mapping):
+            cells = [
+                f"{row['old']:g}->{row['new']:.3f}" for row in mapping if row["new"] is not None
+            ]
+            lines.append(
+                click.style("  score thresholds, old -> new (same share of results)", bold=True)
+            )
+            for i in range(0, len(cells), 6):
+                lines.append("    " + "  ".join(cells[i : i + 6]))
+        for title, key in (
+            ("lowest overlap", "by_overlap"),
+            ("largest rank drop of a relevant document", "by_rank_drop"),
+        ):
+            rows = self.worst.get(key) or []
+            if not rows:
+                continue
+            lines.append(click.style(f"  most affected queries: {title}", bold=True))
+            for row in rows:
+                tag = (
+                    f"overlap {row['overlap']:.2f}"
+                    if key == "by_overlap"
+                    else f"{row['document']} rank {_rank(row['old_rank'])}->{_rank(row['new_rank'])}"
+                )
+                lines.append(f"    {_clip(row['query'], 60):<60}  {tag}")
+                lines.append(f"      old {_clip(', '.join(row['old_top']), 88)}")
+                lines.append(f"      new {_clip(', '.join(row['new_top']), 88)}")
         lines.extend(f"  note: {note}" for note in self.notes)
         return "\n".join(lines)
 
@@ -132,67 +235,134 @@ def compute(
     old: Results | None,
     new: Results,
     *,
-    k: int,
     candidates: int,
-    relevance: Mapping[int, Mapping[int, int]] | None,
+    settings: Settings,
+    judged: Judgements | None = None,
+    pairs_old: np.ndarray | None = None,
+    pairs_new: np.ndarray | None = None,
 ) -> tuple[dict[str, float | None], dict[str, Any]]:
-    """Gateable metrics and distributions from aligned search results.
+    """Gateable metrics and the distributions behind them, from aligned search results.
 
     ``candidates`` is how many documents a query can retrieve (its own row excluded): overlap at a
     k beyond it would count missing hits as changes, so it is not reported.
     """
+    k = settings.k
     metrics: dict[str, float | None] = {}
-    distributions: dict[str, Any] = {}
+    dist: dict[str, Any] = {}
     new_scores = new.scores[:, :k]
-    distributions["scores_new"] = kernels.summary(new_scores)
+    old_scores = old.scores[:, :k] if old is not None else np.empty((0, k), np.float32)
+    dist["scores"] = {
+        "old": kernels.summary(old_scores) if old is not None else None,
+        "new": kernels.summary(new_scores),
+        "histogram": kernels.histogram_pair(old_scores, new_scores),
+    }
+    if pairs_new is not None:
+        pairs_old_arr = pairs_old if pairs_old is not None else np.empty(0)
+        dist["pair_scores"] = {
+            "old": kernels.summary(pairs_old_arr) if pairs_old is not None else None,
+            "new": kernels.summary(pairs_new),
+            "histogram": kernels.histogram_pair(pairs_old_arr, pairs_new),
+        }
     if old is not None:
-        old_scores = old.scores[:, :k]
-        distributions["scores_old"] = kernels.summary(old_scores)
-        for depth in OVERLAP_KS:
-            if depth > candidates or depth > old.ids.shape[1]:
-                continue
-            overlap = kernels.overlap_at_k(old.ids, new.ids, depth)
-            stats = kernels.summary(overlap)
-            metrics[f"overlap_at_{depth}"] = stats["mean"]
-            metrics[f"overlap_at_{depth}_p5"] = stats["p5"]
-            metrics[f"overlap_at_{depth}_p50"] = stats["p50"]
-            metrics[f"overlap_at_{depth}_below_half"] = _mean(overlap < 0.5)
-            metrics[f"jaccard_at_{depth}"] = _mean(kernels.jaccard_at_k(old.ids, new.ids, depth))
-            distributions[f"overlap_at_{depth}"] = {
-                **stats,
-                "histogram": kernels.histogram(overlap),
-            }
-        old_mean = distributions["scores_old"]["mean"]
-        new_mean = distributions["scores_new"]["mean"]
-        if old_mean is not None and new_mean is not None:
-            metrics["score_delta_mean"] = new_mean - old_mean
-            metrics["score_shift"] = abs(new_mean - old_mean)
-        metrics["score_ks"] = kernels.ks_statistic(old_scores, new_scores)
-        metrics["score_wasserstein"] = kernels.wasserstein_1(old_scores, new_scores)
-    if relevance is not None:
-        sides = {"new": new} if old is None else {"old": old, "new": new}
-        n = new.ids.shape[0]
-        n_relevant = np.array(
-            [sum(1 for g in relevance.get(i, {}).values() if g > 0) for i in range(n)],
-            dtype=np.float64,
+        _overlap_metrics(old, new, candidates, settings, metrics, dist)
+        _shift_metrics("score", old_scores, new_scores, metrics)
+        if pairs_old is not None and pairs_new is not None:
+            _shift_metrics("pair_score", pairs_old, pairs_new, metrics)
+        thresholds = sorted({*DEFAULT_THRESHOLDS, *settings.thresholds})
+        share, mapped = kernels.threshold_map(old_scores, new_scores, np.array(thresholds))
+        dist["threshold_map"] = [
+            {"old": t, "share": _num(s), "new": _num(m)}
+            for t, s, m in zip(thresholds, share, mapped, strict=True)
+        ]
+        for t, m in zip(thresholds, mapped, strict=True):
+            metrics[threshold_metric(t)] = _num(m)
+    if judged is not None:
+        dist["qrels"] = _qrels_metrics(old, new, judged, settings, metrics)
+    return metrics, dist
+
+
+def _overlap_metrics(
+    old: Results,
+    new: Results,
+    candidates: int,
+    settings: Settings,
+    metrics: dict[str, float | None],
+    dist: dict[str, Any],
+) -> None:
+    depth = min(old.ids.shape[1], new.ids.shape[1])
+    overlaps: dict[str, Any] = {}
+    for k in OVERLAP_KS:
+        if k > candidates or k > depth:
+            continue
+        overlap = kernels.overlap_at_k(old.ids, new.ids, k)
+        stats = kernels.summary(overlap)
+        metrics[f"overlap_at_{k}"] = stats["mean"]
+        metrics[f"overlap_at_{k}_p5"] = stats["p5"]
+        metrics[f"overlap_at_{k}_p50"] = stats["p50"]
+        metrics[f"overlap_at_{k}_p95"] = stats["p95"]
+        metrics[f"overlap_at_{k}_below_half"] = _mean(overlap < 0.5)
+        metrics[f"jaccard_at_{k}"] = _mean(kernels.jaccard_at_k(old.ids, new.ids, k))
+        overlaps[str(k)] = {**stats, "histogram": kernels.histogram(overlap)}
+    dist["overlap"] = overlaps
+    rbo_depth = min(depth, candidates)
+    if rbo_depth >= 1:
+        metrics["rbo"] = _mean(
+            kernels.rbo(old.ids[:, :rbo_depth], new.ids[:, :rbo_depth], settings.rbo_p)
         )
-        ideal = np.zeros((n, 10))
-        for i in range(n):
-            grades = sorted((g for g in relevance.get(i, {}).values() if g > 0), reverse=True)[:10]
-            ideal[i, : len(grades)] = grades
-        for side, results in sides.items():
-            rel = kernels.relevance_matrix(results.ids, relevance)
-            metrics[f"recall_at_10_{side}"] = _mean(kernels.recall_at_k(rel, n_relevant, 10))
-            metrics[f"ndcg_at_10_{side}"] = _mean(kernels.ndcg_at_k(rel, ideal, 10))
-            metrics[f"mrr_at_10_{side}"] = _mean(kernels.mrr_at_k(rel, 10))
-        if old is not None:
-            r_old, r_new = metrics["recall_at_10_old"], metrics["recall_at_10_new"]
-            if r_old and r_new is not None:
-                metrics["recall_ratio"] = r_new / r_old
-            n_old, n_new = metrics["ndcg_at_10_old"], metrics["ndcg_at_10_new"]
-            if n_old is not None and n_new is not None:
-                metrics["ndcg_delta"] = n_new - n_old
-    return metrics, distributions
+        dist["rbo"] = {"p": settings.rbo_p, "depth": rbo_depth}
+
+
+def _shift_metrics(
+    prefix: str, old: np.ndarray, new: np.ndarray, metrics: dict[str, float | None]
+) -> None:
+    old_mean, new_mean = kernels.summary(old)["mean"], kernels.summary(new)["mean"]
+    if prefix == "score":
+        metrics["score_old_mean"], metrics["score_new_mean"] = old_mean, new_mean
+    if old_mean is not None and new_mean is not None:
+        metrics[f"{prefix}_delta_mean"] = new_mean - old_mean
+        if prefix == "score":
+            metrics["score_shift"] = abs(new_mean - old_mean)
+    metrics[f"{prefix}_ks"] = kernels.ks_statistic(old, new)
+    metrics[f"{prefix}_wasserstein"] = kernels.wasserstein_1(old, new)
+
+
+def _qrels_metrics(
+    old: Results | None,
+    new: Results,
+    judged: Judgements,
+    settings: Settings,
+    metrics: dict[str, float | None],
+) -> dict[str, dict[str, Any]]:
+    n = new.ids.shape[0]
+    n_relevant, ideal = kernels.ideal_grades(judged, n, 10)
+    per_query: dict[str, dict[str, np.ndarray]] = {}
+    for side, results in (("old", old), ("new", new)):
+        if results is None:
+            continue
+        rel = kernels.relevance_matrix(results.ids, judged)
+        per_query[side] = {
+            "recall_at_10": kernels.recall_at_k(rel, n_relevant, 10),
+            "recall_at_100": kernels.recall_at_k(rel, n_relevant, 100),
+            "mrr_at_10": kernels.mrr_at_k(rel, 10),
+            "ndcg_at_10": kernels.ndcg_at_k(rel, ideal, 10),
+        }
+    table: dict[str, dict[str, Any]] = {}
+    for name in QRELS_METRICS:
+        row: dict[str, Any] = {"old": None, "new": None, "delta": None, "ci": None}
+        for side, values in per_query.items():
+            row[side] = metrics[f"{name}_{side}"] = _mean(values[name])
+        if "old" in per_query and name != "recall_at_100":
+            deltas = per_query["new"][name] - per_query["old"][name]
+            row["delta"] = metrics[f"{name}_delta"] = _mean(deltas)
+            interval = kernels.bootstrap_mean_ci(deltas, settings.resamples, settings.seed)
+            row["ci"] = list(interval) if interval else None
+            metrics[f"{name}_delta_ci_low"] = interval[0] if interval else None
+            metrics[f"{name}_delta_ci_high"] = interval[1] if interval else None
+        table[name] = row
+    old_recall, new_recall = metrics.get("recall_at_10_old"), metrics.get("recall_at_10_new")
+    if old_recall and new_recall is not None:
+        metrics["recall_ratio"] = new_recall / old_recall
+    return table
 
 
 def worst_queries(
@@ -200,28 +370,72 @@ def worst_queries(
     new: Results,
     k: int,
     texts: Sequence[str],
-    keys_of: Mapping[int, str],
-) -> list[dict[str, Any]]:
-    """The queries whose top-k changed most, with both top-5 lists by document key."""
+    keys_of: Callable[[set[int]], Mapping[int, str]],
+    judged: Judgements | None,
+) -> dict[str, list[dict[str, Any]]]:
+    """The queries whose results changed most: lowest overlap@k, and (with judgements) the
+    largest rank drop of a relevant document; each with both top-5 lists by document key."""
     overlap = kernels.overlap_at_k(old.ids, new.ids, k)
-    rows = np.argsort(overlap, kind="stable")[:WORST]
+    by_overlap = np.argsort(overlap, kind="stable")[:WORST]
+    drops: list[tuple[int, int, int, int]] = []  # (row, doc, old rank, new rank)
+    if judged is not None and len(judged.rows):
+        relevant = judged.relevant()
+        old_rank = kernels.ranks_of(old.ids, relevant.rows, relevant.docs)
+        new_rank = kernels.ranks_of(new.ids, relevant.rows, relevant.docs)
+        drop = new_rank - old_rank
+        # Worst judgement per query, then the queries with the largest drops.
+        order = np.lexsort((-drop, relevant.rows))
+        first = order[np.r_[True, relevant.rows[order][1:] != relevant.rows[order][:-1]]]
+        first = first[drop[first] > 0]
+        for j in first[np.argsort(-drop[first], kind="stable")][:WORST]:
+            drops.append(
+                (int(relevant.rows[j]), int(relevant.docs[j]), int(old_rank[j]), int(new_rank[j]))
+            )
+    wanted = {
+        int(i)
+        for r in (old, new)
+        for row in [*by_overlap, *(d[0] for d in drops)]
+        for i in r.ids[row, :5]
+    }
+    wanted |= {d[1] for d in drops}
+    keys = keys_of({i for i in wanted if i >= 0})
 
     def top(ids: np.ndarray) -> list[str]:
-        return [keys_of.get(int(i), f"#{int(i)}") for i in ids[:5] if i >= 0]
+        return [keys.get(int(i), f"#{int(i)}") for i in ids[:5] if i >= 0]
 
-    return [
-        {
+    def entry(row: int) -> dict[str, Any]:
+        return {
             "query": texts[row],
             "overlap": float(overlap[row]),
             "old_top": top(old.ids[row]),
             "new_top": top(new.ids[row]),
         }
-        for row in rows
-    ]
+
+    depth = old.ids.shape[1]
+    return {
+        "by_overlap": [entry(int(row)) for row in by_overlap],
+        "by_rank_drop": [
+            {
+                **entry(row),
+                "document": keys.get(doc, f"#{doc}"),
+                "old_rank": None if r_old >= depth else r_old + 1,
+                "new_rank": None if r_new >= depth else r_new + 1,
+            }
+            for row, doc, r_old, r_new in drops
+        ],
+    }
 
 
 def _mean(values: np.ndarray) -> float | None:
     return float(np.mean(values)) if np.size(values) else None
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
+def _rank(rank: int | None) -> str:
+    return "-" if rank is None else str(rank)
 
 
 def _clip(text: str, width: int) -> str:

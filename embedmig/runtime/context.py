@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -15,7 +15,8 @@ from embedmig.config import Config
 from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.errors import GateFailed, SourceError, StateError, StoreError
 from embedmig.gates import Gates
-from embedmig.metrics.report import Report
+from embedmig.metrics.kernels import Judgements
+from embedmig.metrics.report import Report, Settings
 from embedmig.runtime import evaluate as ev
 from embedmig.runtime.backfill import Sampler, Shadow, backfill
 from embedmig.runtime.environment import Environment
@@ -35,6 +36,7 @@ class DryRunIndexes:
     old_embedder: LoadedEmbedder | None
     ids: dict[str, int]
     queries: ev.QuerySet
+    corpus_sample: list[Document]
     notes: list[str]
 
 
@@ -271,14 +273,54 @@ class MigrationContext:
             if qrels is None or doc.key in qrels:
                 sampler.offer(doc)
         docs = sampler.documents()
-        relevance = None
+        judged = None
         if qrels is not None:
-            relevance = {
-                row: {ids_of[key]: grade for key, grade in qrels[doc.key].items() if key in ids_of}
+            triples = [
+                (row, ids_of[key], grade)
                 for row, doc in enumerate(docs)
-            }
-        return ev.QuerySet(
-            docs, "queries file" + (" with qrels" if qrels else ""), relevance=relevance
+                for key, grade in qrels[doc.key].items()
+                if key in ids_of
+            ]
+            judged = (
+                Judgements(
+                    *(np.array(column, dtype=np.int64) for column in zip(*triples, strict=True))
+                )
+                if triples
+                else Judgements.empty()
+            )
+        return ev.QuerySet(docs, "queries file" + (" with qrels" if qrels else ""), judged=judged)
+
+    def _run_evaluation(
+        self,
+        *,
+        old: ev.Side | None,
+        new: ev.Side,
+        queries: ev.QuerySet,
+        corpus_sample: list[Document],
+        keys_of: Callable[[set[int]], Mapping[int, str]],
+        notes: list[str],
+    ) -> Report:
+        compared = bool(queries.docs)  # nothing is compared for a first index without qrels
+        background = [d.text for d in corpus_sample[: self.config.get_int("eval.pair_docs")]]
+        return ev.run(
+            alias=self.alias,
+            revision=self.revision.revision,
+            dry_run=self.dry_run,
+            old=old,
+            new=new,
+            queries=queries,
+            background=background if compared else [],
+            settings=Settings(
+                k=self.k,
+                rbo_p=self.config.get_float("eval.rbo_p"),
+                thresholds=self.gates.thresholds,
+                seed=self.config.get_int("eval.seed", minimum=0),
+                resamples=self.config.get_int("eval.resamples"),
+            ),
+            pairs=self.config.get_int("eval.pairs"),
+            batch_size=self.env.batch_size,
+            keys_of=keys_of,
+            notes=notes,
         )
 
     def _evaluate_shadow(self) -> Report:
@@ -307,15 +349,11 @@ class MigrationContext:
         index = shadow.index
         if index is None:  # evaluated before: read it back, verified
             index = files.load(Path(str(shadow.record.path)), shadow.record.sha256)
-        report = ev.run(
-            alias=self.alias,
-            revision=self.revision.revision,
-            dry_run=False,
+        report = self._run_evaluation(
             old=old_side,
             new=ev.Side(new, index),
             queries=queries,
-            k=self.k,
-            batch_size=self.env.batch_size,
+            corpus_sample=shadow.sample,
             keys_of=keys_of,
             notes=shadow.stats.notes,
         )
@@ -365,22 +403,18 @@ class MigrationContext:
         if skipped:
             notes.append(f"{skipped} empty document(s) skipped")
         queries = self._sample_queries(corpus_sample, ids)
-        return DryRunIndexes(new_index, old_index, old_embedder, ids, queries, notes)
+        return DryRunIndexes(new_index, old_index, old_embedder, ids, queries, corpus_sample, notes)
 
     def _dry_evaluate(self) -> Report:
         dry, new = self._dry, self._new
         assert dry is not None and new is not None
         keys = {i: key for key, i in dry.ids.items()}
         old_side = ev.Side(dry.old_embedder, dry.old) if dry.old_embedder is not None else None
-        return ev.run(
-            alias=self.alias,
-            revision=self.revision.revision,
-            dry_run=True,
+        return self._run_evaluation(
             old=old_side,
             new=ev.Side(new, dry.new),
             queries=dry.queries,
-            k=self.k,
-            batch_size=self.env.batch_size,
+            corpus_sample=dry.corpus_sample,
             keys_of=lambda wanted: {i: keys[i] for i in wanted if i in keys},
             notes=dry.notes,
         )

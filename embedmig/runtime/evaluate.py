@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,9 @@ import numpy as np
 
 from embedmig.embedders import LoadedEmbedder
 from embedmig.gates import OVERLAP_KS
+from embedmig.metrics import kernels
 from embedmig.metrics import report as rpt
+from embedmig.metrics.kernels import Judgements
 from embedmig.sources import Document
 from embedmig.store import files
 
@@ -28,7 +31,21 @@ class QuerySet:
     docs: Sequence[Document]
     source: str
     self_ids: np.ndarray | None = None
-    relevance: Mapping[int, Mapping[int, int]] | None = None
+    judged: Judgements | None = None
+
+
+class _Clock:
+    """Wall time per phase, so the report can say where evaluation time went."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, phase: str, fn: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
 
 
 def run(
@@ -39,27 +56,48 @@ def run(
     old: Side | None,
     new: Side,
     queries: QuerySet,
-    k: int,
+    background: Sequence[str],
+    settings: rpt.Settings,
+    pairs: int,
     batch_size: int,
     keys_of: Callable[[set[int]], Mapping[int, str]],
     notes: Sequence[str] = (),
 ) -> rpt.Report:
+    clock = _Clock()
+    started = time.perf_counter()
     ntotal = int(new.index.ntotal)
     exclude = 1 if queries.self_ids is not None else 0
     candidates = ntotal - exclude
-    depth = max(min(max(max(OVERLAP_KS), k) + exclude, ntotal), 1)
+    depth = max(min(max(max(OVERLAP_KS), settings.k) + exclude, ntotal), 1)
     texts = [doc.text for doc in queries.docs]
-    new_results = _search(new, texts, depth, queries.self_ids, batch_size)
-    old_results = _search(old, texts, depth, queries.self_ids, batch_size) if old else None
-    metrics, distributions = rpt.compute(
-        old_results, new_results, k=k, candidates=candidates, relevance=queries.relevance
+    new_results = _search(clock, new, texts, depth, queries.self_ids, batch_size)
+    old_results = _search(clock, old, texts, depth, queries.self_ids, batch_size) if old else None
+    pairs_new = _background(clock, new, background, pairs, settings.seed, batch_size)
+    pairs_old = (
+        _background(clock, old, background, pairs, settings.seed, batch_size) if old else None
     )
-    worst: list[dict[str, Any]] = []
-    if old_results is not None and len(texts) and k <= candidates:
-        wanted = {
-            int(i) for r in (old_results, new_results) for i in r.ids[:, :5].ravel() if i >= 0
-        }
-        worst = rpt.worst_queries(old_results, new_results, k, texts, keys_of(wanted))
+    metrics, distributions = clock.run(
+        "metrics",
+        lambda: rpt.compute(
+            old_results,
+            new_results,
+            candidates=candidates,
+            settings=settings,
+            judged=queries.judged,
+            pairs_old=pairs_old,
+            pairs_new=pairs_new,
+        ),
+    )
+    worst: dict[str, list[dict[str, Any]]] = {}
+    if old_results is not None and len(texts) and settings.k <= candidates:
+        worst = clock.run(
+            "metrics",
+            lambda: rpt.worst_queries(
+                old_results, new_results, settings.k, texts, keys_of, queries.judged
+            ),
+        )
+    timings = {f"{phase}_s": seconds for phase, seconds in clock.seconds.items()}
+    timings["total_s"] = time.perf_counter() - started
     return rpt.Report(
         alias=alias,
         revision=revision,
@@ -69,22 +107,39 @@ def run(
         corpus_size=ntotal,
         query_source=queries.source,
         n_queries=len(texts),
-        k=k,
+        k=settings.k,
         metrics=metrics,
         distributions=distributions,
         worst=worst,
         notes=list(notes),
+        timings=timings,
     )
 
 
 def _search(
-    side: Side, texts: Sequence[str], depth: int, self_ids: np.ndarray | None, batch_size: int
+    clock: _Clock,
+    side: Side,
+    texts: Sequence[str],
+    depth: int,
+    self_ids: np.ndarray | None,
+    batch_size: int,
 ) -> rpt.Results:
-    vectors = side.embedder.encode_queries(texts, batch_size)
-    scores, ids = files.search(side.index, vectors, depth)
+    vectors = clock.run("encode", lambda: side.embedder.encode_queries(texts, batch_size))
+    scores, ids = clock.run("search", lambda: files.search(side.index, vectors, depth))
     if self_ids is not None:
-        scores, ids = _drop_self(scores, ids, self_ids)
+        scores, ids = clock.run("metrics", lambda: _drop_self(scores, ids, self_ids))
     return rpt.Results(ids=ids, scores=scores)
+
+
+def _background(
+    clock: _Clock, side: Side, texts: Sequence[str], pairs: int, seed: int, batch_size: int
+) -> np.ndarray | None:
+    """Cosines of random document pairs under one model: how alike unrelated documents look."""
+    if len(texts) < 2 or pairs < 1:
+        return None
+    vectors = clock.run("encode", lambda: side.embedder.encode_documents(texts, batch_size))
+    cosines: np.ndarray = clock.run("metrics", lambda: kernels.pair_cosines(vectors, pairs, seed))
+    return cosines
 
 
 def _drop_self(
