@@ -6,11 +6,13 @@ exits non-zero (1, or 3 for a failed gate); ``--verbose`` adds the traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
@@ -130,6 +132,62 @@ def _print_report(report: Report) -> None:
     click.echo(report.render_text())
 
 
+@cli.command()
+@click.argument("target", default="heads")
+@click.option(
+    "--sample", default=1000, show_default=True, help="Documents in the dry run's sample."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@pass_state
+def check(state: State, target: str, sample: int, fmt: str) -> None:
+    """Dry-run every pending revision up to TARGET; exit 3 when a gate fails (for CI)."""
+    reports: list[Report] = []
+    try:
+        command.check(state.config(), target, sample=sample, on_report=reports.append)
+    finally:
+        if fmt == "json":
+            click.echo(json.dumps([r.to_dict() for r in reports], indent=2))
+        else:
+            for report in reports:
+                click.echo(report.render_text())
+    if not reports:
+        click.echo("nothing to check: every alias is at its head", err=fmt == "json")
+
+
+@cli.command()
+@click.argument("rev", required=False)
+@click.option("--event", type=int, default=None, help="A history event id (see `history`).")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write to a file: .json, .html or text."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "html"]),
+    default="text",
+    show_default=True,
+)
+@pass_state
+def report(state: State, rev: str | None, event: int | None, output: str | None, fmt: str) -> None:
+    """Render again the report of a recorded upgrade or dry run of REV."""
+    if rev is None and event is None:
+        raise click.UsageError("name a revision or --event ID")
+    found = command.report(state.config(), rev or "", event=event)
+    if output is not None:
+        command.write_report(found, Path(output))
+        click.echo(f"wrote {output}")
+    elif fmt == "json":
+        click.echo(found.to_json())
+    elif fmt == "html":
+        from embedmig.metrics.html import render_html
+
+        click.echo(render_html(found))
+    else:
+        click.echo(found.render_text())
+
+
 # ignore_unknown_options lets `downgrade -1` through as a target, as alembic's CLI does.
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("target")
@@ -171,7 +229,7 @@ def history(state: State, alias: str | None, detail: bool) -> None:
         move = f"#{event.from_index or '-'} -> #{event.to_index or '-'}"
         verdict = f" gates:{event.verdict}" if event.verdict else ""
         click.echo(
-            f"{when}  {event.alias:<12} {event.action:<9} {event.revision or 'base':<14} "
+            f"#{event.id:<4} {when}  {event.alias:<12} {event.action:<9} {event.revision or 'base':<14} "
             f"{event.status:<11} {move}{verdict}  {event.user}@{event.host}"
         )
         if detail and event.metrics:

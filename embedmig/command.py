@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embedmig.config import Config
-from embedmig.errors import ConfigError, ScriptError
+from embedmig.errors import ConfigError, ScriptError, StateError
 from embedmig.metrics.report import Report
 from embedmig.runtime import runner
 from embedmig.runtime.environment import Environment
@@ -206,8 +206,52 @@ def search(config: Config, alias: str, query: str, k: int = 10) -> list[Hit]:
         return Searcher(env, alias).search(query, k)
 
 
+def report(config: Config, rev: str, *, event: int | None = None) -> Report:
+    """The report recorded for a revision's latest upgrade or dry run (or history event ``event``)."""
+    with _opened(config) as env, env.engine.connect() as conn:
+        events = [e for e in catalog.history(conn) if e.metrics is not None]
+    if event is not None:
+        chosen = [e for e in events if e.id == event]
+        if not chosen:
+            raise StateError(f"history event #{event} has no recorded report")
+    else:
+        revisions = {e.revision for e in events if e.revision and e.revision.startswith(rev)}
+        if len(revisions) > 1:
+            raise ScriptError(f"{rev!r} matches several revisions: {', '.join(sorted(revisions))}")
+        chosen = [e for e in events if e.revision in revisions]
+        if not chosen:
+            raise StateError(f"no recorded upgrade or dry run of revision {rev!r}")
+    assert chosen[0].metrics is not None
+    try:
+        return Report.from_dict(chosen[0].metrics)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StateError(
+            f"history event #{chosen[0].id} holds a report this version cannot read: {exc}"
+        ) from None
+
+
+def check(
+    config: Config,
+    target: str = "heads",
+    *,
+    sample: int = 1000,
+    on_report: Callable[[Report], None] | None = None,
+) -> list[Report]:
+    """A dry run of every pending revision up to ``target``: for CI, fails on a failed gate."""
+    return upgrade(config, target, dry_run=True, sample=sample, on_report=on_report)
+
+
 def write_report(report: Report, path: Path) -> None:
-    text = report.to_json() if path.suffix.lower() == ".json" else report.render_text()
+    """Write ``report`` as JSON (``.json``), self-contained HTML (``.html``) or text."""
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        text = report.to_json()
+    elif suffix in (".html", ".htm"):
+        from embedmig.metrics.html import render_html
+
+        text = render_html(report)
+    else:
+        text = report.render_text(styled=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n", encoding="utf-8")

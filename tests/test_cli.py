@@ -41,7 +41,7 @@ def test_full_cycle_through_the_cli(project: Path, capsys: pytest.CaptureFixture
     code, out, _ = run(capsys, "downgrade", "-1")
     assert code == 0 and "r2 -> r1" in out
     code, out, _ = run(capsys, "history", "-v")
-    assert [line.split()[3] for line in out.splitlines() if not line.startswith(" ")] == [
+    assert [line.split()[4] for line in out.splitlines() if not line.startswith(" ")] == [
         "downgrade",
         "upgrade",
         "dry-run",

@@ -149,19 +149,23 @@ class Report:
 
     # ---- terminal -----------------------------------------------------------------------------
 
-    def render_text(self) -> str:
+    def render_text(self, *, styled: bool = True) -> str:
         """A summary for a 100-column terminal: verdict, gates, key numbers, worst queries.
 
-        Styled with ANSI colours; click.echo drops them when the output is not a terminal.
+        ``styled`` adds ANSI colours (click.echo drops them when the output is not a terminal).
         """
+
+        def style(text: str, **how: Any) -> str:
+            return click.style(text, **how) if styled else text
+
         lines: list[str] = []
         mode = "dry run" if self.dry_run else "upgrade"
         if self.verdict is not None and self.verdict.checks:
             label = self.verdict.label.upper()
             colour = {"PASS": "green", "FAIL": "red", "FORCED": "yellow"}[label]
-            head = click.style(label, fg=colour, bold=True)
+            head = style(label, fg=colour, bold=True)
         else:
-            head = click.style("NO GATES", bold=True)
+            head = style("NO GATES", bold=True)
         lines.append(f"{head} {self.alias} @ {self.revision} ({mode})")
         lines.append(f"  old  {self.old_model or '(none: first index of the alias)'}")
         lines.append(f"  new  {self.new_model}")
@@ -171,9 +175,9 @@ class Report:
         if self.verdict is not None:
             for check in self.verdict.checks:
                 mark = (
-                    click.style("ok", fg="green")
+                    style("ok", fg="green")
                     if check.passed
-                    else click.style("FAILED", fg="red", bold=True)
+                    else style("FAILED", fg="red", bold=True)
                 )
                 op = ">=" if check.bound == "min" else "<="
                 value = "not measured" if check.value is None else f"{check.value:.4f}"
@@ -182,14 +186,14 @@ class Report:
                 )
         shown = [(n, self.metrics[n]) for n in HEADLINE if self.metrics.get(n) is not None]
         if shown:
-            lines.append(click.style("  retrieval change", bold=True))
+            lines.append(style("  retrieval change", bold=True))
             for i in range(0, len(shown), 2):
                 cells = [f"{name:<26}{value:>9.4f}" for name, value in shown[i : i + 2]]
                 lines.append("    " + "    ".join(cells))
         qrels = self.distributions.get("qrels")
         if qrels:
             lines.append(
-                click.style(
+                style(
                     "  against the judgements          old       new     delta  95% interval",
                     bold=True,
                 )
@@ -205,9 +209,7 @@ class Report:
             cells = [
                 f"{row['old']:g}->{row['new']:.3f}" for row in mapping if row["new"] is not None
             ]
-            lines.append(
-                click.style("  score thresholds, old -> new (same share of results)", bold=True)
-            )
+            lines.append(style("  score thresholds, old -> new (same share of results)", bold=True))
             for i in range(0, len(cells), 6):
                 lines.append("    " + "  ".join(cells[i : i + 6]))
         for title, key in (
@@ -217,7 +219,7 @@ class Report:
             rows = self.worst.get(key) or []
             if not rows:
                 continue
-            lines.append(click.style(f"  most affected queries: {title}", bold=True))
+            lines.append(style(f"  most affected queries: {title}", bold=True))
             for row in rows:
                 tag = (
                     f"overlap {row['overlap']:.2f}"

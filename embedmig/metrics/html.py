@@ -1,0 +1,235 @@
+"""The report as one self-contained HTML file: inline CSS, plots embedded as PNG data URIs.
+
+Plots are drawn from the report's JSON (histograms, threshold map, intervals), not from raw
+arrays, so a report recorded in history renders the same later. Needs matplotlib (extra `html`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Callable
+from typing import Any
+
+from embedmig.errors import ConfigError
+from embedmig.metrics.report import HEADLINE, Report
+
+_CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
+.badge { display: inline-block; padding: .15rem .6rem; border-radius: .3rem; color: #fff; font-weight: 600; }
+.pass { background: #1a7f37; } .fail { background: #cf222e; } .forced { background: #9a6700; }
+.none { background: #57606a; }
+table { border-collapse: collapse; margin: .5rem 0; } td, th { padding: .2rem .6rem; text-align: left; }
+tr:nth-child(even) { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.bad { color: #cf222e; font-weight: 600; } .ok { color: #1a7f37; }
+.plots { display: flex; flex-wrap: wrap; gap: 1rem; } .plots img { width: 520px; border: 1px solid #eee; }
+.muted { color: #57606a; }
+"""
+
+
+def render_html(report: Report) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("HTML reports need matplotlib: pip install 'embedmig[html]'") from None
+    e = html.escape
+    verdict = report.verdict
+    label = verdict.label if verdict is not None and verdict.checks else "none"
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f"<title>embedmig report: {e(report.alias)} @ {e(report.revision)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1><span class='badge {label}'>{e(label.upper() if label != 'none' else 'NO GATES')}</span> "
+        f"{e(report.alias)} @ {e(report.revision)} {'(dry run)' if report.dry_run else ''}</h1>",
+        "<table>",
+        f"<tr><th>old</th><td>{e(report.old_model or '(none: first index of the alias)')}</td></tr>",
+        f"<tr><th>new</th><td>{e(report.new_model)}</td></tr>",
+        f"<tr><th>corpus</th><td>{report.corpus_size:,} documents</td></tr>",
+        f"<tr><th>queries</th><td>{report.n_queries:,} ({e(report.query_source)}), k={report.k}</td></tr>",
+        "</table>",
+    ]
+    if verdict is not None and verdict.checks:
+        parts.append(
+            "<h2>Gates</h2><table><tr><th>metric</th><th>value</th><th>bound</th><th></th></tr>"
+        )
+        for c in verdict.checks:
+            value = "not measured" if c.value is None else f"{c.value:.4f}"
+            op = "&ge;" if c.bound == "min" else "&le;"
+            mark = "<span class=ok>ok</span>" if c.passed else "<span class=bad>FAILED</span>"
+            parts.append(
+                f"<tr><td>{e(c.metric)}</td><td class=num>{value}</td><td>{op} {c.limit:g}</td><td>{mark}</td></tr>"
+            )
+        parts.append("</table>")
+    plots = _plots(report, plt)
+    if plots:
+        parts.append("<h2>Plots</h2><div class=plots>")
+        parts.extend(
+            f"<img alt='{e(title)}' src='data:image/png;base64,{data}'>" for title, data in plots
+        )
+        parts.append("</div>")
+    qrels = report.distributions.get("qrels")
+    if qrels:
+        parts.append(
+            "<h2>Against the judgements</h2><table><tr><th>metric</th><th>old</th><th>new</th><th>delta</th><th>95% interval</th></tr>"
+        )
+        for name, row in qrels.items():
+            ci = row.get("ci")
+            parts.append(
+                f"<tr><td>{e(name)}</td><td class=num>{_fmt(row.get('old'))}</td><td class=num>{_fmt(row.get('new'))}</td>"
+                f"<td class=num>{_fmt(row.get('delta'), signed=True)}</td>"
+                f"<td class=num>{'' if not ci else f'[{ci[0]:+.4f}, {ci[1]:+.4f}]'}</td></tr>"
+            )
+        parts.append("</table>")
+    mapping = report.distributions.get("threshold_map") or []
+    if mapping:
+        parts.append(
+            "<h2>Score thresholds</h2><p class=muted>An old-model cut-off and the new-model score that keeps the same share of query&rarr;top-k results.</p>"
+        )
+        parts.append(
+            "<table><tr><th>old threshold</th><th>share at or below</th><th>new threshold</th></tr>"
+        )
+        for row in mapping:
+            parts.append(
+                f"<tr><td class=num>{row['old']:g}</td><td class=num>{_fmt(row['share'])}</td><td class=num>{_fmt(row['new'])}</td></tr>"
+            )
+        parts.append("</table>")
+    parts.append("<h2>Metrics</h2><table>")
+    names = [*HEADLINE, *(n for n in report.metrics if n not in HEADLINE)]
+    for name in names:
+        if report.metrics.get(name) is not None:
+            parts.append(
+                f"<tr><td>{e(name)}</td><td class=num>{report.metrics[name]:.4f}</td></tr>"
+            )
+    parts.append("</table>")
+    for title, key in (
+        ("lowest overlap", "by_overlap"),
+        ("largest rank drop of a relevant document", "by_rank_drop"),
+    ):
+        rows = report.worst.get(key) or []
+        if not rows:
+            continue
+        parts.append(
+            f"<h2>Most affected queries: {title}</h2><table><tr><th>query</th><th></th><th>old top 5</th><th>new top 5</th></tr>"
+        )
+        for row in rows:
+            tag = (
+                f"overlap {row['overlap']:.2f}"
+                if key == "by_overlap"
+                else f"{e(row['document'])}: rank {row['old_rank'] or '-'} &rarr; {row['new_rank'] or '-'}"
+            )
+            parts.append(
+                f"<tr><td>{e(row['query'])}</td><td>{tag}</td><td>{e(', '.join(row['old_top']))}</td>"
+                f"<td>{e(', '.join(row['new_top']))}</td></tr>"
+            )
+        parts.append("</table>")
+    if report.notes:
+        parts.append(
+            "<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in report.notes) + "</ul>"
+        )
+    parts.append("<p class=muted>embedmig report, schema_version 2.</p></body></html>")
+    return "\n".join(parts)
+
+
+def _plots(report: Report, plt: Any) -> list[tuple[str, str]]:
+    dist = report.distributions
+    plots: list[tuple[str, str]] = []
+
+    def add(title: str, draw: Callable[[Any], None]) -> None:
+        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+        try:
+            draw(ax)
+            ax.set_title(title, fontsize=11)
+            fig.tight_layout()
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png")
+        finally:
+            plt.close(fig)
+        plots.append((title, base64.b64encode(buffer.getvalue()).decode("ascii")))
+
+    for key, title in (
+        ("scores", "query→top-k cosine scores"),
+        ("pair_scores", "random document pairs (background)"),
+    ):
+        hist = (dist.get(key) or {}).get("histogram") or {}
+        if hist.get("edges"):
+            add(title, _two_histograms(hist))
+    overlap = (dist.get("overlap") or {}).get(str(report.k))
+    if overlap and overlap.get("histogram"):
+
+        def draw_overlap(ax: Any) -> None:
+            counts = overlap["histogram"]
+            edges = [i / len(counts) for i in range(len(counts) + 1)]
+            ax.bar(
+                edges[:-1],
+                counts,
+                width=1 / len(counts),
+                align="edge",
+                color="#0969da",
+                edgecolor="white",
+            )
+            ax.set_xlabel(f"overlap@{report.k}")
+            ax.set_ylabel("queries")
+
+        add(f"overlap@{report.k} per query", draw_overlap)
+    mapping = [row for row in dist.get("threshold_map") or [] if row["new"] is not None]
+    if mapping:
+
+        def draw_map(ax: Any) -> None:
+            xs = [row["old"] for row in mapping]
+            ax.plot(
+                xs,
+                [row["new"] for row in mapping],
+                marker="o",
+                color="#cf222e",
+                label="new threshold",
+            )
+            ax.plot(xs, xs, linestyle="--", color="#999", label="unchanged")
+            ax.set_xlabel("old-model threshold")
+            ax.set_ylabel("new-model threshold")
+            ax.legend()
+
+        add("threshold map (same share of results)", draw_map)
+    qrels = {name: row for name, row in (dist.get("qrels") or {}).items() if row.get("ci")}
+    if qrels:
+
+        def draw_qrels(ax: Any) -> None:
+            names = list(qrels)
+            deltas = [qrels[n]["delta"] for n in names]
+            low = [qrels[n]["delta"] - qrels[n]["ci"][0] for n in names]
+            high = [qrels[n]["ci"][1] - qrels[n]["delta"] for n in names]
+            ax.bar(
+                names,
+                deltas,
+                yerr=[low, high],
+                capsize=6,
+                color=["#cf222e" if d < 0 else "#1a7f37" for d in deltas],
+            )
+            ax.axhline(0, color="#333", linewidth=0.8)
+            ax.set_ylabel("new − old (95% bootstrap interval)")
+
+        add("retrieval quality change", draw_qrels)
+    return plots
+
+
+def _two_histograms(hist: dict[str, list[float]]) -> Callable[[Any], None]:
+    def draw(ax: Any) -> None:
+        for side, colour in (("old", "#0969da"), ("new", "#cf222e")):
+            counts = hist.get(side) or []
+            if any(counts):
+                ax.stairs(counts, hist["edges"], fill=True, alpha=0.35, color=colour, label=side)
+        ax.set_xlabel("cosine similarity")
+        ax.set_ylabel("count")
+        ax.legend()
+
+    return draw
+
+
+def _fmt(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return ""
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
