@@ -57,7 +57,7 @@ embedmig upgrade --dry-run --sample 400 --report reports/dry-run-1.json || echo 
 
 say "review: this team accepts the static model if it keeps 75% of recall@10 against the judgements"
 sed -i 's/^gates = .*/gates = Gates(min_recall_ratio=0.75, min_overlap_at_100=0.3)/' migrations/versions/7c3d9e4b2a60_*.py
-embedmig upgrade --dry-run --sample 400 --report reports/dry-run-2.json
+embedmig upgrade --dry-run --sample 400 --report reports/dry-run-2.html
 
 say "upgrade: backfill the shadow index, evaluate on the full corpus, gate, swap"
 embedmig upgrade --report reports/upgrade.json
@@ -73,4 +73,4 @@ embedmig search papers "stem cells drive glioblastoma growth" -k 5
 
 say "history"
 embedmig history -v
-say "done: reports in $WORK/reports, indexes in $WORK/indexes, history in $WORK/embedmig.db"
+say "done: reports (JSON, HTML) in $WORK/reports, indexes in $WORK/indexes, history in $WORK/embedmig.db"

@@ -1,0 +1,72 @@
+"""The evaluate step's own overhead against its FAISS search time, on the SciFact test split.
+
+A dry run over the whole SciFact corpus (5,183 abstracts, 300 judged test claims) between two
+static models distilled from all-MiniLM-L6-v2 (128-d and 256-d: cheap to encode, so the run is
+about evaluation, not encoding). The report's timings split evaluation into encoding, FAISS
+search and everything else (kernels, bootstrap, sampling, lookups). Best of --repeat runs.
+Target: overhead <= 10% of the FAISS search time.
+
+    python benchmarks/bench_evaluate.py [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if not SCIFACT.is_dir():
+        sys.exit(f"{SCIFACT} not found")
+    sys.path.insert(0, str(ROOT))
+    from demo.models import distilled
+
+    from embedmig import Config, command
+
+    root = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
+    distilled(root / "static-128", pca_dims=128)
+    distilled(root / "static-256", pca_dims=256)
+    command.init(root / "migrations", root / "embedmig.ini")
+    ini = root / "embedmig.ini"
+    text = ini.read_text()
+    for old, new in {
+        "corpus = corpus.jsonl": f"corpus = {SCIFACT / 'corpus.jsonl'}",
+        "corpus.id_field = id": "corpus.id_field = _id",
+        "# corpus.title_field = title": "corpus.title_field = title",
+        "# queries = queries.jsonl": f"queries = {SCIFACT / 'queries.jsonl'}",
+        "# qrels = qrels.tsv": f"qrels = {SCIFACT / 'qrels' / 'test.tsv'}",
+    }.items():
+        text = text.replace(old, new)
+    ini.write_text(text)
+    config = Config(ini)
+    command.revision(config, "first", alias="papers", new="static-128", rev_id="e1")
+    command.revision(config, "second", alias="papers", new="static-256", rev_id="e2")
+    command.upgrade(config, "e1")
+    runs = []
+    for _ in range(args.repeat):
+        (report,) = command.upgrade(config, "e2", dry_run=True, sample=10**7, force=True)
+        t = report.timings
+        overhead = t["total_s"] - t["encode_s"] - t["search_s"]
+        runs.append((overhead / t["search_s"], t, overhead))
+        print({k: round(v * 1000, 1) for k, v in t.items()}, "ms", flush=True)
+    ratio, t, overhead = min(runs, key=lambda run: run[0])
+    print(
+        f"\nSciFact test split: {report.n_queries} queries over {report.corpus_size} documents, "
+        f"two models, top-{100 + 0} FAISS search"
+    )
+    print(f"FAISS search {t['search_s'] * 1000:.1f} ms; encoding {t['encode_s'] * 1000:.1f} ms")
+    print(f"evaluate overhead {overhead * 1000:.1f} ms = {ratio:.1%} of search time (target <= 10%)")
+
+
+if __name__ == "__main__":
+    main()
