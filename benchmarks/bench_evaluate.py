@@ -65,7 +65,9 @@ def main() -> None:
         f"two models, top-{100 + 0} FAISS search"
     )
     print(f"FAISS search {t['search_s'] * 1000:.1f} ms; encoding {t['encode_s'] * 1000:.1f} ms")
-    print(f"evaluate overhead {overhead * 1000:.1f} ms = {ratio:.1%} of search time (target <= 10%)")
+    print(
+        f"evaluate overhead {overhead * 1000:.1f} ms = {ratio:.1%} of search time (target <= 10%)"
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ DEFAULTS: Mapping[str, str] = {
     "eval.seed": "0",
     "eval.rbo_p": "0.9",
     "eval.resamples": "1000",
-    "eval.pairs": "10000",
     "eval.pair_docs": "200",
     "corpus.id_field": "id",
     "corpus.text_field": "text",

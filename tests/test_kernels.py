@@ -155,9 +155,13 @@ def test_threshold_map_is_quantile_mapping() -> None:
 
 def test_bootstrap_interval_is_seeded_and_covers_the_mean() -> None:
     values = np.random.default_rng(3).normal(0.1, 1.0, 400)
-    low, high = kernels.bootstrap_mean_ci(values, seed=7) or (0.0, 0.0)
+    interval = kernels.bootstrap_mean_ci(values, seed=7)
+    assert interval is not None
+    low, high = float(interval[0]), float(interval[1])
     assert low < values.mean() < high
-    assert kernels.bootstrap_mean_ci(values, seed=7) == (low, high)
+    again = kernels.bootstrap_mean_ci(np.stack([values, -values]), seed=7)
+    assert again is not None and (again[0][0], again[1][0]) == pytest.approx((low, high), abs=1e-12)
+    assert (again[0][1], again[1][1]) == pytest.approx((-high, -low))
     # Reference: the same resamples drawn one at a time.
     rng = np.random.default_rng(7)
     means = [values[rng.integers(0, 400, 400)].mean() for _ in range(1000)]
@@ -170,6 +174,6 @@ def test_ranks_of_finds_first_positions_and_marks_absent() -> None:
     assert list(ranks) == [0, 4, 3, 0]
 
 
-def test_pair_cosines_never_pair_a_row_with_itself() -> None:
-    x = np.eye(4, dtype=np.float32)
-    assert np.all(kernels.pair_cosines(x, 500) == 0.0)
+def test_pair_cosines_are_every_distinct_pair() -> None:
+    x = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]], dtype=np.float32)
+    assert kernels.pair_cosines(x) == pytest.approx([0.0, 2**-0.5, 2**-0.5])

@@ -314,22 +314,26 @@ def threshold_map(
 
 def bootstrap_mean_ci(
     values: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float] | None:
-    """Percentile bootstrap confidence interval of the mean (seeded; resampled in bounded blocks)."""
-    values = _finite(values)
-    if values.size == 0:
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Percentile bootstrap confidence interval of the mean of each row of ``values``.
+
+    ``values`` is (n,) or (metrics, n): the rows share the same seeded resamples of the n
+    queries, drawn in bounded blocks. Returns (low, high), each of shape ``values.shape[:-1]``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[-1]
+    if n == 0:
         return None
     rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    block = max(1, 4_000_000 // values.size)
+    means = np.empty((*values.shape[:-1], resamples))
+    block = max(1, 4_000_000 // n)
     for start in range(0, resamples, block):
         stop = min(resamples, start + block)
-        means[start:stop] = values[rng.integers(0, values.size, (stop - start, values.size))].mean(
-            1
-        )
+        picks = rng.integers(0, n, (stop - start, n))
+        means[..., start:stop] = values[..., picks].mean(axis=-1)
     tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
+    low, high = np.quantile(means, [tail, 1 - tail], axis=-1)
+    return low, high
 
 
 def ranks_of(ids: np.ndarray, rows: np.ndarray, docs: np.ndarray) -> np.ndarray:
@@ -345,19 +349,14 @@ def ranks_of(ids: np.ndarray, rows: np.ndarray, docs: np.ndarray) -> np.ndarray:
     return np.asarray(np.where(found, order[at] % max(k, 1), k))
 
 
-def pair_cosines(vectors: np.ndarray, pairs: int, seed: int = 0) -> np.ndarray:
-    """Cosine similarity of ``pairs`` seeded random pairs of distinct rows: a background
-    distribution of how similar unrelated documents look to a model."""
-    n = vectors.shape[0]
-    if n < 2 or pairs < 1:
-        return np.empty(0)
-    rng = np.random.default_rng(seed)
-    first = rng.integers(0, n, pairs)
-    second = (first + rng.integers(1, n, pairs)) % n  # never the same row
-    a, b = vectors[first].astype(np.float64), vectors[second].astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    dots = np.einsum("ij,ij->i", a, b)
-    cosines: np.ndarray = np.divide(dots, norms, out=np.zeros(pairs), where=norms > 0)
+def pair_cosines(vectors: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every pair of distinct rows (upper triangle of the Gram matrix): a
+    background distribution of how alike unrelated documents look to a model."""
+    x = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    upper = np.triu_indices(x.shape[0], k=1)
+    cosines: np.ndarray = (x @ x.T)[upper]
     return cosines
 
 

@@ -350,17 +350,20 @@ def _qrels_metrics(
         }
     table: dict[str, dict[str, Any]] = {}
     for name in QRELS_METRICS:
-        row: dict[str, Any] = {"old": None, "new": None, "delta": None, "ci": None}
+        table[name] = {"old": None, "new": None, "delta": None, "ci": None}
         for side, values in per_query.items():
-            row[side] = metrics[f"{name}_{side}"] = _mean(values[name])
-        if "old" in per_query and name != "recall_at_100":
-            deltas = per_query["new"][name] - per_query["old"][name]
-            row["delta"] = metrics[f"{name}_delta"] = _mean(deltas)
-            interval = kernels.bootstrap_mean_ci(deltas, settings.resamples, settings.seed)
-            row["ci"] = list(interval) if interval else None
-            metrics[f"{name}_delta_ci_low"] = interval[0] if interval else None
-            metrics[f"{name}_delta_ci_high"] = interval[1] if interval else None
-        table[name] = row
+            table[name][side] = metrics[f"{name}_{side}"] = _mean(values[name])
+    if "old" in per_query:
+        compared = [name for name in QRELS_METRICS if name != "recall_at_100"]
+        deltas = np.stack([per_query["new"][name] - per_query["old"][name] for name in compared])
+        # One set of resamples for all metrics: cheaper, and their intervals are comparable.
+        interval = kernels.bootstrap_mean_ci(deltas, settings.resamples, settings.seed)
+        for i, name in enumerate(compared):
+            table[name]["delta"] = metrics[f"{name}_delta"] = _mean(deltas[i])
+            low = float(interval[0][i]) if interval else None
+            high = float(interval[1][i]) if interval else None
+            table[name]["ci"] = [low, high] if interval else None
+            metrics[f"{name}_delta_ci_low"], metrics[f"{name}_delta_ci_high"] = low, high
     old_recall, new_recall = metrics.get("recall_at_10_old"), metrics.get("recall_at_10_new")
     if old_recall and new_recall is not None:
         metrics["recall_ratio"] = new_recall / old_recall

@@ -317,7 +317,6 @@ class MigrationContext:
                 seed=self.config.get_int("eval.seed", minimum=0),
                 resamples=self.config.get_int("eval.resamples"),
             ),
-            pairs=self.config.get_int("eval.pairs"),
             batch_size=self.env.batch_size,
             keys_of=keys_of,
             notes=notes,

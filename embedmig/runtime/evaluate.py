@@ -58,7 +58,6 @@ def run(
     queries: QuerySet,
     background: Sequence[str],
     settings: rpt.Settings,
-    pairs: int,
     batch_size: int,
     keys_of: Callable[[set[int]], Mapping[int, str]],
     notes: Sequence[str] = (),
@@ -72,10 +71,8 @@ def run(
     texts = [doc.text for doc in queries.docs]
     new_results = _search(clock, new, texts, depth, queries.self_ids, batch_size)
     old_results = _search(clock, old, texts, depth, queries.self_ids, batch_size) if old else None
-    pairs_new = _background(clock, new, background, pairs, settings.seed, batch_size)
-    pairs_old = (
-        _background(clock, old, background, pairs, settings.seed, batch_size) if old else None
-    )
+    pairs_new = _background(clock, new, background, batch_size)
+    pairs_old = _background(clock, old, background, batch_size) if old else None
     metrics, distributions = clock.run(
         "metrics",
         lambda: rpt.compute(
@@ -132,13 +129,14 @@ def _search(
 
 
 def _background(
-    clock: _Clock, side: Side, texts: Sequence[str], pairs: int, seed: int, batch_size: int
+    clock: _Clock, side: Side, texts: Sequence[str], batch_size: int
 ) -> np.ndarray | None:
-    """Cosines of random document pairs under one model: how alike unrelated documents look."""
-    if len(texts) < 2 or pairs < 1:
+    """Cosines of all pairs of sampled documents under one model: how alike unrelated documents
+    look to it."""
+    if len(texts) < 2:
         return None
     vectors = clock.run("encode", lambda: side.embedder.encode_documents(texts, batch_size))
-    cosines: np.ndarray = clock.run("metrics", lambda: kernels.pair_cosines(vectors, pairs, seed))
+    cosines: np.ndarray = clock.run("metrics", lambda: kernels.pair_cosines(vectors))
     return cosines
 
 
