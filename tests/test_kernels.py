@@ -177,3 +177,15 @@ def test_ranks_of_finds_first_positions_and_marks_absent() -> None:
 def test_pair_cosines_are_every_distinct_pair() -> None:
     x = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]], dtype=np.float32)
     assert kernels.pair_cosines(x) == pytest.approx([0.0, 2**-0.5, 2**-0.5])
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 1000])
+def test_summary_quantiles_match_numpy(size: int) -> None:
+    values = np.random.default_rng(size).normal(size=size)
+    stats = kernels.summary(values)
+    expected = np.quantile(values, kernels.QUANTILES)
+    got = [stats[f"p{round(q * 100)}"] for q in kernels.QUANTILES]
+    assert got == pytest.approx(list(expected), abs=1e-12)
+    assert (stats["min"], stats["max"], stats["mean"]) == pytest.approx(
+        (values.min(), values.max(), values.mean())
+    )

@@ -151,8 +151,14 @@ def summary(values: np.ndarray) -> dict[str, float | None]:
     keys = ["mean", "std", "min", "max", *(f"p{round(q * 100)}" for q in QUANTILES)]
     if values.size == 0:
         return dict.fromkeys(keys, None)
-    stats = [values.mean(), values.std(), values.min(), values.max()]
-    stats.extend(np.quantile(values, QUANTILES))
+    ordered = np.sort(values)
+    # Linear interpolation between order statistics: numpy's default quantile method, from one
+    # sort that also gives min and max (np.quantile would partition once per call).
+    position = np.asarray(QUANTILES) * (ordered.size - 1)
+    below = np.floor(position).astype(np.int64)
+    above = np.minimum(below + 1, ordered.size - 1)
+    quantiles = ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+    stats = [ordered.mean(), ordered.std(), ordered[0], ordered[-1], *quantiles]
     return {key: float(v) for key, v in zip(keys, stats, strict=True)}
 
 
@@ -325,12 +331,17 @@ def bootstrap_mean_ci(
     if n == 0:
         return None
     rng = np.random.default_rng(seed)
-    means = np.empty((*values.shape[:-1], resamples))
+    rows = values.reshape(-1, n)
+    means = np.empty((rows.shape[0], resamples))
     block = max(1, 4_000_000 // n)
     for start in range(0, resamples, block):
         stop = min(resamples, start + block)
         picks = rng.integers(0, n, (stop - start, n))
-        means[..., start:stop] = values[..., picks].mean(axis=-1)
+        # How often each query is drawn, per resample: the resample means are then one product.
+        offsets = np.arange(stop - start)[:, None] * n
+        counts = np.bincount((picks + offsets).ravel(), minlength=(stop - start) * n)
+        means[:, start:stop] = (rows @ counts.reshape(stop - start, n).T) / n
+    means = means.reshape(*values.shape[:-1], resamples)
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail], axis=-1)
     return low, high
@@ -356,7 +367,8 @@ def pair_cosines(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
     upper = np.triu_indices(x.shape[0], k=1)
-    cosines: np.ndarray = (x @ x.T)[upper]
+    # float32, like FAISS scores: the distribution kernels then take their exact integer path.
+    cosines: np.ndarray = (x @ x.T)[upper].astype(np.float32)
     return cosines
 
 
