@@ -30,7 +30,6 @@ def main() -> None:
         sys.exit(f"{SCIFACT} not found")
     sys.path.insert(0, str(ROOT))
     from demo.models import distilled
-
     from embedmig import Config, command
 
     root = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
