@@ -108,11 +108,18 @@ def revision(
     "--report",
     "report_path",
     type=click.Path(dir_okay=False),
-    help="Write the report (.json or text).",
+    help="Write the report (.json, .html or text).",
 )
+@click.option("--wait", default=0.0, show_default=True, help="Seconds to wait for a locked alias.")
 @pass_state
 def upgrade(
-    state: State, target: str, dry_run: bool, sample: int, force: bool, report_path: str | None
+    state: State,
+    target: str,
+    dry_run: bool,
+    sample: int,
+    force: bool,
+    report_path: str | None,
+    wait: float,
 ) -> None:
     """Migrate to TARGET (head, heads, ALIAS@head, +N, a revision)."""
     reports = command.upgrade(
@@ -123,6 +130,7 @@ def upgrade(
         force=force,
         report_path=report_path,
         on_report=_print_report,
+        wait=wait,
     )
     if not reports:
         click.echo(f"nothing to do: already at {target}")
@@ -191,10 +199,11 @@ def report(state: State, rev: str | None, event: int | None, output: str | None,
 # ignore_unknown_options lets `downgrade -1` through as a target, as alembic's CLI does.
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("target")
+@click.option("--wait", default=0.0, show_default=True, help="Seconds to wait for a locked alias.")
 @pass_state
-def downgrade(state: State, target: str) -> None:
+def downgrade(state: State, target: str, wait: float) -> None:
     """Roll back to TARGET (-1, ALIAS@-1, base, a revision) without re-embedding."""
-    undone = command.downgrade(state.config(), target)
+    undone = command.downgrade(state.config(), target, wait=wait)
     for rev in undone:
         click.echo(f"rolled back {rev.alias}: {rev.revision} -> {rev.down_revision or 'base'}")
     if not undone:
@@ -278,11 +287,22 @@ def show(state: State, rev: str) -> None:
 
 @cli.command()
 @click.argument("target")
+@click.option("--wait", default=0.0, show_default=True, help="Seconds to wait for a locked alias.")
 @pass_state
-def stamp(state: State, target: str) -> None:
+def stamp(state: State, target: str, wait: float) -> None:
     """Record TARGET as an alias's revision without running migrations."""
-    for alias, rev in command.stamp(state.config(), target):
+    for alias, rev in command.stamp(state.config(), target, wait=wait):
         click.echo(f"stamped {alias} at {rev or 'base'}")
+
+
+@cli.command()
+@click.argument("alias")
+@click.option("--force", is_flag=True, help="Remove the lock even though its holder looks alive.")
+@pass_state
+def unlock(state: State, alias: str, force: bool) -> None:
+    """Remove ALIAS's migration lock left behind by a dead run."""
+    removed = command.unlock(state.config(), alias, force=force)
+    click.echo(f"unlocked {alias} (was: {removed.describe()})")
 
 
 @cli.command()

@@ -20,7 +20,7 @@ from embedmig.runtime import runner
 from embedmig.runtime.environment import Environment
 from embedmig.runtime.searcher import Hit, Searcher
 from embedmig.script import Revision
-from embedmig.store import catalog
+from embedmig.store import catalog, locks
 
 TEMPLATE = Path(__file__).parent / "migrations_template"
 _INI_TEMPLATE = "embedmig.ini.tmpl"
@@ -92,11 +92,14 @@ def upgrade(
     force: bool = False,
     report_path: str | Path | None = None,
     on_report: Callable[[Report], None] | None = None,
+    wait: float = 0.0,
 ) -> list[Report]:
     """Migrate to ``target``: backfill, evaluate, gate and swap each revision on the way.
 
     With ``dry_run`` every revision runs on a seeded sample in throwaway indexes and nothing but a
-    history row changes. ``report_path`` receives the last report (``.json``: JSON, else text).
+    history row changes. ``report_path`` receives the last report (``.json``: JSON, ``.html``:
+    HTML, else text). A migration of an alias that another run holds fails at once, or after
+    waiting up to ``wait`` seconds for it.
     """
     if sample < 1:
         raise ConfigError("--sample must be at least 1")
@@ -111,14 +114,22 @@ def upgrade(
 
     with _opened(config) as env:
         return runner.upgrade(
-            env, target, dry_run=dry_run, sample=sample, force=force, on_report=keep
+            env, target, dry_run=dry_run, sample=sample, force=force, on_report=keep, wait=wait
         )
 
 
-def downgrade(config: Config, target: str) -> list[Revision]:
+def downgrade(config: Config, target: str, *, wait: float = 0.0) -> list[Revision]:
     """Roll back to ``target`` (``-1``, ``ALIAS@-1``, ``base``, a revision); no re-embedding."""
     with _opened(config) as env:
-        return runner.downgrade(env, target)
+        return runner.downgrade(env, target, wait=wait)
+
+
+def unlock(config: Config, alias: str, *, force: bool = False) -> locks.Holder:
+    """Remove the lock of ``alias`` left by a dead run; refuses a live holder unless ``force``."""
+    with _opened(config) as env:
+        return locks.unlock(
+            env.engine, alias, force=force, lease=config.get_float("lock.lease_seconds")
+        )
 
 
 def current(config: Config) -> list[AliasState]:
@@ -166,7 +177,7 @@ def show(config: Config, rev: str) -> tuple[Revision, list[catalog.HistoryRecord
             return found[0], catalog.history(conn, found[0].alias, found[0].revision)
 
 
-def stamp(config: Config, target: str) -> list[tuple[str, str | None]]:
+def stamp(config: Config, target: str, *, wait: float = 0.0) -> list[tuple[str, str | None]]:
     """Set aliases' recorded revision without running anything; live indexes are untouched.
 
     ``target`` is a revision (or ``heads``, ``ALIAS@head``), ``base`` or ``ALIAS@base``.
@@ -186,7 +197,11 @@ def stamp(config: Config, target: str) -> list[tuple[str, str | None]]:
             if not changes:
                 raise ScriptError(f"{target!r} names no revision")
         started = catalog.now()
-        with env.engine.begin() as conn:
+        lease = config.get_float("lock.lease_seconds")
+        with (
+            locks.hold(env.engine, [a for a, _ in changes], "stamp", wait=wait, lease=lease),
+            env.engine.begin() as conn,
+        ):
             for alias_name, rev_id in changes:
                 catalog.set_version(conn, alias_name, rev_id)
                 catalog.record(

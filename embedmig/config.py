@@ -27,6 +27,7 @@ DEFAULTS: Mapping[str, str] = {
     "eval.rbo_p": "0.9",
     "eval.resamples": "1000",
     "eval.pair_docs": "200",
+    "lock.lease_seconds": "60",
     "corpus.id_field": "id",
     "corpus.text_field": "text",
     "queries.id_field": "_id",

@@ -83,3 +83,16 @@ checkpoint = sa.Table(
     sa.Column("rows", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# One migration at a time per alias: a lease renewed by a heartbeat while the holder runs.
+lock = sa.Table(
+    "embedmig_lock",
+    metadata,
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("command", sa.String(64), nullable=False),
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+)

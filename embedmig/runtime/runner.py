@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from embedmig import embedders
 from embedmig.errors import EmbedmigError, ScriptError, StateError
@@ -10,7 +11,7 @@ from embedmig.metrics.report import Report
 from embedmig.runtime.context import MigrationContext
 from embedmig.runtime.environment import Environment
 from embedmig.script import Revision
-from embedmig.store import catalog
+from embedmig.store import catalog, locks
 
 
 def upgrade(
@@ -21,12 +22,43 @@ def upgrade(
     sample: int = 1000,
     force: bool = False,
     on_report: Callable[[Report], None] | None = None,
+    wait: float = 0.0,
 ) -> list[Report]:
-    """Apply every revision between the current state and ``target``; one report each."""
+    """Apply every revision between the current state and ``target``; one report each.
+
+    The aliases on the way are locked for the whole run (a dry run changes nothing: no lock).
+    """
+    path, live = _upgrade_path(env, target)
+    if dry_run or not path:
+        return _apply(env, path, live, dry_run, sample, force, on_report)
+    with _locked(env, path, "upgrade", wait):
+        path, live = _upgrade_path(env, target)  # another run may have moved on while we waited
+        return _apply(env, path, live, dry_run, sample, force, on_report)
+
+
+def _upgrade_path(
+    env: Environment, target: str
+) -> tuple[list[Revision], dict[str, catalog.IndexRecord | None]]:
     with env.engine.connect() as conn:
         current = catalog.versions(conn)
         live = {alias: catalog.live_index(conn, alias) for alias in current}
-    path = env.scripts.upgrade_path(target, list(current.values()))
+    return env.scripts.upgrade_path(target, list(current.values())), live
+
+
+def _locked(env: Environment, path: list[Revision], command: str, wait: float) -> Any:
+    lease = env.config.get_float("lock.lease_seconds")
+    return locks.hold(env.engine, {rev.alias for rev in path}, command, wait=wait, lease=lease)
+
+
+def _apply(
+    env: Environment,
+    path: list[Revision],
+    live: dict[str, catalog.IndexRecord | None],
+    dry_run: bool,
+    sample: int,
+    force: bool,
+    on_report: Callable[[Report], None] | None,
+) -> list[Report]:
     # Fingerprint each alias is expected to be live on; a dry run advances it without swapping.
     expected = {alias: record.fingerprint for alias, record in live.items() if record is not None}
     reports: list[Report] = []
@@ -46,11 +78,24 @@ def upgrade(
     return reports
 
 
-def downgrade(env: Environment, target: str) -> list[Revision]:
+def downgrade(env: Environment, target: str, *, wait: float = 0.0) -> list[Revision]:
     """Undo every revision between the current state and ``target``; returns those undone."""
+    path = _downgrade_path(env, target)
+    if not path:
+        return path
+    with _locked(env, path, "downgrade", wait):
+        path = _downgrade_path(env, target)
+        _undo(env, path)
+    return path
+
+
+def _downgrade_path(env: Environment, target: str) -> list[Revision]:
     with env.engine.connect() as conn:
         current = catalog.versions(conn)
-    path = env.scripts.downgrade_path(target, list(current.values()))
+    return env.scripts.downgrade_path(target, list(current.values()))
+
+
+def _undo(env: Environment, path: list[Revision]) -> None:
     for rev in path:
         ctx = MigrationContext(env, rev)
         _call(rev.downgrade, ctx, rev, "downgrade")
@@ -58,7 +103,6 @@ def downgrade(env: Environment, target: str) -> list[Revision]:
             raise ScriptError(
                 f"downgrade() of {rev.revision} returned without calling ctx.rollback()"
             )
-    return path
 
 
 def _new_fingerprint(env: Environment, rev: Revision) -> str:

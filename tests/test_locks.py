@@ -1,0 +1,139 @@
+"""One migration per alias at a time: locks in SQL with a heartbeat lease."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from conftest import snapshot
+
+from embedmig import Config, GateFailed, StateError, command
+from embedmig.history import schema
+from embedmig.runtime.environment import Environment
+from embedmig.store.locks import Locked
+
+
+def plant_lock(
+    config: Config, alias: str, pid: int, host: str | None = None, age: float = 0.0
+) -> None:
+    """A lock row as another run would leave it."""
+    engine = Environment(config).engine
+    beat = datetime.now(UTC) - timedelta(seconds=age)
+    with engine.begin() as conn:
+        conn.execute(
+            schema.lock.insert().values(
+                alias=alias,
+                owner="someone-else",
+                host=host or socket.gethostname(),
+                pid=pid,
+                command="upgrade",
+                acquired_at=beat,
+                heartbeat_at=beat,
+            )
+        )
+    engine.dispose()
+
+
+def locks_held(config: Config) -> list[str]:
+    engine = Environment(config).engine
+    with engine.connect() as conn:
+        rows = [row.alias for row in conn.execute(sa.select(schema.lock))]
+    engine.dispose()
+    return rows
+
+
+@pytest.fixture
+def sleeper() -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def two_revisions(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
+    command.upgrade(config, "r1")
+
+
+def test_a_locked_alias_is_refused_at_once_naming_the_holder(
+    config: Config, sleeper: subprocess.Popen[bytes]
+) -> None:
+    two_revisions(config)
+    plant_lock(config, "docs", sleeper.pid)
+    before = snapshot(config)
+    with pytest.raises(Locked, match=rf"pid {sleeper.pid} on {socket.gethostname()} since"):
+        command.upgrade(config, "head")
+    with pytest.raises(Locked):
+        command.downgrade(config, "-1")
+    with pytest.raises(Locked):
+        command.stamp(config, "r2")
+    assert snapshot(config) == before
+
+
+def test_wait_takes_the_lock_once_its_holder_exits(config: Config) -> None:
+    two_revisions(config)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    threading.Thread(target=holder.wait, daemon=True).start()  # reaped, so its pid really ends
+    plant_lock(config, "docs", holder.pid)
+    command.upgrade(config, "head", wait=30)
+    assert command.current(config)[0].revision == "r2"
+    assert locks_held(config) == []
+
+
+def test_a_dead_holder_on_this_host_is_taken_over(config: Config) -> None:
+    two_revisions(config)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    plant_lock(config, "docs", gone.pid)
+    command.upgrade(config, "head")
+    assert command.current(config)[0].revision == "r2" and locks_held(config) == []
+
+
+def test_a_remote_holder_is_dead_once_its_heartbeat_is_older_than_the_lease(config: Config) -> None:
+    two_revisions(config)
+    plant_lock(config, "docs", 1, host="other-host", age=5)
+    with pytest.raises(Locked, match="other-host"):
+        command.upgrade(config, "head")
+    ini = config.path
+    assert ini is not None
+    stale = Config(ini, options={"lock.lease_seconds": 2})
+    command.upgrade(stale, "head")
+    assert command.current(config)[0].revision == "r2"
+
+
+def test_other_aliases_are_not_blocked(config: Config, sleeper: subprocess.Popen[bytes]) -> None:
+    command.revision(config, "docs", alias="docs", new="models/a", rev_id="d1")
+    command.revision(config, "faq", alias="faq", new="models/a", rev_id="f1")
+    plant_lock(config, "docs", sleeper.pid)
+    command.upgrade(config, "faq@head")
+    assert [(s.alias, s.revision) for s in command.current(config)] == [("faq", "f1")]
+
+
+def test_the_lock_is_released_after_a_failure(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.revision(config, "second", alias="docs", new="models/far", rev_id="r2")
+    path = next((config.script_location / "versions").glob("r2_*.py"))
+    path.write_text(path.read_text().replace("min_overlap_at_10=0.5", "min_overlap_at_10=0.99"))
+    with pytest.raises(GateFailed):
+        command.upgrade(config, "head")
+    assert locks_held(config) == []
+
+
+def test_unlock_refuses_a_live_holder_unless_forced(
+    config: Config, sleeper: subprocess.Popen[bytes]
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    plant_lock(config, "docs", sleeper.pid)
+    with pytest.raises(Locked, match="--force"):
+        command.unlock(config, "docs")
+    assert locks_held(config) == ["docs"]
+    assert command.unlock(config, "docs", force=True).pid == sleeper.pid
+    assert locks_held(config) == []
+    with pytest.raises(StateError, match="not locked"):
+        command.unlock(config, "docs")
