@@ -84,10 +84,14 @@ class Spool:
             (self.vec_path, np.ascontiguousarray(vectors, dtype=np.float32)),
             (self.ids_path, np.ascontiguousarray(ids, dtype=np.int64)),
         ):
-            with _open_for_append(path) as fh:
-                fh.write(data.tobytes())
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                with _open_for_append(path) as fh:
+                    fh.write(data.tobytes())
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                # Rows past the last checkpoint are truncated away by the next run.
+                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     def build(self, factory: str, seed: int = 0) -> Any:
         """The index of every spooled row, read in bounded chunks; last row of an id wins."""
@@ -127,7 +131,13 @@ class Spool:
 
 def save(index: Any, path: Path) -> str:
     """Write ``index`` to ``path`` atomically and durably; return the file's sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A run killed while saving leaves its temp file behind; it is never read, only replaced.
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):
+            stale.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     digest = hashlib.sha256()
     try:

@@ -1,0 +1,159 @@
+"""Fault injection: an upgrade killed (SIGKILL) at any point, then run again, ends correct and
+verified; an embedder failure and a full disk are one-line errors that leave a resumable state."""
+
+from __future__ import annotations
+
+import errno
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import corpus_rows, snapshot
+
+from embedmig import Config, EmbedderError, StoreError, command
+from embedmig.embedders import LoadedEmbedder
+from embedmig.runtime.environment import Environment
+from embedmig.store import catalog, files
+
+RUNNER = Path(__file__).with_name("crash_runner.py")
+sys.path.insert(0, str(RUNNER.parent))
+from crash_runner import POINTS  # noqa: E402
+
+
+def prepared(project: Path) -> Config:
+    ini = project / "embedmig.ini"
+    ini.write_text(ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 50"))
+    config = Config(ini)
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
+    command.upgrade(config, "r1")
+    return config
+
+
+def assert_correct_final_state(config: Config, models: dict[str, Path]) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    (state,) = command.current(config)
+    assert state.revision == "r2" and state.live is not None and state.live.ntotal == 300
+    index = files.load(Path(str(state.live.path)), state.live.sha256)  # verified against its sha256
+    env = Environment(config)
+    with env.engine.connect() as conn:
+        live = [i for i in catalog.indexes(conn, "docs") if i.state == "live"]
+        upgrades = [e for e in catalog.history(conn, "docs", "r2") if e.action == "upgrade"]
+        ids = catalog.lookup_ids(conn, "docs", ["33370", "8764879"])
+    env.dispose()
+    assert len(live) == 1 and [e.status for e in upgrades] == ["ok"]
+    texts = {row["id"]: row["text"] for row in corpus_rows(300)}
+    model = SentenceTransformer(str(models["near"]), device="cpu")
+    expected = model.encode([texts["33370"], texts["8764879"]], normalize_embeddings=True)
+    got = np.stack([index.reconstruct(ids["33370"]), index.reconstruct(ids["8764879"])])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    leftovers = [
+        p.name
+        for p in config.index_dir.rglob("*")
+        if p.suffix in (".vec", ".ids") or ".tmp-" in p.name
+    ]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize("point", sorted(POINTS))
+def test_an_upgrade_killed_anywhere_ends_correct_after_a_rerun(
+    project: Path, models: dict[str, Path], point: str
+) -> None:
+    config = prepared(project)
+    died = subprocess.run(
+        [sys.executable, str(RUNNER), point, "upgrade", "head"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    (state,) = command.current(config)
+    assert state.revision in ("r1", "r2")  # the state before or after, nothing in between
+    if point != "after-swap-commit":
+        assert state.revision == "r1" and state.live is not None and state.live.revision == "r1"
+    command.upgrade(config, "head")
+    assert_correct_final_state(config, models)
+
+
+def test_a_rerun_after_a_kill_embeds_only_what_was_not_checkpointed(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = prepared(project)
+    subprocess.run(
+        [sys.executable, str(RUNNER), "before-checkpoint", "upgrade", "head"],
+        cwd=project,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    env = Environment(config)
+    with env.engine.connect() as conn:
+        (building,) = [i for i in catalog.indexes(conn, "docs") if i.state == "building"]
+        _, rows = catalog.checkpoint(conn, building.id)
+    env.dispose()
+    assert rows == 100  # two batches of 50 committed; the third died before its commit
+    encoded: list[int] = []
+    real = LoadedEmbedder.encode_documents
+
+    def counting(self: LoadedEmbedder, texts: list[str], batch_size: int) -> np.ndarray:
+        encoded.append(len(texts))
+        return real(self, texts, batch_size)
+
+    monkeypatch.setattr(LoadedEmbedder, "encode_documents", counting)
+    command.upgrade(config, "head")
+    backfill_batches = [n for n in encoded if n <= 50]
+    assert sum(backfill_batches[:4]) == 200  # 300 - 100: the committed batches were not redone
+
+
+def test_an_embedder_that_fails_mid_backfill_is_a_one_line_error(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    config = prepared(project)
+    calls = {"n": 0}
+    real = SentenceTransformer.encode
+
+    def flaky(self: SentenceTransformer, *args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("CUDA error: device-side assert")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformer, "encode", flaky)
+    with pytest.raises(EmbedderError, match="failed to encode a batch: CUDA error"):
+        command.upgrade(config, "head")
+    assert command.current(config)[0].revision == "r1"
+    monkeypatch.setattr(SentenceTransformer, "encode", real)
+    command.upgrade(config, "head")
+    assert command.current(config)[0].revision == "r2"
+
+
+def test_a_full_disk_is_a_one_line_error_and_leaves_the_alias_alone(
+    project: Path, monkeypatch: pytest.MonkeyPatch, models: dict[str, Path]
+) -> None:
+    config = prepared(project)
+    real_fsync = files.os.fsync
+    calls = {"n": 0}
+
+    def full(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second batch's vectors: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    before = snapshot(config)["embedmig_version"]
+    with pytest.raises(StoreError, match="No space left on device"):
+        command.upgrade(config, "head")
+    assert snapshot(config)["embedmig_version"] == before
+    assert command.current(config)[0].live is not None
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
+    command.upgrade(config, "head")
+    assert_correct_final_state(config, models)
