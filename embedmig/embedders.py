@@ -213,7 +213,14 @@ def load(
     if model is None:
         model = _load_model(spec, location, device)
         _MODELS[key] = model
-    return LoadedEmbedder(spec=spec, location=location, fingerprint=fp, model=model)
+    loaded = LoadedEmbedder(spec=spec, location=location, fingerprint=fp, model=model)
+    if spec.truncate_dim is not None and loaded.dim < spec.truncate_dim:
+        # sentence-transformers ignores a truncate_dim beyond the model's size; an index built so
+        # would silently disagree with the dimension the revision declares.
+        raise EmbedderError(
+            f"{spec.model} has {loaded.dim} dimensions; truncate_dim={spec.truncate_dim} is larger"
+        )
+    return loaded
 
 
 def _load_model(spec: Embedder, location: Path, device: str | None) -> SentenceTransformer:

@@ -130,7 +130,7 @@ def snapshot(config: Config, *, with_history: bool = True) -> dict[str, object]:
                 state[table.name] = sorted(map(tuple, conn.execute(sa.select(table))), key=repr)
         engine.dispose()
     index_dir = config.index_dir
-    if index_dir.exists():
+    if index_dir.exists() and any(p.is_file() for p in index_dir.rglob("*")):
         state["files"] = {
             str(p.relative_to(index_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(index_dir.rglob("*"))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import heapq
 import logging
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -166,6 +168,7 @@ def _start(
     conn: Any, env: Environment, rev: Revision, embedder: LoadedEmbedder
 ) -> tuple[int, int, int]:
     """Resume a killed build of this revision with this model, or register a new shadow."""
+    _check_writable(env.index_path(rev.alias, 0, rev.revision).parent)
     building = catalog.find_index(conn, rev.alias, rev.revision, [catalog.BUILDING])
     if building is not None and building.fingerprint == embedder.fingerprint:
         skip, rows = catalog.checkpoint(conn, building.id)
@@ -189,6 +192,16 @@ def _start(
     # Fail now, not after hours of encoding, if the factory string is not valid for this model.
     files.new_index(embedder.dim, rev.index_factory)
     return index_id, 0, 0
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before hours of encoding, not at the first write, if the index folder is unusable."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise StoreError(f"index folder {folder} is not writable: {exc.strerror or exc}") from None
 
 
 def _get(env: Environment, index_id: int) -> catalog.IndexRecord:
