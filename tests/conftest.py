@@ -108,6 +108,42 @@ def config(project: Path) -> Config:
     return Config(project / "embedmig.ini")
 
 
+POSTGRES_ADMIN_URL = os.environ.get("EMBEDMIG_TEST_POSTGRES")
+
+
+@pytest.fixture
+def postgres_config(project: Path) -> Iterator[Config]:
+    """The project with its history on a fresh database of a real PostgreSQL server.
+
+    EMBEDMIG_TEST_POSTGRES is an admin URL (.ci/run starts a server and sets it). Without one the
+    tests skip, with the reason -- except under CI, where a missing server is a failure.
+    """
+    import uuid
+
+    import sqlalchemy as sa
+
+    if not POSTGRES_ADMIN_URL:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide a PostgreSQL server (EMBEDMIG_TEST_POSTGRES)")
+        pytest.skip("no PostgreSQL server: set EMBEDMIG_TEST_POSTGRES to an admin URL")
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"embedmig_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not reachable: {exc.orig}")
+    url = sa.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    ini = project / "embedmig.ini"
+    ini.write_text(ini.read_text().replace("sqlite:///embedmig.db", url))
+    yield Config(ini)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def snapshot(config: Config, *, with_history: bool = True) -> dict[str, object]:
     """Every durable thing embedmig owns: its tables' rows and the index folder's files."""
     import hashlib
@@ -120,8 +156,8 @@ def snapshot(config: Config, *, with_history: bool = True) -> dict[str, object]:
     state: dict[str, object] = {
         t.name: [] for t in schema.metadata.sorted_tables if with_history or t is not schema.history
     }
-    db_path = config.url.removeprefix("sqlite:///")
-    if Path(db_path).exists():
+    url = config.url
+    if not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists():
         engine = sa.create_engine(config.url)
         with engine.connect() as conn:
             for table in schema.metadata.sorted_tables:

@@ -39,7 +39,9 @@ def test_minilm_builds_an_index_that_finds_a_document_by_its_title(real_project:
     (state,) = command.current(real_project)
     assert state.live is not None and state.live.dim == 384 and state.live.ntotal == 300
     # SciFact abstracts often exceed MiniLM's 256 tokens: the report counts the truncated ones.
-    assert any(re.match(r"\d+ document\(s\) longer than the model's 256 tokens", n) for n in report.notes)
+    assert any(
+        re.match(r"\d+ document\(s\) longer than the model's 256 tokens", n) for n in report.notes
+    )
     row = corpus_rows(300)[123]
     title = row["text"].split(". ")[0]
     assert command.search(real_project, "papers", title, k=3)[0].key == row["id"]
