@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
 
 
 def main() -> None:
@@ -26,28 +25,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
-    if not SCIFACT.is_dir():
-        sys.exit(f"{SCIFACT} not found")
     sys.path.insert(0, str(ROOT))
+    from demo import scifact
+
+    if not scifact.SCIFACT.is_dir():
+        sys.exit(f"{scifact.SCIFACT} not found")
     from demo.models import distilled
-    from embedmig import Config, command
+    from embedmig import command
 
     root = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
     distilled(root / "static-128", pca_dims=128)
     distilled(root / "static-256", pca_dims=256)
-    command.init(root / "migrations", root / "embedmig.ini")
-    ini = root / "embedmig.ini"
-    text = ini.read_text()
-    for old, new in {
-        "corpus = corpus.jsonl": f"corpus = {SCIFACT / 'corpus.jsonl'}",
-        "corpus.id_field = id": "corpus.id_field = _id",
-        "# corpus.title_field = title": "corpus.title_field = title",
-        "# queries = queries.jsonl": f"queries = {SCIFACT / 'queries.jsonl'}",
-        "# qrels = qrels.tsv": f"qrels = {SCIFACT / 'qrels' / 'test.tsv'}",
-    }.items():
-        text = text.replace(old, new)
-    ini.write_text(text)
-    config = Config(ini)
+    config = scifact.project(root)
     command.revision(config, "first", alias="papers", new="static-128", rev_id="e1")
     command.revision(config, "second", alias="papers", new="static-256", rev_id="e2")
     command.upgrade(config, "e1")

@@ -108,6 +108,23 @@ def config(project: Path) -> Config:
     return Config(project / "embedmig.ini")
 
 
+def with_judged_queries(project: Path, n: int, words: int | None = None) -> Config:
+    """Queries made from the first ``n`` documents (their first ``words`` words), each judged
+    relevant to its document, configured in the project's embedmig.ini."""
+    rows = corpus_rows(n)
+    with (project / "queries.jsonl").open("w") as fh:
+        for i, row in enumerate(rows):
+            text = " ".join(row["text"].split()[:words]) if words else row["text"]
+            fh.write(json.dumps({"_id": f"q{i}", "text": text}) + "\n")
+    with (project / "qrels.tsv").open("w") as fh:
+        fh.write("query-id\tcorpus-id\tscore\n")
+        fh.writelines(f"q{i}\t{row['id']}\t1\n" for i, row in enumerate(rows))
+    ini = project / "embedmig.ini"
+    text = ini.read_text().replace("# queries = queries.jsonl", "queries = queries.jsonl")
+    ini.write_text(text.replace("# qrels = qrels.tsv", "qrels = qrels.tsv"))
+    return Config(ini)
+
+
 POSTGRES_ADMIN_URL = os.environ.get("EMBEDMIG_TEST_POSTGRES")
 
 

@@ -23,6 +23,19 @@ sys.path.insert(0, str(RUNNER.parent))
 from crash_runner import POINTS  # noqa: E402
 
 
+def kill_upgrade_at(project: Path, point: str) -> None:
+    """`embedmig upgrade head` in a child process that SIGKILLs itself at ``point``."""
+    died = subprocess.run(
+        [sys.executable, str(RUNNER), point, "upgrade", "head"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert died.returncode == -signal.SIGKILL, died.stderr
+
+
 def prepared(project: Path) -> Config:
     ini = project / "embedmig.ini"
     ini.write_text(ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 50"))
@@ -64,15 +77,7 @@ def test_an_upgrade_killed_anywhere_ends_correct_after_a_rerun(
     project: Path, models: dict[str, Path], point: str
 ) -> None:
     config = prepared(project)
-    died = subprocess.run(
-        [sys.executable, str(RUNNER), point, "upgrade", "head"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert died.returncode == -signal.SIGKILL, died.stderr
+    kill_upgrade_at(project, point)
     (state,) = command.current(config)
     assert state.revision in ("r1", "r2")  # the state before or after, nothing in between
     if point != "after-swap-commit":
@@ -85,13 +90,7 @@ def test_a_rerun_after_a_kill_embeds_only_what_was_not_checkpointed(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = prepared(project)
-    subprocess.run(
-        [sys.executable, str(RUNNER), "before-checkpoint", "upgrade", "head"],
-        cwd=project,
-        capture_output=True,
-        timeout=300,
-        check=False,
-    )
+    kill_upgrade_at(project, "before-checkpoint")
     env = Environment(config)
     with env.engine.connect() as conn:
         (building,) = [i for i in catalog.indexes(conn, "docs") if i.state == "building"]

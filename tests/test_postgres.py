@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ from conftest import snapshot
 from embedmig import Config, GateFailed, command, open_searcher
 from embedmig.store.locks import Locked
 
-RUNNER = Path(__file__).with_name("crash_runner.py")
 QUERY = "glioblastoma stem cells tumor growth"
 
 
@@ -77,19 +75,11 @@ def test_locks_on_postgres(postgres_config: Config) -> None:
 def test_killed_upgrade_recovers_on_postgres(
     postgres_config: Config, project: Path, models: dict[str, Path], point: str
 ) -> None:
-    from test_crashes import assert_correct_final_state, prepared
+    from test_crashes import assert_correct_final_state, kill_upgrade_at, prepared
 
     config = prepared(project)
     assert config.url.startswith("postgresql")
-    died = subprocess.run(
-        [sys.executable, str(RUNNER), point, "upgrade", "head"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert died.returncode == -signal.SIGKILL, died.stderr
+    kill_upgrade_at(project, point)
     assert command.current(config)[0].revision == "r1"
     command.upgrade(config, "head")
     assert_correct_final_state(config, models)

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import with_judged_queries
 
 from embedmig import Config, command
 from embedmig.cli import main
@@ -21,21 +22,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 @pytest.fixture
 def migrated(config: Config, project: Path) -> Report:
     """An upgrade with queries and judgements, so every section of the report is filled."""
-    from conftest import corpus_rows
-
-    rows = corpus_rows(300)
-    with (project / "queries.jsonl").open("w") as fh:
-        for i, row in enumerate(rows[:60]):
-            fh.write(
-                json.dumps({"_id": f"q{i}", "text": " ".join(row["text"].split()[:12])}) + "\n"
-            )
-    with (project / "qrels.tsv").open("w") as fh:
-        fh.write("query-id\tcorpus-id\tscore\n")
-        fh.writelines(f"q{i}\t{row['id']}\t1\n" for i, row in enumerate(rows[:60]))
-    ini = project / "embedmig.ini"
-    text = ini.read_text().replace("# queries = queries.jsonl", "queries = queries.jsonl")
-    ini.write_text(text.replace("# qrels = qrels.tsv", "qrels = qrels.tsv"))
-    config = Config(ini)
+    config = with_judged_queries(project, 60, words=12)
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
     path = next((project / "migrations" / "versions").glob("r2_*.py"))

@@ -10,13 +10,13 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
 
+from demo import scifact
 from demo.models import ModelUnavailable, distilled, minilm
 from embedmig import Config, command
 
 pytestmark = [pytest.mark.scifact, pytest.mark.minilm]
-SCIFACT = SHARED_DATA / "scifact"
+SCIFACT = scifact.SCIFACT
 SHA256 = {
     "corpus.jsonl": "ae39e2b331413acd6c58c262e3d2c1bf2b4afb5407ccfa6d06dd3f06e5da1f28",
     "queries.jsonl": "8ff84a7c903f722981cd8d595c022660140c51867b27608a6d4910db86080313",
@@ -39,19 +39,7 @@ def scifact_project(tmp_path_factory: pytest.TempPathFactory) -> Config:
     (root / "models").mkdir()
     (root / "models" / "minilm").symlink_to(model)
     distilled(root / "models" / "static")
-    command.init(root / "migrations", root / "embedmig.ini")
-    ini = root / "embedmig.ini"
-    text = ini.read_text()
-    for old, new in {
-        "corpus = corpus.jsonl": f"corpus = {SCIFACT / 'corpus.jsonl'}",
-        "corpus.id_field = id": "corpus.id_field = _id",
-        "# corpus.title_field = title": "corpus.title_field = title",
-        "# queries = queries.jsonl": f"queries = {SCIFACT / 'queries.jsonl'}",
-        "# qrels = qrels.tsv": f"qrels = {SCIFACT / 'qrels' / 'test.tsv'}",
-    }.items():
-        text = text.replace(old, new)
-    ini.write_text(text)
-    config = Config(ini)
+    config = scifact.project(root)
     command.revision(config, "papers on MiniLM", alias="papers", new="models/minilm", rev_id="s1")
     command.revision(config, "papers to static", alias="papers", new="models/static", rev_id="s2")
     return config

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import corpus_rows, snapshot
+from conftest import corpus_rows, snapshot, with_judged_queries
 
 from embedmig import Config, EmbedderError, SourceError, command
 from embedmig.sources import JsonlSource, read_qrels
@@ -77,17 +77,7 @@ def test_a_python_iterable_in_env_py_feeds_the_backfill(project: Path) -> None:
 
 
 def test_queries_and_qrels_give_retrieval_metrics_for_both_models(project: Path) -> None:
-    rows = corpus_rows(300)
-    with (project / "queries.jsonl").open("w") as fh:
-        for i, row in enumerate(rows[:40]):
-            fh.write(json.dumps({"_id": f"q{i}", "text": row["text"]}) + "\n")
-    with (project / "qrels.tsv").open("w") as fh:
-        fh.write("query-id\tcorpus-id\tscore\n")
-        fh.writelines(f"q{i}\t{row['id']}\t1\n" for i, row in enumerate(rows[:40]))
-    ini = project / "embedmig.ini"
-    text = ini.read_text().replace("# queries = queries.jsonl", "queries = queries.jsonl")
-    ini.write_text(text.replace("# qrels = qrels.tsv", "qrels = qrels.tsv"))
-    config = Config(ini)
+    config = with_judged_queries(project, 40)
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
     first, second = command.upgrade(config, "head")
