@@ -162,11 +162,6 @@ def heads(config: Config) -> list[Revision]:
     return Environment(config).scripts.heads()
 
 
-def revisions(config: Config) -> list[Revision]:
-    """Every revision script, newest first."""
-    return Environment(config).scripts.all()
-
-
 def show(config: Config, rev: str) -> tuple[Revision, list[catalog.HistoryRecord]]:
     """A revision script and what history recorded for it."""
     with _opened(config) as env:

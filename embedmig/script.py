@@ -75,12 +75,6 @@ class ScriptDir:
             raise ScriptError(f"no revision {rev_id!r}")
         return self._check(script)
 
-    def all(self) -> list[Revision]:
-        """Every revision, newest first (alembic's walk order)."""
-        with _alembic_errors():
-            scripts = list(self._scripts.walk_revisions())
-        return [self._check(script) for script in scripts]
-
     def resolve(self, target: str) -> list[Revision]:
         """Revisions named by ``target``: an id (or a unique prefix), ``heads``, ``ALIAS@head``."""
         with _alembic_errors():
