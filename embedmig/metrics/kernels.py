@@ -196,23 +196,24 @@ def _merged_counts(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def ks_statistic(x: np.ndarray, y: np.ndarray) -> float | None:
     """Two-sample Kolmogorov-Smirnov statistic sup |F_x - F_y| (as ``scipy.stats.ks_2samp``)."""
-    x, y = _finite(x), _finite(y)
-    if x.size == 0 or y.size == 0:
-        return None
-    values, from_x, from_y = _merged_counts(x, y)
-    # Only the last position of a run of equal values is a point where both ECDFs are defined.
-    last = np.append(values[1:] != values[:-1], True)
-    return float(np.abs(from_x[last] / x.size - from_y[last] / y.size).max())
+    return distribution_shift(x, y)[0]
 
 
 def wasserstein_1(x: np.ndarray, y: np.ndarray) -> float | None:
     """Earth mover's distance between two 1-d samples: the integral of |F_x - F_y|."""
+    return distribution_shift(x, y)[1]
+
+
+def distribution_shift(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
+    """(KS statistic, Wasserstein-1) of two samples, from one merge of the two."""
     x, y = _finite(x), _finite(y)
     if x.size == 0 or y.size == 0:
-        return None
+        return None, None
     values, from_x, from_y = _merged_counts(x, y)
-    gaps = np.diff(values)
-    return float(np.sum(np.abs(from_x[:-1] / x.size - from_y[:-1] / y.size) * gaps))
+    gap = np.abs(from_x / x.size - from_y / y.size)
+    # KS: only the last position of a run of equal values is a point where both ECDFs are defined.
+    last = np.append(values[1:] != values[:-1], True)
+    return float(gap[last].max()), float(np.sum(gap[:-1] * np.diff(values)))
 
 
 def _finite(values: np.ndarray) -> np.ndarray:

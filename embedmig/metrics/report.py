@@ -324,8 +324,7 @@ def _shift_metrics(
         metrics[f"{prefix}_delta_mean"] = new_mean - old_mean
         if prefix == "score":
             metrics["score_shift"] = abs(new_mean - old_mean)
-    metrics[f"{prefix}_ks"] = kernels.ks_statistic(old, new)
-    metrics[f"{prefix}_wasserstein"] = kernels.wasserstein_1(old, new)
+    metrics[f"{prefix}_ks"], metrics[f"{prefix}_wasserstein"] = kernels.distribution_shift(old, new)
 
 
 def _qrels_metrics(
