@@ -68,7 +68,15 @@ POINTS: dict[str, Callable[[], None]] = {
     ),
     "after-swap-commit": lambda: kill_on_call(context.MigrationContext, "swap", after=True),
 }
+# Points of a downgrade (run with `downgrade TARGET`).
+ROLLBACK_POINTS: dict[str, Callable[[], None]] = {
+    "during-rollback": lambda: kill_on_call(catalog, "point_alias"),
+    "before-rollback-commit": lambda: kill_on_call(
+        catalog, "record", when=lambda conn, **kw: kw.get("action") == "downgrade"
+    ),
+    "after-rollback-commit": lambda: kill_on_call(context.MigrationContext, "rollback", after=True),
+}
 
 if __name__ == "__main__":
-    POINTS[sys.argv[1]]()
+    {**POINTS, **ROLLBACK_POINTS}[sys.argv[1]]()
     sys.exit(cli.main(sys.argv[2:]))

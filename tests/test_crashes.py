@@ -20,13 +20,13 @@ from embedmig.store import catalog, files
 
 RUNNER = Path(__file__).with_name("crash_runner.py")
 sys.path.insert(0, str(RUNNER.parent))
-from crash_runner import POINTS  # noqa: E402
+from crash_runner import POINTS, ROLLBACK_POINTS  # noqa: E402
 
 
-def kill_upgrade_at(project: Path, point: str) -> None:
-    """`embedmig upgrade head` in a child process that SIGKILLs itself at ``point``."""
+def kill_upgrade_at(project: Path, point: str, *command_line: str) -> None:
+    """`embedmig upgrade head` (or ``command_line``) in a child that SIGKILLs itself at ``point``."""
     died = subprocess.run(
-        [sys.executable, str(RUNNER), point, "upgrade", "head"],
+        [sys.executable, str(RUNNER), point, *(command_line or ("upgrade", "head"))],
         cwd=project,
         capture_output=True,
         text=True,
@@ -156,3 +156,21 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_the_alias_alone(
     monkeypatch.setattr(files.os, "fsync", real_fsync)
     command.upgrade(config, "head")
     assert_correct_final_state(config, models)
+
+
+@pytest.mark.parametrize("point", sorted(ROLLBACK_POINTS))
+def test_a_downgrade_killed_anywhere_ends_on_the_previous_index_after_a_rerun(
+    project: Path, point: str
+) -> None:
+    config = prepared(project)
+    (before,) = command.current(config)
+    command.upgrade(config, "head")
+    kill_upgrade_at(project, point, "downgrade", "r1")
+    (state,) = command.current(config)
+    assert state.revision in ("r1", "r2") and state.live is not None
+    assert state.live.revision == state.revision  # never a version without its index
+    command.downgrade(config, "r1")
+    (after,) = command.current(config)
+    assert after.revision == "r1" and after.live is not None and before.live is not None
+    assert after.live.id == before.live.id
+    files.load(Path(str(after.live.path)), after.live.sha256)
