@@ -186,14 +186,8 @@ def report(state: State, rev: str | None, event: int | None, output: str | None,
     if output is not None:
         command.write_report(found, Path(output))
         click.echo(f"wrote {output}")
-    elif fmt == "json":
-        click.echo(found.to_json())
-    elif fmt == "html":
-        from embedmig.metrics.html import render_html
-
-        click.echo(render_html(found))
     else:
-        click.echo(found.render_text())
+        click.echo(command.render_report(found, fmt, styled=True))
 
 
 # ignore_unknown_options lets `downgrade -1` through as a target, as alembic's CLI does.

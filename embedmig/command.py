@@ -15,6 +15,7 @@ from pathlib import Path
 
 from embedmig.config import Config
 from embedmig.errors import ConfigError, ScriptError, StateError
+from embedmig.metrics.html import render_html
 from embedmig.metrics.report import Report
 from embedmig.runtime import runner
 from embedmig.runtime.environment import Environment
@@ -251,17 +252,19 @@ def check(
     return upgrade(config, target, dry_run=True, sample=sample, on_report=on_report)
 
 
+def render_report(report: Report, fmt: str, *, styled: bool = False) -> str:
+    """``report`` as ``text``, ``json`` or self-contained ``html``."""
+    if fmt == "json":
+        return report.to_json()
+    if fmt == "html":
+        return render_html(report)
+    return report.render_text(styled=styled)
+
+
 def write_report(report: Report, path: Path) -> None:
     """Write ``report`` as JSON (``.json``), self-contained HTML (``.html``) or text."""
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        text = report.to_json()
-    elif suffix in (".html", ".htm"):
-        from embedmig.metrics.html import render_html
-
-        text = render_html(report)
-    else:
-        text = report.render_text(styled=False)
+    fmt = {".json": "json", ".html": "html", ".htm": "html"}.get(path.suffix.lower(), "text")
+    text = render_report(report, fmt)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n", encoding="utf-8")
