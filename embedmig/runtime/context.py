@@ -14,7 +14,7 @@ import numpy as np
 from embedmig.config import Config
 from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.errors import GateFailed, SourceError, StateError, StoreError
-from embedmig.gates import Gates
+from embedmig.gates import Gates, Verdict
 from embedmig.metrics.kernels import Judgements
 from embedmig.metrics.report import Report, Settings
 from embedmig.runtime import evaluate as ev
@@ -142,7 +142,9 @@ class MigrationContext:
         verdict = self.report.verdict
         if self.dry_run:
             with self.env.engine.begin() as conn:
-                self._record(conn, "dry-run", "ok", verdict=verdict.label, metrics=self._metrics())
+                self._record(
+                    conn, "dry-run", "ok", verdict=_label(verdict), metrics=self._metrics()
+                )
             self.swapped = True
             return
         shadow = self._shadow
@@ -164,7 +166,7 @@ class MigrationContext:
                 "forced" if not verdict.passed else "ok",
                 from_index=expected,
                 to_index=shadow.record.id,
-                verdict=verdict.label,
+                verdict=_label(verdict),
                 forced=not verdict.passed,
                 metrics=self._metrics(),
             )
@@ -421,3 +423,8 @@ class MigrationContext:
 
 def _exists(path: str) -> bool:
     return Path(path).is_file()
+
+
+def _label(verdict: Verdict) -> str | None:
+    """The verdict as history records it; None when the revision has no gates."""
+    return verdict.label if verdict.checks else None
