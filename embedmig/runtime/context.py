@@ -103,7 +103,7 @@ class MigrationContext:
             self._live_at_start = catalog.live_index(conn, self.alias)
         self._new = self.env.load_embedder(self.new)
         if self._live_at_start is not None and self._live_at_start.dim != self._new.dim:
-            # A change of dimension is fine (a new index); it is said so the report shows it.
+            # Legal (the shadow is a new index), but worth saying: vectors are not comparable.
             log.info("dimension changes from %d to %d", self._live_at_start.dim, self._new.dim)
         if self.dry_run:
             self._dry = self._dry_backfill(self._new)
