@@ -6,7 +6,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -137,3 +139,75 @@ def test_unlock_refuses_a_live_holder_unless_forced(
     assert locks_held(config) == []
     with pytest.raises(StateError, match="not locked"):
         command.unlock(config, "docs")
+
+
+SLOW_ENV = """
+import time
+from embedmig import sources
+
+def corpus(config, alias):
+    for doc in sources.corpus_from_config(config):
+        time.sleep(0.01)  # a slow source keeps the migration running for a few seconds
+        yield doc
+"""
+
+
+def start_upgrade(project: Path, target: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from embedmig.cli import main; sys.exit(main(sys.argv[1:]))",
+            "-q",
+            "upgrade",
+            target,
+        ],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_lock(config: Config, alias: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while alias not in locks_held(config):
+        assert time.monotonic() < deadline, "the other run never took its lock"
+        time.sleep(0.1)
+
+
+def test_a_running_upgrade_blocks_a_second_one_on_the_same_alias(
+    config: Config, project: Path
+) -> None:
+    (project / "migrations" / "env.py").write_text(SLOW_ENV)
+    two_revisions(config)
+    running = start_upgrade(project, "head")
+    try:
+        wait_for_lock(config, "docs")
+        with pytest.raises(
+            Locked, match=rf"upgrade by pid {running.pid} on {socket.gethostname()}"
+        ):
+            command.upgrade(config, "head")
+    finally:
+        _, err = running.communicate(timeout=300)
+    assert running.returncode == 0, err
+    assert command.current(config)[0].revision == "r2" and locks_held(config) == []
+
+
+def test_migrations_of_different_aliases_run_at_the_same_time(
+    config: Config, project: Path
+) -> None:
+    (project / "migrations" / "env.py").write_text(SLOW_ENV)
+    command.revision(config, "docs", alias="docs", new="models/a", rev_id="d1")
+    command.revision(config, "faq", alias="faq", new="models/near", rev_id="f1")
+    command.current(config)
+    runs = [start_upgrade(project, "docs@head"), start_upgrade(project, "faq@head")]
+    wait_for_lock(config, "docs")
+    wait_for_lock(config, "faq")  # both hold their locks at once
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+    assert {(s.alias, s.revision) for s in command.current(config)} == {
+        ("docs", "d1"),
+        ("faq", "f1"),
+    }
