@@ -17,8 +17,6 @@ from embedmig import Config, command
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DATA = ROOT / "demo" / "data"
-SHARED_DATA = ROOT.parent / "shared" / "data"
-MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 
 def corpus_rows(n: int) -> list[dict[str, str]]:
