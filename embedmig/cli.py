@@ -291,6 +291,20 @@ def stamp(state: State, target: str, wait: float) -> None:
 
 @cli.command()
 @click.argument("alias")
+@click.option("--keep", default=1, show_default=True, help="Retired indexes to keep for rollback.")
+@click.option("--wait", default=0.0, show_default=True, help="Seconds to wait for a locked alias.")
+@pass_state
+def prune(state: State, alias: str, keep: int, wait: float) -> None:
+    """Delete ALIAS's old retired indexes and unswapped shadows (rollback needs the kept ones)."""
+    dropped = command.prune(state.config(), alias, keep=keep, wait=wait)
+    for record in dropped:
+        click.echo(f"dropped index #{record.id} ({record.revision}, was {record.state})")
+    if not dropped:
+        click.echo("nothing to prune")
+
+
+@cli.command()
+@click.argument("alias")
 @click.option("--force", is_flag=True, help="Remove the lock even though its holder looks alive.")
 @pass_state
 def unlock(state: State, alias: str, force: bool) -> None:

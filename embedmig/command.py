@@ -125,6 +125,43 @@ def downgrade(config: Config, target: str, *, wait: float = 0.0) -> list[Revisio
         return runner.downgrade(env, target, wait=wait)
 
 
+def prune(
+    config: Config, alias: str, *, keep: int = 1, wait: float = 0.0
+) -> list[catalog.IndexRecord]:
+    """Drop ``alias``'s retired indexes but the ``keep`` most recent (each is one rollback step),
+    and any shadow never swapped in. Files go after the drop commits: a crash in between leaves
+    an orphan file, never a catalog row pointing at a missing one."""
+    if keep < 0:
+        raise ConfigError("--keep must be 0 or more")
+    with _opened(config) as env:
+        lease = config.get_float("lock.lease_seconds")
+        with locks.hold(env.engine, [alias], "prune", wait=wait, lease=lease):
+            started = catalog.now()
+            with env.engine.begin() as conn:
+                records = catalog.indexes(conn, alias)
+                if not records:
+                    raise StateError(f"alias {alias!r} has no indexes")
+                retired = [r for r in records if r.state == catalog.RETIRED]
+                unswapped = [r for r in records if r.state in (catalog.BUILDING, catalog.READY)]
+                doomed = retired[: max(0, len(retired) - keep)] + unswapped
+                for record in doomed:
+                    catalog.update_index(conn, record.id, state=catalog.DROPPED)
+                    catalog.clear_checkpoint(conn, record.id)
+                if doomed:
+                    catalog.record(
+                        conn,
+                        alias=alias,
+                        revision=None,
+                        action="prune",
+                        status="ok",
+                        started_at=started,
+                        message="dropped " + ", ".join(f"#{r.id} ({r.revision})" for r in doomed),
+                    )
+            for record in doomed:
+                env.remove_index_files(record)
+        return doomed
+
+
 def unlock(config: Config, alias: str, *, force: bool = False) -> locks.Holder:
     """Remove the lock of ``alias`` left by a dead run; refuses a live holder unless ``force``."""
     with _opened(config) as env:

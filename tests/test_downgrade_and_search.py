@@ -138,3 +138,46 @@ def test_stamp_sets_the_revision_without_touching_the_index(config: Config) -> N
     assert command.history(config)[0].action == "stamp"
     assert command.stamp(config, "docs@base") == [("docs", None)]
     assert command.current(config)[0].revision is None
+
+
+def three_applied(config: Config) -> list[int]:
+    command.revision(config, "1", alias="docs", new="models/a", rev_id="r1")
+    command.revision(config, "2", alias="docs", new="models/far", rev_id="r2")
+    command.revision(config, "3", alias="docs", new="models/a", rev_id="r3")
+    ids = []
+    for rev in ("r1", "r2", "r3"):
+        command.upgrade(config, rev, force=True)
+        (state,) = command.current(config)
+        assert state.live is not None
+        ids.append(state.live.id)
+    return ids
+
+
+def test_prune_keeps_one_rollback_step_by_default(config: Config) -> None:
+    first, second, third = three_applied(config)
+    dropped = command.prune(config, "docs")
+    assert [r.id for r in dropped] == [first]
+    assert not any(p.name.startswith(f"{first:06d}-") for p in config.index_dir.rglob("*"))
+    assert command.history(config)[0].action == "prune"
+    command.downgrade(config, "-1")
+    (state,) = command.current(config)
+    assert state.revision == "r2" and state.live is not None and state.live.id == second
+    before = snapshot(config)
+    with pytest.raises(StateError, match="dropped, not retired"):
+        command.downgrade(config, "-1")
+    assert snapshot(config) == before
+    assert third != second
+
+
+def test_prune_drops_shadows_that_were_never_swapped(config: Config) -> None:
+    command.revision(config, "1", alias="docs", new="models/a", rev_id="r1")
+    command.revision(config, "2", alias="docs", new="models/far", rev_id="r2")
+    path = next((config.script_location / "versions").glob("r2_*.py"))
+    path.write_text(path.read_text().replace("min_overlap_at_10=0.5", "min_overlap_at_10=0.99"))
+    command.upgrade(config, "r1")
+    with pytest.raises(Exception, match="gate failed"):
+        command.upgrade(config, "head")
+    dropped = command.prune(config, "docs", keep=0)
+    assert [(r.revision, r.state) for r in dropped] == [("r2", "ready")]
+    assert command.prune(config, "docs") == []
+    assert command.search(config, "docs", QUERY, k=1)  # the live index is untouched

@@ -178,7 +178,7 @@ def _start(
         if old.revision == rev.revision and old.state in (catalog.BUILDING, catalog.READY):
             catalog.update_index(conn, old.id, state=catalog.DROPPED)
             catalog.clear_checkpoint(conn, old.id)
-            _remove_files(env, old)
+            env.remove_index_files(old)
     index_id = catalog.register_index(
         conn,
         alias=rev.alias,
@@ -214,15 +214,6 @@ def _abandon(env: Environment, index_id: int, spool: files.Spool) -> None:
         catalog.clear_checkpoint(conn, index_id)
         catalog.delete_index(conn, index_id)
     spool.remove()
-
-
-def _remove_files(env: Environment, record: catalog.IndexRecord) -> None:
-    path = env.index_path(record.alias, record.id, record.revision)
-    files.Spool(path, record.dim).remove()
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot remove {path}: {exc.strerror}") from None
 
 
 def _count_truncated(embedder: LoadedEmbedder, texts: list[str], max_len: int, step: int) -> int:

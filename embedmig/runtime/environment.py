@@ -16,10 +16,12 @@ import sqlalchemy as sa
 from embedmig import embedders
 from embedmig.config import Config
 from embedmig.embedders import Embedder, LoadedEmbedder
-from embedmig.errors import ScriptError, SourceError
+from embedmig.errors import ScriptError, SourceError, StoreError
 from embedmig.history import db
 from embedmig.script import ScriptDir, load_env
 from embedmig.sources import Document, Qrels
+from embedmig.store import files
+from embedmig.store.catalog import IndexRecord
 from embedmig.store.files import safe_component
 
 
@@ -85,6 +87,15 @@ class Environment:
     def index_path(self, alias: str, index_id: int, revision: str) -> Path:
         folder = self.config.index_dir / safe_component(alias, "alias")
         return folder / f"{index_id:06d}-{safe_component(revision, 'revision')}.faiss"
+
+    def remove_index_files(self, record: IndexRecord) -> None:
+        """Delete an index's file and any spool of it (after SQL has marked it dropped)."""
+        path = self.index_path(record.alias, record.id, record.revision)
+        files.Spool(path, record.dim).remove()
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot remove {path}: {exc.strerror}") from None
 
     def dispose(self) -> None:
         if "engine" in self.__dict__:
