@@ -203,7 +203,7 @@ def test_migrations_of_different_aliases_run_at_the_same_time(
     command.current(config)
     runs = [start_upgrade(project, "docs@head"), start_upgrade(project, "faq@head")]
     wait_for_lock(config, "docs")
-    wait_for_lock(config, "faq")  # both hold their locks at once
+    wait_for_lock(config, "faq")  # each takes its own lock; neither waits for the other
     for run in runs:
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err
