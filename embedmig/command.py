@@ -174,20 +174,19 @@ def current(config: Config) -> list[AliasState]:
     """Every alias with a revision or a live index: where it is and what it serves."""
     with _opened(config) as env, env.engine.connect() as conn:
         versions = catalog.versions(conn)
-        aliases = sorted(set(versions) | {r.alias for r in catalog.indexes(conn)})
-        states = []
-        for alias in aliases:
-            rev = versions.get(alias)
-            head = env.scripts.alias_head(alias)
-            states.append(
-                AliasState(
-                    alias=alias,
-                    revision=rev,
-                    live=catalog.live_index(conn, alias),
-                    is_head=head is not None and head.revision == rev,
-                )
-            )
-        return states
+        records = catalog.indexes(conn)
+    live = {r.alias: r for r in records if r.state == catalog.LIVE}
+    heads = {rev.alias: rev.revision for rev in env.scripts.heads()}
+    aliases = sorted(set(versions) | {r.alias for r in records})
+    return [
+        AliasState(
+            alias=alias,
+            revision=versions.get(alias),
+            live=live.get(alias),
+            is_head=alias in versions and heads.get(alias) == versions[alias],
+        )
+        for alias in aliases
+    ]
 
 
 def history(config: Config, alias: str | None = None) -> list[catalog.HistoryRecord]:
