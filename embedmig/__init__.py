@@ -16,6 +16,7 @@ from embedmig.errors import (
 from embedmig.gates import Gates
 from embedmig.runtime.context import MigrationContext
 from embedmig.runtime.searcher import Hit, Searcher, open_searcher
+from embedmig.runtime.writer import Writer, open_writer
 from embedmig.sources import Document, IterableSource, JsonlSource, SqlSource
 
 __version__ = "0.1.0"
@@ -40,5 +41,7 @@ __all__ = [
     "SqlSource",
     "StateError",
     "StoreError",
+    "Writer",
     "open_searcher",
+    "open_writer",
 ]

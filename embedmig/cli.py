@@ -305,6 +305,19 @@ def prune(state: State, alias: str, keep: int, wait: float) -> None:
 
 @cli.command()
 @click.argument("alias")
+@click.option("--wait", default=0.0, show_default=True, help="Seconds to wait for a locked alias.")
+@pass_state
+def compact(state: State, alias: str, wait: float) -> None:
+    """Fold ALIAS's change journal into new index snapshots; trim the journal."""
+    result = command.compact(state.config(), alias, wait=wait)
+    for folded in result.folded:
+        what = f"{folded.changes} change(s) folded" if folded.changes else "already current"
+        click.echo(f"index #{folded.index_id} ({folded.state}): {what}, {folded.ntotal} vectors")
+    click.echo(f"journal: {result.journal_removed} entries removed")
+
+
+@cli.command()
+@click.argument("alias")
 @click.option("--force", is_flag=True, help="Remove the lock even though its holder looks alive.")
 @pass_state
 def unlock(state: State, alias: str, force: bool) -> None:

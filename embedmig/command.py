@@ -17,11 +17,12 @@ from embedmig.config import Config
 from embedmig.errors import ConfigError, ScriptError, StateError
 from embedmig.metrics.html import render_html
 from embedmig.metrics.report import Report
-from embedmig.runtime import runner
+from embedmig.runtime import compaction, runner
+from embedmig.runtime.compaction import Compaction
 from embedmig.runtime.environment import Environment
 from embedmig.runtime.searcher import Hit, Searcher
 from embedmig.script import Revision
-from embedmig.store import catalog, locks
+from embedmig.store import catalog, journal, locks
 
 TEMPLATE = Path(__file__).parent / "migrations_template"
 _INI_TEMPLATE = "embedmig.ini.tmpl"
@@ -147,6 +148,7 @@ def prune(
                 for record in doomed:
                     catalog.update_index(conn, record.id, state=catalog.DROPPED)
                     catalog.clear_checkpoint(conn, record.id)
+                journal.collect(conn, alias)  # changes only the dropped indexes still needed
                 if doomed:
                     catalog.record(
                         conn,
@@ -160,6 +162,21 @@ def prune(
             for record in doomed:
                 env.remove_index_files(record)
         return doomed
+
+
+def compact(config: Config, alias: str, *, wait: float = 0.0) -> Compaction:
+    """Fold the journal into new index snapshots of ``alias`` and delete what no index needs.
+
+    Holds the alias's lock (waits ``wait`` seconds for a running migration); writers and
+    searchers go on meanwhile.
+    """
+    with _opened(config) as env:
+        with env.engine.connect() as conn:
+            if not catalog.indexes(conn, alias):
+                raise StateError(f"alias {alias!r} has no indexes")
+        lease = config.get_float("lock.lease_seconds")
+        with locks.hold(env.engine, [alias], "compact", wait=wait, lease=lease):
+            return compaction.compact(env, alias)
 
 
 def unlock(config: Config, alias: str, *, force: bool = False) -> locks.Holder:

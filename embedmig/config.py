@@ -28,6 +28,7 @@ DEFAULTS: Mapping[str, str] = {
     "eval.resamples": "1000",
     "eval.pair_docs": "200",
     "lock.lease_seconds": "60",
+    "writer.holdover": "next",
     "corpus.id_field": "id",
     "corpus.text_field": "text",
     "queries.id_field": "_id",

@@ -189,3 +189,27 @@ def snapshot(config: Config, *, with_history: bool = True) -> dict[str, object]:
         }
     state["versions"] = sorted(p.name for p in (config.script_location / "versions").iterdir())
     return state
+
+
+def indexed(config: Config, alias: str) -> dict[str, np.ndarray]:
+    """key -> vector of every document a reader of ``alias`` sees now (file plus journal tail)."""
+    from embedmig import open_searcher
+    from embedmig.store import catalog
+
+    searcher = open_searcher(config, alias)
+    try:
+        ids, vectors = searcher.view.overlay.contents()
+        with searcher.env.engine.connect() as conn:
+            keys = catalog.describe_ids(conn, alias, ids)
+    finally:
+        searcher.close()
+    return {keys[int(i)].key: vector for i, vector in zip(ids, vectors, strict=True)}
+
+
+def encode(model: Path, texts: list[str]) -> np.ndarray:
+    """A fresh encoding of ``texts`` as embedmig's document path does it (normalized)."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model), device="cpu").encode(
+        texts, normalize_embeddings=True, convert_to_numpy=True
+    )

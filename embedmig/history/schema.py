@@ -30,6 +30,8 @@ index = sa.Table(
     sa.Column("ntotal", sa.BigInteger, nullable=False, default=0),
     sa.Column("sha256", sa.String(64), nullable=True),
     sa.Column("state", sa.String(16), nullable=False),
+    # The journal position the file reflects: changes after it are the index's tail.
+    sa.Column("base_seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_embedmig_index_alias_state", "alias", "state"),
@@ -72,6 +74,7 @@ doc = sa.Table(
     sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("key", sa.String(512), nullable=False),
     sa.Column("snippet", sa.Text, nullable=False, default=""),
+    sa.Column("meta", sa.Text, nullable=True),
     sa.UniqueConstraint("alias", "key", name="uq_embedmig_doc_key"),
 )
 
@@ -95,4 +98,38 @@ lock = sa.Table(
     sa.Column("command", sa.String(64), nullable=False),
     sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Per-alias counters. Every transaction that assigns ids or journals changes updates this row
+# first, which serializes them per alias on SQLite and PostgreSQL alike: sequence numbers are then
+# gap-free and committed in order, so "everything after seq N" is a safe cursor for readers.
+sequence = sa.Table(
+    "embedmig_sequence",
+    metadata,
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("next_doc_id", sa.BigInteger, nullable=False),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+)
+
+# The change journal: every acknowledged upsert and delete of an alias, in order.
+journal = sa.Table(
+    "embedmig_journal",
+    metadata,
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("op", sa.String(8), nullable=False),
+    sa.Column("doc_id", sa.BigInteger, nullable=False),
+    sa.Column("text", sa.Text, nullable=True),
+    sa.Column("meta", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# The vector of an upsert for each index it was written to (live, shadow, holdover): float32 bytes.
+journal_vector = sa.Table(
+    "embedmig_journal_vector",
+    metadata,
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("index_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("vector", sa.LargeBinary, nullable=False),
 )

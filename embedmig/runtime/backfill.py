@@ -19,7 +19,7 @@ from embedmig.errors import SourceError, StoreError
 from embedmig.runtime.environment import Environment
 from embedmig.script import Revision
 from embedmig.sources import Document
-from embedmig.store import catalog, files
+from embedmig.store import catalog, files, journal
 
 log = logging.getLogger("embedmig")
 
@@ -130,14 +130,21 @@ def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_s
                 log.info("backfill %s: %d documents embedded (%.0f/s)", rev.alias, rows, rate)
         if rows == 0:
             raise SourceError(f"the corpus of alias {rev.alias!r} has no non-empty documents")
+        streamed = rows
+        replayed = _replay(env, rev.alias, index_id, embedder, spool)
+        rows += len(replayed.upsert_ids)
     except BaseException:
         # Keep a checkpointed build for the next run to resume; one with nothing durable in it
         # is removed, so a failure on the first batch leaves no trace.
         if rows == 0:
             _abandon(env, index_id, spool)
         raise
-    index = spool.build(rev.index_factory, seed=env.config.get_int("eval.seed", minimum=0))
-    stats.duplicates = rows - int(index.ntotal)
+    stats.duplicates = streamed - spool.distinct_ids(streamed)
+    index = spool.build(
+        rev.index_factory,
+        seed=env.config.get_int("eval.seed", minimum=0),
+        drop=replayed.deleted_ids,
+    )
     sha256 = files.save(index, path)
     with engine.begin() as conn:
         catalog.update_index(
@@ -147,12 +154,19 @@ def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_s
             path=str(path),
             ntotal=int(index.ntotal),
             sha256=sha256,
+            base_seq=replayed.last_seq,
         )
         catalog.clear_checkpoint(conn, index_id)
     spool.remove()
     if stats.duplicates:
         stats.notes.append(
             f"{stats.duplicates} repeated document key(s): the last text of each won"
+        )
+    if replayed.changes:
+        stats.notes.append(
+            f"{replayed.changes} change(s) written during the backfill were replayed from the "
+            f"journal ({len(replayed.upsert_ids)} document(s) upserted, "
+            f"{len(replayed.deleted_ids)} deleted)"
         )
     if stats.skipped_empty:
         stats.notes.append(f"{stats.skipped_empty} empty document(s) skipped")
@@ -167,8 +181,13 @@ def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_s
 def _start(
     conn: Any, env: Environment, rev: Revision, embedder: LoadedEmbedder
 ) -> tuple[int, int, int]:
-    """Resume a killed build of this revision with this model, or register a new shadow."""
+    """Resume a killed build of this revision with this model, or register a new shadow.
+
+    A new shadow starts at the journal's current position, with writers locked out for the
+    moment: every later change is written to it too (dual-write), and is replayed into it.
+    """
     _check_writable(env.index_path(rev.alias, 0, rev.revision).parent)
+    _, start_seq = catalog.lock_alias(conn, rev.alias)
     building = catalog.find_index(conn, rev.alias, rev.revision, [catalog.BUILDING])
     if building is not None and building.fingerprint == embedder.fingerprint:
         skip, rows = catalog.checkpoint(conn, building.id)
@@ -188,10 +207,31 @@ def _start(
         dim=embedder.dim,
         factory=rev.index_factory,
         metric=files.METRIC,
+        base_seq=start_seq,
     )
     # Fail now, not after hours of encoding, if the factory string is not valid for this model.
     files.new_index(embedder.dim, rev.index_factory)
     return index_id, 0, 0
+
+
+def _replay(
+    env: Environment, alias: str, index_id: int, embedder: LoadedEmbedder, spool: files.Spool
+) -> journal.Tail:
+    """Append the net effect of the changes journaled since the shadow started to its spool.
+
+    The corpus was read over a span of time, so a document changed meanwhile may have been read in
+    its old state: each change after the start position is applied on top, in order. Not
+    checkpointed: a resumed run truncates these rows and replays again (replay is idempotent).
+    """
+    with env.engine.connect() as conn:
+        record = catalog.get_index(conn, index_id)
+        tail = journal.tail(conn, alias, index_id, record.base_seq, embedder.dim)
+    # Writers add this shadow's vectors as they journal; only writes of a writer that had not yet
+    # seen the shadow started lack one.
+    tail.fill(lambda texts: embedder.encode_documents(texts, env.batch_size))
+    if len(tail.upsert_ids):
+        spool.append(tail.upsert_ids, tail.vectors)
+    return tail
 
 
 def _check_writable(folder: Path) -> None:

@@ -345,7 +345,7 @@ class MigrationContext:
         def keys_of(ids: set[int]) -> dict[int, str]:
             with self.env.engine.connect() as conn:
                 described = catalog.describe_ids(conn, self.alias, ids)
-            return {i: key for i, (key, _) in described.items()}
+            return {i: doc.key for i, doc in described.items()}
 
         index = shadow.index
         if index is None:  # evaluated before: read it back, verified

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from embedmig import embedders
 from embedmig.config import Config
 from embedmig.embedders import Embedder, LoadedEmbedder
-from embedmig.errors import ScriptError, SourceError, StoreError
+from embedmig.errors import ScriptError, SourceError, StateError, StoreError
 from embedmig.history import db
 from embedmig.script import ScriptDir, load_env
 from embedmig.sources import Document, Qrels
@@ -84,19 +84,36 @@ class Environment:
             device=self.config.get("device"),
         )
 
-    def index_path(self, alias: str, index_id: int, revision: str) -> Path:
+    def embedder_of(self, record: IndexRecord) -> LoadedEmbedder:
+        """The model an index was built with, refusing model files that changed since."""
+        embedder = self.load_embedder(Embedder.from_json(record.model))
+        if embedder.fingerprint != record.fingerprint:
+            raise StateError(
+                f"model files of {embedder.spec.model} changed since index #{record.id} was "
+                "built; its vectors would not match new ones"
+            )
+        return embedder
+
+    def index_path(self, alias: str, index_id: int, revision: str, generation: int = 0) -> Path:
+        """Where an index file lives; compaction writes generation N (the journal position)."""
         folder = self.config.index_dir / safe_component(alias, "alias")
-        return folder / f"{index_id:06d}-{safe_component(revision, 'revision')}.faiss"
+        suffix = f".g{generation}" if generation else ""
+        return folder / f"{index_id:06d}-{safe_component(revision, 'revision')}{suffix}.faiss"
 
     def remove_index_files(self, record: IndexRecord) -> None:
         """Delete an index's file and any spool of it (after SQL has marked it dropped)."""
         path = self.index_path(record.alias, record.id, record.revision)
         files.Spool(path, record.dim).remove()
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot remove {path}: {exc.strerror}") from None
+        for stale in {path, Path(record.path) if record.path else path}:
+            remove_file(stale)
 
     def dispose(self) -> None:
         if "engine" in self.__dict__:
             self.engine.dispose()
+
+
+def remove_file(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot remove {path}: {exc.strerror}") from None

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from embedmig.config import Config
-from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.errors import StateError, StoreError
 from embedmig.runtime.environment import Environment
-from embedmig.store import catalog, files
+from embedmig.runtime.view import IndexView
+from embedmig.store import catalog
 
 
 @dataclass(frozen=True)
@@ -19,64 +18,79 @@ class Hit:
     key: str
     score: float
     snippet: str
+    metadata: dict[str, Any] | None = None
 
 
 class Searcher:
-    """Searches ``alias``; a swap or a rollback is picked up at the next call, no reopening.
+    """Searches ``alias``: its live index file plus every change journaled since it was saved.
 
-    Each search reads the alias's live index id from SQL (one indexed lookup); the index file and
-    model are loaded, verified, only when that id changes.
+    Each search reads the alias's live index from SQL and the journal after the last change it
+    applied (two indexed lookups), so an acknowledged write, a swap or a rollback in any process is
+    seen by the next search, with no reopening. Index file and model load only when the live
+    index or its file (after compaction) changes.
     """
 
     def __init__(self, env: Environment, alias: str) -> None:
         self.env = env
         self.alias = alias
-        self._record: catalog.IndexRecord | None = None
-        self._index: Any = None
-        self._embedder: LoadedEmbedder | None = None
+        self._view: IndexView | None = None
 
     @property
     def index_record(self) -> catalog.IndexRecord:
+        return self._refresh().record
+
+    @property
+    def view(self) -> IndexView:
         return self._refresh()
 
     def search(self, text: str, k: int = 10) -> list[Hit]:
         if k < 1:
             raise StateError("k must be at least 1")
-        self._refresh()
-        assert self._embedder is not None
-        vectors = self._embedder.encode_queries([text], self.env.batch_size)
-        scores, ids = files.search(self._index, vectors, k)
+        view = self._refresh()
+        vectors = view.embedder.encode_queries([text], self.env.batch_size)
+        scores, ids = view.overlay.search(vectors, k)
         with self.env.engine.connect() as conn:
             described = catalog.describe_ids(conn, self.alias, ids[0])
         hits = []
         for rank, (doc_id, score) in enumerate(zip(ids[0], scores[0], strict=True), 1):
             if doc_id < 0:
                 break
-            key, snippet = described.get(int(doc_id), (f"#{int(doc_id)}", ""))
-            hits.append(Hit(rank, key, float(score), snippet))
+            doc = described.get(int(doc_id), catalog.DocInfo(f"#{int(doc_id)}", "", None))
+            hits.append(Hit(rank, doc.key, float(score), doc.snippet, doc.meta))
         return hits
 
-    def _refresh(self) -> catalog.IndexRecord:
+    def _refresh(self) -> IndexView:
+        live = self._live()
+        view = self._view
+        if view is None or (view.record.id, view.record.sha256) != (live.id, live.sha256):
+            try:
+                view = self._open(live)
+            except StoreError:
+                # Compaction may have replaced the file between reading its row and opening it.
+                newer = self._live()
+                if (newer.id, newer.sha256) == (live.id, live.sha256):
+                    raise
+                view = self._open(newer)
+            self._view = view
+        view.catch_up()
+        return view
+
+    def _live(self) -> catalog.IndexRecord:
         with self.env.engine.connect() as conn:
             live = catalog.live_index(conn, self.alias)
         if live is None:
             raise StateError(f"alias {self.alias!r} has no live index; run `embedmig upgrade`")
-        if self._record is None or live.id != self._record.id:
-            if live.path is None:
-                raise StoreError(f"live index #{live.id} of {self.alias!r} has no file")
-            embedder = self.env.load_embedder(Embedder.from_json(live.model))
-            if embedder.fingerprint != live.fingerprint:
-                raise StateError(
-                    f"model files of {embedder.spec.model} changed since index #{live.id} was "
-                    "built; its vectors would not match new queries"
-                )
-            self._index = files.load(Path(live.path), live.sha256)
-            self._embedder = embedder
-            self._record = live
         return live
 
+    def _open(self, live: catalog.IndexRecord) -> IndexView:
+        old = self._view
+        same_model = old is not None and old.record.id == live.id
+        view = IndexView(self.env, live, old.embedder if old is not None and same_model else None)
+        _ = view.embedder  # a changed model fails now, not in the middle of a search
+        return view
+
     def close(self) -> None:
-        self._index = None
+        self._view = None
         self.env.dispose()
 
 

@@ -12,10 +12,11 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from embedmig.errors import SourceError, StateError
 from embedmig.history import schema as t
@@ -44,6 +45,7 @@ class IndexRecord:
     ntotal: int
     sha256: str | None
     state: str
+    base_seq: int
     created_at: datetime
     updated_at: datetime
 
@@ -138,6 +140,7 @@ def register_index(
     dim: int,
     factory: str,
     metric: str,
+    base_seq: int = 0,
 ) -> int:
     stamp = now()
     result = conn.execute(
@@ -150,6 +153,7 @@ def register_index(
             metric=metric,
             factory=factory,
             ntotal=0,
+            base_seq=base_seq,
             state=BUILDING,
             created_at=stamp,
             updated_at=stamp,
@@ -189,44 +193,107 @@ def point_alias(
 # ---- document ids ----------------------------------------------------------------------------
 
 
+def lock_alias(conn: sa.Connection, alias: str) -> tuple[int, int]:
+    """Serialize id assignment and journaling of ``alias``; return (next doc id, last seq).
+
+    A write is the transaction's first statement, so SQLite takes its write lock here (rather than
+    failing later on a stale read snapshot) and PostgreSQL a row lock, held until commit.
+    """
+    lock = t.sequence.update().where(t.sequence.c.alias == alias)
+    for _ in range(2):
+        row = conn.execute(
+            lock.values(last_seq=t.sequence.c.last_seq).returning(
+                t.sequence.c.next_doc_id, t.sequence.c.last_seq
+            )
+        ).first()
+        if row is not None:
+            return int(row[0]), int(row[1])
+        # A concurrent first writer may create the row too: whoever loses locks the winner's row.
+        insert = _dialect_insert(conn)(t.sequence).values(alias=alias, next_doc_id=1, last_seq=0)
+        conn.execute(insert.on_conflict_do_nothing(index_elements=["alias"]))
+    raise StateError(f"cannot lock the id sequence of alias {alias!r}")
+
+
+def check_key(key: object) -> str:
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_CHARS:
+        raise SourceError(
+            f"document key {str(key)[:40]!r} must be a string of 1-{MAX_KEY_CHARS} characters"
+        )
+    return key
+
+
+def _dialect_insert(conn: sa.Connection) -> Any:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert
+    raise StateError(f"history databases on {conn.dialect.name} are not supported")
+
+
 def assign_ids(
-    conn: sa.Connection, alias: str, keys: Sequence[str], texts: Sequence[str]
+    conn: sa.Connection,
+    alias: str,
+    keys: Sequence[str],
+    texts: Sequence[str],
+    metas: Sequence[str | None] | None = None,
 ) -> np.ndarray:
-    """Stable int64 ids of ``keys`` (new keys get fresh ids); refreshes changed snippets."""
+    """Stable int64 ids of ``keys`` (new keys get fresh ids); refreshes changed snippets.
+
+    Locks the alias (see ``lock_alias``) for the rest of the caller's transaction.
+    """
     for key in keys:
-        if not key or len(key) > MAX_KEY_CHARS:
-            raise SourceError(f"document key {key[:40]!r} must be 1-{MAX_KEY_CHARS} characters")
-    snippets = {key: text[:SNIPPET_CHARS] for key, text in zip(keys, texts, strict=True)}
+        check_key(key)
+    next_id, _ = lock_alias(conn, alias)
+    # Without metadata (a backfill) the stored metadata is left as it is.
+    keep_meta = metas is None
+    described = {
+        key: (text[:SNIPPET_CHARS], meta)
+        for key, text, meta in zip(keys, texts, metas or [None] * len(keys), strict=True)
+    }
     known: dict[str, int] = {}
     stale: list[dict[str, Any]] = []
-    unique = list(snippets)
+    unique = list(described)
     for start in range(0, len(unique), 500):
         part = unique[start : start + 500]
         rows = conn.execute(
-            sa.select(t.doc.c.key, t.doc.c.id, t.doc.c.snippet).where(
+            sa.select(t.doc.c.key, t.doc.c.id, t.doc.c.snippet, t.doc.c.meta).where(
                 t.doc.c.alias == alias, t.doc.c.key.in_(part)
             )
         )
-        for key, doc_id, snippet in rows:
+        for key, doc_id, snippet, meta in rows:
             known[key] = doc_id
-            if snippet != snippets[key]:
-                stale.append({"b_id": doc_id, "b_snippet": snippets[key]})
+            wanted_snippet, wanted_meta = described[key]
+            if keep_meta:
+                wanted_meta = meta
+            if (snippet, meta) != (wanted_snippet, wanted_meta):
+                stale.append({"b_id": doc_id, "b_snippet": wanted_snippet, "b_meta": wanted_meta})
     missing = [key for key in unique if key not in known]
     if missing:
-        top = conn.execute(
-            sa.select(sa.func.coalesce(sa.func.max(t.doc.c.id), 0)).where(t.doc.c.alias == alias)
-        ).scalar_one()
-        fresh = {key: int(top) + 1 + i for i, key in enumerate(missing)}
+        fresh = {key: next_id + i for i, key in enumerate(missing)}
         conn.execute(
             t.doc.insert(),
-            [{"alias": alias, "id": i, "key": k, "snippet": snippets[k]} for k, i in fresh.items()],
+            [
+                {
+                    "alias": alias,
+                    "id": i,
+                    "key": k,
+                    "snippet": described[k][0],
+                    "meta": described[k][1],
+                }
+                for k, i in fresh.items()
+            ],
+        )
+        conn.execute(
+            t.sequence.update()
+            .where(t.sequence.c.alias == alias)
+            .values(next_doc_id=next_id + len(missing))
         )
         known.update(fresh)
     if stale:
         conn.execute(
             t.doc.update()
             .where(t.doc.c.alias == alias, t.doc.c.id == sa.bindparam("b_id"))
-            .values(snippet=sa.bindparam("b_snippet")),
+            .values(snippet=sa.bindparam("b_snippet"), meta=sa.bindparam("b_meta")),
             stale,
         )
     return np.fromiter((known[key] for key in keys), dtype=np.int64, count=len(keys))
@@ -246,17 +313,28 @@ def lookup_ids(conn: sa.Connection, alias: str, keys: Iterable[str]) -> dict[str
     return found
 
 
-def describe_ids(conn: sa.Connection, alias: str, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
-    """id -> (key, snippet) for the given ids."""
+class DocInfo(NamedTuple):
+    key: str
+    snippet: str
+    meta: dict[str, Any] | None
+
+
+def describe_ids(conn: sa.Connection, alias: str, ids: Iterable[int]) -> dict[int, DocInfo]:
+    """id -> key, snippet and metadata of the given ids."""
     wanted = sorted({int(i) for i in ids if i >= 0})
-    found: dict[int, tuple[str, str]] = {}
+    found: dict[int, DocInfo] = {}
     for start in range(0, len(wanted), 500):
         rows = conn.execute(
-            sa.select(t.doc.c.id, t.doc.c.key, t.doc.c.snippet).where(
+            sa.select(t.doc.c.id, t.doc.c.key, t.doc.c.snippet, t.doc.c.meta).where(
                 t.doc.c.alias == alias, t.doc.c.id.in_(wanted[start : start + 500])
             )
         )
-        found.update({int(i): (key, snippet) for i, key, snippet in rows})
+        found.update(
+            {
+                int(i): DocInfo(key, snippet, json.loads(meta) if meta else None)
+                for i, key, snippet, meta in rows
+            }
+        )
     return found
 
 

@@ -45,7 +45,7 @@ def new_index(dim: int, factory: str) -> Any:
 def build(vectors: np.ndarray, ids: np.ndarray, factory: str) -> Any:
     """An index of ``vectors`` under ``ids``; for a repeated id the last row wins."""
     index = new_index(vectors.shape[1], factory)
-    keep = _last_occurrence(ids)
+    keep = last_occurrence(ids)
     _train(index, vectors, keep)
     index.add_with_ids(np.ascontiguousarray(vectors[keep]), ids[keep])
     return index
@@ -93,12 +93,25 @@ class Spool:
                 # Rows past the last checkpoint are truncated away by the next run.
                 raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
 
-    def build(self, factory: str, seed: int = 0) -> Any:
-        """The index of every spooled row, read in bounded chunks; last row of an id wins."""
-        n = self.rows()
-        ids = np.fromfile(self.ids_path, dtype=np.int64, count=n) if n else np.empty(0, np.int64)
+    def ids(self, rows: int | None = None) -> np.ndarray:
+        n = self.rows() if rows is None else rows
+        return np.fromfile(self.ids_path, dtype=np.int64, count=n) if n else np.empty(0, np.int64)
+
+    def distinct_ids(self, rows: int) -> int:
+        """How many different ids the first ``rows`` rows hold."""
+        return len(np.unique(self.ids(rows)))
+
+    def build(self, factory: str, seed: int = 0, drop: np.ndarray | None = None) -> Any:
+        """The index of every spooled row, read in bounded chunks; last row of an id wins.
+
+        Ids in ``drop`` (deleted documents) are left out.
+        """
+        ids = self.ids()
+        n = len(ids)
         index = new_index(self.dim, factory)
-        keep = _last_occurrence(ids)
+        keep = last_occurrence(ids)
+        if drop is not None and len(drop):
+            keep &= ~np.isin(ids, drop)
         if not index.is_trained:
             rng = np.random.default_rng(seed)
             sample = np.flatnonzero(keep)
@@ -211,7 +224,7 @@ def _open_for_append(path: Path) -> Any:
         raise StoreError(f"cannot write {path}: {exc.strerror}") from None
 
 
-def _last_occurrence(ids: np.ndarray) -> np.ndarray:
+def last_occurrence(ids: np.ndarray) -> np.ndarray:
     """Mask of the rows that hold the last occurrence of their id."""
     keep = np.zeros(len(ids), dtype=bool)
     if len(ids):

@@ -1,0 +1,45 @@
+"""One index as readers see it: its verified file plus its journal tail, kept up to date."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from embedmig.embedders import LoadedEmbedder
+from embedmig.errors import StoreError
+from embedmig.runtime.environment import Environment
+from embedmig.store import catalog, files, journal
+from embedmig.store.overlay import Overlay
+
+
+class IndexView:
+    def __init__(
+        self,
+        env: Environment,
+        record: catalog.IndexRecord,
+        embedder: LoadedEmbedder | None = None,
+    ) -> None:
+        if record.path is None:
+            raise StoreError(f"index #{record.id} of {record.alias!r} has no file")
+        self.env = env
+        self.record = record
+        self.overlay = Overlay(files.load(Path(record.path), record.sha256), record.base_seq)
+        self._embedder = embedder
+
+    @property
+    def embedder(self) -> LoadedEmbedder:
+        # Loaded on demand: folding a tail whose vectors were all journaled needs no model.
+        if self._embedder is None:
+            self._embedder = self.env.embedder_of(self.record)
+        return self._embedder
+
+    def catch_up(self) -> int:
+        """Apply the changes journaled since the last call; return how many there were."""
+        with self.env.engine.connect() as conn:
+            tail = journal.tail(
+                conn, self.record.alias, self.record.id, self.overlay.applied, self.record.dim
+            )
+        # Changes journaled while this index received no writes (after its holdover) carry no
+        # vector for it: embed their text now, so the view is still the latest document state.
+        tail.fill(lambda texts: self.embedder.encode_documents(texts, self.env.batch_size))
+        self.overlay.apply(tail)
+        return tail.changes

@@ -1,0 +1,252 @@
+"""The change journal in SQL: the source of truth for writes made after an index file was saved.
+
+Index files are immutable snapshots; each records the journal position it reflects (``base_seq``).
+Everything after it is the index's *tail*: readers apply it in memory, a backfill replays it into
+its shadow, compaction folds it into a new snapshot. Like an LSM tree, with SQL as the log.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from embedmig.history import schema as t
+from embedmig.store import catalog, files
+
+UPSERT, DELETE = "upsert", "delete"
+# Indexes that receive writes: the live one, a shadow being built or awaiting its swap.
+_WRITTEN_STATES = (catalog.LIVE, catalog.BUILDING, catalog.READY)
+# Indexes whose tail must be kept: those, and retired ones a downgrade may restore.
+_RETAINED_STATES = (*_WRITTEN_STATES, catalog.RETIRED)
+
+
+@dataclass(frozen=True)
+class Change:
+    op: str
+    key: str
+    text: str | None = None
+    meta: str | None = None  # JSON text
+
+
+def position(conn: sa.Connection, alias: str) -> int:
+    """The sequence number of the alias's last journaled change (0: none yet)."""
+    last = conn.execute(
+        sa.select(t.sequence.c.last_seq).where(t.sequence.c.alias == alias)
+    ).scalar_one_or_none()
+    return int(last or 0)
+
+
+def targets(
+    conn: sa.Connection, alias: str, holdover: timedelta | None
+) -> list[catalog.IndexRecord]:
+    """The indexes a write to ``alias`` must reach, oldest first.
+
+    The live index, any shadow of a migration in progress, and during the holdover the index the
+    latest swap replaced (``holdover`` None: until the next swap or a prune).
+    """
+    found = [
+        catalog.IndexRecord.from_row(row)
+        for row in conn.execute(
+            sa.select(t.index)
+            .where(t.index.c.alias == alias, t.index.c.state.in_(_WRITTEN_STATES))
+            .order_by(t.index.c.id)
+        )
+    ]
+    live = next((record for record in found if record.state == catalog.LIVE), None)
+    swap = conn.execute(
+        sa.select(t.history.c.from_index, t.history.c.to_index, t.history.c.finished_at)
+        .where(
+            t.history.c.alias == alias,
+            t.history.c.action == "upgrade",
+            t.history.c.status.in_(("ok", "forced")),
+        )
+        .order_by(t.history.c.id.desc())
+        .limit(1)
+    ).first()
+    if live is None or swap is None or swap.to_index != live.id or swap.from_index is None:
+        return found
+    if holdover is not None and _aware(swap.finished_at) + holdover <= catalog.now():
+        return found
+    previous = catalog.get_index(conn, swap.from_index)
+    if previous.state != catalog.RETIRED:
+        return found
+    return [previous, *found]
+
+
+def append(
+    conn: sa.Connection,
+    alias: str,
+    changes: Sequence[Change],
+    vectors: Mapping[int, np.ndarray],
+) -> int:
+    """Journal ``changes`` in order, with the vector of each upsert for each index in ``vectors``.
+
+    ``vectors[index_id]`` has one row per upsert, in order. Returns the last sequence number.
+    The caller commits: once it has, the changes are durable and visible to every reader.
+    """
+    # Deleted keys get an id too: a backfill that reaches them later must still drop them.
+    ids = catalog.assign_ids(
+        conn,
+        alias,
+        [c.key for c in changes],
+        [c.text or "" for c in changes],
+        [c.meta for c in changes],
+    )
+    _, last = catalog.lock_alias(conn, alias)
+    stamp = catalog.now()
+    seqs = range(last + 1, last + 1 + len(changes))
+    conn.execute(
+        t.journal.insert(),
+        [
+            {
+                "alias": alias,
+                "seq": seq,
+                "op": change.op,
+                "doc_id": int(doc_id),
+                "text": change.text,
+                "meta": change.meta,
+                "created_at": stamp,
+            }
+            for seq, change, doc_id in zip(seqs, changes, ids, strict=True)
+        ],
+    )
+    upsert_seqs = [seq for seq, change in zip(seqs, changes, strict=True) if change.op == UPSERT]
+    rows = [
+        {"alias": alias, "seq": seq, "index_id": index_id, "vector": vector.tobytes()}
+        for index_id, matrix in vectors.items()
+        for seq, vector in zip(upsert_seqs, np.asarray(matrix, dtype=np.float32), strict=True)
+    ]
+    if rows:
+        conn.execute(t.journal_vector.insert(), rows)
+    conn.execute(t.sequence.update().where(t.sequence.c.alias == alias).values(last_seq=seqs[-1]))
+    return seqs[-1]
+
+
+@dataclass
+class Tail:
+    """The net effect of an index's journaled changes after ``after`` up to ``last_seq``.
+
+    Each document appears once, in its final state: upserted (with its vector for this index, or
+    its text when the change was journaled without one) or deleted.
+    """
+
+    after: int
+    last_seq: int
+    upsert_ids: np.ndarray
+    vectors: np.ndarray  # rows of upsert_ids; rows listed in `missing` are zero until filled
+    missing: np.ndarray  # positions in upsert_ids whose vector must be computed from `texts`
+    texts: list[str]  # texts of the `missing` rows, aligned with it
+    deleted_ids: np.ndarray
+    changes: int = 0
+
+    @property
+    def touched_ids(self) -> np.ndarray:
+        return np.concatenate([self.upsert_ids, self.deleted_ids])
+
+    def fill(self, encode: Any) -> None:
+        """Compute the missing vectors with ``encode(texts) -> ndarray`` (the index's embedder)."""
+        if len(self.missing):
+            self.vectors[self.missing] = encode(self.texts)
+            self.missing = np.empty(0, dtype=np.int64)
+            self.texts = []
+
+
+def tail(
+    conn: sa.Connection, alias: str, index_id: int, after: int, dim: int, upto: int | None = None
+) -> Tail:
+    """The changes of ``alias`` after ``after`` (up to ``upto``) folded for index ``index_id``."""
+    vector = t.journal_vector
+    query = (
+        sa.select(
+            t.journal.c.seq, t.journal.c.op, t.journal.c.doc_id, t.journal.c.text, vector.c.vector
+        )
+        .select_from(
+            t.journal.outerjoin(
+                vector,
+                sa.and_(
+                    vector.c.alias == t.journal.c.alias,
+                    vector.c.seq == t.journal.c.seq,
+                    vector.c.index_id == index_id,
+                ),
+            )
+        )
+        .where(t.journal.c.alias == alias, t.journal.c.seq > after)
+        .order_by(t.journal.c.seq)
+    )
+    if upto is not None:
+        query = query.where(t.journal.c.seq <= upto)
+    rows = conn.execute(query).all()
+    if not rows:
+        empty = np.empty(0, dtype=np.int64)
+        return Tail(after, after, empty, np.empty((0, dim), np.float32), empty, [], empty)
+    doc_ids = np.fromiter((row.doc_id for row in rows), dtype=np.int64, count=len(rows))
+    final = files.last_occurrence(doc_ids)
+    upserts = [row for row, keep in zip(rows, final, strict=True) if keep and row.op == UPSERT]
+    deletes = [row for row, keep in zip(rows, final, strict=True) if keep and row.op == DELETE]
+    vectors = np.zeros((len(upserts), dim), dtype=np.float32)
+    missing: list[int] = []
+    for i, row in enumerate(upserts):
+        if row.vector is None:
+            missing.append(i)
+        else:
+            vectors[i] = np.frombuffer(row.vector, dtype=np.float32)
+    return Tail(
+        after=after,
+        last_seq=int(rows[-1].seq),
+        upsert_ids=np.array([row.doc_id for row in upserts], dtype=np.int64),
+        vectors=vectors,
+        missing=np.array(missing, dtype=np.int64),
+        texts=[upserts[i].text or "" for i in missing],
+        deleted_ids=np.array([row.doc_id for row in deletes], dtype=np.int64),
+        changes=len(rows),
+    )
+
+
+def collect(conn: sa.Connection, alias: str) -> int:
+    """Delete journal entries no retained index needs any more; return how many went."""
+    floor = conn.execute(
+        sa.select(sa.func.min(t.index.c.base_seq)).where(
+            t.index.c.alias == alias, t.index.c.state.in_(_RETAINED_STATES)
+        )
+    ).scalar_one_or_none()
+    if floor is None:
+        floor = position(conn, alias)
+    retained = sa.select(t.index.c.id).where(
+        t.index.c.alias == alias, t.index.c.state.in_(_RETAINED_STATES)
+    )
+    conn.execute(
+        t.journal_vector.delete().where(
+            t.journal_vector.c.alias == alias,
+            sa.or_(t.journal_vector.c.seq <= floor, t.journal_vector.c.index_id.not_in(retained)),
+        )
+    )
+    removed = conn.execute(
+        t.journal.delete().where(t.journal.c.alias == alias, t.journal.c.seq <= floor)
+    )
+    return int(removed.rowcount or 0)
+
+
+def pending(conn: sa.Connection, alias: str, after: int) -> int:
+    """How many journaled changes of ``alias`` come after ``after``."""
+    return int(
+        conn.execute(
+            sa.select(sa.func.count())
+            .select_from(t.journal)
+            .where(t.journal.c.alias == alias, t.journal.c.seq > after)
+        ).scalar_one()
+    )
+
+
+def encode_meta(meta: Mapping[str, Any] | None) -> str | None:
+    return None if meta is None else json.dumps(dict(meta), allow_nan=False, sort_keys=True)
+
+
+def _aware(stamp: datetime) -> datetime:
+    # SQLite hands timezone-aware columns back naive (they were stored as UTC).
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)

@@ -1,0 +1,125 @@
+"""An immutable index file with its journal tail applied in memory (an LSM memtable over FAISS).
+
+The base index is never modified: ids the tail touched are masked out of its results with a FAISS
+``IDSelector``, and their current vectors live in a small flat index searched alongside. Results of
+both are merged by score. Folding the two gives the next immutable snapshot (compaction).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faiss
+import numpy as np
+
+from embedmig.errors import StoreError
+from embedmig.store import files
+from embedmig.store.journal import Tail
+
+
+class Overlay:
+    def __init__(self, base: Any, base_seq: int) -> None:
+        self.base = base
+        self.applied = base_seq
+        self.delta: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(base.d))
+        self._hidden = np.empty(0, dtype=np.int64)  # sorted ids masked out of the base
+        self._params: Any = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.base.d)
+
+    @property
+    def tail_size(self) -> int:
+        return len(self._hidden)
+
+    def apply(self, tail: Tail) -> None:
+        """Apply a tail read after ``self.applied`` (its missing vectors filled)."""
+        if len(tail.missing):
+            raise StoreError("tail vectors must be filled before they are applied")
+        touched = tail.touched_ids
+        if len(touched):
+            self.delta.remove_ids(touched)
+            if len(tail.upsert_ids):
+                self.delta.add_with_ids(np.ascontiguousarray(tail.vectors), tail.upsert_ids)
+            self._hidden = np.union1d(self._hidden, touched)
+            self._params = None
+        self.applied = max(self.applied, tail.last_seq)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` over base and tail, like ``files.search`` on the folded index."""
+        if not len(self._hidden):
+            return files.search(self.base, queries, k)
+        scores, ids = self._search_base(queries, k)
+        if self.delta.ntotal:
+            more_scores, more_ids = files.search(self.delta, queries, k)
+            scores = np.concatenate([scores, more_scores], axis=1)
+            ids = np.concatenate([ids, more_ids], axis=1)
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            scores = np.take_along_axis(scores, order, axis=1)
+            ids = np.take_along_axis(ids, order, axis=1)
+        return scores, ids
+
+    def contents(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every document in the folded view, ids ascending."""
+        base_ids, base_vectors = _all_vectors(self.base)
+        keep = ~np.isin(base_ids, self._hidden)
+        delta_ids, delta_vectors = _all_vectors(self.delta)
+        ids = np.concatenate([base_ids[keep], delta_ids])
+        vectors = np.concatenate([base_vectors[keep], delta_vectors])
+        order = np.argsort(ids, kind="stable")
+        return ids[order], vectors[order]
+
+    def fold(self, factory: str) -> Any:
+        """A new index equal to this view; keeps the base's training (IVF centroids, PQ codes)."""
+        if not len(self._hidden):
+            return self.base
+        folded: Any = faiss.clone_index(self.base)
+        try:
+            folded.remove_ids(self._hidden)
+        except RuntimeError:  # HNSW cannot remove: rebuild from the stored vectors instead
+            ids, vectors = self.contents()
+            return files.build(vectors, ids, factory)
+        delta_ids, delta_vectors = _all_vectors(self.delta)
+        if len(delta_ids):
+            folded.add_with_ids(delta_vectors, delta_ids)
+        return folded
+
+    def _search_base(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._params is None:
+            self._params = _excluding(self.base, self._hidden)
+        scores, ids = self.base.search(
+            np.ascontiguousarray(queries, dtype=np.float32), k, params=self._params
+        )
+        scores[ids < 0] = -np.inf
+        return scores, ids
+
+
+def _excluding(index: Any, hidden: np.ndarray) -> Any:
+    """Search parameters that skip ``hidden`` ids and keep the index's own nprobe / efSearch."""
+    api: Any = faiss  # its bundled type stubs predate search parameters with selectors
+    selector = api.IDSelectorNot(api.IDSelectorBatch(hidden))
+    inner = api.downcast_index(index.index) if hasattr(index, "index") else index
+    ivf = api.try_extract_index_ivf(inner)
+    if ivf is not None:
+        params = api.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
+    elif isinstance(inner, api.IndexHNSW):
+        params = api.SearchParametersHNSW(sel=selector, efSearch=inner.hnsw.efSearch)
+    else:
+        params = api.SearchParameters(sel=selector)
+    params.referenced_objects = [selector]  # the SWIG wrapper would otherwise free it
+    return params
+
+
+def _all_vectors(index: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Every (id, vector) of an ``IDMap2`` index, reconstructed from its storage."""
+    n = int(index.ntotal)
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty((0, index.d), dtype=np.float32)
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    try:
+        vectors = index.index.reconstruct_n(0, n)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1]
+        raise StoreError(f"this index type cannot return its vectors: {reason}") from None
+    return ids, np.asarray(vectors, dtype=np.float32)
