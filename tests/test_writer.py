@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -221,7 +220,10 @@ def test_compact_keeps_changes_a_retired_index_still_needs(config: Config) -> No
 def test_bad_writes_change_nothing(config: Config, call: object, message: str) -> None:
     live_on_r1(config)
     before = snapshot(config)
-    with open_writer(config, "docs") as writer, pytest.raises(SourceError, match=re.escape(message)):
+    with (
+        open_writer(config, "docs") as writer,
+        pytest.raises(SourceError, match=re.escape(message)),
+    ):
         call(writer)  # type: ignore[operator]
     assert snapshot(config) == before
 
@@ -235,7 +237,9 @@ def test_writer_refuses_an_alias_no_revision_defines(config: Config) -> None:
 def test_invalid_holdover_is_a_config_error(config: Config) -> None:
     live_on_r1(config)
     config.options["writer.holdover"] = "forever"
-    with pytest.raises(ConfigError, match="'writer.holdover' must be 'next' or a number of seconds"):
+    with pytest.raises(
+        ConfigError, match=r"'writer.holdover' must be 'next' or a number of seconds"
+    ):
         open_writer(config, "docs")
 
 

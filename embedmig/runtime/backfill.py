@@ -187,7 +187,9 @@ def _start(
     moment: every later change is written to it too (dual-write), and is replayed into it.
     """
     _check_writable(env.index_path(rev.alias, 0, rev.revision).parent)
-    _, start_seq = catalog.lock_alias(conn, rev.alias)
+    # No row yet means no change journaled yet; a writer creating one meanwhile only makes the
+    # replay start at 0, a superset, so a failed first run need not leave a row behind.
+    _, start_seq = catalog.lock_alias(conn, rev.alias, create=False)
     building = catalog.find_index(conn, rev.alias, rev.revision, [catalog.BUILDING])
     if building is not None and building.fingerprint == embedder.fingerprint:
         skip, rows = catalog.checkpoint(conn, building.id)

@@ -193,11 +193,12 @@ def point_alias(
 # ---- document ids ----------------------------------------------------------------------------
 
 
-def lock_alias(conn: sa.Connection, alias: str) -> tuple[int, int]:
+def lock_alias(conn: sa.Connection, alias: str, *, create: bool = True) -> tuple[int, int]:
     """Serialize id assignment and journaling of ``alias``; return (next doc id, last seq).
 
     A write is the transaction's first statement, so SQLite takes its write lock here (rather than
-    failing later on a stale read snapshot) and PostgreSQL a row lock, held until commit.
+    failing later on a stale read snapshot) and PostgreSQL a row lock, held until commit. Without
+    ``create``, an alias that never had a document is left without a row: (1, 0).
     """
     lock = t.sequence.update().where(t.sequence.c.alias == alias)
     for _ in range(2):
@@ -208,6 +209,8 @@ def lock_alias(conn: sa.Connection, alias: str) -> tuple[int, int]:
         ).first()
         if row is not None:
             return int(row[0]), int(row[1])
+        if not create:
+            return 1, 0
         # A concurrent first writer may create the row too: whoever loses locks the winner's row.
         insert = _dialect_insert(conn)(t.sequence).values(alias=alias, next_doc_id=1, last_seq=0)
         conn.execute(insert.on_conflict_do_nothing(index_elements=["alias"]))
