@@ -45,6 +45,8 @@ def _engine_options(url: str) -> dict[str, Any]:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
+    # A writer's acknowledgement is its commit: it must survive a power cut, not just a crash.
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 

@@ -46,6 +46,7 @@ class Writer:
         self.alias = alias
         self.holdover = holdover(env.config)
         self._models: dict[str, LoadedEmbedder] = {}
+        self._targets: list[catalog.IndexRecord] | None = None
 
     def upsert(self, key: str, text: str, metadata: Mapping[str, Any] | None = None) -> int:
         return self.upsert_many([(key, text, metadata)])
@@ -83,17 +84,21 @@ class Writer:
                 return journal.position(conn, self.alias)
         texts = [str(c.text) for c in changes if c.op == journal.UPSERT]
         for _ in range(_ATTEMPTS):
-            with self.env.engine.connect() as conn:
-                targets = journal.targets(conn, self.alias, self.holdover)
-            vectors = self._embed(targets, texts)
+            # Embed for the targets the last write found (they change once per migration); the
+            # transaction checks them again under the lock before anything is journaled.
+            if self._targets is None:
+                with self.env.engine.connect() as conn:
+                    self._targets = journal.targets(conn, self.alias, self.holdover)
+            vectors = self._embed(self._targets, texts)
             try:
                 with self.env.engine.begin() as conn:
-                    catalog.lock_alias(conn, self.alias)  # first: see its docstring
-                    now = journal.targets(conn, self.alias, self.holdover)
-                    if texts and any(target.id not in vectors for target in now):
+                    # First statement: see lock_alias. Reserves the ids and sequence numbers.
+                    counters = catalog.lock_alias(conn, self.alias, reserve=len(changes))
+                    self._targets = journal.targets(conn, self.alias, self.holdover)
+                    if texts and any(target.id not in vectors for target in self._targets):
                         raise _TargetsChanged
-                    kept = {target.id: vectors[target.id] for target in now if texts}
-                    return journal.append(conn, self.alias, changes, kept)
+                    kept = {target.id: vectors[target.id] for target in self._targets if texts}
+                    return journal.append(conn, self.alias, counters, changes, kept)
             except _TargetsChanged:
                 continue  # a migration started meanwhile: embed for its shadow too
         raise StateError(f"the indexes of alias {self.alias!r} kept changing; write not applied")

@@ -193,22 +193,27 @@ def point_alias(
 # ---- document ids ----------------------------------------------------------------------------
 
 
-def lock_alias(conn: sa.Connection, alias: str, *, create: bool = True) -> tuple[int, int]:
+def lock_alias(
+    conn: sa.Connection, alias: str, *, reserve: int = 0, create: bool = True
+) -> tuple[int, int]:
     """Serialize id assignment and journaling of ``alias``; return (next doc id, last seq).
 
     A write is the transaction's first statement, so SQLite takes its write lock here (rather than
     failing later on a stale read snapshot) and PostgreSQL a row lock, held until commit. Without
     ``create``, an alias that never had a document is left without a row: (1, 0).
+    ``reserve`` > 0 also claims that many doc ids and sequence numbers after the returned ones, in
+    the same statement (ids a caller does not use are skipped: int64 ids do not run out).
     """
     lock = t.sequence.update().where(t.sequence.c.alias == alias)
     for _ in range(2):
         row = conn.execute(
-            lock.values(last_seq=t.sequence.c.last_seq).returning(
-                t.sequence.c.next_doc_id, t.sequence.c.last_seq
-            )
+            lock.values(
+                next_doc_id=t.sequence.c.next_doc_id + reserve,
+                last_seq=t.sequence.c.last_seq + reserve,
+            ).returning(t.sequence.c.next_doc_id, t.sequence.c.last_seq)
         ).first()
         if row is not None:
-            return int(row[0]), int(row[1])
+            return int(row[0]) - reserve, int(row[1]) - reserve
         if not create:
             return 1, 0
         # A concurrent first writer may create the row too: whoever loses locks the winner's row.
@@ -234,11 +239,7 @@ def _dialect_insert(conn: sa.Connection) -> Any:
 
 
 def assign_ids(
-    conn: sa.Connection,
-    alias: str,
-    keys: Sequence[str],
-    texts: Sequence[str],
-    metas: Sequence[str | None] | None = None,
+    conn: sa.Connection, alias: str, keys: Sequence[str], texts: Sequence[str]
 ) -> np.ndarray:
     """Stable int64 ids of ``keys`` (new keys get fresh ids); refreshes changed snippets.
 
@@ -246,8 +247,25 @@ def assign_ids(
     """
     for key in keys:
         check_key(key)
-    next_id, _ = lock_alias(conn, alias)
-    # Without metadata (a backfill) the stored metadata is left as it is.
+    next_id, last_seq = lock_alias(conn, alias)
+    ids, after = ids_under_lock(conn, alias, next_id, keys, texts)
+    if after != next_id:
+        set_counters(conn, alias, after, last_seq)
+    return ids
+
+
+def ids_under_lock(
+    conn: sa.Connection,
+    alias: str,
+    next_id: int,
+    keys: Sequence[str],
+    texts: Sequence[str],
+    metas: Sequence[str | None] | None = None,
+) -> tuple[np.ndarray, int]:
+    """``assign_ids`` for a caller holding the alias lock: the ids and the next free id after.
+
+    Without ``metas`` (a backfill) the stored metadata is left as it is.
+    """
     keep_meta = metas is None
     described = {
         key: (text[:SNIPPET_CHARS], meta)
@@ -286,11 +304,6 @@ def assign_ids(
                 for k, i in fresh.items()
             ],
         )
-        conn.execute(
-            t.sequence.update()
-            .where(t.sequence.c.alias == alias)
-            .values(next_doc_id=next_id + len(missing))
-        )
         known.update(fresh)
     if stale:
         conn.execute(
@@ -299,7 +312,16 @@ def assign_ids(
             .values(snippet=sa.bindparam("b_snippet"), meta=sa.bindparam("b_meta")),
             stale,
         )
-    return np.fromiter((known[key] for key in keys), dtype=np.int64, count=len(keys))
+    ids = np.fromiter((known[key] for key in keys), dtype=np.int64, count=len(keys))
+    return ids, next_id + len(missing)
+
+
+def set_counters(conn: sa.Connection, alias: str, next_doc_id: int, last_seq: int) -> None:
+    conn.execute(
+        t.sequence.update()
+        .where(t.sequence.c.alias == alias)
+        .values(next_doc_id=next_doc_id, last_seq=last_seq)
+    )
 
 
 def lookup_ids(conn: sa.Connection, alias: str, keys: Iterable[str]) -> dict[str, int]:

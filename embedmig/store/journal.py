@@ -50,14 +50,15 @@ def targets(
     The live index, any shadow of a migration in progress, and during the holdover the index the
     latest swap replaced (``holdover`` None: until the next swap or a prune).
     """
-    found = [
+    records = [
         catalog.IndexRecord.from_row(row)
         for row in conn.execute(
             sa.select(t.index)
-            .where(t.index.c.alias == alias, t.index.c.state.in_(_WRITTEN_STATES))
+            .where(t.index.c.alias == alias, t.index.c.state.in_(_RETAINED_STATES))
             .order_by(t.index.c.id)
         )
     ]
+    found = [record for record in records if record.state in _WRITTEN_STATES]
     live = next((record for record in found if record.state == catalog.LIVE), None)
     swap = conn.execute(
         sa.select(t.history.c.from_index, t.history.c.to_index, t.history.c.finished_at)
@@ -69,36 +70,39 @@ def targets(
         .order_by(t.history.c.id.desc())
         .limit(1)
     ).first()
-    if live is None or swap is None or swap.to_index != live.id or swap.from_index is None:
+    if live is None or swap is None or swap.to_index != live.id:
         return found
     if holdover is not None and _aware(swap.finished_at) + holdover <= catalog.now():
         return found
-    previous = catalog.get_index(conn, swap.from_index)
-    if previous.state != catalog.RETIRED:
-        return found
-    return [previous, *found]
+    # Retired, so neither pruned (dropped) nor restored by a downgrade since.
+    previous = [r for r in records if r.id == swap.from_index and r.state == catalog.RETIRED]
+    return previous + found
 
 
 def append(
     conn: sa.Connection,
     alias: str,
+    counters: tuple[int, int],
     changes: Sequence[Change],
     vectors: Mapping[int, np.ndarray],
 ) -> int:
     """Journal ``changes`` in order, with the vector of each upsert for each index in ``vectors``.
 
+    The caller holds the alias lock with ``len(changes)`` reserved: ``counters`` is what
+    ``catalog.lock_alias(conn, alias, reserve=len(changes))`` returned.
     ``vectors[index_id]`` has one row per upsert, in order. Returns the last sequence number.
     The caller commits: once it has, the changes are durable and visible to every reader.
     """
+    next_id, last = counters
     # Deleted keys get an id too: a backfill that reaches them later must still drop them.
-    ids = catalog.assign_ids(
+    ids, _ = catalog.ids_under_lock(
         conn,
         alias,
+        next_id,
         [c.key for c in changes],
         [c.text or "" for c in changes],
         [c.meta for c in changes],
     )
-    _, last = catalog.lock_alias(conn, alias)
     stamp = catalog.now()
     seqs = range(last + 1, last + 1 + len(changes))
     conn.execute(
@@ -124,7 +128,6 @@ def append(
     ]
     if rows:
         conn.execute(t.journal_vector.insert(), rows)
-    conn.execute(t.sequence.update().where(t.sequence.c.alias == alias).values(last_seq=seqs[-1]))
     return seqs[-1]
 
 
