@@ -225,9 +225,12 @@ def _replay(
     its old state: each change after the start position is applied on top, in order. Not
     checkpointed: a resumed run truncates these rows and replays again (replay is idempotent).
     """
-    with env.engine.connect() as conn:
+    with env.engine.begin() as conn:
+        catalog.lock_alias(conn, alias, create=False)  # no writer may commit in between
         record = catalog.get_index(conn, index_id)
         tail = journal.tail(conn, alias, index_id, record.base_seq, embedder.dim)
+        # The stream set the snippets of changed documents back to what it read; restore them.
+        catalog.describe_docs(conn, alias, tail.upsert_ids, tail.texts, tail.metas)
     # Writers add this shadow's vectors as they journal; only writes of a writer that had not yet
     # seen the shadow started lack one.
     tail.fill(lambda texts: embedder.encode_documents(texts, env.batch_size))

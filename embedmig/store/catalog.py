@@ -193,6 +193,20 @@ def point_alias(
 # ---- document ids ----------------------------------------------------------------------------
 
 
+_LOCK = (
+    t.sequence.update()
+    .where(t.sequence.c.alias == sa.bindparam("b_alias"))
+    .values(
+        next_doc_id=t.sequence.c.next_doc_id + sa.bindparam("reserve"),
+        last_seq=t.sequence.c.last_seq + sa.bindparam("reserve"),
+    )
+    .returning(t.sequence.c.next_doc_id, t.sequence.c.last_seq)
+)
+_DOCS_BY_KEY = sa.select(t.doc.c.key, t.doc.c.id, t.doc.c.snippet, t.doc.c.meta).where(
+    t.doc.c.alias == sa.bindparam("alias"), t.doc.c.key.in_(sa.bindparam("keys", expanding=True))
+)
+
+
 def lock_alias(
     conn: sa.Connection, alias: str, *, reserve: int = 0, create: bool = True
 ) -> tuple[int, int]:
@@ -204,14 +218,8 @@ def lock_alias(
     ``reserve`` > 0 also claims that many doc ids and sequence numbers after the returned ones, in
     the same statement (ids a caller does not use are skipped: int64 ids do not run out).
     """
-    lock = t.sequence.update().where(t.sequence.c.alias == alias)
     for _ in range(2):
-        row = conn.execute(
-            lock.values(
-                next_doc_id=t.sequence.c.next_doc_id + reserve,
-                last_seq=t.sequence.c.last_seq + reserve,
-            ).returning(t.sequence.c.next_doc_id, t.sequence.c.last_seq)
-        ).first()
+        row = conn.execute(_LOCK, {"b_alias": alias, "reserve": reserve}).first()
         if row is not None:
             return int(row[0]) - reserve, int(row[1]) - reserve
         if not create:
@@ -272,22 +280,18 @@ def ids_under_lock(
         for key, text, meta in zip(keys, texts, metas or [None] * len(keys), strict=True)
     }
     known: dict[str, int] = {}
-    stale: list[dict[str, Any]] = []
+    stale: list[tuple[int, str, str | None]] = []
     unique = list(described)
     for start in range(0, len(unique), 500):
         part = unique[start : start + 500]
-        rows = conn.execute(
-            sa.select(t.doc.c.key, t.doc.c.id, t.doc.c.snippet, t.doc.c.meta).where(
-                t.doc.c.alias == alias, t.doc.c.key.in_(part)
-            )
-        )
+        rows = conn.execute(_DOCS_BY_KEY, {"alias": alias, "keys": part})
         for key, doc_id, snippet, meta in rows:
             known[key] = doc_id
             wanted_snippet, wanted_meta = described[key]
             if keep_meta:
                 wanted_meta = meta
             if (snippet, meta) != (wanted_snippet, wanted_meta):
-                stale.append({"b_id": doc_id, "b_snippet": wanted_snippet, "b_meta": wanted_meta})
+                stale.append((doc_id, wanted_snippet, wanted_meta))
     missing = [key for key in unique if key not in known]
     if missing:
         fresh = {key: next_id + i for i, key in enumerate(missing)}
@@ -306,14 +310,31 @@ def ids_under_lock(
         )
         known.update(fresh)
     if stale:
+        stale_ids, snippets, metas_now = zip(*stale, strict=True)
+        describe_docs(conn, alias, stale_ids, snippets, metas_now)
+    ids = np.fromiter((known[key] for key in keys), dtype=np.int64, count=len(keys))
+    return ids, next_id + len(missing)
+
+
+def describe_docs(
+    conn: sa.Connection,
+    alias: str,
+    ids: Iterable[int],
+    texts: Iterable[str],
+    metas: Iterable[str | None],
+) -> None:
+    """Set the snippet and metadata of existing documents by id."""
+    rows = [
+        {"b_id": int(i), "b_snippet": text[:SNIPPET_CHARS], "b_meta": meta}
+        for i, text, meta in zip(ids, texts, metas, strict=True)
+    ]
+    if rows:
         conn.execute(
             t.doc.update()
             .where(t.doc.c.alias == alias, t.doc.c.id == sa.bindparam("b_id"))
             .values(snippet=sa.bindparam("b_snippet"), meta=sa.bindparam("b_meta")),
-            stale,
+            rows,
         )
-    ids = np.fromiter((known[key] for key in keys), dtype=np.int64, count=len(keys))
-    return ids, next_id + len(missing)
 
 
 def set_counters(conn: sa.Connection, alias: str, next_doc_id: int, last_seq: int) -> None:

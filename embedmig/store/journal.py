@@ -26,6 +26,26 @@ _WRITTEN_STATES = (catalog.LIVE, catalog.BUILDING, catalog.READY)
 _RETAINED_STATES = (*_WRITTEN_STATES, catalog.RETIRED)
 
 
+# Built once: every write runs these, and building a statement costs more than running it.
+_RETAINED = (
+    sa.select(t.index)
+    .where(t.index.c.alias == sa.bindparam("alias"), t.index.c.state.in_(_RETAINED_STATES))
+    .order_by(t.index.c.id)
+)
+_LAST_SWAP = (
+    sa.select(t.history.c.from_index, t.history.c.to_index, t.history.c.finished_at)
+    .where(
+        t.history.c.alias == sa.bindparam("alias"),
+        t.history.c.action == "upgrade",
+        t.history.c.status.in_(("ok", "forced")),
+    )
+    .order_by(t.history.c.id.desc())
+    .limit(1)
+)
+_INSERT_CHANGE = t.journal.insert()
+_INSERT_VECTOR = t.journal_vector.insert()
+
+
 @dataclass(frozen=True)
 class Change:
     op: str
@@ -50,26 +70,11 @@ def targets(
     The live index, any shadow of a migration in progress, and during the holdover the index the
     latest swap replaced (``holdover`` None: until the next swap or a prune).
     """
-    records = [
-        catalog.IndexRecord.from_row(row)
-        for row in conn.execute(
-            sa.select(t.index)
-            .where(t.index.c.alias == alias, t.index.c.state.in_(_RETAINED_STATES))
-            .order_by(t.index.c.id)
-        )
-    ]
+    params = {"alias": alias}
+    records = [catalog.IndexRecord.from_row(row) for row in conn.execute(_RETAINED, params)]
     found = [record for record in records if record.state in _WRITTEN_STATES]
     live = next((record for record in found if record.state == catalog.LIVE), None)
-    swap = conn.execute(
-        sa.select(t.history.c.from_index, t.history.c.to_index, t.history.c.finished_at)
-        .where(
-            t.history.c.alias == alias,
-            t.history.c.action == "upgrade",
-            t.history.c.status.in_(("ok", "forced")),
-        )
-        .order_by(t.history.c.id.desc())
-        .limit(1)
-    ).first()
+    swap = conn.execute(_LAST_SWAP, params).first()
     if live is None or swap is None or swap.to_index != live.id:
         return found
     if holdover is not None and _aware(swap.finished_at) + holdover <= catalog.now():
@@ -106,7 +111,7 @@ def append(
     stamp = catalog.now()
     seqs = range(last + 1, last + 1 + len(changes))
     conn.execute(
-        t.journal.insert(),
+        _INSERT_CHANGE,
         [
             {
                 "alias": alias,
@@ -127,7 +132,7 @@ def append(
         for seq, vector in zip(upsert_seqs, np.asarray(matrix, dtype=np.float32), strict=True)
     ]
     if rows:
-        conn.execute(t.journal_vector.insert(), rows)
+        conn.execute(_INSERT_VECTOR, rows)
     return seqs[-1]
 
 
@@ -142,9 +147,10 @@ class Tail:
     after: int
     last_seq: int
     upsert_ids: np.ndarray
+    texts: list[str]  # final text of each upserted document
+    metas: list[str | None]  # and its metadata (JSON)
     vectors: np.ndarray  # rows of upsert_ids; rows listed in `missing` are zero until filled
-    missing: np.ndarray  # positions in upsert_ids whose vector must be computed from `texts`
-    texts: list[str]  # texts of the `missing` rows, aligned with it
+    missing: np.ndarray  # rows whose vector must be computed from their text
     deleted_ids: np.ndarray
     changes: int = 0
 
@@ -155,19 +161,21 @@ class Tail:
     def fill(self, encode: Any) -> None:
         """Compute the missing vectors with ``encode(texts) -> ndarray`` (the index's embedder)."""
         if len(self.missing):
-            self.vectors[self.missing] = encode(self.texts)
+            self.vectors[self.missing] = encode([self.texts[i] for i in self.missing])
             self.missing = np.empty(0, dtype=np.int64)
-            self.texts = []
 
 
-def tail(
-    conn: sa.Connection, alias: str, index_id: int, after: int, dim: int, upto: int | None = None
-) -> Tail:
-    """The changes of ``alias`` after ``after`` (up to ``upto``) folded for index ``index_id``."""
+def tail(conn: sa.Connection, alias: str, index_id: int, after: int, dim: int) -> Tail:
+    """The changes of ``alias`` after ``after``, folded, with their vectors for ``index_id``."""
     vector = t.journal_vector
     query = (
         sa.select(
-            t.journal.c.seq, t.journal.c.op, t.journal.c.doc_id, t.journal.c.text, vector.c.vector
+            t.journal.c.seq,
+            t.journal.c.op,
+            t.journal.c.doc_id,
+            t.journal.c.text,
+            t.journal.c.meta,
+            vector.c.vector,
         )
         .select_from(
             t.journal.outerjoin(
@@ -182,12 +190,10 @@ def tail(
         .where(t.journal.c.alias == alias, t.journal.c.seq > after)
         .order_by(t.journal.c.seq)
     )
-    if upto is not None:
-        query = query.where(t.journal.c.seq <= upto)
     rows = conn.execute(query).all()
     if not rows:
         empty = np.empty(0, dtype=np.int64)
-        return Tail(after, after, empty, np.empty((0, dim), np.float32), empty, [], empty)
+        return Tail(after, after, empty, [], [], np.empty((0, dim), np.float32), empty, empty)
     doc_ids = np.fromiter((row.doc_id for row in rows), dtype=np.int64, count=len(rows))
     final = files.last_occurrence(doc_ids)
     upserts = [row for row, keep in zip(rows, final, strict=True) if keep and row.op == UPSERT]
@@ -203,9 +209,10 @@ def tail(
         after=after,
         last_seq=int(rows[-1].seq),
         upsert_ids=np.array([row.doc_id for row in upserts], dtype=np.int64),
+        texts=[row.text or "" for row in upserts],
+        metas=[row.meta for row in upserts],
         vectors=vectors,
         missing=np.array(missing, dtype=np.int64),
-        texts=[upserts[i].text or "" for i in missing],
         deleted_ids=np.array([row.doc_id for row in deletes], dtype=np.int64),
         changes=len(rows),
     )
