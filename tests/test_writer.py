@@ -116,6 +116,8 @@ def test_writes_during_backfill_are_replayed_into_the_shadow(
     expected |= {rows[10]["id"]: NEW_TEXT, "new-1": "a brand new document"}
     expected[rows[20]["id"]] = "back with a new text"
     assert_matches(config, "far", expected)
+    # The stream read rows[10] in its old state; the replay restored what search results show.
+    assert snippet_of(config, rows[10]["id"]) == NEW_TEXT
     # Nothing needed re-embedding: the writer wrote the shadow's vectors as it journaled.
     (event,) = [e for e in command.history(config) if e.action == "upgrade" and e.revision == "r2"]
     assert event.metrics is not None
@@ -241,6 +243,15 @@ def test_invalid_holdover_is_a_config_error(config: Config) -> None:
         ConfigError, match=r"'writer.holdover' must be 'next' or a number of seconds"
     ):
         open_writer(config, "docs")
+
+
+def snippet_of(config: Config, key: str) -> str:
+    env = Environment(config)
+    with env.engine.connect() as conn:
+        doc_id = catalog.lookup_ids(conn, "docs", [key])[key]
+        snippet = catalog.describe_ids(conn, "docs", [doc_id])[doc_id].snippet
+    env.dispose()
+    return snippet
 
 
 def _indexes(config: Config) -> list[catalog.IndexRecord]:

@@ -48,7 +48,7 @@ def _fold(env: Environment, record: catalog.IndexRecord) -> Folded:
     changes = view.catch_up()
     if changes == 0:
         return Folded(record.id, record.state, 0, record.ntotal, str(record.path))
-    index = view.overlay.fold(record.factory)
+    index = view.overlay.fold()
     path = env.index_path(record.alias, record.id, record.revision, view.overlay.applied)
     sha256 = files.save(index, path)
     with env.engine.begin() as conn:

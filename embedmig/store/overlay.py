@@ -70,19 +70,19 @@ class Overlay:
         order = np.argsort(ids, kind="stable")
         return ids[order], vectors[order]
 
-    def fold(self, factory: str) -> Any:
-        """A new index equal to this view; keeps the base's training (IVF centroids, PQ codes)."""
+    def fold(self) -> Any:
+        """A new index equal to this view; keeps the base's training (IVF centroids, PQ codes).
+
+        Rebuilt from the view's vectors rather than with ``remove_ids``: IVF keeps its internal
+        ids on removal while ``IndexIDMap2`` compacts its id map, so ids would come out wrong.
+        """
         if not len(self._hidden):
             return self.base
+        ids, vectors = self.contents()
         folded: Any = faiss.clone_index(self.base)
-        try:
-            folded.remove_ids(self._hidden)
-        except RuntimeError:  # HNSW cannot remove: rebuild from the stored vectors instead
-            ids, vectors = self.contents()
-            return files.build(vectors, ids, factory)
-        delta_ids, delta_vectors = _all_vectors(self.delta)
-        if len(delta_ids):
-            folded.add_with_ids(delta_vectors, delta_ids)
+        folded.reset()
+        if len(ids):
+            folded.add_with_ids(vectors, ids)
         return folded
 
     def _search_base(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
