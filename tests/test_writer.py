@@ -102,7 +102,8 @@ def test_writes_during_backfill_are_replayed_into_the_shadow(
         for i, doc in enumerate(corpus(self, alias)):
             if i == 100:
                 writer.delete(rows[250]["id"])  # not reached yet: the stream still yields it
-                writer.upsert(rows[10]["id"], NEW_TEXT)  # read already, in its old state
+                # Read already, in its old state, in the batch the backfill has not committed yet.
+                writer.upsert(rows[98]["id"], NEW_TEXT)
                 writer.upsert_many([("new-1", "a brand new document"), ("new-2", "another one")])
                 writer.delete_many(["new-2", rows[20]["id"]])
                 writer.upsert(rows[20]["id"], "back with a new text")
@@ -113,11 +114,11 @@ def test_writes_during_backfill_are_replayed_into_the_shadow(
     command.upgrade(config, "r2", force=True)
     writer.close()
     del expected[rows[250]["id"]]
-    expected |= {rows[10]["id"]: NEW_TEXT, "new-1": "a brand new document"}
+    expected |= {rows[98]["id"]: NEW_TEXT, "new-1": "a brand new document"}
     expected[rows[20]["id"]] = "back with a new text"
     assert_matches(config, "far", expected)
-    # The stream read rows[10] in its old state; the replay restored what search results show.
-    assert snippet_of(config, rows[10]["id"]) == NEW_TEXT
+    # The backfill stored rows[98]'s old snippet after the write; the replay restored it.
+    assert snippet_of(config, rows[98]["id"]) == NEW_TEXT
     # Nothing needed re-embedding: the writer wrote the shadow's vectors as it journaled.
     (event,) = [e for e in command.history(config) if e.action == "upgrade" and e.revision == "r2"]
     assert event.metrics is not None
