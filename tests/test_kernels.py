@@ -164,7 +164,7 @@ def test_bootstrap_interval_is_seeded_and_covers_the_mean() -> None:
     assert (again[0][1], again[1][1]) == pytest.approx((-high, -low))
     # Reference: the same resamples drawn one at a time.
     rng = np.random.default_rng(7)
-    means = [values[rng.integers(0, 400, 400)].mean() for _ in range(1000)]
+    means = [values[rng.integers(0, 400, 400, dtype=np.int32)].mean() for _ in range(1000)]
     assert (low, high) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])), abs=1e-12)
 
 

@@ -55,6 +55,13 @@ class Settings:
     resamples: int = 1000
 
 
+@dataclass(frozen=True)
+class Computed:
+    metrics: dict[str, float | None]
+    distributions: dict[str, Any]
+    overlap_at_k: np.ndarray | None  # per query at ``Settings.k``: what worst queries rank by
+
+
 @dataclass
 class Report:
     alias: str
@@ -242,7 +249,7 @@ def compute(
     judged: Judgements | None = None,
     pairs_old: np.ndarray | None = None,
     pairs_new: np.ndarray | None = None,
-) -> tuple[dict[str, float | None], dict[str, Any]]:
+) -> Computed:
     """Gateable metrics and the distributions behind them, from aligned search results.
 
     ``candidates`` is how many documents a query can retrieve (its own row excluded): overlap at a
@@ -265,8 +272,13 @@ def compute(
             "new": kernels.summary(pairs_new),
             "histogram": kernels.histogram_pair(pairs_old_arr, pairs_new),
         }
+    overlap_at_k = None
     if old is not None:
-        _overlap_metrics(old, new, candidates, settings, metrics, dist)
+        overlaps = _overlap_metrics(old, new, candidates, settings, metrics, dist)
+        if k <= candidates:
+            overlap_at_k = overlaps.get(k)
+            if overlap_at_k is None:
+                overlap_at_k = kernels.overlap_at_k(old.ids, new.ids, k)
         _shift_metrics("score", old_scores, new_scores, metrics)
         if pairs_old is not None and pairs_new is not None:
             _shift_metrics("pair_score", pairs_old, pairs_new, metrics)
@@ -280,7 +292,7 @@ def compute(
             metrics[threshold_metric(t)] = _num(m)
     if judged is not None:
         dist["qrels"] = _qrels_metrics(old, new, judged, settings, metrics)
-    return metrics, dist
+    return Computed(metrics, dist, overlap_at_k)
 
 
 def _overlap_metrics(
@@ -290,20 +302,23 @@ def _overlap_metrics(
     settings: Settings,
     metrics: dict[str, float | None],
     dist: dict[str, Any],
-) -> None:
+) -> dict[int, np.ndarray]:
+    """Fills the overlap metrics; returns the per-query overlap at each k."""
     depth = min(old.ids.shape[1], new.ids.shape[1])
     overlaps: dict[str, Any] = {}
+    per_query: dict[int, np.ndarray] = {}
     for k in OVERLAP_KS:
         if k > candidates or k > depth:
             continue
-        overlap = kernels.overlap_at_k(old.ids, new.ids, k)
+        overlap, jaccard = kernels.overlap_and_jaccard_at_k(old.ids, new.ids, k)
+        per_query[k] = overlap
         stats = kernels.summary(overlap)
         metrics[f"overlap_at_{k}"] = stats["mean"]
         metrics[f"overlap_at_{k}_p5"] = stats["p5"]
         metrics[f"overlap_at_{k}_p50"] = stats["p50"]
         metrics[f"overlap_at_{k}_p95"] = stats["p95"]
         metrics[f"overlap_at_{k}_below_half"] = _mean(overlap < 0.5)
-        metrics[f"jaccard_at_{k}"] = _mean(kernels.jaccard_at_k(old.ids, new.ids, k))
+        metrics[f"jaccard_at_{k}"] = _mean(jaccard)
         overlaps[str(k)] = {**stats, "histogram": kernels.histogram(overlap)}
     dist["overlap"] = overlaps
     rbo_depth = min(depth, candidates)
@@ -312,6 +327,7 @@ def _overlap_metrics(
             kernels.rbo(old.ids[:, :rbo_depth], new.ids[:, :rbo_depth], settings.rbo_p)
         )
         dist["rbo"] = {"p": settings.rbo_p, "depth": rbo_depth}
+    return per_query
 
 
 def _shift_metrics(
@@ -372,14 +388,13 @@ def _qrels_metrics(
 def worst_queries(
     old: Results,
     new: Results,
-    k: int,
+    overlap: np.ndarray,
     texts: Sequence[str],
     keys_of: Callable[[set[int]], Mapping[int, str]],
     judged: Judgements | None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """The queries whose results changed most: lowest overlap@k, and (with judgements) the
-    largest rank drop of a relevant document; each with both top-5 lists by document key."""
-    overlap = kernels.overlap_at_k(old.ids, new.ids, k)
+    """The queries whose results changed most: lowest ``overlap`` (per query, at k), and (with
+    judgements) the largest rank drop of a relevant document; each with both top-5 lists."""
     by_overlap = np.argsort(overlap, kind="stable")[:WORST]
     drops: list[tuple[int, int, int, int]] = []  # (row, doc, old rank, new rank)
     if judged is not None and len(judged.rows):

@@ -73,7 +73,7 @@ def run(
     old_results = _search(clock, old, texts, depth, queries.self_ids, batch_size) if old else None
     pairs_new = _background(clock, new, background, batch_size)
     pairs_old = _background(clock, old, background, batch_size) if old else None
-    metrics, distributions = clock.run(
+    computed: rpt.Computed = clock.run(
         "metrics",
         lambda: rpt.compute(
             old_results,
@@ -86,11 +86,12 @@ def run(
         ),
     )
     worst: dict[str, list[dict[str, Any]]] = {}
-    if old_results is not None and len(texts) and settings.k <= candidates:
+    overlap = computed.overlap_at_k
+    if old_results is not None and overlap is not None and len(texts):
         worst = clock.run(
             "metrics",
             lambda: rpt.worst_queries(
-                old_results, new_results, settings.k, texts, keys_of, queries.judged
+                old_results, new_results, overlap, texts, keys_of, queries.judged
             ),
         )
     timings = {f"{phase}_s": seconds for phase, seconds in clock.seconds.items()}
@@ -105,8 +106,8 @@ def run(
         query_source=queries.source,
         n_queries=len(texts),
         k=settings.k,
-        metrics=metrics,
-        distributions=distributions,
+        metrics=computed.metrics,
+        distributions=computed.distributions,
         worst=worst,
         notes=list(notes),
         timings=timings,
