@@ -88,7 +88,6 @@ def _tail(
 ) -> journal.Tail:
     ids = np.array(list(upserts), dtype=np.int64)
     return journal.Tail(
-        after=0,
         last_seq=last_seq,
         upsert_ids=ids,
         texts=[""] * len(ids),

@@ -8,7 +8,7 @@ its shadow, compaction folds it into a new snapshot. Like an LSM tree, with SQL 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -138,13 +138,12 @@ def append(
 
 @dataclass
 class Tail:
-    """The net effect of an index's journaled changes after ``after`` up to ``last_seq``.
+    """The net effect of an index's journaled changes up to ``last_seq``.
 
     Each document appears once, in its final state: upserted (with its vector for this index, or
     its text when the change was journaled without one) or deleted.
     """
 
-    after: int
     last_seq: int
     upsert_ids: np.ndarray
     texts: list[str]  # final text of each upserted document
@@ -158,7 +157,7 @@ class Tail:
     def touched_ids(self) -> np.ndarray:
         return np.concatenate([self.upsert_ids, self.deleted_ids])
 
-    def fill(self, encode: Any) -> None:
+    def fill(self, encode: Callable[[list[str]], np.ndarray]) -> None:
         """Compute the missing vectors with ``encode(texts) -> ndarray`` (the index's embedder)."""
         if len(self.missing):
             self.vectors[self.missing] = encode([self.texts[i] for i in self.missing])
@@ -193,20 +192,18 @@ def tail(conn: sa.Connection, alias: str, index_id: int, after: int, dim: int) -
     rows = conn.execute(query).all()
     if not rows:
         empty = np.empty(0, dtype=np.int64)
-        return Tail(after, after, empty, [], [], np.empty((0, dim), np.float32), empty, empty)
+        return Tail(after, empty, [], [], np.empty((0, dim), np.float32), empty, empty)
     doc_ids = np.fromiter((row.doc_id for row in rows), dtype=np.int64, count=len(rows))
     final = files.last_occurrence(doc_ids)
     upserts = [row for row, keep in zip(rows, final, strict=True) if keep and row.op == UPSERT]
     deletes = [row for row, keep in zip(rows, final, strict=True) if keep and row.op == DELETE]
     vectors = np.zeros((len(upserts), dim), dtype=np.float32)
-    missing: list[int] = []
-    for i, row in enumerate(upserts):
-        if row.vector is None:
-            missing.append(i)
-        else:
-            vectors[i] = np.frombuffer(row.vector, dtype=np.float32)
+    have = [i for i, row in enumerate(upserts) if row.vector is not None]
+    if have:
+        joined = b"".join(upserts[i].vector for i in have)
+        vectors[have] = np.frombuffer(joined, dtype=np.float32).reshape(len(have), dim)
+    missing = [i for i, row in enumerate(upserts) if row.vector is None]
     return Tail(
-        after=after,
         last_seq=int(rows[-1].seq),
         upsert_ids=np.array([row.doc_id for row in upserts], dtype=np.int64),
         texts=[row.text or "" for row in upserts],
@@ -240,17 +237,6 @@ def collect(conn: sa.Connection, alias: str) -> int:
         t.journal.delete().where(t.journal.c.alias == alias, t.journal.c.seq <= floor)
     )
     return int(removed.rowcount or 0)
-
-
-def pending(conn: sa.Connection, alias: str, after: int) -> int:
-    """How many journaled changes of ``alias`` come after ``after``."""
-    return int(
-        conn.execute(
-            sa.select(sa.func.count())
-            .select_from(t.journal)
-            .where(t.journal.c.alias == alias, t.journal.c.seq > after)
-        ).scalar_one()
-    )
 
 
 def encode_meta(meta: Mapping[str, Any] | None) -> str | None:

@@ -25,14 +25,6 @@ class Overlay:
         self._hidden = np.empty(0, dtype=np.int64)  # sorted ids masked out of the base
         self._params: Any = None
 
-    @property
-    def dim(self) -> int:
-        return int(self.base.d)
-
-    @property
-    def tail_size(self) -> int:
-        return len(self._hidden)
-
     def apply(self, tail: Tail) -> None:
         """Apply a tail read after ``self.applied`` (its missing vectors filled)."""
         if len(tail.missing):
