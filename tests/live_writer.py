@@ -2,6 +2,7 @@
 
     python tests/live_writer.py churn PROJECT WORKER WORKERS OPS SEED
     python tests/live_writer.py once PROJECT KEY TEXT
+    python tests/live_writer.py once-then-die PROJECT KEY TEXT   (SIGKILLs itself after the ack)
 
 Like a real application it updates its own table (`source.db`, the corpus embedmig backfills from)
 and then tells embedmig's writer. Each worker owns the keys that hash to it, so every key's changes
@@ -10,7 +11,9 @@ come from one process, in order, as with an application sharded by key.
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import sqlite3
 import sys
 import time
@@ -65,10 +68,12 @@ def churn(project: Path, worker: int, workers: int, ops: int, seed: int) -> None
     source.close()
 
 
-def once(project: Path, key: str, text: str) -> None:
+def once(project: Path, key: str, text: str, die: bool) -> None:
     with open_writer(Config(project / "embedmig.ini"), "docs") as writer:
         writer.upsert(key, text)
         print(time.time(), flush=True)  # the moment the write was acknowledged
+        if die:  # no close, no interpreter shutdown: as a power cut would stop the process
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 if __name__ == "__main__":
@@ -77,4 +82,4 @@ if __name__ == "__main__":
         worker, workers, ops, seed = map(int, rest)
         churn(Path(project), worker, workers, ops, seed)
     else:
-        once(Path(project), *rest)
+        once(Path(project), *rest, die=mode == "once-then-die")

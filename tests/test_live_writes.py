@@ -3,6 +3,7 @@ on SQLite (WAL) and on PostgreSQL; an open searcher in another process sees writ
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -148,3 +149,19 @@ def test_a_searcher_in_another_process_sees_a_write_within_a_second(config: Conf
     acknowledged_at = float(out.split()[0])
     assert seen_at - acknowledged_at < 1.0
     searcher.close()
+
+
+def test_a_write_acknowledged_before_its_process_is_killed_is_kept(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.upgrade(config, "r1")
+    text = "zebrafish fin regeneration osteoblast dedifferentiation"
+    died = subprocess.run(
+        [sys.executable, str(WRITER), "once-then-die", str(config.root), "kept-key", text],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert died.returncode == -signal.SIGKILL and died.stdout.strip(), died.stderr
+    assert command.search(config, "docs", text, k=1)[0].key == "kept-key"
+    assert journal_position(config) == 1
