@@ -16,6 +16,7 @@ that no snapshot has folded yet (the first search after opening applies the tail
 of the searches after it, each of which also polls the journal), then the same after compaction.
 
     python benchmarks/bench_writer.py [--model static|minilm] [--docs 2000] [--batch 64]
+                                      [--sqlite-synchronous full|normal]
 
 Measured 2026-11-26 (2 cores, static 256-d model, 2,000 abstracts; several runs, this machine's
 speed drifts by up to 2x): bare 1,930-2,170 docs/s; writer single 13-17% of bare, batched (64)
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tails", default="0,10000,100000")
+    parser.add_argument("--sqlite-synchronous", choices=("full", "normal"), default="full")
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     import faiss
@@ -91,7 +93,7 @@ def main() -> None:
     with (work / "corpus.jsonl").open("w") as fh:
         for key, text in texts(200):
             fh.write(json.dumps({"id": f"base-{key}", "text": text}) + "\n")
-    config = Config(work / "embedmig.ini")
+    config = Config(work / "embedmig.ini", options={"sqlite.synchronous": args.sqlite_synchronous})
     command.revision(config, "first", alias="docs", new=str(model), rev_id="r1")
     command.upgrade(config, "r1")
 
@@ -154,7 +156,10 @@ def main() -> None:
     command.compact(config, "docs")
 
     best = {name: max(values) for name, values in results.items()}
-    print(f"\nmodel {args.model} ({model.name}), {args.docs} documents, batches of {args.batch}")
+    print(
+        f"\nmodel {args.model} ({model.name}), {args.docs} documents, batches of {args.batch}, "
+        f"sqlite synchronous={args.sqlite_synchronous}"
+    )
     print(f"{'':<22}{'docs/s':>10}{'of bare':>10}")
     for name, label in (
         ("bare", "bare embed + add"),

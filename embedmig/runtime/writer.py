@@ -46,7 +46,9 @@ class Writer:
         self.alias = alias
         self.holdover = holdover(env.config)
         self._models: dict[str, LoadedEmbedder] = {}
-        self._targets: list[catalog.IndexRecord] | None = None
+        # Read now: a database that cannot be used fails here rather than at the first write.
+        with env.engine.connect() as conn:
+            self._targets = journal.targets(conn, alias, self.holdover)
 
     def upsert(self, key: str, text: str, metadata: Mapping[str, Any] | None = None) -> int:
         return self.upsert_many([(key, text, metadata)])
@@ -86,9 +88,6 @@ class Writer:
         for _ in range(_ATTEMPTS):
             # Embed for the targets the last write found (they change once per migration); the
             # transaction checks them again under the lock before anything is journaled.
-            if self._targets is None:
-                with self.env.engine.connect() as conn:
-                    self._targets = journal.targets(conn, self.alias, self.holdover)
             vectors = self._embed(self._targets, texts)
             try:
                 with self.env.engine.begin() as conn:
