@@ -8,23 +8,22 @@ Throughput (docs/s, SciFact abstracts, one process, the history on SQLite in WAL
 - dual-write, batched: the same while a migration's shadow is being built (a second index with a
   model of the same cost: the live model truncated to half its dimensions), so every document is
   embedded twice.
-Runs alternate and the best of ``--repeat`` counts. Targets: batched >= 90% of bare, dual-write
->= 45% of bare.
+Modes run batch by batch in turn (``--repeat`` rounds), so the machine's drift hits them alike.
+Targets: batched >= 90% of bare, dual-write >= 45% of bare.
 
 Searcher latency: an open searcher on the alias while the journal holds 0, 10k and 100k changes
 that no snapshot has folded yet (the first search after opening applies the tail; the p50/p99 are
 of the searches after it, each of which also polls the journal), then the same after compaction.
 
     python benchmarks/bench_writer.py [--model static|minilm] [--docs 2000] [--batch 64]
-                                      [--sqlite-synchronous full|normal]
 
-Measured 2026-11-26 (2 cores, static 256-d model, 2,000 abstracts; several runs, this machine's
-speed drifts by up to 2x): bare 1,930-2,170 docs/s; writer single 13-17% of bare, batched (64)
-80-88%, batched (256) 81-87%, dual-write 43-48%. With SQLite's synchronous=NORMAL instead of FULL
-(not the default): batched 95%, dual-write 50%. Searcher p50 / p99: 1.95 / 2.2 ms (no tail),
-2.5 / 6.0 ms (10k), 8.3 / 15 ms (100k), 7.9 / 11.5 ms after compacting (102k documents); first
-search 12 ms / 78 ms / 0.86 s. Targets (batched >= 90%, dual-write >= 45%) are not met with
-synchronous=FULL.
+Measured 2026-11-26 (2 cores, static 256-d model, 2,000 abstracts, 3 interleaved rounds; three
+runs with batches of 64): bare 1,560-1,720 docs/s; writer single 20-21% of bare (one fsynced
+commit per document), batched 89.8%, 90.8%, 92.5%, dual-write 46.0-46.4%; with batches of 256:
+batched 93.1%, dual-write 47.9%. (Runs timed mode after mode, before interleaving, read 70-97%
+for the same code: this machine's speed drifts.) Searcher p50 / p99 per search: 2.05 / 3.0 ms with
+no tail, 3.0 / 4.2 ms with 10k unfolded changes, 10.3 / 13.7 ms with 100k; the first search after
+opening (loading the tail) 14 ms, 133 ms, 1.25 s; after compacting (102k documents) 11.8 / 13.6 ms.
 """
 
 from __future__ import annotations
@@ -63,10 +62,22 @@ def model_path(name: str, work: Path) -> Path:
     return minilm() if name == "minilm" else distilled(work / "static-256")
 
 
-def rate(docs: int, run: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    run()
-    return docs / (time.perf_counter() - started)
+Batch = list[tuple[str, str]]
+
+
+def interleaved(
+    modes: dict[str, Callable[[Batch], None]], batches: list[Batch], rounds: int
+) -> dict[str, float]:
+    """docs/s of each mode, run batch by batch in turn so the machine's drift hits all alike."""
+    seconds = dict.fromkeys(modes, 0.0)
+    for _ in range(rounds):
+        for batch in batches:
+            for name, run in modes.items():
+                started = time.perf_counter()
+                run(batch)
+                seconds[name] += time.perf_counter() - started
+    docs = rounds * sum(len(batch) for batch in batches)
+    return {name: docs / spent for name, spent in seconds.items()}
 
 
 def main() -> None:
@@ -76,7 +87,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tails", default="0,10000,100000")
-    parser.add_argument("--sqlite-synchronous", choices=("full", "normal"), default="full")
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     import faiss
@@ -93,7 +103,7 @@ def main() -> None:
     with (work / "corpus.jsonl").open("w") as fh:
         for key, text in texts(200):
             fh.write(json.dumps({"id": f"base-{key}", "text": text}) + "\n")
-    config = Config(work / "embedmig.ini", options={"sqlite.synchronous": args.sqlite_synchronous})
+    config = Config(work / "embedmig.ini")
     command.revision(config, "first", alias="docs", new=str(model), rev_id="r1")
     command.upgrade(config, "r1")
 
@@ -102,34 +112,25 @@ def main() -> None:
     st = SentenceTransformer(str(model), device="cpu")
     dim = st.get_sentence_embedding_dimension() or 0
 
-    def bare() -> None:
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        for n, batch in enumerate(batches):
-            vectors = st.encode(
-                [t for _, t in batch],
-                batch_size=32,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-            )
-            ids = np.arange(n * args.batch, n * args.batch + len(batch), dtype=np.int64)
-            index.add_with_ids(vectors, ids)
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+    def bare(batch: Batch) -> None:
+        vectors = st.encode(
+            [t for _, t in batch], batch_size=32, normalize_embeddings=True, convert_to_numpy=True
+        )
+        index.add_with_ids(vectors, np.arange(len(batch), dtype=np.int64) + index.ntotal)
 
     writer = open_writer(config, "docs")
-    singles = docs[: max(1, args.docs // 4)]
 
-    def single() -> None:
-        for key, text in singles:
+    def single(batch: Batch) -> None:
+        for key, text in batch:
             writer.upsert(key, text)
 
-    def batched() -> None:
-        for batch in batches:
-            writer.upsert_many(batch)
+    def batched(batch: Batch) -> None:
+        writer.upsert_many(batch)
 
-    results: dict[str, list[float]] = {"bare": [], "single": [], "batched": [], "dual": []}
-    for _ in range(args.repeat):
-        results["bare"].append(rate(len(docs), bare))
-        results["single"].append(rate(len(singles), single))
-        results["batched"].append(rate(len(docs), batched))
+    rounds = args.repeat
+    results = interleaved({"bare": bare, "single": single, "batched": batched}, batches, rounds)
 
     # A migration in progress: the shadow a backfill registers, with a model of the same cost.
     env = Environment(config)
@@ -146,28 +147,27 @@ def main() -> None:
             factory="Flat",
             metric="ip",
         )
-    for _ in range(args.repeat):
-        results["dual"].append(rate(len(docs), batched))
-        results["bare"].append(rate(len(docs), bare))
+    dual = interleaved({"bare": bare, "dual": batched}, batches, rounds)
     with env.engine.begin() as conn:
         for record in catalog.indexes(conn, "docs"):
             if record.state == catalog.BUILDING:
                 catalog.update_index(conn, record.id, state=catalog.DROPPED)
     command.compact(config, "docs")
 
-    best = {name: max(values) for name, values in results.items()}
     print(
         f"\nmodel {args.model} ({model.name}), {args.docs} documents, batches of {args.batch}, "
-        f"sqlite synchronous={args.sqlite_synchronous}"
+        f"{rounds} interleaved rounds"
     )
     print(f"{'':<22}{'docs/s':>10}{'of bare':>10}")
-    for name, label in (
-        ("bare", "bare embed + add"),
-        ("single", "writer, single"),
-        ("batched", "writer, batched"),
-        ("dual", "dual-write, batched"),
+    for name, label, base in (
+        ("bare", "bare embed + add", results),
+        ("single", "writer, single", results),
+        ("batched", "writer, batched", results),
+        ("dual", "dual-write, batched", dual),
     ):
-        print(f"{label:<22}{best[name]:>10.0f}{best[name] / best['bare']:>10.1%}")
+        table = base if name in base else dual
+        ratio = table[name] / table["bare"]
+        print(f"{label:<22}{table[name]:>10.0f}{ratio:>10.1%}")
 
     rng = random.Random(0)
     queries = [text[:80] for _, text in texts(1000)]

@@ -29,7 +29,6 @@ DEFAULTS: Mapping[str, str] = {
     "eval.pair_docs": "200",
     "lock.lease_seconds": "60",
     "writer.holdover": "next",
-    "sqlite.synchronous": "full",
     "corpus.id_field": "id",
     "corpus.text_field": "text",
     "queries.id_field": "_id",

@@ -261,24 +261,3 @@ def _indexes(config: Config) -> list[catalog.IndexRecord]:
         found = catalog.indexes(conn, "docs")
     env.dispose()
     return found
-
-
-@pytest.mark.parametrize(("option", "pragma"), [(None, 2), ("normal", 1), ("FULL", 2)])
-def test_sqlite_synchronous_option_sets_each_connection(
-    config: Config, option: str | None, pragma: int
-) -> None:
-    if option is not None:
-        config.options["sqlite.synchronous"] = option
-    env = Environment(config)
-    with env.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == pragma
-    env.dispose()
-
-
-def test_invalid_sqlite_synchronous_is_a_config_error(config: Config) -> None:
-    live_on_r1(config)
-    before = snapshot(config)
-    config.options["sqlite.synchronous"] = "off"
-    with pytest.raises(ConfigError, match="'sqlite.synchronous' must be one of full, normal"):
-        open_writer(config, "docs")
-    assert snapshot(config) == before

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +18,14 @@ VERSION_TABLE = "embedmig_schema_version"
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-SQLITE_SYNCHRONOUS = ("full", "normal")
-
-
-def connect(url: str, *, sqlite_synchronous: str = "full") -> sa.Engine:
-    """An engine on ``url`` whose schema is current; created or upgraded on first use.
-
-    On SQLite, ``sqlite_synchronous`` is ``full`` (a commit survives a power cut) or ``normal``
-    (in WAL mode a commit survives a crash of the process, not of the machine; fewer fsyncs).
-    """
-    if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
-        raise ValueError(f"sqlite_synchronous must be one of {SQLITE_SYNCHRONOUS}")
+def connect(url: str) -> sa.Engine:
+    """An engine on ``url`` whose schema is current; created or upgraded on first use."""
     try:
         engine = sa.create_engine(url, **_engine_options(url))
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
         raise HistoryError(f"invalid history database URL {_safe(url)}: {exc}") from None
     if engine.dialect.name == "sqlite":
-        sa.event.listen(engine, "connect", functools.partial(_sqlite_pragmas, sqlite_synchronous))
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
     try:
         _ensure_schema(engine)
     except sa.exc.OperationalError as exc:
@@ -52,11 +42,11 @@ def _engine_options(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True}
 
 
-def _sqlite_pragmas(synchronous: str, dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    # A writer's acknowledgement is its commit: by default it must survive a power cut too.
-    cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
+    # A writer's acknowledgement is its commit: it must survive a power cut, not just a crash.
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from embedmig import embedders
 from embedmig.config import Config
 from embedmig.embedders import Embedder, LoadedEmbedder
-from embedmig.errors import ConfigError, ScriptError, SourceError, StateError, StoreError
+from embedmig.errors import ScriptError, SourceError, StateError, StoreError
 from embedmig.history import db
 from embedmig.script import ScriptDir, load_env
 from embedmig.sources import Document, Qrels
@@ -31,13 +31,7 @@ class Environment:
 
     @cached_property
     def engine(self) -> sa.Engine:
-        synchronous = self.config.require("sqlite.synchronous").lower()
-        if synchronous not in db.SQLITE_SYNCHRONOUS:
-            raise ConfigError(
-                f"option 'sqlite.synchronous' must be one of {', '.join(db.SQLITE_SYNCHRONOUS)}, "
-                f"got {synchronous!r}"
-            )
-        return db.connect(self.config.url, sqlite_synchronous=synchronous)
+        return db.connect(self.config.url)
 
     @cached_property
     def scripts(self) -> ScriptDir:
