@@ -3,6 +3,7 @@
     python tests/live_writer.py churn PROJECT WORKER WORKERS OPS SEED
     python tests/live_writer.py once PROJECT KEY TEXT
     python tests/live_writer.py once-then-die PROJECT KEY TEXT   (SIGKILLs itself after the ack)
+    python tests/live_writer.py delete PROJECT KEY
 
 Like a real application it updates its own table (`source.db`, the corpus embedmig backfills from)
 and then tells embedmig's writer. Each worker owns the keys that hash to it, so every key's changes
@@ -68,10 +69,14 @@ def churn(project: Path, worker: int, workers: int, ops: int, seed: int) -> None
     source.close()
 
 
-def once(project: Path, key: str, text: str, die: bool) -> None:
+def once(project: Path, key: str, text: str | None, die: bool = False) -> None:
+    """Upsert ``key`` (delete it when ``text`` is None) and print when that was acknowledged."""
     with open_writer(Config(project / "embedmig.ini"), "docs") as writer:
-        writer.upsert(key, text)
-        print(time.time(), flush=True)  # the moment the write was acknowledged
+        if text is None:
+            writer.delete(key)
+        else:
+            writer.upsert(key, text)
+        print(time.time(), flush=True)
         if die:  # no close, no interpreter shutdown: as a power cut would stop the process
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -81,5 +86,7 @@ if __name__ == "__main__":
     if mode == "churn":
         worker, workers, ops, seed = map(int, rest)
         churn(Path(project), worker, workers, ops, seed)
+    elif mode == "delete":
+        once(Path(project), rest[0], None)
     else:
         once(Path(project), *rest, die=mode == "once-then-die")
