@@ -9,7 +9,7 @@ Target: overhead <= 10% of the FAISS search time.
     python benchmarks/bench_evaluate.py [--repeat 3]
 
 Measured 2026-11-26: best run 12.0 ms of overhead against 42.8 ms of FAISS search (28%); other
-runs 17-42%, as this machine's speed drifts. In a steady loop the metric kernels and the worst
+runs 34-63%, as this machine's speed drifts. In a steady loop the metric kernels and the worst
 queries take about 11 ms per evaluation (bootstrap 2.5 ms, eleven distribution summaries 1.7 ms,
 two KS/W1 shifts 1.2 ms, RBO 0.8 ms, the rest below 0.7 ms each). Target not met.
 """
