@@ -279,9 +279,9 @@ def compute(
             overlap_at_k = overlaps.get(k)
             if overlap_at_k is None:
                 overlap_at_k = kernels.overlap_at_k(old.ids, new.ids, k)
-        _shift_metrics("score", old_scores, new_scores, metrics)
+        _shift_metrics("score", old_scores, new_scores, dist["scores"], metrics)
         if pairs_old is not None and pairs_new is not None:
-            _shift_metrics("pair_score", pairs_old, pairs_new, metrics)
+            _shift_metrics("pair_score", pairs_old, pairs_new, dist["pair_scores"], metrics)
         thresholds = sorted({*DEFAULT_THRESHOLDS, *settings.thresholds})
         share, mapped = kernels.threshold_map(old_scores, new_scores, np.array(thresholds))
         dist["threshold_map"] = [
@@ -331,9 +331,14 @@ def _overlap_metrics(
 
 
 def _shift_metrics(
-    prefix: str, old: np.ndarray, new: np.ndarray, metrics: dict[str, float | None]
+    prefix: str,
+    old: np.ndarray,
+    new: np.ndarray,
+    summaries: Mapping[str, Any],
+    metrics: dict[str, float | None],
 ) -> None:
-    old_mean, new_mean = kernels.summary(old)["mean"], kernels.summary(new)["mean"]
+    """Shift of ``new`` against ``old``; ``summaries`` holds their summaries (already computed)."""
+    old_mean, new_mean = summaries["old"]["mean"], summaries["new"]["mean"]
     if prefix == "score":
         metrics["score_old_mean"], metrics["score_new_mean"] = old_mean, new_mean
     if old_mean is not None and new_mean is not None:
