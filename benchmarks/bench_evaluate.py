@@ -9,9 +9,11 @@ Target: overhead <= 10% of the FAISS search time.
     python benchmarks/bench_evaluate.py [--repeat 3]
 
 Measured 2026-11-26: best run 12.0 ms of overhead against 42.8 ms of FAISS search (28%); other
-runs 34-63%, as this machine's speed drifts. In a steady loop the metric kernels and the worst
-queries take about 11 ms per evaluation (bootstrap 2.5 ms, eleven distribution summaries 1.7 ms,
-two KS/W1 shifts 1.2 ms, RBO 0.8 ms, the rest below 0.7 ms each). Target not met.
+runs 29-63%, as this machine's speed drifts. In a steady loop the metric kernels and the worst
+queries take about 8 ms per evaluation (bootstrap 2.5 ms, overlap/Jaccard/RBO 2.3 ms, KS/W1 1.2
+ms, summaries and histograms the rest); in a real run they take 10-14 ms, and the background
+pair cosines (two 200 x 200 Gram matrices, 1 ms when warm) take up to 13 ms right after the
+model has encoded, as BLAS threads contend with the model's on two cores. Target not met.
 """
 
 from __future__ import annotations
