@@ -135,8 +135,7 @@ def prune(
     if keep < 0:
         raise ConfigError("--keep must be 0 or more")
     with _opened(config) as env:
-        lease = config.get_float("lock.lease_seconds")
-        with locks.hold(env.engine, [alias], "prune", wait=wait, lease=lease):
+        with env.lock([alias], "prune", wait):
             started = catalog.now()
             with env.engine.begin() as conn:
                 records = catalog.indexes(conn, alias)
@@ -174,8 +173,7 @@ def compact(config: Config, alias: str, *, wait: float = 0.0) -> Compaction:
         with env.engine.connect() as conn:
             if not catalog.indexes(conn, alias):
                 raise StateError(f"alias {alias!r} has no indexes")
-        lease = config.get_float("lock.lease_seconds")
-        with locks.hold(env.engine, [alias], "compact", wait=wait, lease=lease):
+        with env.lock([alias], "compact", wait):
             return compaction.compact(env, alias)
 
 
@@ -246,11 +244,7 @@ def stamp(config: Config, target: str, *, wait: float = 0.0) -> list[tuple[str, 
             if not changes:
                 raise ScriptError(f"{target!r} names no revision")
         started = catalog.now()
-        lease = config.get_float("lock.lease_seconds")
-        with (
-            locks.hold(env.engine, [a for a, _ in changes], "stamp", wait=wait, lease=lease),
-            env.engine.begin() as conn,
-        ):
+        with env.lock([a for a, _ in changes], "stamp", wait), env.engine.begin() as conn:
             for alias_name, rev_id in changes:
                 catalog.set_version(conn, alias_name, rev_id)
                 catalog.record(

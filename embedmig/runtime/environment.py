@@ -6,6 +6,7 @@ Opened once per command and passed explicitly to everything that needs it (no mo
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
@@ -20,7 +21,7 @@ from embedmig.errors import ScriptError, SourceError, StateError, StoreError
 from embedmig.history import db
 from embedmig.script import ScriptDir, load_env
 from embedmig.sources import Document, Qrels
-from embedmig.store import files
+from embedmig.store import files, locks
 from embedmig.store.catalog import IndexRecord
 from embedmig.store.files import safe_component
 
@@ -83,6 +84,13 @@ class Environment:
             allow_remote_code=self.config.get_bool("allow_remote_code"),
             device=self.config.get("device"),
         )
+
+    def lock(
+        self, aliases: Iterable[str], command: str, wait: float = 0.0
+    ) -> AbstractContextManager[None]:
+        """Hold the migration locks of ``aliases`` (see ``store.locks``) with the configured lease."""
+        lease = self.config.get_float("lock.lease_seconds")
+        return locks.hold(self.engine, aliases, command, wait=wait, lease=lease)
 
     def embedder_of(self, record: IndexRecord) -> LoadedEmbedder:
         """The model an index was built with, refusing model files that changed since."""

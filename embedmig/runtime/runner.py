@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from embedmig import embedders
 from embedmig.errors import EmbedmigError, ScriptError, StateError
@@ -11,7 +10,7 @@ from embedmig.metrics.report import Report
 from embedmig.runtime.context import MigrationContext
 from embedmig.runtime.environment import Environment
 from embedmig.script import Revision
-from embedmig.store import catalog, locks
+from embedmig.store import catalog
 
 
 def upgrade(
@@ -31,7 +30,7 @@ def upgrade(
     path, live = _upgrade_path(env, target)
     if dry_run or not path:
         return _apply(env, path, live, dry_run, sample, force, on_report)
-    with _locked(env, path, "upgrade", wait):
+    with env.lock({rev.alias for rev in path}, "upgrade", wait):
         path, live = _upgrade_path(env, target)  # another run may have moved on while we waited
         return _apply(env, path, live, dry_run, sample, force, on_report)
 
@@ -43,11 +42,6 @@ def _upgrade_path(
         current = catalog.versions(conn)
         live = {alias: catalog.live_index(conn, alias) for alias in current}
     return env.scripts.upgrade_path(target, list(current.values())), live
-
-
-def _locked(env: Environment, path: list[Revision], command: str, wait: float) -> Any:
-    lease = env.config.get_float("lock.lease_seconds")
-    return locks.hold(env.engine, {rev.alias for rev in path}, command, wait=wait, lease=lease)
 
 
 def _apply(
@@ -83,7 +77,7 @@ def downgrade(env: Environment, target: str, *, wait: float = 0.0) -> list[Revis
     path = _downgrade_path(env, target)
     if not path:
         return path
-    with _locked(env, path, "downgrade", wait):
+    with env.lock({rev.alias for rev in path}, "downgrade", wait):
         path = _downgrade_path(env, target)
         _undo(env, path)
     return path
