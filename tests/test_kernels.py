@@ -131,6 +131,41 @@ def test_rbo_matches_its_definition(seed: int, p: float) -> None:
         assert got[i] == pytest.approx(ref_rbo(list(a[i]), list(b[i]), p), abs=1e-9)
 
 
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("depth", [1, 4, 12])
+def test_agreement_gives_every_overlap_jaccard_and_rbo_from_one_sort(seed: int, depth: int) -> None:
+    ks = (1, 2, 3, 5, 12, 20)  # 20 is beyond the columns: missing hits count as misses
+    a, b = id_matrices(seed, 50, 12, universe=15)
+    rng = np.random.default_rng(seed)
+    # Rows without repeats or padding take the kernel's other path: mix both kinds.
+    distinct = np.stack([rng.permutation(40)[:24] for _ in range(50)])
+    a = np.concatenate([a, distinct[:, :12]])[:, :depth]
+    b = np.concatenate([b, distinct[:, 12:]])[:, :depth]
+    got = kernels.agreement(a, b, ks, 0.8)
+    assert got.rbo is not None
+    for i in range(len(a)):
+        x, y = list(a[i]), list(b[i])
+        for k in ks:
+            assert got.overlap[k][i] == pytest.approx(ref_overlap(x, y, k), abs=1e-12)
+            assert got.jaccard[k][i] == pytest.approx(ref_jaccard(x, y, k), abs=1e-12)
+        assert got.rbo[i] == pytest.approx(ref_rbo(x, y, 0.8), abs=1e-9)
+
+
+def test_agreement_of_rows_without_repeats_matches_the_general_path() -> None:
+    rng = np.random.default_rng(11)
+    a = np.stack([rng.permutation(30)[:10] for _ in range(40)])
+    b = np.stack([rng.permutation(30)[:10] for _ in range(40)])
+    fast = kernels.agreement(a, b, (3, 10), 0.9)
+    b_padded = b.copy()
+    b_padded[0, -1] = -1  # one padded row sends the whole chunk down the general path
+    general = kernels.agreement(a, b_padded, (3, 10), 0.9)
+    for k in (3, 10):
+        assert fast.overlap[k][1:] == pytest.approx(general.overlap[k][1:], abs=1e-12)
+        assert fast.jaccard[k][1:] == pytest.approx(general.jaccard[k][1:], abs=1e-12)
+    assert fast.rbo is not None and general.rbo is not None
+    assert fast.rbo[1:] == pytest.approx(general.rbo[1:], abs=1e-12)
+
+
 def test_rbo_of_identical_and_disjoint_lists() -> None:
     a = np.arange(20, dtype=np.int64).reshape(2, 10)
     assert kernels.rbo(a, a) == pytest.approx([1.0, 1.0])
@@ -188,4 +223,31 @@ def test_summary_quantiles_match_numpy(size: int) -> None:
     assert got == pytest.approx(list(expected), abs=1e-12)
     assert (stats["min"], stats["max"], stats["mean"]) == pytest.approx(
         (values.min(), values.max(), values.mean())
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sample_counts_bin_like_numpy_histogram(dtype: type) -> None:
+    edges = np.linspace(-0.2, 1.0, 21)
+    drawn = np.clip(np.random.default_rng(5).normal(0.4, 0.2, 500), -0.2, 1.0)
+    # Values exactly on the first, an inner and the last edge, and repeated values.
+    values = np.concatenate([np.round(drawn, 2), edges[[0, 5, 5, 20]]]).astype(dtype)
+    expected, _ = np.histogram(values, edges)
+    assert list(kernels.Sample.of(values).counts(edges)) == list(expected)
+
+
+def test_a_sorted_sample_gives_what_its_raw_values_give() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(0.5, 0.1, 300).astype(np.float32)
+    y = rng.normal(0.4, 0.2, 200).astype(np.float32)
+    x[:3] = [np.nan, np.inf, -np.inf]
+    sx, sy = kernels.Sample.of(x), kernels.Sample.of(y)
+    assert sx.size == 297
+    assert kernels.distribution_shift(sx, sy) == kernels.distribution_shift(x, y)
+    assert kernels.summary(sx) == kernels.summary(x)
+    assert kernels.histogram_pair(sx, sy) == kernels.histogram_pair(x, y)
+    thresholds = np.array([0.3, 0.5, 0.7])
+    assert np.array_equal(
+        np.stack(kernels.threshold_map(sx, sy, thresholds)),
+        np.stack(kernels.threshold_map(x, y, thresholds)),
     )

@@ -7,7 +7,7 @@ Row-wise kernels work in bounded chunks of rows so memory stays flat for any num
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,28 +71,21 @@ def _common_and_union(old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.
 
 def overlap_at_k(old: np.ndarray, new: np.ndarray, k: int) -> np.ndarray:
     """|top_k(old) ∩ top_k(new)| / k per query (float64, shape ``(n,)``)."""
-    return _rowwise(old, new, k, lambda a, b: _common(a, b) / k)
+    overlap: np.ndarray = _rowwise(old, new, k, lambda a, b: _common(a, b) / k)[0]
+    return overlap
 
 
 def jaccard_at_k(old: np.ndarray, new: np.ndarray, k: int) -> np.ndarray:
     """|A ∩ B| / |A ∪ B| of the top-k id sets per query; 1.0 when both are empty."""
-    return overlap_and_jaccard_at_k(old, new, k)[1]
+    jaccard: np.ndarray = _rowwise(old, new, k, lambda a, b: _jaccard(*_common_and_union(a, b)))[0]
+    return jaccard
 
 
-def overlap_and_jaccard_at_k(
-    old: np.ndarray, new: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``overlap_at_k`` and ``jaccard_at_k`` together, from one sort of each chunk."""
-
-    def both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        common, union = _common_and_union(a, b)
-        jaccard = np.divide(
-            common, union, out=np.ones(len(common), dtype=np.float64), where=union > 0
-        )
-        return np.stack([common / k, jaccard])
-
-    out = _rowwise(old, new, k, both, outputs=2)
-    return out[0], out[1]
+def _jaccard(common: np.ndarray, union: np.ndarray) -> np.ndarray:
+    jaccard: np.ndarray = np.divide(
+        common, union, out=np.ones(len(common), dtype=np.float64), where=union > 0
+    )
+    return jaccard
 
 
 def rbo(old: np.ndarray, new: np.ndarray, p: float = 0.9) -> np.ndarray:
@@ -101,41 +94,106 @@ def rbo(old: np.ndarray, new: np.ndarray, p: float = 0.9) -> np.ndarray:
     RBO_ext = X_K/K · p^K + (1-p)/p · Σ_{d=1..K} X_d/d · p^d, with X_d the number of ids in both
     depth-d prefixes. 1.0 for identical lists, 0.0 for disjoint ones; padding never matches.
     """
-    if not 0 < p < 1:
+    result = agreement(old, new, (), p).rbo
+    assert result is not None
+    return result
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How far two rankings agree, per query: overlap@k and Jaccard@k at each k asked for, and
+    RBO over the full depth (when a ``p`` was given)."""
+
+    overlap: dict[int, np.ndarray]
+    jaccard: dict[int, np.ndarray]
+    rbo: np.ndarray | None
+
+
+def agreement(
+    old: np.ndarray, new: np.ndarray, ks: Sequence[int], p: float | None = None
+) -> Agreement:
+    """``overlap_at_k`` and ``jaccard_at_k`` for every k in ``ks`` and ``rbo`` (depth: the columns
+    of ``old``), from one sort of each chunk.
+
+    The sort keeps each id's position: an id common to both lists counts in every prefix from
+    depth m = max(first position in old, first position in new) on, so a per-row histogram of m,
+    summed cumulatively, gives the common count at every depth at once.
+    """
+    if p is not None and not 0 < p < 1:
         raise ValueError("p must be between 0 and 1")
+    ks = tuple(ks)
+    if any(k < 1 for k in ks):
+        raise ValueError("k must be at least 1")
     depth = old.shape[1]
     d = np.arange(1, depth + 1)
-    # An id common to both lists from depth m+1 on adds Σ_{d>m} p^d/d: a suffix sum, precomputed.
-    suffix = np.cumsum((p**d / d)[::-1])[::-1]
+    # An id common to both lists from depth m+1 on adds Σ_{d>m} p^d/d to RBO: a suffix sum.
+    suffix = np.cumsum((p**d / d)[::-1])[::-1] if p is not None else None
 
     def chunk(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        n = a.shape[0]
+        n, width = a.shape[0], 2 * depth
         keys, low = _sorted_tags(a, b, with_positions=True)
+        flat, mask = keys.ravel(), (1 << low) - 1
         tags = keys >> low
         step = tags[:, 1:] - tags[:, :-1]
-        width = keys.shape[1]
         pairs = np.flatnonzero(step == 1)
         rows = pairs // (width - 1)
         at = pairs + rows  # flat index of the old-side key of each common id
-        flat, mask = keys.ravel(), (1 << low) - 1
-        pos_new = flat[at + 1] & mask
-        if np.count_nonzero(step == 0):
-            # Repeated ids (or padding): an id counts from its first position, which sorts first
-            # in the run of its equal tags.
-            starts = np.where(
-                np.concatenate([np.ones((n, 1), bool), step != 0], axis=1), np.arange(width), 0
-            )
-            np.maximum.accumulate(starts, axis=1, out=starts)
-            pos_old = flat[starts.ravel()[at] + rows * width] & mask
+        # Without repeated ids or padding, every id is its own run: the cheap path.
+        simple = bool(step.all()) and (n == 0 or int(tags[:, 0].min()) >= 0)
+        if simple:
+            first_old = flat[at] & mask
         else:
-            pos_old = flat[at] & mask
-        reach = suffix[np.maximum(pos_old, pos_new)]
-        total = np.bincount(rows, weights=reach, minlength=n)
-        common = np.bincount(rows, minlength=n)
-        result: np.ndarray = (1 - p) / p * total + common / depth * p**depth
-        return result
+            # An id counts from its first position, which sorts first in the run of its tags.
+            heads = np.concatenate([np.ones((n, 1), bool), step != 0], axis=1)
+            starts = np.where(heads, np.arange(width), 0)
+            np.maximum.accumulate(starts, axis=1, out=starts)
+            first_old = flat[starts.ravel()[at] + rows * width] & mask
+        reach = np.maximum(first_old, flat[at + 1] & mask)
+        out = []
+        if ks:
+            common = _cumulative_counts(rows * depth + reach, n, depth)
+            if simple:
+                distinct_old = distinct_new = np.arange(1, depth + 1)
+            else:
+                head_rows, head_cols = np.nonzero(heads & (tags >= 0))
+                head_keys = keys[head_rows, head_cols]
+                side = (head_keys >> low) & 1
+                distinct = _cumulative_counts(
+                    (head_rows * 2 + side) * depth + (head_keys & mask), 2 * n, depth
+                ).reshape(n, 2, depth)
+                distinct_old, distinct_new = distinct[:, 0], distinct[:, 1]
+            for k in ks:
+                column = min(k, depth) - 1
+                found = common[:, column]
+                out.append(found / k)
+                union = _column(distinct_old, column) + _column(distinct_new, column) - found
+                out.append(_jaccard(found, union))
+        if suffix is not None and p is not None:
+            total = np.bincount(rows, weights=suffix[reach], minlength=n)
+            common_ids = np.bincount(rows, minlength=n)
+            out.append((1 - p) / p * total + common_ids / depth * p**depth)
+        return np.stack(out) if out else np.empty((0, n))
 
-    return _rowwise(old, new, depth, chunk)
+    outputs = 2 * len(ks) + (p is not None)
+    result = _rowwise(old, new, depth, chunk, outputs=outputs)
+    return Agreement(
+        overlap={k: result[2 * i] for i, k in enumerate(ks)},
+        jaccard={k: result[2 * i + 1] for i, k in enumerate(ks)},
+        rbo=result[-1] if p is not None else None,
+    )
+
+
+def _cumulative_counts(cells: np.ndarray, rows: int, depth: int) -> np.ndarray:
+    """Per row, how many of ``cells`` (flat ``row * depth + position``) are at or before each
+    position: shape (rows, depth)."""
+    counts = np.bincount(cells, minlength=rows * depth).reshape(rows, depth)
+    cumulative: np.ndarray = np.cumsum(counts, axis=1)
+    return cumulative
+
+
+def _column(counts: np.ndarray, column: int) -> np.ndarray:
+    """Column of a per-row (rows, depth) table, or of a per-depth (depth,) one shared by rows."""
+    return counts[:, column] if counts.ndim == 2 else counts[column]
 
 
 def _rowwise(
@@ -145,7 +203,7 @@ def _rowwise(
     kernel: Callable[[np.ndarray, np.ndarray], np.ndarray],
     outputs: int = 1,
 ) -> np.ndarray:
-    """``kernel`` over chunks of rows: shape (n,), or (outputs, n) for a kernel of several."""
+    """``kernel`` over chunks of rows, each giving (outputs, rows) or (rows,): shape (outputs, n)."""
     if old.shape[0] != new.shape[0]:
         raise ValueError("old and new must have the same number of queries")
     if k < 1:
@@ -154,25 +212,71 @@ def _rowwise(
     for start in range(0, old.shape[0], _CHUNK_ROWS):
         stop = start + _CHUNK_ROWS
         out[:, start:stop] = kernel(old[start:stop, :k], new[start:stop, :k])
-    return out[0] if outputs == 1 else out
+    return out
 
 
-def summary(values: np.ndarray) -> dict[str, float | None]:
-    """Mean, standard deviation, min/max and quantiles; None where ``values`` is empty."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    keys = ["mean", "std", "min", "max", *(f"p{round(q * 100)}" for q in QUANTILES)]
-    if values.size == 0:
-        return dict.fromkeys(keys, None)
-    ordered = np.sort(values)
-    # Linear interpolation between order statistics: numpy's default quantile method, from one
-    # sort that also gives min and max (np.quantile would partition once per call).
-    position = np.asarray(QUANTILES) * (ordered.size - 1)
-    below = np.floor(position).astype(np.int64)
-    above = np.minimum(below + 1, ordered.size - 1)
-    quantiles = ordered[below] + (ordered[above] - ordered[below]) * (position - below)
-    stats = [ordered.mean(), ordered.std(), ordered[0], ordered[-1], *quantiles]
-    return {key: float(v) for key, v in zip(keys, stats, strict=True)}
+@dataclass(frozen=True)
+class Sample:
+    """The finite values of one distribution, flattened and sorted once: its summary, histogram,
+    quantiles and shift against another sample all read the sorted values.
+
+    float32 (FAISS scores) stays float32: its sort is the cheaper one, and the shift kernel's
+    exact integer merge needs it. Statistics accumulate in float64 either way.
+    """
+
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, values: np.ndarray | Sample) -> Sample:
+        if isinstance(values, Sample):
+            return values
+        return cls(np.sort(_finite(values)))
+
+    @property
+    def size(self) -> int:
+        return int(self.values.size)
+
+    def quantiles(self, q: np.ndarray | Sequence[float]) -> np.ndarray:
+        """Linear interpolation between order statistics: numpy's default quantile method."""
+        v = self.values
+        position = np.asarray(q, dtype=np.float64) * (v.size - 1)
+        below = np.floor(position).astype(np.int64)
+        above = np.minimum(below + 1, v.size - 1)
+        low, high = v[below].astype(np.float64), v[above].astype(np.float64)
+        quantiles: np.ndarray = low + (high - low) * (position - below)
+        return quantiles
+
+    def summary(self) -> dict[str, float | None]:
+        """Mean, standard deviation, min/max and quantiles; None where the sample is empty."""
+        keys = ["mean", "std", "min", "max", *(f"p{round(q * 100)}" for q in QUANTILES)]
+        v = self.values
+        if v.size == 0:
+            return dict.fromkeys(keys, None)
+        stats = [
+            v.mean(dtype=np.float64),
+            v.std(dtype=np.float64),
+            v[0],
+            v[-1],
+            *self.quantiles(QUANTILES),
+        ]
+        return {key: float(value) for key, value in zip(keys, stats, strict=True)}
+
+    def counts(self, edges: np.ndarray) -> np.ndarray:
+        """How many values fall in each bin, as ``np.histogram(values, edges)`` counts them (the
+        last bin includes its right edge)."""
+        cumulative = np.concatenate(
+            [
+                np.searchsorted(self.values, edges[:-1], "left"),
+                np.searchsorted(self.values, edges[-1:], "right"),
+            ]
+        )
+        counts: np.ndarray = np.diff(cumulative)
+        return counts
+
+
+def summary(values: np.ndarray | Sample) -> dict[str, float | None]:
+    """Mean, standard deviation, min/max and quantiles of the finite values; None where empty."""
+    return Sample.of(values).summary()
 
 
 def histogram(values: np.ndarray, bins: int = 10, lo: float = 0.0, hi: float = 1.0) -> list[int]:
@@ -182,15 +286,15 @@ def histogram(values: np.ndarray, bins: int = 10, lo: float = 0.0, hi: float = 1
 
 def _merged_counts(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pooled sample sorted, with how many x and how many y are at or before each position.
+    ``x`` and ``y`` are sorted.
 
     Scores from FAISS are float32: then each value is mapped to an order-preserving integer with
     its sample's label in the lowest bit, so one integer sort merges and labels at once. Other
-    values take two sorts and a merge by binary search. Exact either way.
+    values take a sort and a merge by binary search. Exact either way.
     """
     if x.dtype == np.float32 and y.dtype == np.float32:
-        bits = np.concatenate([x, y]) + np.float32(
-            0.0
-        )  # -0.0 becomes 0.0: equal values, equal keys
+        # Adding 0.0 turns -0.0 into 0.0: equal values, equal keys.
+        bits = np.concatenate([x, y]) + np.float32(0.0)
         ordered = bits.view(np.int32).astype(np.int64)
         np.copyto(ordered, ordered ^ 0x7FFFFFFF, where=ordered < 0)
         ordered <<= 1
@@ -202,28 +306,29 @@ def _merged_counts(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
         np.copyto(ordered, ordered ^ 0x7FFFFFFF, where=ordered < 0)
         values = ordered.astype(np.int32).view(np.float32).astype(np.float64)
         return values, from_x, from_y
-    xs, ys = np.sort(x), np.sort(y)
-    values = np.sort(np.concatenate([xs, ys]))
-    return values, np.searchsorted(xs, values, "right"), np.searchsorted(ys, values, "right")
+    values = np.sort(np.concatenate([x, y]))
+    return values, np.searchsorted(x, values, "right"), np.searchsorted(y, values, "right")
 
 
-def ks_statistic(x: np.ndarray, y: np.ndarray) -> float | None:
+def ks_statistic(x: np.ndarray | Sample, y: np.ndarray | Sample) -> float | None:
     """Two-sample Kolmogorov-Smirnov statistic sup |F_x - F_y| (as ``scipy.stats.ks_2samp``)."""
     return distribution_shift(x, y)[0]
 
 
-def wasserstein_1(x: np.ndarray, y: np.ndarray) -> float | None:
+def wasserstein_1(x: np.ndarray | Sample, y: np.ndarray | Sample) -> float | None:
     """Earth mover's distance between two 1-d samples: the integral of |F_x - F_y|."""
     return distribution_shift(x, y)[1]
 
 
-def distribution_shift(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
+def distribution_shift(
+    x: np.ndarray | Sample, y: np.ndarray | Sample
+) -> tuple[float | None, float | None]:
     """(KS statistic, Wasserstein-1) of two samples, from one merge of the two."""
-    x, y = _finite(x), _finite(y)
-    if x.size == 0 or y.size == 0:
+    xs, ys = Sample.of(x), Sample.of(y)
+    if xs.size == 0 or ys.size == 0:
         return None, None
-    values, from_x, from_y = _merged_counts(x, y)
-    gap = np.abs(from_x / x.size - from_y / y.size)
+    values, from_x, from_y = _merged_counts(xs.values, ys.values)
+    gap = np.abs(from_x / xs.size - from_y / ys.size)
     # KS: only the last position of a run of equal values is a point where both ECDFs are defined.
     last = np.append(values[1:] != values[:-1], True)
     return float(gap[last].max()), float(np.sum(gap[:-1] * np.diff(values)))
@@ -321,18 +426,18 @@ def ndcg_at_k(rel: np.ndarray, ideal_grades: np.ndarray, k: int) -> np.ndarray:
 
 
 def threshold_map(
-    old_scores: np.ndarray, new_scores: np.ndarray, thresholds: np.ndarray
+    old_scores: np.ndarray | Sample, new_scores: np.ndarray | Sample, thresholds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each old-model score threshold, the share of old scores at or below it, and the
     new-model score at that same quantile (quantile mapping): the cut-off that keeps the same
     share of results. NaN where either distribution is empty."""
-    old, new = np.sort(_finite(old_scores)), _finite(new_scores)
+    old, new = Sample.of(old_scores), Sample.of(new_scores)
     thresholds = np.asarray(thresholds, dtype=np.float64)
     if old.size == 0 or new.size == 0:
         nan = np.full(thresholds.shape, np.nan)
         return nan, nan.copy()
-    share = np.searchsorted(old, thresholds, side="right") / old.size
-    return share, np.quantile(new, share)
+    share = np.searchsorted(old.values, thresholds, side="right") / old.size
+    return share, new.quantiles(share)
 
 
 def bootstrap_mean_ci(
@@ -350,15 +455,17 @@ def bootstrap_mean_ci(
     rng = np.random.default_rng(seed)
     rows = values.reshape(-1, n)
     means = np.empty((rows.shape[0], resamples))
-    block = max(1, 4_000_000 // n)
+    # Blocks of about 64k draws stay in cache: one block of all draws measured twice as slow.
+    block = max(1, 65_536 // n)
     for start in range(0, resamples, block):
         stop = min(resamples, start + block)
-        # int32 draws (a block holds < 2**31 picks) halve the time of drawing and counting.
+        # int32 draws are the cheapest, and the stream does not depend on the block size; the
+        # offsets (intp, as bincount wants it) put each resample's picks in its own run of n.
         picks = rng.integers(0, n, (stop - start, n), dtype=np.int32)
+        cells = picks + (np.arange(stop - start, dtype=np.intp) * n)[:, None]
         # How often each query is drawn, per resample: the resample means are then one product.
-        picks += (np.arange(stop - start, dtype=np.int32) * n)[:, None]
-        counts = np.bincount(picks.ravel(), minlength=(stop - start) * n)
-        means[:, start:stop] = (rows @ counts.reshape(stop - start, n).T) / n
+        counts = np.bincount(cells.ravel(), minlength=(stop - start) * n)
+        means[:, start:stop] = rows @ counts.reshape(stop - start, n).T.astype(np.float64) / n
     means = means.reshape(*values.shape[:-1], resamples)
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail], axis=-1)
@@ -392,19 +499,19 @@ def pair_cosines(vectors: np.ndarray) -> np.ndarray:
 
 
 def histogram_pair(
-    old: np.ndarray, new: np.ndarray, bins: int = 40
+    old: np.ndarray | Sample, new: np.ndarray | Sample, bins: int = 40
 ) -> dict[str, list[float] | list[int]]:
     """Histograms of two samples on shared bin edges (for plotting them over each other)."""
-    x, y = _finite(old), _finite(new)
-    both = np.concatenate([x, y])
-    if both.size == 0:
+    x, y = Sample.of(old), Sample.of(new)
+    ends = [v for sample in (x, y) if sample.size for v in (sample.values[0], sample.values[-1])]
+    if not ends:
         return {"edges": [], "old": [], "new": []}
-    lo, hi = float(both.min()), float(both.max())
+    lo, hi = float(min(ends)), float(max(ends))
     if hi <= lo:
         hi = lo + 1e-6
     edges = np.linspace(lo, hi, bins + 1)
     return {
         "edges": [float(e) for e in edges],
-        "old": [int(c) for c in np.histogram(x, edges)[0]],
-        "new": [int(c) for c in np.histogram(y, edges)[0]],
+        "old": [int(c) for c in x.counts(edges)],
+        "new": [int(c) for c in y.counts(edges)],
     }

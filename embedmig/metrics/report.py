@@ -255,44 +255,57 @@ def compute(
     ``candidates`` is how many documents a query can retrieve (its own row excluded): overlap at a
     k beyond it would count missing hits as changes, so it is not reported.
     """
+    computed = _change_metrics(old, new, candidates, settings, pairs_old, pairs_new)
+    if judged is not None:
+        found, computed.distributions["qrels"] = _qrels_metrics(old, new, judged, settings)
+        computed.metrics.update(found)
+    return computed
+
+
+def _change_metrics(
+    old: Results | None,
+    new: Results,
+    candidates: int,
+    settings: Settings,
+    pairs_old: np.ndarray | None,
+    pairs_new: np.ndarray | None,
+) -> Computed:
+    """Everything but the judgements: score distributions, overlaps, shifts, threshold map."""
     k = settings.k
     metrics: dict[str, float | None] = {}
     dist: dict[str, Any] = {}
-    new_scores = new.scores[:, :k]
-    old_scores = old.scores[:, :k] if old is not None else np.empty((0, k), np.float32)
-    dist["scores"] = {
-        "old": kernels.summary(old_scores) if old is not None else None,
-        "new": kernels.summary(new_scores),
-        "histogram": kernels.histogram_pair(old_scores, new_scores),
-    }
-    if pairs_new is not None:
-        pairs_old_arr = pairs_old if pairs_old is not None else np.empty(0)
-        dist["pair_scores"] = {
-            "old": kernels.summary(pairs_old_arr) if pairs_old is not None else None,
-            "new": kernels.summary(pairs_new),
-            "histogram": kernels.histogram_pair(pairs_old_arr, pairs_new),
-        }
+    # Each distribution is sorted once; summaries, histograms, shifts and the map all read it.
+    new_top = kernels.Sample.of(new.scores[:, :k])
+    old_top = kernels.Sample.of(old.scores[:, :k]) if old is not None else None
+    dist["scores"] = _described(old_top, new_top)
+    new_pairs = kernels.Sample.of(pairs_new) if pairs_new is not None else None
+    old_pairs = kernels.Sample.of(pairs_old) if pairs_old is not None else None
+    if new_pairs is not None:
+        dist["pair_scores"] = _described(old_pairs, new_pairs)
     overlap_at_k = None
-    if old is not None:
-        overlaps = _overlap_metrics(old, new, candidates, settings, metrics, dist)
-        if k <= candidates:
-            overlap_at_k = overlaps.get(k)
-            if overlap_at_k is None:
-                overlap_at_k = kernels.overlap_at_k(old.ids, new.ids, k)
-        _shift_metrics("score", old_scores, new_scores, dist["scores"], metrics)
-        if pairs_old is not None and pairs_new is not None:
-            _shift_metrics("pair_score", pairs_old, pairs_new, dist["pair_scores"], metrics)
+    if old is not None and old_top is not None:
+        overlap_at_k = _overlap_metrics(old, new, candidates, settings, metrics, dist)
+        _shift_metrics("score", old_top, new_top, dist["scores"], metrics)
+        if old_pairs is not None and new_pairs is not None:
+            _shift_metrics("pair_score", old_pairs, new_pairs, dist["pair_scores"], metrics)
         thresholds = sorted({*DEFAULT_THRESHOLDS, *settings.thresholds})
-        share, mapped = kernels.threshold_map(old_scores, new_scores, np.array(thresholds))
+        share, mapped = kernels.threshold_map(old_top, new_top, np.array(thresholds))
         dist["threshold_map"] = [
             {"old": t, "share": _num(s), "new": _num(m)}
             for t, s, m in zip(thresholds, share, mapped, strict=True)
         ]
         for t, m in zip(thresholds, mapped, strict=True):
             metrics[threshold_metric(t)] = _num(m)
-    if judged is not None:
-        dist["qrels"] = _qrels_metrics(old, new, judged, settings, metrics)
     return Computed(metrics, dist, overlap_at_k)
+
+
+def _described(old: kernels.Sample | None, new: kernels.Sample) -> dict[str, Any]:
+    """Summaries of both distributions and their histograms on shared bins."""
+    return {
+        "old": old.summary() if old is not None else None,
+        "new": new.summary(),
+        "histogram": kernels.histogram_pair(old or kernels.Sample.of(np.empty(0)), new),
+    }
 
 
 def _overlap_metrics(
@@ -302,38 +315,35 @@ def _overlap_metrics(
     settings: Settings,
     metrics: dict[str, float | None],
     dist: dict[str, Any],
-) -> dict[int, np.ndarray]:
-    """Fills the overlap metrics; returns the per-query overlap at each k."""
-    depth = min(old.ids.shape[1], new.ids.shape[1])
-    overlaps: dict[str, Any] = {}
-    per_query: dict[int, np.ndarray] = {}
-    for k in OVERLAP_KS:
-        if k > candidates or k > depth:
-            continue
-        overlap, jaccard = kernels.overlap_and_jaccard_at_k(old.ids, new.ids, k)
-        per_query[k] = overlap
+) -> np.ndarray | None:
+    """Fills the overlap metrics; returns the per-query overlap at ``settings.k`` (None when k
+    exceeds the candidates)."""
+    depth = min(old.ids.shape[1], new.ids.shape[1], candidates)
+    dist["overlap"] = {}
+    if depth < 1:
+        return None
+    ks = [k for k in OVERLAP_KS if k <= depth]
+    wanted = sorted({*ks, settings.k}) if settings.k <= depth else ks
+    agree = kernels.agreement(old.ids[:, :depth], new.ids[:, :depth], wanted, settings.rbo_p)
+    for k in ks:
+        overlap = agree.overlap[k]
         stats = kernels.summary(overlap)
         metrics[f"overlap_at_{k}"] = stats["mean"]
         metrics[f"overlap_at_{k}_p5"] = stats["p5"]
         metrics[f"overlap_at_{k}_p50"] = stats["p50"]
         metrics[f"overlap_at_{k}_p95"] = stats["p95"]
         metrics[f"overlap_at_{k}_below_half"] = _mean(overlap < 0.5)
-        metrics[f"jaccard_at_{k}"] = _mean(jaccard)
-        overlaps[str(k)] = {**stats, "histogram": kernels.histogram(overlap)}
-    dist["overlap"] = overlaps
-    rbo_depth = min(depth, candidates)
-    if rbo_depth >= 1:
-        metrics["rbo"] = _mean(
-            kernels.rbo(old.ids[:, :rbo_depth], new.ids[:, :rbo_depth], settings.rbo_p)
-        )
-        dist["rbo"] = {"p": settings.rbo_p, "depth": rbo_depth}
-    return per_query
+        metrics[f"jaccard_at_{k}"] = _mean(agree.jaccard[k])
+        dist["overlap"][str(k)] = {**stats, "histogram": kernels.histogram(overlap)}
+    metrics["rbo"] = _mean(agree.rbo) if agree.rbo is not None else None
+    dist["rbo"] = {"p": settings.rbo_p, "depth": depth}
+    return agree.overlap.get(settings.k)
 
 
 def _shift_metrics(
     prefix: str,
-    old: np.ndarray,
-    new: np.ndarray,
+    old: kernels.Sample,
+    new: kernels.Sample,
     summaries: Mapping[str, Any],
     metrics: dict[str, float | None],
 ) -> None:
@@ -349,12 +359,10 @@ def _shift_metrics(
 
 
 def _qrels_metrics(
-    old: Results | None,
-    new: Results,
-    judged: Judgements,
-    settings: Settings,
-    metrics: dict[str, float | None],
-) -> dict[str, dict[str, Any]]:
+    old: Results | None, new: Results, judged: Judgements, settings: Settings
+) -> tuple[dict[str, float | None], dict[str, dict[str, Any]]]:
+    """The metrics against the judgements, and their table for the report."""
+    metrics: dict[str, float | None] = {}
     n = new.ids.shape[0]
     n_relevant, ideal = kernels.ideal_grades(judged, n, 10)
     per_query: dict[str, dict[str, np.ndarray]] = {}
@@ -387,7 +395,7 @@ def _qrels_metrics(
     old_recall, new_recall = metrics.get("recall_at_10_old"), metrics.get("recall_at_10_new")
     if old_recall and new_recall is not None:
         metrics["recall_ratio"] = new_recall / old_recall
-    return table
+    return metrics, table
 
 
 def worst_queries(
