@@ -8,12 +8,14 @@ Target: overhead <= 10% of the FAISS search time.
 
     python benchmarks/bench_evaluate.py [--repeat 3]
 
-Measured 2026-11-26: best run 12.0 ms of overhead against 42.8 ms of FAISS search (28%); other
-runs 29-63%, as this machine's speed drifts. In a steady loop the metric kernels and the worst
-queries take about 8 ms per evaluation (bootstrap 2.5 ms, overlap/Jaccard/RBO 2.3 ms, KS/W1 1.2
-ms, summaries and histograms the rest); in a real run they take 10-14 ms, and the background
-pair cosines (two 200 x 200 Gram matrices, 1 ms when warm) take up to 13 ms right after the
-model has encoded, as BLAS threads contend with the model's on two cores. Target not met.
+Measured 2026-11-26 (second session): 10.2-14.1 ms of overhead against 49-86 ms of FAISS search,
+16-23% over five runs (the session before: 12-34 ms, 28-63%). Where it goes in a real run: the
+judgement metrics 4.4-5.8 ms (the bootstrap's 300,000 seeded draws and their counts about 3 ms of
+it; the draws alone are 1 ms, numpy's floor), overlaps, shifts, summaries and the threshold map
+4-5.5 ms, the two pair-cosine Gram matrices 1.3-1.7 ms, worst queries 0.6-0.9 ms. Running the
+judgement metrics on a second thread measured 25% faster in a quiet loop and no faster in real
+runs (the GIL, and FAISS's OpenMP workers still spinning on the other core), so it was left out.
+Target not met.
 """
 
 from __future__ import annotations

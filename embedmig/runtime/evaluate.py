@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from embedmig.embedders import LoadedEmbedder
 from embedmig.gates import OVERLAP_KS
@@ -40,12 +43,13 @@ class _Clock:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
-    def run(self, phase: str, fn: Callable[[], Any]) -> Any:
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
         try:
-            return fn()
+            yield
         finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 def run(
@@ -69,31 +73,29 @@ def run(
     candidates = ntotal - exclude
     depth = max(min(max(max(OVERLAP_KS), settings.k) + exclude, ntotal), 1)
     texts = [doc.text for doc in queries.docs]
-    new_results = _search(clock, new, texts, depth, queries.self_ids, batch_size)
-    old_results = _search(clock, old, texts, depth, queries.self_ids, batch_size) if old else None
-    pairs_new = _background(clock, new, background, batch_size)
-    pairs_old = _background(clock, old, background, batch_size) if old else None
-    computed: rpt.Computed = clock.run(
-        "metrics",
-        lambda: rpt.compute(
+    new_results = _search(clock, new, texts, depth, batch_size)
+    old_results = _search(clock, old, texts, depth, batch_size) if old else None
+    background_new = _encode_background(clock, new, background, batch_size)
+    background_old = _encode_background(clock, old, background, batch_size) if old else None
+    worst: dict[str, list[dict[str, Any]]] = {}
+    with clock.phase("metrics"), _one_blas_thread():
+        if queries.self_ids is not None:
+            new_results = _drop_self(new_results, queries.self_ids)
+            old_results = _drop_self(old_results, queries.self_ids) if old_results else None
+        computed = rpt.compute(
             old_results,
             new_results,
             candidates=candidates,
             settings=settings,
             judged=queries.judged,
-            pairs_old=pairs_old,
-            pairs_new=pairs_new,
-        ),
-    )
-    worst: dict[str, list[dict[str, Any]]] = {}
-    overlap = computed.overlap_at_k
-    if old_results is not None and overlap is not None and len(texts):
-        worst = clock.run(
-            "metrics",
-            lambda: rpt.worst_queries(
-                old_results, new_results, overlap, texts, keys_of, queries.judged
-            ),
+            pairs_old=kernels.pair_cosines(background_old) if background_old is not None else None,
+            pairs_new=kernels.pair_cosines(background_new) if background_new is not None else None,
         )
+        overlap = computed.overlap_at_k
+        if old_results is not None and overlap is not None and len(texts):
+            worst = rpt.worst_queries(
+                old_results, new_results, overlap, texts, keys_of, queries.judged
+            )
     timings = {f"{phase}_s": seconds for phase, seconds in clock.seconds.items()}
     timings["total_s"] = time.perf_counter() - started
     return rpt.Report(
@@ -115,40 +117,53 @@ def run(
 
 
 def _search(
-    clock: _Clock,
-    side: Side,
-    texts: Sequence[str],
-    depth: int,
-    self_ids: np.ndarray | None,
-    batch_size: int,
+    clock: _Clock, side: Side, texts: Sequence[str], depth: int, batch_size: int
 ) -> rpt.Results:
-    vectors = clock.run("encode", lambda: side.embedder.encode_queries(texts, batch_size))
-    scores, ids = clock.run("search", lambda: files.search(side.index, vectors, depth))
-    if self_ids is not None:
-        scores, ids = clock.run("metrics", lambda: _drop_self(scores, ids, self_ids))
+    with clock.phase("encode"):
+        vectors = side.embedder.encode_queries(texts, batch_size)
+    with clock.phase("search"):
+        scores, ids = files.search(side.index, vectors, depth)
     return rpt.Results(ids=ids, scores=scores)
 
 
-def _background(
+def _encode_background(
     clock: _Clock, side: Side, texts: Sequence[str], batch_size: int
 ) -> np.ndarray | None:
-    """Cosines of all pairs of sampled documents under one model: how alike unrelated documents
-    look to it."""
+    """The sampled documents under one model: their pair cosines show how alike unrelated
+    documents look to it. None when there are fewer than two."""
     if len(texts) < 2:
         return None
-    vectors = clock.run("encode", lambda: side.embedder.encode_documents(texts, batch_size))
-    cosines: np.ndarray = clock.run("metrics", lambda: kernels.pair_cosines(vectors))
-    return cosines
+    with clock.phase("encode"):
+        vectors: np.ndarray = side.embedder.encode_documents(texts, batch_size)
+    return vectors
 
 
-def _drop_self(
-    scores: np.ndarray, ids: np.ndarray, self_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+@contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """numpy's BLAS on one thread while the metrics run.
+
+    The metric matrices are small, and right after encoding or searching, the model's and
+    FAISS's OpenMP workers still spin on the other core: a second BLAS thread then waits for a
+    core, and a 200 x 200 Gram matrix measured 1 ms alone but up to 17 ms there. The limit is
+    process-wide (BLAS has no other kind) and lasts the few ms of the metrics.
+    """
+    with _blas().limit(limits=1):
+        yield
+
+
+@cache
+def _blas() -> ThreadpoolController:
+    # Finding the loaded BLAS libraries takes a few ms: once per process.
+    return ThreadpoolController().select(user_api="blas")
+
+
+def _drop_self(results: rpt.Results, self_ids: np.ndarray) -> rpt.Results:
     """Remove each query's own document from its row, keeping order; rows lose one column."""
+    ids, scores = results.ids, results.scores
     is_self = ids == self_ids[:, None]
     # A stable sort on the mask moves the self hit (if any) to the end of its row.
     order = np.argsort(is_self, axis=1, kind="stable")
     ids = np.take_along_axis(ids, order, axis=1)
     scores = np.take_along_axis(scores, order, axis=1)
     # Rows where the document did not find itself drop their last (lowest) hit instead.
-    return scores[:, :-1].copy(), ids[:, :-1].copy()
+    return rpt.Results(ids=ids[:, :-1].copy(), scores=scores[:, :-1].copy())
