@@ -153,7 +153,8 @@ def agreement(
         if ks:
             common = _cumulative_counts(rows * depth + reach, n, depth)
             if simple:
-                distinct_old = distinct_new = np.arange(1, depth + 1)
+                # Every id of a list is distinct: its top k holds k of them.
+                distinct_old = distinct_new = np.broadcast_to(np.arange(1, depth + 1), (n, depth))
             else:
                 head_rows, head_cols = np.nonzero(heads & (tags >= 0))
                 head_keys = keys[head_rows, head_cols]
@@ -166,7 +167,7 @@ def agreement(
                 column = min(k, depth) - 1
                 found = common[:, column]
                 out.append(found / k)
-                union = _column(distinct_old, column) + _column(distinct_new, column) - found
+                union = distinct_old[:, column] + distinct_new[:, column] - found
                 out.append(_jaccard(found, union))
         if suffix is not None and p is not None:
             total = np.bincount(rows, weights=suffix[reach], minlength=n)
@@ -189,11 +190,6 @@ def _cumulative_counts(cells: np.ndarray, rows: int, depth: int) -> np.ndarray:
     counts = np.bincount(cells, minlength=rows * depth).reshape(rows, depth)
     cumulative: np.ndarray = np.cumsum(counts, axis=1)
     return cumulative
-
-
-def _column(counts: np.ndarray, column: int) -> np.ndarray:
-    """Column of a per-row (rows, depth) table, or of a per-depth (depth,) one shared by rows."""
-    return counts[:, column] if counts.ndim == 2 else counts[column]
 
 
 def _rowwise(
@@ -237,7 +233,8 @@ class Sample:
         return int(self.values.size)
 
     def quantiles(self, q: np.ndarray | Sequence[float]) -> np.ndarray:
-        """Linear interpolation between order statistics: numpy's default quantile method."""
+        """Linear interpolation between order statistics: numpy's default quantile method, read
+        off the sorted values (``np.quantile`` would partition them again)."""
         v = self.values
         position = np.asarray(q, dtype=np.float64) * (v.size - 1)
         below = np.floor(position).astype(np.int64)
