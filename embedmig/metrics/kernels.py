@@ -149,9 +149,11 @@ def agreement(
             np.maximum.accumulate(starts, axis=1, out=starts)
             first_old = flat[starts.ravel()[at] + rows * width] & mask
         reach = np.maximum(first_old, flat[at + 1] & mask)
+        # Per row, how many common ids enter both lists at each depth.
+        entering = _counts(rows * depth + reach, n, depth)
         out = []
         if ks:
-            common = _cumulative_counts(rows * depth + reach, n, depth)
+            common = np.cumsum(entering, axis=1)
             if simple:
                 # Every id of a list is distinct: its top k holds k of them.
                 distinct_old = distinct_new = np.broadcast_to(np.arange(1, depth + 1), (n, depth))
@@ -159,9 +161,10 @@ def agreement(
                 head_rows, head_cols = np.nonzero(heads & (tags >= 0))
                 head_keys = keys[head_rows, head_cols]
                 side = (head_keys >> low) & 1
-                distinct = _cumulative_counts(
+                heads_at = _counts(
                     (head_rows * 2 + side) * depth + (head_keys & mask), 2 * n, depth
-                ).reshape(n, 2, depth)
+                )
+                distinct = np.cumsum(heads_at, axis=1).reshape(n, 2, depth)
                 distinct_old, distinct_new = distinct[:, 0], distinct[:, 1]
             for k in ks:
                 column = min(k, depth) - 1
@@ -170,8 +173,8 @@ def agreement(
                 union = distinct_old[:, column] + distinct_new[:, column] - found
                 out.append(_jaccard(found, union))
         if suffix is not None and p is not None:
-            total = np.bincount(rows, weights=suffix[reach], minlength=n)
-            common_ids = np.bincount(rows, minlength=n)
+            total = entering @ suffix
+            common_ids = entering.sum(axis=1)
             out.append((1 - p) / p * total + common_ids / depth * p**depth)
         return np.stack(out) if out else np.empty((0, n))
 
@@ -184,12 +187,11 @@ def agreement(
     )
 
 
-def _cumulative_counts(cells: np.ndarray, rows: int, depth: int) -> np.ndarray:
-    """Per row, how many of ``cells`` (flat ``row * depth + position``) are at or before each
-    position: shape (rows, depth)."""
-    counts = np.bincount(cells, minlength=rows * depth).reshape(rows, depth)
-    cumulative: np.ndarray = np.cumsum(counts, axis=1)
-    return cumulative
+def _counts(cells: np.ndarray, rows: int, depth: int) -> np.ndarray:
+    """How many of ``cells`` (flat ``row * depth + position``) fall on each position of each row:
+    shape (rows, depth)."""
+    counts: np.ndarray = np.bincount(cells, minlength=rows * depth).reshape(rows, depth)
+    return counts
 
 
 def _rowwise(
