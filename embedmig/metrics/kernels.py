@@ -293,20 +293,27 @@ def _merged_counts(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """
     if x.dtype == np.float32 and y.dtype == np.float32:
         # Adding 0.0 turns -0.0 into 0.0: equal values, equal keys.
-        bits = np.concatenate([x, y]) + np.float32(0.0)
-        ordered = bits.view(np.int32).astype(np.int64)
-        np.copyto(ordered, ordered ^ 0x7FFFFFFF, where=ordered < 0)
+        bits = (np.concatenate([x, y]) + np.float32(0.0)).view(np.int32)
+        _flip_negatives(bits)
+        ordered = bits.astype(np.int64)
         ordered <<= 1
         ordered[x.size :] |= 1
-        ordered.sort()
+        # Two sorted runs: the stable sort (timsort) merges them in one pass.
+        ordered.sort(kind="stable")
         from_y = np.cumsum(ordered & 1)
         from_x = np.arange(1, ordered.size + 1) - from_y
         ordered >>= 1
-        np.copyto(ordered, ordered ^ 0x7FFFFFFF, where=ordered < 0)
-        values = ordered.astype(np.int32).view(np.float32).astype(np.float64)
-        return values, from_x, from_y
+        bits = ordered.astype(np.int32)
+        _flip_negatives(bits)
+        return bits.view(np.float32).astype(np.float64), from_x, from_y
     values = np.sort(np.concatenate([x, y]))
     return values, np.searchsorted(x, values, "right"), np.searchsorted(y, values, "right")
+
+
+def _flip_negatives(bits: np.ndarray) -> None:
+    """float32 bit patterns (as int32) to integers in the floats' order, in place; its own
+    inverse. Negative floats order backwards as integers: flipping all but the sign bit fixes it."""
+    bits ^= (bits >> 31) & 0x7FFFFFFF
 
 
 def ks_statistic(x: np.ndarray | Sample, y: np.ndarray | Sample) -> float | None:
