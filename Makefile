@@ -28,3 +28,6 @@ demo:
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_backfill.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_swap.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_writer.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_metrics.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_evaluate.py
