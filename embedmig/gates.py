@@ -80,6 +80,8 @@ class Check:
     bound: str  # "min" or "max"
     limit: float
     value: float | None
+    # Judged on the pessimistic end of the metric's 95% interval (``Gates(conservative=True)``).
+    pessimistic: bool = False
 
     @property
     def passed(self) -> bool:
@@ -91,7 +93,9 @@ class Check:
         shown = "not measured" if self.value is None else f"{self.value:.4f}"
         op = ">=" if self.bound == "min" else "<="
         mark = "ok" if self.passed else "FAILED"
-        return f"{self.metric} = {shown} (needs {op} {self.limit:g}): {mark}"
+        end = (" low" if self.bound == "min" else " high") + " end of its interval"
+        what = self.metric + (end if self.pessimistic else "")
+        return f"{what} = {shown} (needs {op} {self.limit:g}): {mark}"
 
 
 @dataclass(frozen=True)
@@ -119,9 +123,15 @@ class Gates:
     Each keyword is ``min_`` or ``max_`` followed by a metric name from ``embedmig.gates.METRICS``
     (or ``new_threshold_for_<t>``). ``thresholds=[0.62]`` adds old-model score cut-offs your
     application uses to the report's threshold map.
+
+    A dry run forecasts each metric with a 95% interval. By default a gate judges the forecast
+    itself; ``conservative=True`` judges the pessimistic end of the interval instead (the low end
+    for a ``min_`` bound, the high end for a ``max_`` one) wherever the report has an interval.
     """
 
-    def __init__(self, *, thresholds: Iterable[float] = (), **bounds: float) -> None:
+    def __init__(
+        self, *, thresholds: Iterable[float] = (), conservative: bool = False, **bounds: float
+    ) -> None:
         parsed: dict[str, tuple[str, float]] = {}
         for name, limit in bounds.items():
             bound, _, metric = name.partition("_")
@@ -138,17 +148,21 @@ class Gates:
                 raise ScriptError(f"gate {name} needs a finite number, got {limit!r}")
             parsed[metric + ":" + bound] = (metric, float(limit))
         self._bounds = parsed
+        self.conservative = bool(conservative)
         try:
             self.thresholds = tuple(sorted({float(t) for t in thresholds}))
         except (TypeError, ValueError):
             raise ScriptError(f"Gates thresholds must be numbers, got {thresholds!r}") from None
 
     def check(self, metrics: Mapping[str, float | None], *, forced: bool = False) -> Verdict:
-        checks = tuple(
-            Check(metric, key.rpartition(":")[2], limit, metrics.get(metric))
-            for key, (metric, limit) in self._bounds.items()
-        )
-        return Verdict(checks, forced=forced)
+        checks = []
+        for key, (metric, limit) in self._bounds.items():
+            bound = key.rpartition(":")[2]
+            end = f"{metric}_ci_{'low' if bound == 'min' else 'high'}"
+            pessimistic = self.conservative and metrics.get(end) is not None
+            value = metrics.get(end if pessimistic else metric)
+            checks.append(Check(metric, bound, limit, value, pessimistic))
+        return Verdict(tuple(checks), forced=forced)
 
     def __bool__(self) -> bool:
         return bool(self._bounds)
@@ -160,4 +174,6 @@ class Gates:
         ]
         if self.thresholds:
             args.append(f"thresholds={list(self.thresholds)}")
+        if self.conservative:
+            args.append("conservative=True")
         return f"Gates({', '.join(args)})"

@@ -112,7 +112,12 @@ def test_dry_run_writes_a_json_report(config: Config, project: Path) -> None:
     import json
 
     data = json.loads((project / "r.json").read_text())
-    assert data["schema_version"] == 2 and data["revision"] == "r2" and data["dry_run"] is True
+    assert (
+        data["schema_version"] == 3
+        and data["forecast"] is True
+        and data["revision"] == "r2"
+        and data["dry_run"] is True
+    )
     assert data["verdict"]["result"] == "pass"
 
 

@@ -20,7 +20,9 @@ from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS, Check, Verdict, thres
 from embedmig.metrics import kernels
 from embedmig.metrics.kernels import Judgements
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Reports recorded by earlier versions still read back (version 2 had no forecasts).
+_READABLE = (2, 3)
 WORST = 5
 # What the terminal shows; the JSON report has every metric.
 HEADLINE = (
@@ -79,6 +81,9 @@ class Report:
     verdict: Verdict | None = None
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # A dry run forecasts the full corpus (``corpus_size``) from ``sample_size`` documents.
+    forecast: bool = False
+    sample_size: int | None = None
 
     # ---- JSON ---------------------------------------------------------------------------------
 
@@ -95,6 +100,7 @@ class Report:
                         "limit": c.limit,
                         "value": c.value,
                         "passed": c.passed,
+                        "pessimistic": c.pessimistic,
                     }
                     for c in self.verdict.checks
                 ],
@@ -108,6 +114,8 @@ class Report:
                 "new_model": self.new_model,
                 "dry_run": self.dry_run,
                 "corpus_size": self.corpus_size,
+                "forecast": self.forecast,
+                "sample_size": self.sample_size,
                 "query_source": self.query_source,
                 "n_queries": self.n_queries,
                 "k": self.k,
@@ -127,12 +135,12 @@ class Report:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Report:
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"report schema_version {version!r} is not {SCHEMA_VERSION}")
+        if version not in _READABLE:
+            raise ValueError(f"report schema_version {version!r} is not one of {_READABLE}")
         verdict = None
         if data.get("verdict") is not None:
             checks = tuple(
-                Check(c["metric"], c["bound"], c["limit"], c["value"])
+                Check(c["metric"], c["bound"], c["limit"], c["value"], c.get("pessimistic", False))
                 for c in data["verdict"]["checks"]
             )
             verdict = Verdict(checks, forced=bool(data["verdict"]["forced"]))
@@ -152,9 +160,17 @@ class Report:
             verdict=verdict,
             notes=list(data["notes"]),
             timings=dict(data.get("timings") or {}),
+            forecast=bool(data.get("forecast", False)),
+            sample_size=data.get("sample_size"),
         )
 
     # ---- terminal -----------------------------------------------------------------------------
+
+    def _interval(self, name: str) -> str:
+        low, high = self.metrics.get(f"{name}_ci_low"), self.metrics.get(f"{name}_ci_high")
+        if not self.forecast or low is None or high is None:
+            return ""
+        return f"  [{low:.4f}, {high:.4f}]"
 
     def render_text(self, *, styled: bool = True) -> str:
         """A summary for a 100-column terminal: verdict, gates, key numbers, worst queries.
@@ -179,6 +195,14 @@ class Report:
         lines.append(
             f"  {self.corpus_size:,} documents; {self.n_queries:,} queries ({self.query_source}); k={self.k}"
         )
+        if self.forecast:
+            lines.append(
+                style(
+                    f"  forecast for {self.corpus_size:,} documents from a sample of "
+                    f"{self.sample_size or 0:,} (95% intervals in brackets)",
+                    bold=True,
+                )
+            )
         if self.verdict is not None:
             for check in self.verdict.checks:
                 mark = (
@@ -194,8 +218,12 @@ class Report:
         shown = [(n, self.metrics[n]) for n in HEADLINE if self.metrics.get(n) is not None]
         if shown:
             lines.append(style("  retrieval change", bold=True))
-            for i in range(0, len(shown), 2):
-                cells = [f"{name:<26}{value:>9.4f}" for name, value in shown[i : i + 2]]
+            width = 2 if not self.forecast else 1
+            for i in range(0, len(shown), width):
+                cells = [
+                    f"{name:<26}{value:>9.4f}{self._interval(name)}"
+                    for name, value in shown[i : i + width]
+                ]
                 lines.append("    " + "    ".join(cells))
         qrels = self.distributions.get("qrels")
         if qrels:
@@ -207,7 +235,13 @@ class Report:
             )
             for name, row in qrels.items():
                 interval = row.get("ci")
-                ci = f"[{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else ""
+                ci = (
+                    f"[{interval[0]:+.4f}, {interval[1]:+.4f}]"
+                    if interval and None not in interval
+                    else ""
+                )
+                if self.forecast and row.get("new_ci") and None not in row["new_ci"]:
+                    ci += f"  new in [{row['new_ci'][0]:.4f}, {row['new_ci'][1]:.4f}]"
                 old = "" if row.get("old") is None else f"{row['old']:.4f}"
                 delta = "" if row.get("delta") is None else f"{row['delta']:+.4f}"
                 lines.append(f"    {name:<26}{old:>9} {row['new']:>9.4f} {delta:>9}  {ci}")

@@ -18,6 +18,7 @@ from embedmig.gates import Gates, Verdict
 from embedmig.metrics.kernels import Judgements
 from embedmig.metrics.report import Report, Settings
 from embedmig.runtime import evaluate as ev
+from embedmig.runtime import forecast as fc
 from embedmig.runtime.backfill import Sampler, Shadow, backfill
 from embedmig.runtime.environment import Environment
 from embedmig.script import Revision
@@ -28,15 +29,12 @@ log = logging.getLogger("embedmig")
 
 
 @dataclass(frozen=True)
-class DryRunIndexes:
-    """Throwaway in-memory indexes of a sample, for both models, with sample-local ids."""
+class DryRun:
+    """What a dry run read from the corpus: the sample, each sampled key's column, the queries."""
 
-    new: Any
-    old: Any | None
-    old_embedder: LoadedEmbedder | None
-    ids: dict[str, int]
+    sample: fc.SampleDocs
+    columns: dict[str, int]
     queries: ev.QuerySet
-    corpus_sample: list[Document]
     notes: list[str]
 
 
@@ -63,7 +61,7 @@ class MigrationContext:
         self._started = catalog.now()
         self._new: LoadedEmbedder | None = None
         self._shadow: Shadow | None = None
-        self._dry: DryRunIndexes | None = None
+        self._dry: DryRun | None = None
         self._live_at_start: catalog.IndexRecord | None = None
 
     @property
@@ -312,17 +310,25 @@ class MigrationContext:
             new=new,
             queries=queries,
             background=background if compared else [],
-            settings=Settings(
-                k=self.k,
-                rbo_p=self.config.get_float("eval.rbo_p"),
-                thresholds=self.gates.thresholds,
-                seed=self.config.get_int("eval.seed", minimum=0),
-                resamples=self.config.get_int("eval.resamples"),
-            ),
+            settings=self._settings(),
             batch_size=self.env.batch_size,
             keys_of=keys_of,
             notes=notes,
         )
+
+    def _settings(self) -> Settings:
+        return Settings(
+            k=self.k,
+            rbo_p=self.config.get_float("eval.rbo_p"),
+            thresholds=self.gates.thresholds,
+            seed=self.config.get_int("eval.seed", minimum=0),
+            resamples=self.config.get_int("eval.resamples"),
+        )
+
+    def _live_index(self, live: catalog.IndexRecord) -> Any:
+        if live.path is None:
+            raise StoreError(f"live index #{live.id} of {self.alias} has no file")
+        return files.load(Path(live.path), live.sha256)
 
     def _evaluate_shadow(self) -> Report:
         shadow, new = self._shadow, self._new
@@ -336,11 +342,7 @@ class MigrationContext:
         old_side = None
         live = self._live_at_start
         if live is not None and self.old is not None:
-            if live.path is None:
-                raise StoreError(f"live index #{live.id} of {self.alias} has no file")
-            old_side = ev.Side(
-                self.env.load_embedder(self.old), files.load(Path(live.path), live.sha256)
-            )
+            old_side = ev.Side(self.env.load_embedder(self.old), self._live_index(live))
 
         def keys_of(ids: set[int]) -> dict[int, str]:
             with self.env.engine.connect() as conn:
@@ -362,61 +364,61 @@ class MigrationContext:
         shadow.index = None
         return report
 
-    def _dry_backfill(self, new: LoadedEmbedder) -> DryRunIndexes:
+    def _dry_backfill(self, new: LoadedEmbedder) -> DryRun:
+        """Read the corpus once: a seeded uniform sample and the judged documents; nothing is
+        embedded yet (the forecast embeds them with the new model only)."""
         seed = self.config.get_int("eval.seed", minimum=0)
         sampler = Sampler(self.sample, seed)
         judged = {key for judged in (self._qrels or {}).values() for key in judged}
         extra: dict[str, Document] = {}
-        skipped = 0
+        skipped = population = 0
         for doc in self.env.corpus(self.alias):
             if not doc.text.strip():
                 skipped += 1
                 continue
-            sampler.offer(doc)
+            population += 1
             if doc.key in judged:
                 extra[doc.key] = doc
-        docs = {d.key: d for d in sampler.documents()}
-        corpus_sample = list(docs.values())
-        docs.update(extra)
-        if not docs:
+            else:
+                sampler.offer(doc)
+        uniform = sampler.documents()
+        if not uniform and not extra:
             raise SourceError(f"the corpus of alias {self.alias!r} has no non-empty documents")
-        ids = {key: i for i, key in enumerate(docs)}
-        texts = [d.text for d in docs.values()]
-        id_array = np.arange(len(docs), dtype=np.int64)
-        batch = self.env.batch_size
-        new_index = files.build(
-            new.encode_documents(texts, batch), id_array, self.revision.index_factory
-        )
-        old_index, old_embedder = None, None
-        if self.old is not None:
-            old_embedder = self.env.load_embedder(self.old)
-            live = self._live_at_start
-            old_index = files.build(
-                old_embedder.encode_documents(texts, batch),
-                id_array,
-                live.factory if live is not None else "Flat",
-            )
-        notes = [f"dry run on a seeded sample of {len(corpus_sample)} documents"]
-        if extra:
-            notes.append(
-                f"plus {len(extra)} judged documents of the queries, so qrels metrics apply"
-            )
+        columns = {d.key: i for i, d in enumerate([*uniform, *extra.values()])}
+        notes = [
+            f"forecast for {population:,} documents from a seeded sample of {len(uniform):,}"
+            + (f" plus the {len(extra):,} judged documents of the queries" if extra else "")
+        ]
         if skipped:
             notes.append(f"{skipped} empty document(s) skipped")
-        queries = self._sample_queries(corpus_sample, ids)
-        return DryRunIndexes(new_index, old_index, old_embedder, ids, queries, corpus_sample, notes)
+        queries = self._sample_queries(uniform, columns)
+        sample = fc.SampleDocs(uniform, list(extra.values()), population)
+        return DryRun(sample, columns, queries, notes)
 
     def _dry_evaluate(self) -> Report:
         dry, new = self._dry, self._new
         assert dry is not None and new is not None
-        keys = {i: key for key, i in dry.ids.items()}
-        old_side = ev.Side(dry.old_embedder, dry.old) if dry.old_embedder is not None else None
-        return self._run_evaluation(
+        old_side = None
+        live = self._live_at_start
+        if live is not None and self.old is not None:
+            keys = set(dry.columns) | {q.key for q in dry.queries.docs}
+            with self.env.engine.connect() as conn:
+                live_ids = catalog.lookup_ids(conn, self.alias, keys)
+            old_side = fc.LiveSide(
+                self.env.load_embedder(self.old), self._live_index(live), live_ids
+            )
+        return fc.run(
+            alias=self.alias,
+            revision=self.revision.revision,
+            new=new,
             old=old_side,
-            new=ev.Side(new, dry.new),
+            sample=dry.sample,
+            columns=dry.columns,
             queries=dry.queries,
-            corpus_sample=dry.corpus_sample,
-            keys_of=lambda wanted: {i: keys[i] for i in wanted if i in keys},
+            settings=self._settings(),
+            resamples=self.config.get_int("eval.forecast_resamples"),
+            pair_docs=self.config.get_int("eval.pair_docs"),
+            batch_size=self.env.batch_size,
             notes=dry.notes,
         )
 

@@ -80,8 +80,8 @@ def run(
     worst: dict[str, list[dict[str, Any]]] = {}
     with clock.phase("metrics"), _one_blas_thread():
         if queries.self_ids is not None:
-            new_results = _drop_self(new_results, queries.self_ids)
-            old_results = _drop_self(old_results, queries.self_ids) if old_results else None
+            new_results = drop_self(new_results, queries.self_ids)
+            old_results = drop_self(old_results, queries.self_ids) if old_results else None
         computed = rpt.compute(
             old_results,
             new_results,
@@ -157,7 +157,7 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController().select(user_api="blas")
 
 
-def _drop_self(results: rpt.Results, self_ids: np.ndarray) -> rpt.Results:
+def drop_self(results: rpt.Results, self_ids: np.ndarray) -> rpt.Results:
     """Remove each query's own document from its row, keeping order; rows lose one column."""
     ids, scores = results.ids, results.scores
     is_self = ids == self_ids[:, None]

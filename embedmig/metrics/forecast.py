@@ -1,0 +1,507 @@
+"""Forecasts of full-corpus retrieval metrics from a sample of documents (pure numpy).
+
+A dry run embeds only a sample of the corpus with the new model. Ranking that sample alone would
+meet each query with a fraction of the real distractors and pull every figure toward the
+ceiling, so nothing here ranks the sample as if it were the corpus. Each sampled document gets a
+*rank in the full corpus*, extrapolated:
+
+- Documents are embedded either with certainty (the judged documents of the queries: inclusion
+  probability 1) or as a uniform sample of the rest at ``rate``.
+- For a query and a sampled document with new score s, its full-corpus rank is ``1 + A + B``:
+  A, the certain documents scoring above s, is known; B, the others above s, is not. What is seen
+  is b, the sampled ones among them, b ~ Binomial(B, rate).
+- B gets an *empirical-Bayes* prior: a distribution over a grid of counts fitted to all the b of
+  one family of pairs (the judged pairs; the old model's top documents; the new top candidates)
+  by a few EM steps from a flat start (an NPMLE stopped early, which keeps it smooth). Each pair
+  then has a posterior over its rank, and each metric is its posterior expectation.
+- Sums over documents the sample holds only some of (the old top-k kept in the new top-k, the
+  new top-k's scores) weight each sampled document by 1 / its inclusion probability
+  (Horvitz-Thompson): unbiased for the sum over the whole corpus.
+
+Intervals come from a bootstrap that resamples the queries and the uniformly sampled documents
+together, refitting the priors each time: they cover query sampling and document sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embedmig.metrics.kernels import Judgements, ideal_grades
+
+EM_STEPS = 200  # from a flat start: enough to fit, few enough to stay smooth (see module doc)
+_DENSE_GRID = 256  # counts 0..255 one by one, then geometric steps up to the population
+_NDCG_DISCOUNTS = 1.0 / np.log2(np.arange(2, 12))
+
+
+@dataclass(frozen=True)
+class SampledScores:
+    """New-model scores of every query against the documents a dry run embedded.
+
+    ``scores`` is (queries, documents); -inf marks a pair that must not count (a query's own
+    document). ``certain`` marks documents embedded with certainty; the others are a uniform
+    sample at ``rate`` of ``population`` documents.
+    """
+
+    scores: np.ndarray
+    certain: np.ndarray
+    rate: float
+    population: int
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Horvitz-Thompson weights: how many corpus documents each sampled one stands for."""
+        return np.where(self.certain, 1.0, 1.0 / self.rate)
+
+    @property
+    def uncertain(self) -> np.ndarray:
+        return np.flatnonzero(~self.certain)
+
+
+class Ranks:
+    """Extrapolated full-corpus ranks of (query row, sampled column) pairs.
+
+    The certain documents above each pair are counted once (they are never resampled); the
+    sampled ones are counted from each query's top ``cap`` sampled scores, which is all that
+    matters for ranks up to the depths reported, and recounted per bootstrap replicate.
+    """
+
+    def __init__(
+        self,
+        sampled: SampledScores,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        cap: int,
+        strata: np.ndarray | None = None,
+    ):
+        self.sampled, self.rows, self.cols = sampled, rows, cols
+        self.strata = strata if strata is not None else np.zeros(len(rows), np.int64)
+        scores = sampled.scores
+        threshold = scores[rows, cols][:, None]
+        certain = np.flatnonzero(sampled.certain)
+        self.above_certain = _count_above(scores, certain, rows, threshold)
+        uncertain = sampled.uncertain
+        self.cap = max(0, min(cap, len(uncertain)))
+        if self.cap:
+            block = scores[:, uncertain]
+            top = np.argpartition(-block, self.cap - 1, axis=1)[:, : self.cap]
+            top_scores = np.take_along_axis(block, top, axis=1)
+            order = np.argsort(-top_scores, axis=1, kind="stable")
+            self.top = np.take_along_axis(top, order, axis=1)  # positions in ``uncertain``
+            top_sorted = np.take_along_axis(top_scores, order, axis=1)
+            self.position = (top_sorted[rows] > threshold).sum(axis=1)
+        else:
+            self.top = np.zeros((scores.shape[0], 0), np.int64)
+            self.position = np.zeros(len(rows), np.int64)
+
+    def seen_above(self, multiplicity: np.ndarray | None) -> np.ndarray:
+        """Sampled documents above each pair, each counted ``multiplicity`` times."""
+        if multiplicity is None:
+            position: np.ndarray = self.position
+            return position
+        running = np.cumsum(multiplicity[self.top], axis=1)
+        padded = np.concatenate([np.zeros((len(running), 1), running.dtype), running], axis=1)
+        seen: np.ndarray = padded[self.rows, self.position]
+        return seen
+
+    def posterior(self, multiplicity: np.ndarray | None = None) -> Posterior:
+        """Each stratum of pairs gets its own fitted prior."""
+        sampled = self.sampled
+        seen = self.seen_above(multiplicity)
+        grid = (
+            _grid(sampled.population) if sampled.rate < 1.0 else np.arange(seen.max(initial=0) + 1)
+        )
+        post = np.zeros((len(seen), len(grid)))
+        for stratum in np.unique(self.strata):
+            members = np.flatnonzero(self.strata == stratum)
+            post[members] = rank_posterior(seen[members], sampled.rate, grid)
+        return Posterior(grid, post, self.above_certain)
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """Per pair, a distribution over its rank: 1 + ``above`` + grid[j] with probability
+    ``probability[:, j]``."""
+
+    grid: np.ndarray
+    probability: np.ndarray
+    above: np.ndarray
+
+    def expect(self, gain: np.ndarray, pairs: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """E[gain[rank - 1]] per pair (0 beyond the end of ``gain``)."""
+        rank0 = self.above[pairs][:, None] + self.grid[None, :]
+        values = np.where(rank0 < len(gain), gain[np.minimum(rank0, len(gain) - 1)], 0.0)
+        out: np.ndarray = (self.probability[pairs] * values).sum(axis=1)
+        return out
+
+    def cdf(self, depth: int) -> np.ndarray:
+        """P(rank <= d) for d = 1..depth, shape (pairs, depth)."""
+        rank0 = np.minimum(self.above[:, None] + self.grid[None, :], depth)
+        mass = np.zeros((len(self.above), depth + 1))
+        np.add.at(mass, (np.arange(len(self.above))[:, None], rank0), self.probability)
+        cdf: np.ndarray = np.cumsum(mass[:, :depth], axis=1)
+        return cdf
+
+
+def rank_posterior(
+    seen: np.ndarray, rate: float, grid: np.ndarray, steps: int = EM_STEPS
+) -> np.ndarray:
+    """Posterior over B (population documents above a pair), on ``grid``, for each observed
+    count ``seen``, under a non-increasing prior fitted to all of ``seen``: (pairs, grid)."""
+    seen = np.asarray(seen, dtype=np.int64)
+    if rate >= 1.0:  # the sample is the population: B is what was seen
+        exact: np.ndarray = (seen[:, None] == grid[None, :]).astype(np.float64)
+        return exact
+    width = np.diff(np.append(grid, 2 * grid[-1] - grid[-2] if len(grid) > 1 else 1))
+    width = width.astype(np.float64)
+    values, inverse = np.unique(seen, return_inverse=True)
+    log_lik = _log_binomial(values, grid, rate)
+    lik = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
+    weight = np.bincount(inverse, minlength=len(values)).astype(np.float64)
+    weight /= weight.sum()
+    # A non-increasing prior is a mixture of uniforms on [0, m]: component m spreads its mass
+    # over the grid cells up to m in proportion to their widths.
+    components = np.tril(np.broadcast_to(width, (len(grid), len(grid))))
+    components /= components.sum(axis=1, keepdims=True)
+    lik_c = lik @ components.T
+    mix = np.full(len(grid), 1.0 / len(grid))
+    for _ in range(steps):
+        joint = lik_c * mix
+        joint /= joint.sum(axis=1, keepdims=True)
+        mix = weight @ joint
+    prior = mix @ components
+    post = lik * prior
+    post /= post.sum(axis=1, keepdims=True)
+    out: np.ndarray = post[inverse]
+    return out
+
+
+# ---- the forecast ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ForecastInput:
+    """Everything a forecast reads.
+
+    ``judged`` are the relevant judgements with ``docs`` as columns of ``sampled.scores``.
+    ``old_top`` is the old model's exact full-corpus top list per query as columns of
+    ``sampled.scores`` (-1 where that document was not sampled), self hits already dropped.
+    ``old_scores`` are the old model's exact top-k scores (queries, k).
+    """
+
+    sampled: SampledScores
+    k: int
+    rbo_p: float
+    judged: Judgements | None = None
+    old_top: np.ndarray | None = None
+    old_scores: np.ndarray | None = None
+    old_judged: dict[str, np.ndarray] | None = None  # exact per-query old qrels metrics
+
+
+@dataclass
+class Estimate:
+    """Per-query forecasts (means over queries give the metrics) and the new top-k scores as a
+    weighted sample."""
+
+    per_query: dict[str, np.ndarray] = field(default_factory=dict)
+    top_scores: np.ndarray = field(default_factory=lambda: np.empty(0))
+    top_weights: np.ndarray = field(default_factory=lambda: np.empty(0))
+    top_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+
+class Forecaster:
+    """Builds the rank models once; ``estimate`` runs them on the data or a bootstrap replicate."""
+
+    def __init__(self, data: ForecastInput) -> None:
+        self.data = data
+        sampled = data.sampled
+        n_queries = sampled.scores.shape[0]
+        self.n_queries = n_queries
+        self.depth = 0
+        if data.old_top is not None:
+            self.depth = data.old_top.shape[1]
+        deepest = max(100, data.k, self.depth)
+        # Enough sampled documents per query to see ranks well past the deepest one reported.
+        cap = math.ceil(2 * deepest * sampled.rate + 10 * math.sqrt(deepest * sampled.rate)))
+        cap += 16
+        self.judged = None
+        if data.judged is not None and len(data.judged.rows):
+            relevant = data.judged.relevant()
+            self.relevant = relevant
+            self.judged = Ranks(
+                sampled,
+                relevant.rows,
+                relevant.docs,
+                cap,
+                self._strata(relevant.rows, relevant.docs),
+            )
+            self.n_relevant, ideal = ideal_grades(relevant, n_queries, 10)
+            self.idcg = (ideal[:, :10] * _NDCG_DISCOUNTS).sum(axis=1)
+            scores = sampled.scores[relevant.rows, relevant.docs]
+            self.first_relevant = _argmax_per_row(relevant.rows, scores)
+        self.kept = None
+        if data.old_top is not None:
+            rows, at = np.nonzero(data.old_top >= 0)
+            self.kept = Ranks(sampled, rows, data.old_top[rows, at], cap, _bands(at, self.depth))
+            self.kept_at = at
+        # Candidates for the new top-k: each query's top sampled documents and the certain ones.
+        cand_rows, cand_cols = _candidates(sampled, cap)
+        self.top = Ranks(sampled, cand_rows, cand_cols, cap, self._strata(cand_rows, cand_cols))
+
+    def _strata(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
+        """Pairs grouped by where the old model ranks the document (the old model is the best
+        guess of where the new one will): each group gets its own prior."""
+        old_top = self.data.old_top
+        if old_top is None:
+            return None
+        hits = old_top[rows] == cols[:, None]
+        position = np.where(hits.any(axis=1), hits.argmax(axis=1), self.depth)
+        return _bands(position, self.depth)
+
+    def estimate(self, multiplicity: np.ndarray | None = None) -> Estimate:
+        data, out = self.data, Estimate()
+        weights = data.sampled.weights
+        if multiplicity is not None:
+            weights = weights.copy()
+            weights[data.sampled.uncertain] *= multiplicity
+        if self.judged is not None:
+            out.per_query.update(self._judged(self.judged.posterior(multiplicity)))
+        if self.kept is not None:
+            common, noise = self._common(self.kept.posterior(multiplicity), weights)
+            out.per_query.update(_agreement(common, noise, data.k, data.rbo_p))
+        top = self.top.posterior(multiplicity)
+        inside = top.expect(np.ones(data.k))
+        out.top_weights = inside * weights[self.top.cols]
+        out.top_scores = data.sampled.scores[self.top.rows, self.top.cols]
+        out.top_rows = self.top.rows
+        return out
+
+    def _judged(self, post: Posterior) -> dict[str, np.ndarray]:
+        n, rel = self.n_queries, self.relevant
+        out: dict[str, np.ndarray] = {}
+        for depth in (10, 100):
+            found = np.bincount(rel.rows, post.expect(np.ones(depth)), minlength=n)
+            out[f"recall_at_{depth}"] = _ratio(found, self.n_relevant)
+        dcg = np.bincount(rel.rows, rel.grades * post.expect(_NDCG_DISCOUNTS), minlength=n)
+        out["ndcg_at_10"] = _ratio(dcg, self.idcg)
+        # The first relevant hit is the relevant document with the highest new score: all
+        # judged documents are embedded, so which one that is, is known.
+        best = self.first_relevant
+        mrr = np.zeros(n)
+        mrr[rel.rows[best]] = post.expect(1.0 / np.arange(1, 11), best)
+        out["mrr_at_10"] = mrr
+        return out
+
+    def _common(self, post: Posterior, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Expected |old top-d ∩ new top-d| per query and depth d = 1..depth, Horvitz-Thompson
+        over the sampled documents of the old top lists, and the sampling variance of each."""
+        assert self.kept is not None
+        depth = self.depth
+        cdf = post.cdf(depth)
+        # A document at old position j counts at depths d >= j.
+        cdf[np.arange(depth)[None, :] < self.kept_at[:, None]] = 0.0
+        w = weights[self.kept.cols][:, None]
+        common = np.zeros((self.n_queries, depth))
+        np.add.at(common, self.kept.rows, cdf * w)
+        # Horvitz-Thompson variance: (1 - pi) / pi^2 per sampled term, i.e. w (w - 1).
+        noise = np.zeros((self.n_queries, depth))
+        np.add.at(noise, self.kept.rows, cdf**2 * w * (w - 1))
+        return common, noise
+
+
+MIN_STRATUM = 30  # pairs: fewer give a prior that is mostly noise
+
+
+def _bands(position: np.ndarray, depth: int) -> np.ndarray:
+    """Doubling bands of 0-based old positions (1, 2, 3-4, 5-8, ...; ``depth`` = not in the old
+    list), bands with fewer than MIN_STRATUM pairs merged into the next one."""
+    band = np.where(position < depth, np.floor(np.log2(position + 1)), 64).astype(np.int64)
+    values, counts = np.unique(band, return_counts=True)
+    merged, run, label = {}, 0, 0
+    for value, count in zip(values, counts, strict=True):
+        merged[int(value)] = label
+        run += int(count)
+        if run >= MIN_STRATUM:
+            label, run = label + 1, 0
+    if run and label:  # a small last group joins the one before it
+        for value in values[::-1]:
+            if merged[int(value)] != label:
+                break
+            merged[int(value)] = label - 1
+    return np.array([merged[int(b)] for b in band], np.int64) if len(band) else band
+
+
+def _agreement(common: np.ndarray, noise: np.ndarray, k: int, p: float) -> dict[str, np.ndarray]:
+    """Overlap and Jaccard at 1, 10, 100 and k, and extrapolated RBO, from expected common
+    counts per depth (the definitions of ``kernels.agreement``).
+
+    Means over queries are linear in the per-query counts, so the Horvitz-Thompson counts give
+    them unbiased. Per-query values are noisy (a query's top 10 holds about 10 x rate sampled
+    documents): before a nonlinear function (Jaccard) or a percentile reads them, they are
+    shrunk toward their mean by the factor that leaves them the spread of the true counts
+    (their spread less the sampling variance), so the distribution, not only its mean, is
+    forecast.
+    """
+    depth = common.shape[1]
+    d = np.arange(1, depth + 1)
+    out: dict[str, np.ndarray] = {}
+    for at in sorted({1, 10, 100, k}):
+        if at > depth:
+            continue
+        found = _deflate(common[:, at - 1], noise[:, at - 1])
+        found = np.clip(found, 0, at)
+        out[f"overlap_at_{at}"] = found / at
+        out[f"jaccard_at_{at}"] = found / (2 * at - found)
+    common = np.minimum(common, d)
+    out["rbo"] = (1 - p) / p * (common @ (p**d / d)) + common[:, -1] / depth * p**depth
+    return out
+
+
+def _deflate(values: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """``values`` shrunk toward their mean so that their variance is the variance they would
+    have without the sampling noise ``noise`` (method of moments)."""
+    if len(values) < 2:
+        return values
+    mean, spread = values.mean(), values.var()
+    if spread <= 0:
+        return values
+    factor = math.sqrt(max(0.0, spread - noise.mean()) / spread)
+    out: np.ndarray = mean + factor * (values - mean)
+    return out
+
+
+def _candidates(sampled: SampledScores, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the sampled documents that can be in its new top-k: its top ``cap`` uniformly
+    sampled ones and the certain ones scoring above the lowest of those."""
+    scores = sampled.scores
+    uncertain = sampled.uncertain
+    certain = np.flatnonzero(sampled.certain)
+    take = min(cap, len(uncertain))
+    rows_list, cols_list = [], []
+    floor = np.full(scores.shape[0], -np.inf)
+    if take:
+        block = scores[:, uncertain]
+        top = np.argpartition(-block, take - 1, axis=1)[:, :take]
+        rows_list.append(np.repeat(np.arange(scores.shape[0]), take))
+        cols_list.append(uncertain[top].ravel())
+        if take < len(uncertain):
+            floor = np.take_along_axis(block, top, axis=1).min(axis=1)
+    if len(certain):
+        r, c = np.nonzero(scores[:, certain] >= floor[:, None])
+        rows_list.append(r)
+        cols_list.append(certain[c])
+    rows = np.concatenate(rows_list) if rows_list else np.empty(0, np.int64)
+    cols = np.concatenate(cols_list) if cols_list else np.empty(0, np.int64)
+    keep = np.isfinite(scores[rows, cols])
+    return rows[keep], cols[keep]
+
+
+def _count_above(
+    scores: np.ndarray, cols: np.ndarray, rows: np.ndarray, threshold: np.ndarray
+) -> np.ndarray:
+    out = np.zeros(len(rows), np.int64)
+    if len(cols) == 0:
+        return out
+    step = max(1, 4_000_000 // len(cols))
+    for start in range(0, len(rows), step):
+        block = slice(start, start + step)
+        out[block] = (scores[rows[block]][:, cols] > threshold[block]).sum(axis=1)
+    return out
+
+
+def _argmax_per_row(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index into ``rows`` of the largest value of each row present."""
+    if len(rows) == 0:
+        return np.empty(0, np.int64)
+    order = np.lexsort((-values, rows))
+    first = np.concatenate([[True], rows[order][1:] != rows[order][:-1]])
+    best: np.ndarray = order[first]
+    return best
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
+    return out
+
+
+def _grid(population: int) -> np.ndarray:
+    if population < _DENSE_GRID:
+        return np.arange(population + 1)
+    tail = np.geomspace(_DENSE_GRID, max(population, _DENSE_GRID), 64).round().astype(np.int64)
+    return np.unique(np.concatenate([np.arange(_DENSE_GRID), tail]))
+
+
+def _log_binomial(seen: np.ndarray, grid: np.ndarray, rate: float) -> np.ndarray:
+    """log P(seen | B) for each B of ``grid`` under Binomial(B, rate); -inf where seen > B."""
+    lgamma: Callable[[np.ndarray], np.ndarray] = np.vectorize(math.lgamma, otypes=[np.float64])
+    n = grid[None, :].astype(np.float64)
+    k = seen[:, None].astype(np.float64)
+    valid = k <= n
+    n = np.where(valid, n, k)
+    log_choose = lgamma(n + 1) - lgamma(k + 1) - lgamma(n - k + 1)
+    out: np.ndarray = np.where(
+        valid, log_choose + k * math.log(rate) + (n - k) * math.log1p(-rate), -np.inf
+    )
+    return out
+
+
+# ---- metrics with intervals ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float
+    low: float
+    high: float
+
+
+def materialize(values: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
+    """An unweighted sample of ``size`` values whose distribution is the weighted one (the
+    weighted quantiles at evenly spaced levels), so the report's distribution kernels apply."""
+    keep = (weights > 0) & np.isfinite(values)
+    values, weights = values[keep], weights[keep]
+    if size < 1 or len(values) == 0:
+        return np.empty(0, np.float32)
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    levels = (np.arange(size) + 0.5) / size * cumulative[-1]
+    picked: np.ndarray = values[order][np.searchsorted(cumulative, levels, side="left")]
+    return picked.astype(np.float32)
+
+
+Summary = Callable[[Estimate, np.ndarray], dict[str, float]]
+
+
+def with_intervals(
+    forecaster: Forecaster,
+    summarize: Summary,
+    resamples: int,
+    seed: int,
+    level: float = 0.95,
+) -> dict[str, Interval]:
+    """Each figure ``summarize`` makes of an estimate (given per-query weights: how often each
+    query is drawn), with a percentile bootstrap interval over queries and sampled documents."""
+    n_queries = forecaster.n_queries
+    point = summarize(forecaster.estimate(), np.ones(n_queries))
+    rng = np.random.default_rng(seed)
+    n_docs = len(forecaster.data.sampled.uncertain)
+    draws: dict[str, list[float]] = {name: [] for name in point}
+    for _ in range(resamples):
+        queries = np.bincount(rng.integers(0, n_queries, n_queries), minlength=n_queries)
+        docs = np.bincount(rng.integers(0, n_docs, n_docs), minlength=n_docs) if n_docs else None
+        figures = summarize(forecaster.estimate(docs), queries.astype(np.float64))
+        for name, value in figures.items():
+            draws[name].append(value)
+    tail = (1 - level) / 2
+    out: dict[str, Interval] = {}
+    for name, value in point.items():
+        sample = np.array([v for v in draws[name] if v is not None and math.isfinite(v)])
+        if math.isfinite(value) and len(sample):
+            low, high = np.quantile(sample, [tail, 1 - tail])
+            out[name] = Interval(value, float(min(low, value)), float(max(high, value)))
+        else:
+            out[name] = Interval(value, math.nan, math.nan)
+    return out
