@@ -225,7 +225,7 @@ class Forecaster:
             self.depth = data.old_top.shape[1]
         deepest = max(100, data.k, self.depth)
         # Enough sampled documents per query to see ranks well past the deepest one reported.
-        cap = math.ceil(2 * deepest * sampled.rate + 10 * math.sqrt(deepest * sampled.rate)))
+        cap = math.ceil(2 * deepest * sampled.rate + 10 * math.sqrt(deepest * sampled.rate))
         cap += 16
         self.judged = None
         if data.judged is not None and len(data.judged.rows):
