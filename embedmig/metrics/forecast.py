@@ -32,8 +32,8 @@ import numpy as np
 
 from embedmig.metrics.kernels import Judgements, ideal_grades
 
-EM_STEPS = 200  # from a flat start: enough to fit, few enough to stay smooth (see module doc)
-_DENSE_GRID = 256  # counts 0..255 one by one, then geometric steps up to the population
+EM_STEPS = 30  # from a flat start: enough to fit, few enough to stay smooth (see module doc)
+_DENSE_GRID = 128  # counts 0..127 one by one, then geometric steps up to the population
 _NDCG_DISCOUNTS = 1.0 / np.log2(np.arange(2, 12))
 
 
@@ -75,9 +75,10 @@ class Ranks:
         rows: np.ndarray,
         cols: np.ndarray,
         cap: int,
+        horizon: int,
         strata: np.ndarray | None = None,
     ):
-        self.sampled, self.rows, self.cols = sampled, rows, cols
+        self.sampled, self.rows, self.cols, self.horizon = sampled, rows, cols, horizon
         self.strata = strata if strata is not None else np.zeros(len(rows), np.int64)
         scores = sampled.scores
         threshold = scores[rows, cols][:, None]
@@ -114,17 +115,19 @@ class Ranks:
         grid = (
             _grid(sampled.population) if sampled.rate < 1.0 else np.arange(seen.max(initial=0) + 1)
         )
-        post = np.zeros((len(seen), len(grid)))
+        # Ranks past the horizon weigh nothing in any metric: their columns are dropped.
+        kept = grid[grid < self.horizon]
+        post = np.zeros((len(seen), len(kept)))
         for stratum in np.unique(self.strata):
             members = np.flatnonzero(self.strata == stratum)
-            post[members] = rank_posterior(seen[members], sampled.rate, grid)
-        return Posterior(grid, post, self.above_certain)
+            post[members] = rank_posterior(seen[members], sampled.rate, grid, len(kept))
+        return Posterior(kept, post, self.above_certain)
 
 
 @dataclass(frozen=True)
 class Posterior:
     """Per pair, a distribution over its rank: 1 + ``above`` + grid[j] with probability
-    ``probability[:, j]``."""
+    ``probability[:, j]``; ``grid`` is 0, 1, 2, ... up to the deepest rank any metric reads."""
 
     grid: np.ndarray
     probability: np.ndarray
@@ -139,21 +142,25 @@ class Posterior:
 
     def cdf(self, depth: int) -> np.ndarray:
         """P(rank <= d) for d = 1..depth, shape (pairs, depth)."""
-        rank0 = np.minimum(self.above[:, None] + self.grid[None, :], depth)
-        mass = np.zeros((len(self.above), depth + 1))
-        np.add.at(mass, (np.arange(len(self.above))[:, None], rank0), self.probability)
-        cdf: np.ndarray = np.cumsum(mass[:, :depth], axis=1)
+        # The grid kept is dense from 0: rank <= d means B <= d - 1 - above, a prefix of it.
+        cumulative = np.cumsum(self.probability, axis=1)
+        upto = np.arange(depth)[None, :] - self.above[:, None]
+        inside = upto >= 0
+        at = np.clip(upto, 0, cumulative.shape[1] - 1)
+        cdf: np.ndarray = np.where(inside, np.take_along_axis(cumulative, at, axis=1), 0.0)
         return cdf
 
 
 def rank_posterior(
-    seen: np.ndarray, rate: float, grid: np.ndarray, steps: int = EM_STEPS
+    seen: np.ndarray, rate: float, grid: np.ndarray, columns: int | None = None
 ) -> np.ndarray:
     """Posterior over B (population documents above a pair), on ``grid``, for each observed
-    count ``seen``, under a non-increasing prior fitted to all of ``seen``: (pairs, grid)."""
+    count ``seen``, under a non-increasing prior fitted to all of ``seen``: (pairs, columns),
+    the first ``columns`` grid points (default all)."""
     seen = np.asarray(seen, dtype=np.int64)
+    columns = len(grid) if columns is None else columns
     if rate >= 1.0:  # the sample is the population: B is what was seen
-        exact: np.ndarray = (seen[:, None] == grid[None, :]).astype(np.float64)
+        exact: np.ndarray = (seen[:, None] == grid[None, :columns]).astype(np.float64)
         return exact
     width = np.diff(np.append(grid, 2 * grid[-1] - grid[-2] if len(grid) > 1 else 1))
     width = width.astype(np.float64)
@@ -166,16 +173,17 @@ def rank_posterior(
     # over the grid cells up to m in proportion to their widths.
     components = np.tril(np.broadcast_to(width, (len(grid), len(grid))))
     components /= components.sum(axis=1, keepdims=True)
+
     lik_c = lik @ components.T
     mix = np.full(len(grid), 1.0 / len(grid))
-    for _ in range(steps):
+    for _ in range(EM_STEPS):
         joint = lik_c * mix
         joint /= joint.sum(axis=1, keepdims=True)
         mix = weight @ joint
     prior = mix @ components
     post = lik * prior
     post /= post.sum(axis=1, keepdims=True)
-    out: np.ndarray = post[inverse]
+    out: np.ndarray = post[:, :columns][inverse]
     return out
 
 
@@ -231,13 +239,8 @@ class Forecaster:
         if data.judged is not None and len(data.judged.rows):
             relevant = data.judged.relevant()
             self.relevant = relevant
-            self.judged = Ranks(
-                sampled,
-                relevant.rows,
-                relevant.docs,
-                cap,
-                self._strata(relevant.rows, relevant.docs),
-            )
+            strata = self._strata(relevant.rows, relevant.docs)
+            self.judged = Ranks(sampled, relevant.rows, relevant.docs, cap, deepest, strata)
             self.n_relevant, ideal = ideal_grades(relevant, n_queries, 10)
             self.idcg = (ideal[:, :10] * _NDCG_DISCOUNTS).sum(axis=1)
             scores = sampled.scores[relevant.rows, relevant.docs]
@@ -245,11 +248,13 @@ class Forecaster:
         self.kept = None
         if data.old_top is not None:
             rows, at = np.nonzero(data.old_top >= 0)
-            self.kept = Ranks(sampled, rows, data.old_top[rows, at], cap, _bands(at, self.depth))
+            cols = data.old_top[rows, at]
+            self.kept = Ranks(sampled, rows, cols, cap, deepest, _bands(at, self.depth))
             self.kept_at = at
         # Candidates for the new top-k: each query's top sampled documents and the certain ones.
         cand_rows, cand_cols = _candidates(sampled, cap)
-        self.top = Ranks(sampled, cand_rows, cand_cols, cap, self._strata(cand_rows, cand_cols))
+        strata = self._strata(cand_rows, cand_cols)
+        self.top = Ranks(sampled, cand_rows, cand_cols, cap, deepest, strata)
 
     def _strata(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
         """Pairs grouped by where the old model ranks the document (the old model is the best
@@ -304,11 +309,9 @@ class Forecaster:
         # A document at old position j counts at depths d >= j.
         cdf[np.arange(depth)[None, :] < self.kept_at[:, None]] = 0.0
         w = weights[self.kept.cols][:, None]
-        common = np.zeros((self.n_queries, depth))
-        np.add.at(common, self.kept.rows, cdf * w)
+        common = _sum_rows(self.kept.rows, cdf * w, self.n_queries)
         # Horvitz-Thompson variance: (1 - pi) / pi^2 per sampled term, i.e. w (w - 1).
-        noise = np.zeros((self.n_queries, depth))
-        np.add.at(noise, self.kept.rows, cdf**2 * w * (w - 1))
+        noise = _sum_rows(self.kept.rows, cdf**2 * w * (w - 1), self.n_queries)
         return common, noise
 
 
@@ -422,6 +425,15 @@ def _argmax_per_row(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
     return best
 
 
+def _sum_rows(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Per row r < n, the sum of ``values`` where ``rows == r``; ``rows`` sorted."""
+    out = np.zeros((n, values.shape[1]))
+    if len(rows):
+        starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
+        out[rows[starts]] = np.add.reduceat(values, starts, axis=0)
+    return out
+
+
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     out: np.ndarray = np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
     return out
@@ -430,21 +442,33 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 def _grid(population: int) -> np.ndarray:
     if population < _DENSE_GRID:
         return np.arange(population + 1)
-    tail = np.geomspace(_DENSE_GRID, max(population, _DENSE_GRID), 64).round().astype(np.int64)
+    tail = np.geomspace(_DENSE_GRID, max(population, _DENSE_GRID), 48).round().astype(np.int64)
     return np.unique(np.concatenate([np.arange(_DENSE_GRID), tail]))
 
 
 def _log_binomial(seen: np.ndarray, grid: np.ndarray, rate: float) -> np.ndarray:
     """log P(seen | B) for each B of ``grid`` under Binomial(B, rate); -inf where seen > B."""
-    lgamma: Callable[[np.ndarray], np.ndarray] = np.vectorize(math.lgamma, otypes=[np.float64])
-    n = grid[None, :].astype(np.float64)
-    k = seen[:, None].astype(np.float64)
+    n = grid[None, :]
+    k = seen[:, None]
     valid = k <= n
     n = np.where(valid, n, k)
-    log_choose = lgamma(n + 1) - lgamma(k + 1) - lgamma(n - k + 1)
+    log_choose = _log_factorial(n) - _log_factorial(k) - _log_factorial(n - k)
     out: np.ndarray = np.where(
         valid, log_choose + k * math.log(rate) + (n - k) * math.log1p(-rate), -np.inf
     )
+    return out
+
+
+_TABLE = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, 1024, dtype=np.float64)))])
+
+
+def _log_factorial(n: np.ndarray) -> np.ndarray:
+    """log(n!) for integer arrays: a table below 1024, Stirling's series (error < 1e-12) above."""
+    n = np.asarray(n, dtype=np.int64)
+    small = n < len(_TABLE)
+    x = np.maximum(n, 1).astype(np.float64)
+    stirling = x * np.log(x) - x + 0.5 * np.log(2 * np.pi * x) + 1 / (12 * x) - 1 / (360 * x**3)
+    out: np.ndarray = np.where(small, _TABLE[np.minimum(n, len(_TABLE) - 1)], stirling)
     return out
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from embedmig.errors import ConfigError
-from embedmig.metrics.report import HEADLINE, Report
+from embedmig.metrics.report import HEADLINE, SCHEMA_VERSION, Report
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
@@ -51,6 +51,14 @@ def render_html(report: Report) -> str:
         f"<tr><th>new</th><td>{e(report.new_model)}</td></tr>",
         f"<tr><th>corpus</th><td>{report.corpus_size:,} documents</td></tr>",
         f"<tr><th>queries</th><td>{report.n_queries:,} ({e(report.query_source)}), k={report.k}</td></tr>",
+        *(
+            [
+                f"<tr><th>forecast</th><td>for {report.corpus_size:,} documents from a sample of "
+                f"{report.sample_size or 0:,}; brackets are 95% intervals</td></tr>"
+            ]
+            if report.forecast
+            else []
+        ),
         "</table>",
     ]
     if verdict is not None and verdict.checks:
@@ -101,10 +109,14 @@ def render_html(report: Report) -> str:
     parts.append("<h2>Metrics</h2><table>")
     names = [*HEADLINE, *(n for n in report.metrics if n not in HEADLINE)]
     for name in names:
-        if report.metrics.get(name) is not None:
-            parts.append(
-                f"<tr><td>{e(name)}</td><td class=num>{report.metrics[name]:.4f}</td></tr>"
-            )
+        if report.metrics.get(name) is None or _is_bound(report, name):
+            continue
+        low, high = report.metrics.get(f"{name}_ci_low"), report.metrics.get(f"{name}_ci_high")
+        interval = f"[{low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
+        parts.append(
+            f"<tr><td>{e(name)}</td><td class=num>{report.metrics[name]:.4f}</td>"
+            f"<td class=num>{interval}</td></tr>"
+        )
     parts.append("</table>")
     for title, key in (
         ("lowest overlap", "by_overlap"),
@@ -131,7 +143,9 @@ def render_html(report: Report) -> str:
         parts.append(
             "<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in report.notes) + "</ul>"
         )
-    parts.append("<p class=muted>embedmig report, schema_version 2.</p></body></html>")
+    parts.append(
+        f"<p class=muted>embedmig report, schema_version {SCHEMA_VERSION}.</p></body></html>"
+    )
     return "\n".join(parts)
 
 
@@ -213,7 +227,37 @@ def _plots(report: Report, plt: Any) -> list[tuple[str, str]]:
             ax.set_ylabel("new − old (95% bootstrap interval)")
 
         add("retrieval quality change", draw_qrels)
+    shown = [
+        name
+        for name in (*HEADLINE, "recall_at_10_new", "ndcg_at_10_new", "recall_ratio")
+        if report.forecast
+        and report.metrics.get(name) is not None
+        and report.metrics.get(f"{name}_ci_low") is not None
+    ]
+    if shown:
+
+        def draw_forecast(ax: Any) -> None:
+            values = [float(report.metrics[n] or 0.0) for n in shown]
+            low = [
+                v - float(report.metrics[f"{n}_ci_low"] or v)
+                for n, v in zip(shown, values, strict=True)
+            ]
+            high = [
+                float(report.metrics[f"{n}_ci_high"] or v) - v
+                for n, v in zip(shown, values, strict=True)
+            ]
+            ax.errorbar(values, shown, xerr=[low, high], fmt="o", capsize=4, color="#0969da")
+            ax.invert_yaxis()
+            ax.set_xlabel("forecast with its 95% interval")
+
+        add("forecast for the full corpus", draw_forecast)
     return plots
+
+
+def _is_bound(report: Report, name: str) -> bool:
+    """An interval end shown beside its metric rather than on a row of its own."""
+    base = name.removesuffix("_ci_low").removesuffix("_ci_high")
+    return base != name and base in report.metrics
 
 
 def _two_histograms(hist: dict[str, list[float]]) -> Callable[[Any], None]:
