@@ -12,6 +12,7 @@ from conftest import DEMO_DATA, build_static_model, encode, with_judged_queries
 from embedmig import Gates, command
 from embedmig.metrics import forecast as fc
 from embedmig.metrics import report as rpt
+from embedmig.metrics.html import render_html
 from embedmig.metrics.kernels import Judgements
 
 
@@ -187,6 +188,8 @@ def test_a_dry_run_embeds_no_document_with_the_old_model_and_reports_a_forecast(
         low, high = report.metrics[f"{name}_ci_low"], report.metrics[f"{name}_ci_high"]
         assert low is not None and high is not None and low <= report.metrics[name] <= high  # type: ignore[operator]
     assert "forecast for 300 documents from a sample of 100" in report.render_text(styled=False)
+    page = render_html(rpt.Report.from_dict(json.loads(report.to_json())))
+    assert "forecast for the full corpus" in page and "from a sample of 100" in page
     monkeypatch.undo()
     (upgraded,) = command.upgrade(config, "head")
     # The real upgrade measures inside the forecast's interval. (Not asserted for overlap here:

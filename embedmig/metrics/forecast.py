@@ -211,13 +211,83 @@ class ForecastInput:
 
 @dataclass
 class Estimate:
-    """Per-query forecasts (means over queries give the metrics) and the new top-k scores as a
-    weighted sample."""
+    """Per-query forecasts (means over queries give the metrics) and each query's new top-k
+    scores, (queries, k)."""
 
     per_query: dict[str, np.ndarray] = field(default_factory=dict)
-    top_scores: np.ndarray = field(default_factory=lambda: np.empty(0))
-    top_weights: np.ndarray = field(default_factory=lambda: np.empty(0))
-    top_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    top_scores: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+
+
+class TopScores:
+    """Each query's new top-k scores, read off its sampled scores by rank interpolation.
+
+    Sorted by score, a certain document occupies one rank and a uniformly sampled one the
+    1 / rate ranks it stands for; each sits at the middle of its stretch. The score at ranks
+    1..k is interpolated linearly between those positions, and above the first one extrapolated
+    with the slope of the first two (the best sampled document is, on average, not the best of
+    the corpus: a sample at 10% first meets the corpus's top list around rank 10).
+    """
+
+    def __init__(self, sampled: SampledScores, k: int) -> None:
+        self.sampled, self.k = sampled, k
+        # Enough of each kind to reach rank k even after a bootstrap drops a third of them.
+        self.uncertain = _top_columns(sampled.scores, sampled.uncertain, 2 * k + 4)
+        self.certain = _top_columns(sampled.scores, np.flatnonzero(sampled.certain), k + 1)
+
+    def estimate(self, multiplicity: np.ndarray | None) -> np.ndarray:
+        sampled = self.sampled
+        scores = sampled.scores
+        rows = np.arange(scores.shape[0])[:, None]
+        weight_u = np.full(self.uncertain.shape, 1.0 / sampled.rate)
+        if multiplicity is not None:
+            position = np.searchsorted(sampled.uncertain, self.uncertain)
+            weight_u = weight_u * multiplicity[position]
+        values = np.concatenate([scores[rows, self.uncertain], scores[rows, self.certain]], axis=1)
+        weight = np.concatenate([weight_u, np.ones(self.certain.shape)], axis=1)
+        weight = np.where(np.isfinite(values), weight, 0.0)
+        values = np.where(weight > 0, values, -np.inf)
+        order = np.argsort(-values, axis=1, kind="stable")
+        values = np.take_along_axis(values, order, axis=1)
+        weight = np.take_along_axis(weight, order, axis=1)
+        cumulative = np.cumsum(weight, axis=1)
+        middle = cumulative - (weight - 1) / 2  # ranks 1..w: their middle is (w + 1) / 2
+        return _interpolate_ranks(values, middle, weight > 0, self.k)
+
+
+def _top_columns(scores: np.ndarray, columns: np.ndarray, count: int) -> np.ndarray:
+    """Per query, the ``count`` columns among ``columns`` with the highest scores."""
+    count = min(count, len(columns))
+    if count == 0:
+        return np.zeros((scores.shape[0], 0), np.int64)
+    block = scores[:, columns]
+    top = (
+        np.argpartition(-block, count - 1, axis=1)[:, :count]
+        if count < len(columns)
+        else (np.broadcast_to(np.arange(len(columns)), block.shape))
+    )
+    out: np.ndarray = columns[top]
+    return out
+
+
+def _interpolate_ranks(
+    values: np.ndarray, position: np.ndarray, valid: np.ndarray, k: int
+) -> np.ndarray:
+    """Per row, the value at ranks 1..k from (position, value) points sorted by position;
+    linear between points, the first slope above the first point, flat below the last."""
+    n = values.shape[0]
+    out = np.full((n, k), np.nan)
+    ranks = np.arange(1, k + 1, dtype=np.float64)
+    for row in range(n):
+        keep = valid[row]
+        x, y = position[row][keep], values[row][keep].astype(np.float64)
+        if len(x) == 0:
+            continue
+        out[row] = np.interp(ranks, x, y)
+        if len(x) > 1 and x[1] > x[0]:
+            slope = (y[0] - y[1]) / (x[1] - x[0])
+            above = ranks < x[0]
+            out[row, above] = y[0] + slope * (x[0] - ranks[above])
+    return out
 
 
 class Forecaster:
@@ -251,10 +321,7 @@ class Forecaster:
             cols = data.old_top[rows, at]
             self.kept = Ranks(sampled, rows, cols, cap, deepest, _bands(at, self.depth))
             self.kept_at = at
-        # Candidates for the new top-k: each query's top sampled documents and the certain ones.
-        cand_rows, cand_cols = _candidates(sampled, cap)
-        strata = self._strata(cand_rows, cand_cols)
-        self.top = Ranks(sampled, cand_rows, cand_cols, cap, deepest, strata)
+        self.top = TopScores(sampled, data.k)
 
     def _strata(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
         """Pairs grouped by where the old model ranks the document (the old model is the best
@@ -277,11 +344,7 @@ class Forecaster:
         if self.kept is not None:
             common, noise = self._common(self.kept.posterior(multiplicity), weights)
             out.per_query.update(_agreement(common, noise, data.k, data.rbo_p))
-        top = self.top.posterior(multiplicity)
-        inside = top.expect(np.ones(data.k))
-        out.top_weights = inside * weights[self.top.cols]
-        out.top_scores = data.sampled.scores[self.top.rows, self.top.cols]
-        out.top_rows = self.top.rows
+        out.top_scores = self.top.estimate(multiplicity)
         return out
 
     def _judged(self, post: Posterior) -> dict[str, np.ndarray]:
@@ -342,7 +405,8 @@ def _agreement(common: np.ndarray, noise: np.ndarray, k: int, p: float) -> dict[
     counts per depth (the definitions of ``kernels.agreement``).
 
     Means over queries are linear in the per-query counts, so the Horvitz-Thompson counts give
-    them unbiased. Per-query values are noisy (a query's top 10 holds about 10 x rate sampled
+    them unbiased, as long as no count is clipped to what its depth can hold (a query whose one
+    sampled document of the old top 10 stands for ten must be allowed to count ten). Per-query values are noisy (a query's top 10 holds about 10 x rate sampled
     documents): before a nonlinear function (Jaccard) or a percentile reads them, they are
     shrunk toward their mean by the factor that leaves them the spread of the true counts
     (their spread less the sampling variance), so the distribution, not only its mean, is
@@ -355,10 +419,10 @@ def _agreement(common: np.ndarray, noise: np.ndarray, k: int, p: float) -> dict[
         if at > depth:
             continue
         found = _deflate(common[:, at - 1], noise[:, at - 1])
-        found = np.clip(found, 0, at)
+        # The mean stays unbiased only unclipped; Jaccard needs a count a top-k can hold.
         out[f"overlap_at_{at}"] = found / at
-        out[f"jaccard_at_{at}"] = found / (2 * at - found)
-    common = np.minimum(common, d)
+        held = np.clip(found, 0, at)
+        out[f"jaccard_at_{at}"] = held / (2 * at - held)
     out["rbo"] = (1 - p) / p * (common @ (p**d / d)) + common[:, -1] / depth * p**depth
     return out
 
@@ -374,32 +438,6 @@ def _deflate(values: np.ndarray, noise: np.ndarray) -> np.ndarray:
     factor = math.sqrt(max(0.0, spread - noise.mean()) / spread)
     out: np.ndarray = mean + factor * (values - mean)
     return out
-
-
-def _candidates(sampled: SampledScores, cap: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per query, the sampled documents that can be in its new top-k: its top ``cap`` uniformly
-    sampled ones and the certain ones scoring above the lowest of those."""
-    scores = sampled.scores
-    uncertain = sampled.uncertain
-    certain = np.flatnonzero(sampled.certain)
-    take = min(cap, len(uncertain))
-    rows_list, cols_list = [], []
-    floor = np.full(scores.shape[0], -np.inf)
-    if take:
-        block = scores[:, uncertain]
-        top = np.argpartition(-block, take - 1, axis=1)[:, :take]
-        rows_list.append(np.repeat(np.arange(scores.shape[0]), take))
-        cols_list.append(uncertain[top].ravel())
-        if take < len(uncertain):
-            floor = np.take_along_axis(block, top, axis=1).min(axis=1)
-    if len(certain):
-        r, c = np.nonzero(scores[:, certain] >= floor[:, None])
-        rows_list.append(r)
-        cols_list.append(certain[c])
-    rows = np.concatenate(rows_list) if rows_list else np.empty(0, np.int64)
-    cols = np.concatenate(cols_list) if cols_list else np.empty(0, np.int64)
-    keep = np.isfinite(scores[rows, cols])
-    return rows[keep], cols[keep]
 
 
 def _count_above(
@@ -482,20 +520,6 @@ class Interval:
     high: float
 
 
-def materialize(values: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
-    """An unweighted sample of ``size`` values whose distribution is the weighted one (the
-    weighted quantiles at evenly spaced levels), so the report's distribution kernels apply."""
-    keep = (weights > 0) & np.isfinite(values)
-    values, weights = values[keep], weights[keep]
-    if size < 1 or len(values) == 0:
-        return np.empty(0, np.float32)
-    order = np.argsort(values, kind="stable")
-    cumulative = np.cumsum(weights[order])
-    levels = (np.arange(size) + 0.5) / size * cumulative[-1]
-    picked: np.ndarray = values[order][np.searchsorted(cumulative, levels, side="left")]
-    return picked.astype(np.float32)
-
-
 Summary = Callable[[Estimate, np.ndarray], dict[str, float]]
 
 
@@ -524,8 +548,10 @@ def with_intervals(
     for name, value in point.items():
         sample = np.array([v for v in draws[name] if v is not None and math.isfinite(v)])
         if math.isfinite(value) and len(sample):
-            low, high = np.quantile(sample, [tail, 1 - tail])
-            out[name] = Interval(value, float(min(low, value)), float(max(high, value)))
+            # Centred on the point: a replicate's duplicated documents make the estimator's
+            # own bootstrap distribution lean (its median is not the point); its spread is kept.
+            low, middle, high = np.quantile(sample, [tail, 0.5, 1 - tail])
+            out[name] = Interval(value, float(value - (middle - low)), float(value + high - middle))
         else:
             out[name] = Interval(value, math.nan, math.nan)
     return out

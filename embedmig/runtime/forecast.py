@@ -214,7 +214,7 @@ def _figures(
             continue
         out[f"overlap_at_{at}"] = mean(overlap)
         out[f"jaccard_at_{at}"] = mean(per_query[f"jaccard_at_{at}"])
-        repeated = np.repeat(overlap, weights.astype(np.int64))
+        repeated = np.clip(np.repeat(overlap, weights.astype(np.int64)), 0.0, 1.0)
         for label, q in _PER_QUERY_QUANTILES:
             out[f"overlap_at_{at}_{label}"] = float(np.quantile(repeated, q))
         out[f"overlap_at_{at}_below_half"] = float(np.mean(repeated < 0.5))
@@ -237,9 +237,8 @@ def _figures(
 
 
 def _new_top(est: fc.Estimate, weights: np.ndarray, k: int) -> np.ndarray:
-    return fc.materialize(
-        est.top_scores, est.top_weights * weights[est.top_rows], int(weights.sum()) * k
-    )
+    top: np.ndarray = np.repeat(est.top_scores, weights.astype(np.int64), axis=0)
+    return top
 
 
 def _distributions(

@@ -1,0 +1,336 @@
+"""Do dry-run forecasts land on what the upgrade then measures, and what does a dry run cost?
+
+Two parts, both on BEIR SciFact (../shared/data/scifact) with the two real models of the demo:
+all-MiniLM-L6-v2 and a static model distilled from it (model2vec, 256-d).
+
+1. Accuracy and interval coverage. Every document and query is embedded once per model (real
+   encodings, cached for the seeds); each seed then draws a sample and runs the dry run's own
+   forecast (``embedmig.runtime.forecast.run``: the live index searched by FAISS, the sample
+   ranked by extrapolation, bootstrap intervals) and compares it with the figures of the full
+   corpus (what ``upgrade`` measures: the full new index searched with the same queries).
+   Sets: the 300 judged test claims over title + abstract (both directions), and a known-item
+   variant (each paper's title as a query, its abstract as the one relevant document; each
+   seed draws 500 of the 5,183 titles, as ``eval.sample`` does). Samples of 5%, 10% and 20%.
+2. Cost. A real project, MiniLM live, a dry run to the static model with a 10% sample and then
+   the real upgrade, timed in the same process: the dry run's wall time / the upgrade's.
+
+    python benchmarks/bench_forecast.py [--seeds 20] [--resamples 100] [--skip-cost]
+
+Targets (issue 11), at 10%: |forecast - realized| <= 0.02 for recall@10, nDCG@10 and their
+deltas, <= 0.05 for overlap@10; 95% intervals covering in >= 90% of seeds; dry run <= 15% of the
+upgrade's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from demo import scifact  # noqa: E402
+from demo.models import distilled, minilm  # noqa: E402
+from embedmig.embedders import Embedder  # noqa: E402
+from embedmig.metrics import report as rpt  # noqa: E402
+from embedmig.metrics.kernels import Judgements  # noqa: E402
+from embedmig.runtime import evaluate as ev  # noqa: E402
+from embedmig.runtime import forecast as fc  # noqa: E402
+from embedmig.sources import Document  # noqa: E402
+from embedmig.store import files  # noqa: E402
+
+METRICS = (
+    "recall_at_10_new",
+    "recall_at_10_delta",
+    "ndcg_at_10_new",
+    "ndcg_at_10_delta",
+    "mrr_at_10_new",
+    "recall_at_100_new",
+    "recall_ratio",
+    "overlap_at_10",
+    "overlap_at_100",
+    "jaccard_at_10",
+    "rbo",
+    "score_delta_mean",
+    "score_ks",
+)
+TOLERANCE = {
+    "recall_at_10_new": 0.02,
+    "recall_at_10_delta": 0.02,
+    "ndcg_at_10_new": 0.02,
+    "ndcg_at_10_delta": 0.02,
+    "overlap_at_10": 0.05,
+}
+
+
+class CachedEmbedder:
+    """A real model's encodings, computed once: texts map to their rows."""
+
+    def __init__(self, name: str, texts: Sequence[str], vectors: np.ndarray) -> None:
+        self.spec = Embedder(name)
+        self.dim = vectors.shape[1]
+        self._row = {text: i for i, text in enumerate(texts)}
+        self._vectors = vectors
+
+    def encode_documents(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        return self._vectors[[self._row[t] for t in texts]]
+
+    encode_queries = encode_documents
+
+
+@dataclass
+class DataSet:
+    name: str
+    docs: list[Document]
+    queries: list[Document]
+    qrels: dict[str, dict[str, int]]
+    queries_per_seed: int | None  # None: all of them
+
+
+def load_sets() -> list[DataSet]:
+    corpus = [json.loads(line) for line in (scifact.SCIFACT / "corpus.jsonl").open()]
+    claims = {
+        q["_id"]: q["text"] for q in map(json.loads, (scifact.SCIFACT / "queries.jsonl").open())
+    }
+    qrels: dict[str, dict[str, int]] = {}
+    for line in list((scifact.SCIFACT / "qrels" / "test.tsv").open())[1:]:
+        qid, doc, grade = line.split("\t")
+        qrels.setdefault(qid, {})[doc] = int(grade)
+    claim_set = DataSet(
+        "claims",
+        [Document(d["_id"], f"{d['title']} {d['text']}".strip()) for d in corpus],
+        [Document(q, claims[q]) for q in sorted(qrels)],
+        qrels,
+        None,
+    )
+    known = DataSet(
+        "known-item",
+        [Document(d["_id"], d["text"]) for d in corpus if d["text"].strip()],
+        [Document("t" + d["_id"], d["title"]) for d in corpus if d["text"].strip()],
+        {"t" + d["_id"]: {d["_id"]: 1} for d in corpus if d["text"].strip()},
+        500,
+    )
+    return [claim_set, known]
+
+
+def encode_all(
+    data: DataSet, models: dict[str, Path], cache: Path | None
+) -> dict[str, CachedEmbedder]:
+    """Every text of ``data`` under each model (kept in ``cache`` between runs when given)."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = list(dict.fromkeys([d.text for d in data.docs] + [q.text for q in data.queries]))
+    out = {}
+    for name, path in models.items():
+        stored = cache / f"{data.name}-{name}.npy" if cache else None
+        if stored is not None and stored.is_file():
+            vectors = np.load(stored)
+        else:
+            model = SentenceTransformer(str(path), device="cpu")
+            vectors = model.encode(texts, batch_size=32, normalize_embeddings=True)
+            if stored is not None:
+                stored.parent.mkdir(parents=True, exist_ok=True)
+                np.save(stored, vectors)
+        out[name] = CachedEmbedder(name, texts, vectors.astype(np.float32))
+    return out
+
+
+def realized(
+    data: DataSet, queries: list[Document], old: CachedEmbedder, new: CachedEmbedder
+) -> dict[str, float | None]:
+    """The upgrade's figures: both full indexes searched with the same queries."""
+    ids = np.arange(len(data.docs), dtype=np.int64)
+    texts = [d.text for d in data.docs]
+    position = {d.key: i for i, d in enumerate(data.docs)}
+    triples = [
+        (row, position[doc], grade)
+        for row, q in enumerate(queries)
+        for doc, grade in data.qrels[q.key].items()
+        if doc in position
+    ]
+    judged = Judgements(*(np.array(c, dtype=np.int64) for c in zip(*triples, strict=True)))
+    results = []
+    for side in (old, new):
+        index = files.build(side.encode_documents(texts, 32), ids, "Flat")
+        scores, found = files.search(index, side.encode_queries([q.text for q in queries], 32), 100)
+        results.append(rpt.Results(ids=found, scores=scores))
+    return rpt.compute(
+        results[0], results[1], candidates=len(ids), settings=rpt.Settings(), judged=judged
+    ).metrics
+
+
+def forecast(
+    data: DataSet,
+    queries: list[Document],
+    old: CachedEmbedder,
+    new: CachedEmbedder,
+    live: object,
+    fraction: float,
+    seed: int,
+    resamples: int,
+) -> dict[str, float | None]:
+    """The dry run's forecast with a seeded sample of ``fraction`` of the corpus."""
+    rng = np.random.default_rng(seed)
+    judged_keys = {doc for q in queries for doc in data.qrels[q.key]}
+    judged_docs = [d for d in data.docs if d.key in judged_keys]
+    rest = [d for d in data.docs if d.key not in judged_keys]
+    size = round(fraction * len(data.docs))
+    uniform = [rest[i] for i in rng.choice(len(rest), min(size, len(rest)), replace=False)]
+    columns = {d.key: i for i, d in enumerate([*uniform, *judged_docs])}
+    triples = [
+        (row, columns[doc], grade)
+        for row, q in enumerate(queries)
+        for doc, grade in data.qrels[q.key].items()
+        if doc in columns
+    ]
+    judged = Judgements(*(np.array(c, dtype=np.int64) for c in zip(*triples, strict=True)))
+    report = fc.run(
+        alias="bench",
+        revision="r2",
+        new=new,  # type: ignore[arg-type]
+        old=fc.LiveSide(old, live, {d.key: i for i, d in enumerate(data.docs)}),  # type: ignore[arg-type]
+        sample=fc.SampleDocs(uniform, judged_docs, len(data.docs)),
+        columns=columns,
+        queries=ev.QuerySet(queries, "bench", judged=judged),
+        settings=rpt.Settings(seed=seed),
+        resamples=resamples,
+        pair_docs=200,
+        batch_size=32,
+        notes=(),
+    )
+    return report.metrics
+
+
+def accuracy(args: argparse.Namespace, models: dict[str, Path]) -> None:
+    for data in (d for d in load_sets() if d.name in args.sets):
+        print(
+            f"\n== {data.name}: {len(data.docs):,} documents, encoding both models...", flush=True
+        )
+        cached = encode_all(data, models, args.cache)
+        directions = [("minilm", "static"), ("static", "minilm")]
+        if data.name == "known-item":
+            directions = directions[:1]
+        for old_name, new_name in directions:
+            old, new = cached[old_name], cached[new_name]
+            live = files.build(
+                old.encode_documents([d.text for d in data.docs], 32),
+                np.arange(len(data.docs), dtype=np.int64),
+                "Flat",
+            )
+            for fraction in args.fractions:
+                rows: dict[str, list[tuple[float, float, float, float]]] = {m: [] for m in METRICS}
+                started = time.perf_counter()
+                for seed in range(args.seeds):
+                    queries = data.queries
+                    if data.queries_per_seed:
+                        pick = np.random.default_rng(1000 + seed).choice(
+                            len(queries), data.queries_per_seed, replace=False
+                        )
+                        queries = [queries[i] for i in sorted(pick)]
+                    truth = realized(data, queries, old, new)
+                    guess = forecast(data, queries, old, new, live, fraction, seed, args.resamples)
+                    for m in METRICS:
+                        value, low, high = (
+                            guess.get(m),
+                            guess.get(f"{m}_ci_low"),
+                            guess.get(f"{m}_ci_high"),
+                        )
+                        if value is None or truth.get(m) is None or low is None or high is None:
+                            continue
+                        rows[m].append((value, low, high, float(truth[m])))  # type: ignore[arg-type]
+                seconds = (time.perf_counter() - started) / args.seeds
+                print(
+                    f"\n{data.name}, {old_name} -> {new_name}, sample {fraction:.0%}, "
+                    f"{args.seeds} seeds ({seconds:.1f} s per forecast)"
+                )
+                print(
+                    f"  {'metric':<20}{'realized':>9}{'forecast':>9}{'interval (seed 0)':>22}"
+                    f"{'mean |err|':>11}{'max |err|':>10}{'covered':>9}  target"
+                )
+                for m, seen in rows.items():
+                    if not seen:
+                        continue
+                    arr = np.array(seen)
+                    err = np.abs(arr[:, 0] - arr[:, 3])
+                    covered = np.mean(
+                        (arr[:, 1] <= arr[:, 3] + 1e-12) & (arr[:, 3] <= arr[:, 2] + 1e-12)
+                    )
+                    target = ""
+                    if m in TOLERANCE and abs(fraction - 0.1) < 1e-9:
+                        ok = err.mean() <= TOLERANCE[m]
+                        target = f"|err| <= {TOLERANCE[m]}: {'met' if ok else 'NOT met'}"
+                    print(
+                        f"  {m:<20}{arr[0, 3]:>9.4f}{arr[:, 0].mean():>9.4f}"
+                        f"   [{arr[0, 1]:.4f}, {arr[0, 2]:.4f}]{err.mean():>11.4f}"
+                        f"{err.max():>10.4f}{covered:>9.0%}  {target}",
+                        flush=True,
+                    )
+
+
+def cost(models: dict[str, Path]) -> None:
+    from embedmig import command
+
+    root = Path(tempfile.mkdtemp(prefix="bench-forecast-"))
+    config = scifact.project(root)
+    command.revision(config, "first", alias="papers", new=str(models["minilm"]), rev_id="f1")
+    command.revision(config, "second", alias="papers", new=str(models["static"]), rev_id="f2")
+    print("\n== cost: building the live MiniLM index of SciFact (minutes)...", flush=True)
+    command.upgrade(config, "f1")
+    sample = round(0.1 * 5183)
+    started = time.perf_counter()
+    (dry,) = command.upgrade(config, "f2", dry_run=True, sample=sample, force=True)
+    dry_s = time.perf_counter() - started
+    started = time.perf_counter()
+    (real,) = command.upgrade(config, "f2", force=True)
+    real_s = time.perf_counter() - started
+    print(
+        f"MiniLM -> static, sample {sample}: dry run {dry_s:.1f} s, upgrade {real_s:.1f} s: "
+        f"{dry_s / real_s:.0%} (target <= 15%)"
+    )
+    print(f"  dry run timings: { {k: round(v, 2) for k, v in dry.timings.items()} }")
+    print(f"  upgrade timings: { {k: round(v, 2) for k, v in real.timings.items()} }")
+    print(f"  {'metric':<20}{'forecast':>9}{'interval':>22}{'realized':>10}")
+    for m in METRICS:
+        value, low, high = (
+            dry.metrics.get(m),
+            dry.metrics.get(f"{m}_ci_low"),
+            dry.metrics.get(f"{m}_ci_high"),
+        )
+        if value is None or real.metrics.get(m) is None:
+            continue
+        span = f"[{low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
+        print(f"  {m:<20}{value:>9.4f}{span:>22}{real.metrics[m]:>10.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--resamples", type=int, default=100)
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--cache", type=Path, help="keep the encodings here between runs")
+    parser.add_argument("--sets", nargs="+", default=["claims", "known-item"])
+    args = parser.parse_args()
+    if not scifact.SCIFACT.is_dir():
+        sys.exit(f"{scifact.SCIFACT} not found")
+    work = Path(tempfile.mkdtemp(prefix="bench-forecast-models-"))
+    models = {"minilm": minilm(), "static": distilled(work / "static-256")}
+    if not args.skip_accuracy:
+        accuracy(args, models)
+    if not args.skip_cost:
+        cost(models)
+
+
+if __name__ == "__main__":
+    main()
