@@ -27,7 +27,7 @@ DEFAULTS: Mapping[str, str] = {
     "eval.rbo_p": "0.9",
     "eval.resamples": "1000",
     "eval.pair_docs": "200",
-    "eval.forecast_resamples": "200",
+    "eval.forecast_resamples": "100",
     "lock.lease_seconds": "60",
     "writer.holdover": "next",
     "corpus.id_field": "id",

@@ -144,6 +144,30 @@ def test_the_sample_alone_would_overstate_recall_which_the_correction_removes(
     assert abs(corrected - realized) < (naive - realized) / 3
 
 
+def test_rank_interpolation_matches_a_per_row_reference() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        width = int(rng.integers(1, 8))
+        values = -np.sort(-rng.random((5, width)), axis=1)
+        weights = rng.choice([1.0, 5.0, 0.0], (5, width))
+        order = np.argsort(weights == 0, axis=1, kind="stable")  # the valid points first
+        values = np.take_along_axis(values, order, 1)
+        weights = np.take_along_axis(weights, order, 1)
+        position = np.cumsum(weights, axis=1) - (weights - 1) / 2
+        got = fc._interpolate_ranks(values, position, weights > 0, 10)
+        ranks = np.arange(1, 11.0)
+        for row in range(5):
+            x, y = position[row][weights[row] > 0], values[row][weights[row] > 0]
+            if len(x) == 0:
+                assert np.isnan(got[row]).all()
+                continue
+            want = np.interp(ranks, x, y)
+            if len(x) > 1:
+                above = ranks < x[0]
+                want[above] = y[0] + (y[0] - y[1]) / (x[1] - x[0]) * (x[0] - ranks[above])
+            assert np.allclose(got[row], want)
+
+
 def test_rank_posterior_is_exact_when_the_sample_is_the_corpus() -> None:
     grid = np.arange(10)
     posterior = fc.rank_posterior(np.array([0, 3, 9]), 1.0, grid)
