@@ -137,7 +137,9 @@ def encode_all(
             vectors = np.load(stored)
         else:
             model = SentenceTransformer(str(path), device="cpu")
-            vectors = model.encode(texts, batch_size=32, normalize_embeddings=True)
+            vectors = model.encode(
+                texts, batch_size=32, normalize_embeddings=True, show_progress_bar=False
+            )
             if stored is not None:
                 stored.parent.mkdir(parents=True, exist_ok=True)
                 np.save(stored, vectors)
@@ -218,8 +220,6 @@ def accuracy(args: argparse.Namespace, models: dict[str, Path]) -> None:
         )
         cached = encode_all(data, models, args.cache)
         directions = [("minilm", "static"), ("static", "minilm")]
-        if data.name == "known-item":
-            directions = directions[:1]
         for old_name, new_name in directions:
             old, new = cached[old_name], cached[new_name]
             live = files.build(
@@ -255,7 +255,7 @@ def accuracy(args: argparse.Namespace, models: dict[str, Path]) -> None:
                 )
                 print(
                     f"  {'metric':<20}{'realized':>9}{'forecast':>9}{'interval (seed 0)':>22}"
-                    f"{'mean |err|':>11}{'max |err|':>10}{'covered':>9}  target"
+                    f"{'mean |err|':>11}{'max |err|':>10}{'covered':>9}  target (share of seeds)"
                 )
                 for m, seen in rows.items():
                     if not seen:
@@ -266,9 +266,8 @@ def accuracy(args: argparse.Namespace, models: dict[str, Path]) -> None:
                         (arr[:, 1] <= arr[:, 3] + 1e-12) & (arr[:, 3] <= arr[:, 2] + 1e-12)
                     )
                     target = ""
-                    if m in TOLERANCE and abs(fraction - 0.1) < 1e-9:
-                        ok = err.mean() <= TOLERANCE[m]
-                        target = f"|err| <= {TOLERANCE[m]}: {'met' if ok else 'NOT met'}"
+                    if m in TOLERANCE:
+                        target = f"|err| <= {TOLERANCE[m]}: {np.mean(err <= TOLERANCE[m]):.0%}"
                     print(
                         f"  {m:<20}{arr[0, 3]:>9.4f}{arr[:, 0].mean():>9.4f}"
                         f"   [{arr[0, 1]:.4f}, {arr[0, 2]:.4f}]{err.mean():>11.4f}"

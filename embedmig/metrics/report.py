@@ -240,8 +240,6 @@ class Report:
                     if interval and None not in interval
                     else ""
                 )
-                if self.forecast and row.get("new_ci") and None not in row["new_ci"]:
-                    ci += f"  new in [{row['new_ci'][0]:.4f}, {row['new_ci'][1]:.4f}]"
                 old = "" if row.get("old") is None else f"{row['old']:.4f}"
                 delta = "" if row.get("delta") is None else f"{row['delta']:+.4f}"
                 lines.append(f"    {name:<26}{old:>9} {row['new']:>9.4f} {delta:>9}  {ci}")

@@ -386,7 +386,7 @@ class MigrationContext:
             raise SourceError(f"the corpus of alias {self.alias!r} has no non-empty documents")
         columns = {d.key: i for i, d in enumerate([*uniform, *extra.values()])}
         notes = [
-            f"forecast for {population:,} documents from a seeded sample of {len(uniform):,}"
+            f"seeded sample of {len(uniform):,} documents"
             + (f" plus the {len(extra):,} judged documents of the queries" if extra else "")
         ]
         if skipped:

@@ -107,6 +107,7 @@ def run(
         resamples,
         settings.seed,
     )
+    figures = {name: _within_range(name, interval) for name, interval in figures.items()}
     metrics: dict[str, float | None] = {}
     for name, interval in figures.items():
         metrics[name] = _num(interval.value)
@@ -340,6 +341,21 @@ def _reconstruct(old: LiveSide, docs: Sequence[Document]) -> np.ndarray | None:
     except RuntimeError:
         return None
     return vectors
+
+
+_SHARES = ("overlap_", "jaccard_", "rbo", "recall_at_", "mrr_", "ndcg_", "score_ks")
+
+
+def _within_range(name: str, interval: fc.Interval) -> fc.Interval:
+    """An interval cut to the values its metric can take (shares lie in [0, 1], their deltas in
+    [-1, 1]); a normal interval knows no bounds."""
+    if name.endswith("_delta"):
+        low, high = -1.0, 1.0
+    elif name.startswith(_SHARES) and not name.startswith("score_shift"):
+        low, high = 0.0, 1.0
+    else:
+        return interval
+    return fc.Interval(interval.value, max(interval.low, low), min(interval.high, high))
 
 
 def _mean(sample: kernels.Sample) -> float:
