@@ -24,6 +24,33 @@ from embedmig.metrics.report import HEADLINE, Report
 EXIT_ERROR, EXIT_GATE = 1, 3
 
 
+class SampleSize(click.ParamType):  # type: ignore[type-arg]  # generic only in newer Click
+    """``1000`` (documents) or ``10%`` (a share of the corpus, as a float)."""
+
+    name = "N|P%"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        text = str(value).strip()
+        try:
+            if text.endswith("%"):
+                share = float(text[:-1]) / 100
+                if not 0 < share <= 1:
+                    raise ValueError
+                return share
+            return int(text)
+        except ValueError:
+            self.fail(
+                f"{value!r} is neither a number of documents nor a share like 10%", param, ctx
+            )
+
+
+SAMPLE = SampleSize()
+
+
 class State:
     def __init__(self) -> None:
         self.verbose = False
@@ -100,9 +127,15 @@ def revision(
 @cli.command()
 @click.argument("target", default="head")
 @click.option(
-    "--dry-run", is_flag=True, help="Run on a sample in throwaway indexes; change nothing."
+    "--dry-run", is_flag=True, help="Forecast the full corpus from a sample; change nothing."
 )
-@click.option("--sample", default=1000, show_default=True, help="Documents in a dry run's sample.")
+@click.option(
+    "--sample",
+    type=SAMPLE,
+    default="1000",
+    show_default=True,
+    help="A dry run's sample: documents (1000) or a share of the corpus (10%).",
+)
 @click.option("--force", is_flag=True, help="Swap even if a gate fails (recorded as forced).")
 @click.option(
     "--report",
@@ -116,7 +149,7 @@ def upgrade(
     state: State,
     target: str,
     dry_run: bool,
-    sample: int,
+    sample: int | float,
     force: bool,
     report_path: str | None,
     wait: float,
@@ -143,13 +176,17 @@ def _print_report(report: Report) -> None:
 @cli.command()
 @click.argument("target", default="heads")
 @click.option(
-    "--sample", default=1000, show_default=True, help="Documents in the dry run's sample."
+    "--sample",
+    type=SAMPLE,
+    default="1000",
+    show_default=True,
+    help="The dry run's sample: documents (1000) or a share of the corpus (10%).",
 )
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @pass_state
-def check(state: State, target: str, sample: int, fmt: str) -> None:
+def check(state: State, target: str, sample: int | float, fmt: str) -> None:
     """Dry-run every pending revision up to TARGET; exit 3 when a gate fails (for CI)."""
     reports: list[Report] = []
     try:

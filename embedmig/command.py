@@ -90,7 +90,7 @@ def upgrade(
     target: str = "head",
     *,
     dry_run: bool = False,
-    sample: int = 1000,
+    sample: int | float = 1000,
     force: bool = False,
     report_path: str | Path | None = None,
     on_report: Callable[[Report], None] | None = None,
@@ -98,13 +98,13 @@ def upgrade(
 ) -> list[Report]:
     """Migrate to ``target``: backfill, evaluate, gate and swap each revision on the way.
 
-    With ``dry_run`` every revision runs on a seeded sample in throwaway indexes and nothing but a
-    history row changes. ``report_path`` receives the last report (``.json``: JSON, ``.html``:
+    With ``dry_run`` every revision is forecast for the full corpus from a seeded sample (``sample``
+    documents, or a share of the corpus when a float in (0, 1]) and nothing but a history row
+    changes. ``report_path`` receives the last report (``.json``: JSON, ``.html``:
     HTML, else text). A migration of an alias that another run holds fails at once, or after
     waiting up to ``wait`` seconds for it.
     """
-    if sample < 1:
-        raise ConfigError("--sample must be at least 1")
+    _check_sample(sample)
     written: list[Report] = []
 
     def keep(report: Report) -> None:
@@ -288,11 +288,20 @@ def report(config: Config, rev: str, *, event: int | None = None) -> Report:
         ) from None
 
 
+def _check_sample(sample: int | float) -> None:
+    if isinstance(sample, bool) or not isinstance(sample, (int, float)):
+        raise ConfigError(f"--sample must be a number of documents or a share, got {sample!r}")
+    if isinstance(sample, float) and not 0 < sample <= 1:
+        raise ConfigError(f"--sample as a share must be in (0, 1], got {sample:g}")
+    if isinstance(sample, int) and sample < 1:
+        raise ConfigError("--sample must be at least 1")
+
+
 def check(
     config: Config,
     target: str = "heads",
     *,
-    sample: int = 1000,
+    sample: int | float = 1000,
     on_report: Callable[[Report], None] | None = None,
 ) -> list[Report]:
     """A dry run of every pending revision up to ``target``: for CI, fails on a failed gate."""

@@ -10,6 +10,7 @@ import pytest
 from conftest import DEMO_DATA, build_static_model, encode, with_judged_queries
 
 from embedmig import Gates, command
+from embedmig.errors import ConfigError
 from embedmig.metrics import forecast as fc
 from embedmig.metrics import report as rpt
 from embedmig.metrics.html import render_html
@@ -242,3 +243,24 @@ def test_a_first_revision_forecasts_from_the_sample_alone(
     )
     assert realized is not None and low is not None and high is not None
     assert low - 1e-9 <= realized <= high + 1e-9
+
+
+def test_a_sample_can_be_a_share_of_the_corpus(
+    project: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from embedmig.cli import main
+
+    config = with_judged_queries(project, 20, words=12)
+    command.revision(config, "first", alias="docs", new=str(models["a"]), rev_id="r1")
+    command.revision(config, "second", alias="docs", new=str(models["near"]), rev_id="r2")
+    command.upgrade(config, "r1")
+    (report,) = command.upgrade(config, "head", dry_run=True, sample=0.25)
+    # A Bernoulli sample of the 280 unjudged documents at 25%, plus the 20 judged ones.
+    assert report.forecast and 40 <= (report.sample_size or 0) - 20 <= 100
+    assert main(["upgrade", "--dry-run", "--sample", "25%", "--report", "r.json"]) == 0
+    assert json.loads((project / "r.json").read_text())["sample_size"] == report.sample_size
+    for bad in ("0%", "150%", "ten"):
+        assert main(["upgrade", "--dry-run", "--sample", bad]) != 0
+    assert "neither a number of documents nor a share" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"share must be in \(0, 1\]"):
+        command.upgrade(config, "head", dry_run=True, sample=1.5)

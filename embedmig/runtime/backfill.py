@@ -27,22 +27,30 @@ log = logging.getLogger("embedmig")
 class Sampler:
     """A seeded sample of documents that does not depend on corpus order or on resuming.
 
-    Keeps the ``size`` keys with the smallest seeded hash (a bottom-k sketch); a later document
-    with a sampled key replaces the earlier one, as it does in the index.
+    Keeps the ``size`` keys with the smallest seeded hash (a bottom-k sketch), or with ``rate``
+    every key whose hash falls below that share of the hash range (a Bernoulli sample of a corpus
+    of any size, known in one pass). A later document with a sampled key replaces the earlier
+    one, as it does in the index.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, rate: float | None = None) -> None:
         self.size = size
+        self.rate = rate
         self._salt = str(seed).encode() + b"\0"
         self._heap: list[tuple[int, str]] = []  # (-hash, key): the root is the largest hash kept
         self._docs: dict[str, Document] = {}
+        self._below = None if rate is None else int(rate * 2**64)
 
     def offer(self, doc: Document) -> None:
         if doc.key in self._docs:
             self._docs[doc.key] = doc
             return
         h = int.from_bytes(hashlib.blake2b(self._salt + doc.key.encode(), digest_size=8).digest())
-        if len(self._heap) < self.size:
+        if self._below is not None:
+            if h < self._below:
+                self._heap.append((-h, doc.key))
+                self._docs[doc.key] = doc
+        elif len(self._heap) < self.size:
             heapq.heappush(self._heap, (-h, doc.key))
             self._docs[doc.key] = doc
         elif self._heap and h < -self._heap[0][0]:

@@ -47,7 +47,7 @@ class MigrationContext:
         revision: Revision,
         *,
         dry_run: bool = False,
-        sample: int = 1000,
+        sample: int | float = 1000,
         force: bool = False,
     ) -> None:
         self.env = env
@@ -368,7 +368,11 @@ class MigrationContext:
         """Read the corpus once: a seeded uniform sample and the judged documents; nothing is
         embedded yet (the forecast embeds them with the new model only)."""
         seed = self.config.get_int("eval.seed", minimum=0)
-        sampler = Sampler(self.sample, seed)
+        # An int is a count of documents; a float in (0, 1] a share of the corpus.
+        if isinstance(self.sample, float):
+            sampler = Sampler(0, seed, rate=self.sample)
+        else:
+            sampler = Sampler(self.sample, seed)
         judged = {key for judged in (self._qrels or {}).values() for key in judged}
         extra: dict[str, Document] = {}
         skipped = population = 0

@@ -18,7 +18,7 @@ def upgrade(
     target: str,
     *,
     dry_run: bool = False,
-    sample: int = 1000,
+    sample: int | float = 1000,
     force: bool = False,
     on_report: Callable[[Report], None] | None = None,
     wait: float = 0.0,
@@ -49,7 +49,7 @@ def _apply(
     path: list[Revision],
     live: dict[str, catalog.IndexRecord | None],
     dry_run: bool,
-    sample: int,
+    sample: int | float,
     force: bool,
     on_report: Callable[[Report], None] | None,
 ) -> list[Report]:
