@@ -217,3 +217,7 @@ def test_an_invalid_index_factory_is_refused_before_embedding(config: Config) ->
     with pytest.raises(Exception, match="invalid faiss index factory 'NoSuchIndex'"):
         command.upgrade(config)
     assert snapshot(config) == before
+    # A dry run builds no index, yet refuses the factory the upgrade would refuse.
+    with pytest.raises(Exception, match="invalid faiss index factory 'NoSuchIndex'"):
+        command.upgrade(config, dry_run=True, sample=50)
+    assert snapshot(config) == before

@@ -367,6 +367,8 @@ class MigrationContext:
     def _dry_backfill(self, new: LoadedEmbedder) -> DryRun:
         """Read the corpus once: a seeded uniform sample and the judged documents; nothing is
         embedded yet (the forecast embeds them with the new model only)."""
+        # No index is built, but a factory the upgrade could not build fails here, as there.
+        files.new_index(new.dim, self.revision.index_factory)
         seed = self.config.get_int("eval.seed", minimum=0)
         # An int is a count of documents; a float in (0, 1] a share of the corpus.
         if isinstance(self.sample, float):
