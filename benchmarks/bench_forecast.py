@@ -147,20 +147,24 @@ def encode_all(
     return out
 
 
+def judgements(data: DataSet, queries: list[Document], column: dict[str, int]) -> Judgements:
+    """The judgements of ``queries``, documents as their ``column``."""
+    triples = [
+        (row, column[doc], grade)
+        for row, q in enumerate(queries)
+        for doc, grade in data.qrels[q.key].items()
+        if doc in column
+    ]
+    return Judgements(*(np.array(c, dtype=np.int64) for c in zip(*triples, strict=True)))
+
+
 def realized(
     data: DataSet, queries: list[Document], old: CachedEmbedder, new: CachedEmbedder
 ) -> dict[str, float | None]:
     """The upgrade's figures: both full indexes searched with the same queries."""
     ids = np.arange(len(data.docs), dtype=np.int64)
     texts = [d.text for d in data.docs]
-    position = {d.key: i for i, d in enumerate(data.docs)}
-    triples = [
-        (row, position[doc], grade)
-        for row, q in enumerate(queries)
-        for doc, grade in data.qrels[q.key].items()
-        if doc in position
-    ]
-    judged = Judgements(*(np.array(c, dtype=np.int64) for c in zip(*triples, strict=True)))
+    judged = judgements(data, queries, {d.key: i for i, d in enumerate(data.docs)})
     results = []
     for side in (old, new):
         index = files.build(side.encode_documents(texts, 32), ids, "Flat")
@@ -189,13 +193,7 @@ def forecast(
     size = round(fraction * len(data.docs))
     uniform = [rest[i] for i in rng.choice(len(rest), min(size, len(rest)), replace=False)]
     columns = {d.key: i for i, d in enumerate([*uniform, *judged_docs])}
-    triples = [
-        (row, columns[doc], grade)
-        for row, q in enumerate(queries)
-        for doc, grade in data.qrels[q.key].items()
-        if doc in columns
-    ]
-    judged = Judgements(*(np.array(c, dtype=np.int64) for c in zip(*triples, strict=True)))
+    judged = judgements(data, queries, columns)
     report = fc.run(
         alias="bench",
         revision="r2",
