@@ -171,7 +171,7 @@ def test_rank_interpolation_matches_a_per_row_reference() -> None:
 
 def test_rank_posterior_is_exact_when_the_sample_is_the_corpus() -> None:
     grid = np.arange(10)
-    posterior = fc.rank_posterior(np.array([0, 3, 9]), 1.0, grid)
+    posterior, _ = fc.rank_posterior(np.array([0, 3, 9]), 1.0, grid)
     assert posterior.argmax(axis=1).tolist() == [0, 3, 9]
     assert np.allclose(posterior.sum(axis=1), 1.0)
 

@@ -11,7 +11,7 @@ ceiling, so nothing here ranks the sample as if it were the corpus. Each sampled
   A, the certain documents scoring above s, is known; B, the others above s, is not. What is seen
   is b, the sampled ones among them, b ~ Binomial(B, rate).
 - B gets an *empirical-Bayes* prior: a non-increasing distribution over a grid of counts (a
-  mixture of uniforms on [0, m]), fitted by EM_STEPS steps of EM from a flat start to all the b
+  mixture of uniforms on [0, m]), fitted by EM (maximum likelihood) to all the b
   of one family of pairs (the judged documents; the old model's top documents), separately within
   bands of the old model's rank of the document (1, 2, 3-4, 5-8, ...): where the old model ranks a
   document is the best guess of where the new one will. Each pair then has a posterior over its
@@ -37,8 +37,11 @@ import numpy as np
 
 from embedmig.metrics.kernels import Judgements, ideal_grades
 
-# From a flat start; 30 and 200 steps forecast SciFact alike (bench_forecast), 30 costs less.
-EM_STEPS = 30
+# EM for the priors: from a flat start until it settles (at most EM_STEPS); a bootstrap replicate
+# from the forecast's own fit. Stopped early (30 steps) the prior stays too flat and reads the
+# first ranks low: nDCG@10 of the known-item set 0.036 low at 10%, 0.001 when settled.
+EM_STEPS = 3000
+WARM_STEPS = 30
 _DENSE_GRID = 128  # counts 0..127 one by one, then geometric steps up to the population
 _NDCG_DISCOUNTS = 1.0 / np.log2(np.arange(2, 12))
 
@@ -86,6 +89,7 @@ class Ranks:
     ):
         self.sampled, self.rows, self.cols, self.horizon = sampled, rows, cols, horizon
         self.strata = strata if strata is not None else np.zeros(len(rows), np.int64)
+        self.fitted: dict[int, np.ndarray] = {}
         scores = sampled.scores
         threshold = scores[rows, cols][:, None]
         certain = np.flatnonzero(sampled.certain)
@@ -115,7 +119,8 @@ class Ranks:
         return seen
 
     def posterior(self, multiplicity: np.ndarray | None = None) -> Posterior:
-        """Each stratum of pairs gets its own fitted prior."""
+        """Each stratum of pairs gets its own fitted prior. The fit to the data itself is kept:
+        a bootstrap replicate (``multiplicity`` given) starts its own fit from it."""
         sampled = self.sampled
         seen = self.seen_above(multiplicity)
         grid = (
@@ -126,7 +131,10 @@ class Ranks:
         post = np.zeros((len(seen), len(kept)))
         for stratum in np.unique(self.strata):
             members = np.flatnonzero(self.strata == stratum)
-            post[members] = rank_posterior(seen[members], sampled.rate, grid, len(kept))
+            start = self.fitted.get(int(stratum)) if multiplicity is not None else None
+            post[members], mix = rank_posterior(seen[members], sampled.rate, grid, len(kept), start)
+            if multiplicity is None and mix is not None:
+                self.fitted[int(stratum)] = mix
         return Posterior(kept, post, self.above_certain)
 
 
@@ -158,16 +166,24 @@ class Posterior:
 
 
 def rank_posterior(
-    seen: np.ndarray, rate: float, grid: np.ndarray, columns: int | None = None
-) -> np.ndarray:
+    seen: np.ndarray,
+    rate: float,
+    grid: np.ndarray,
+    columns: int | None = None,
+    start: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Posterior over B (population documents above a pair), on ``grid``, for each observed
     count ``seen``, under a non-increasing prior fitted to all of ``seen``: (pairs, columns),
-    the first ``columns`` grid points (default all)."""
+    the first ``columns`` grid points (default all); and the fitted mixture weights.
+
+    The fit is EM from a flat start, run until it settles; with ``start`` (the weights a fit of
+    nearby data found: a bootstrap replicate starts from the forecast's) it runs WARM_STEPS.
+    """
     seen = np.asarray(seen, dtype=np.int64)
     columns = len(grid) if columns is None else columns
     if rate >= 1.0:  # the sample is the population: B is what was seen
         exact: np.ndarray = (seen[:, None] == grid[None, :columns]).astype(np.float64)
-        return exact
+        return exact, None
     width = np.diff(np.append(grid, 2 * grid[-1] - grid[-2] if len(grid) > 1 else 1))
     width = width.astype(np.float64)
     values, inverse = np.unique(seen, return_inverse=True)
@@ -179,18 +195,20 @@ def rank_posterior(
     # over the grid cells up to m in proportion to their widths.
     components = np.tril(np.broadcast_to(width, (len(grid), len(grid))))
     components /= components.sum(axis=1, keepdims=True)
-
     lik_c = lik @ components.T
-    mix = np.full(len(grid), 1.0 / len(grid))
-    for _ in range(EM_STEPS):
+    mix = np.full(len(grid), 1.0 / len(grid)) if start is None else start
+    steps = EM_STEPS if start is None else WARM_STEPS
+    for step in range(steps):
         joint = lik_c * mix
         joint /= joint.sum(axis=1, keepdims=True)
-        mix = weight @ joint
+        previous, mix = mix, weight @ joint
+        if step % 50 == 49 and np.abs(mix - previous).max() < 1e-7:
+            break
     prior = mix @ components
     post = lik * prior
     post /= post.sum(axis=1, keepdims=True)
     out: np.ndarray = post[:, :columns][inverse]
-    return out
+    return out, mix
 
 
 # ---- the forecast ------------------------------------------------------------------------------
