@@ -38,10 +38,13 @@ import numpy as np
 from embedmig.metrics.kernels import Judgements, ideal_grades
 
 # EM for the priors: from a flat start until it settles (at most EM_STEPS); a bootstrap replicate
-# from the forecast's own fit. Stopped early (30 steps) the prior stays too flat and reads the
-# first ranks low: nDCG@10 of the known-item set 0.036 low at 10%, 0.001 when settled.
+# from the forecast's own fit (WARM_STEPS). Stopped early (SMOOTH_STEPS from a flat start) a
+# prior stays flatter and reads the first ranks lower: nDCG@10 of the known-item set 0.036 low
+# at 10%, 0.001 when settled. Where the two fits disagree, the data cannot tell the first ranks
+# apart, and the intervals widen by that disagreement (``with_intervals``).
 EM_STEPS = 3000
 WARM_STEPS = 30
+SMOOTH_STEPS = 30
 _DENSE_GRID = 128  # counts 0..127 one by one, then geometric steps up to the population
 _NDCG_DISCOUNTS = 1.0 / np.log2(np.arange(2, 12))
 
@@ -118,7 +121,7 @@ class Ranks:
         seen: np.ndarray = padded[self.rows, self.position]
         return seen
 
-    def posterior(self, multiplicity: np.ndarray | None = None) -> Posterior:
+    def posterior(self, multiplicity: np.ndarray | None = None, smooth: bool = False) -> Posterior:
         """Each stratum of pairs gets its own fitted prior. The fit to the data itself is kept:
         a bootstrap replicate (``multiplicity`` given) starts its own fit from it."""
         sampled = self.sampled
@@ -132,8 +135,15 @@ class Ranks:
         for stratum in np.unique(self.strata):
             members = np.flatnonzero(self.strata == stratum)
             start = self.fitted.get(int(stratum)) if multiplicity is not None else None
-            post[members], mix = rank_posterior(seen[members], sampled.rate, grid, len(kept), start)
-            if multiplicity is None and mix is not None:
+            post[members], mix = rank_posterior(
+                seen[members],
+                sampled.rate,
+                grid,
+                len(kept),
+                start,
+                SMOOTH_STEPS if smooth else None,
+            )
+            if multiplicity is None and not smooth and mix is not None:
                 self.fitted[int(stratum)] = mix
         return Posterior(kept, post, self.above_certain)
 
@@ -171,13 +181,15 @@ def rank_posterior(
     grid: np.ndarray,
     columns: int | None = None,
     start: np.ndarray | None = None,
+    steps: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Posterior over B (population documents above a pair), on ``grid``, for each observed
     count ``seen``, under a non-increasing prior fitted to all of ``seen``: (pairs, columns),
     the first ``columns`` grid points (default all); and the fitted mixture weights.
 
     The fit is EM from a flat start, run until it settles; with ``start`` (the weights a fit of
-    nearby data found: a bootstrap replicate starts from the forecast's) it runs WARM_STEPS.
+    nearby data found: a bootstrap replicate starts from the forecast's) it runs WARM_STEPS;
+    ``steps`` caps it.
     """
     seen = np.asarray(seen, dtype=np.int64)
     columns = len(grid) if columns is None else columns
@@ -197,7 +209,8 @@ def rank_posterior(
     components /= components.sum(axis=1, keepdims=True)
     lik_c = lik @ components.T
     mix = np.full(len(grid), 1.0 / len(grid)) if start is None else start
-    steps = EM_STEPS if start is None else WARM_STEPS
+    if steps is None:
+        steps = EM_STEPS if start is None else WARM_STEPS
     for step in range(steps):
         joint = lik_c * mix
         joint /= joint.sum(axis=1, keepdims=True)
@@ -366,16 +379,18 @@ class Forecaster:
         position = np.where(hits.any(axis=1), hits.argmax(axis=1), self.depth)
         return _bands(position, self.depth)
 
-    def estimate(self, multiplicity: np.ndarray | None = None) -> Estimate:
+    def estimate(self, multiplicity: np.ndarray | None = None, smooth: bool = False) -> Estimate:
+        """The forecast (``multiplicity``: a bootstrap replicate's document counts; ``smooth``:
+        priors fitted by SMOOTH_STEPS from a flat start instead of until they settle)."""
         data, out = self.data, Estimate()
         weights = data.sampled.weights
         if multiplicity is not None:
             weights = weights.copy()
             weights[data.sampled.uncertain] *= multiplicity
         if self.judged is not None:
-            out.per_query.update(self._judged(self.judged.posterior(multiplicity)))
+            out.per_query.update(self._judged(self.judged.posterior(multiplicity, smooth)))
         if self.kept is not None:
-            common, noise = self._common(self.kept.posterior(multiplicity), weights)
+            common, noise = self._common(self.kept.posterior(multiplicity, smooth), weights)
             out.per_query.update(_agreement(common, noise, data.k, data.rbo_p))
         out.top_scores = self.top.estimate(multiplicity)
         return out
@@ -564,9 +579,12 @@ def with_intervals(
     level: float = 0.95,
 ) -> dict[str, Interval]:
     """Each figure ``summarize`` makes of an estimate (given per-query weights: how often each
-    query is drawn), with a percentile bootstrap interval over queries and sampled documents."""
+    query is drawn), with an interval: ± z bootstrap standard deviations over queries and
+    sampled documents, widened by how far the forecast moves when its priors are fitted less
+    far (what the data cannot pin down, chiefly the first ranks)."""
     n_queries = forecaster.n_queries
     point = summarize(forecaster.estimate(), np.ones(n_queries))
+    smooth = summarize(forecaster.estimate(smooth=True), np.ones(n_queries))
     rng = np.random.default_rng(seed)
     n_docs = len(forecaster.data.sampled.uncertain)
     draws: dict[str, list[float]] = {name: [] for name in point}
@@ -584,7 +602,9 @@ def with_intervals(
             # Normal, centred on the forecast: a replicate's duplicated documents make the
             # estimator's bootstrap distribution lean (its median is not the forecast), and a
             # spread is stable from far fewer replicates than a 2.5% quantile.
-            spread = z * float(sample.std(ddof=1))
+            moved = smooth.get(name, value) - value
+            moved = moved if math.isfinite(moved) else 0.0
+            spread = z * math.sqrt(float(sample.var(ddof=1)) + moved**2)
             out[name] = Interval(value, value - spread, value + spread)
         else:
             out[name] = Interval(value, math.nan, math.nan)
