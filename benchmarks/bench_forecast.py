@@ -45,7 +45,10 @@ seeds within the target, share of intervals that held the realized value.
   forecast with its 100 bootstrap replicates (9.4 s with another job on the second core); the
   upgrade's backfill with the static model is 5 s and its evaluation 31 s (MiniLM on the
   claims and the 200 pair-background abstracts).
-  COST_STATIC
+  Cost, static -> MiniLM, 10% (755 documents): dry run 93.2 s, upgrade 583.5 s: 16% (the dry
+    run is MiniLM on the sample and the judged documents, 81 s; the upgrade MiniLM on all
+    5,183). Every forecast of that real run held the realized value in its interval (recall@10
+    0.781 against 0.783, nDCG@10 0.655 against 0.645).
 """
 
 from __future__ import annotations
