@@ -577,13 +577,15 @@ def with_intervals(
     resamples: int,
     seed: int,
     level: float = 0.95,
-) -> dict[str, Interval]:
+) -> tuple[Estimate, dict[str, Interval]]:
     """Each figure ``summarize`` makes of an estimate (given per-query weights: how often each
     query is drawn), with an interval: ± z bootstrap standard deviations over queries and
     sampled documents, widened by how far the forecast moves when its priors are fitted less
-    far (what the data cannot pin down, chiefly the first ranks)."""
+    far (what the data cannot pin down, chiefly the first ranks). Returns the forecast's own
+    estimate too."""
     n_queries = forecaster.n_queries
-    point = summarize(forecaster.estimate(), np.ones(n_queries))
+    estimate = forecaster.estimate()
+    point = summarize(estimate, np.ones(n_queries))
     smooth = summarize(forecaster.estimate(smooth=True), np.ones(n_queries))
     rng = np.random.default_rng(seed)
     n_docs = len(forecaster.data.sampled.uncertain)
@@ -608,4 +610,4 @@ def with_intervals(
             out[name] = Interval(value, value - spread, value + spread)
         else:
             out[name] = Interval(value, math.nan, math.nan)
-    return out
+    return estimate, out

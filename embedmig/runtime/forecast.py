@@ -101,7 +101,7 @@ def run(
         )
     )
     thresholds = sorted({*DEFAULT_THRESHOLDS, *settings.thresholds})
-    figures = fc.with_intervals(
+    estimate, figures = fc.with_intervals(
         forecaster,
         lambda est, weights: _figures(est, weights, exact, k, thresholds),
         resamples,
@@ -116,9 +116,7 @@ def run(
             _num(interval.high),
         )
     old_top = exact.scores if exact else None
-    distributions = _distributions(
-        forecaster.estimate(), exact, old_top, figures, k, thresholds, len(texts)
-    )
+    distributions = _distributions(estimate, exact, old_top, figures, thresholds, len(texts))
     pair_new = doc_vectors[: min(pair_docs, len(sample.uniform))]
     pair_old = _reconstruct(old, sample.uniform[: len(pair_new)]) if old else None
     _pair_metrics(pair_old, pair_new, metrics, distributions)
@@ -221,7 +219,7 @@ def _figures(
         out[f"overlap_at_{at}_below_half"] = float(np.mean(repeated < 0.5))
     if "rbo" in per_query:
         out["rbo"] = mean(per_query["rbo"])
-    new_top = kernels.Sample.of(_new_top(est, weights, k))
+    new_top = kernels.Sample.of(_new_top(est, weights))
     out["score_new_mean"] = _mean(new_top)
     if exact is not None:
         old_top = kernels.Sample.of(np.repeat(exact.scores, weights.astype(np.int64), axis=0))
@@ -237,7 +235,7 @@ def _figures(
     return out
 
 
-def _new_top(est: fc.Estimate, weights: np.ndarray, k: int) -> np.ndarray:
+def _new_top(est: fc.Estimate, weights: np.ndarray) -> np.ndarray:
     top: np.ndarray = np.repeat(est.top_scores, weights.astype(np.int64), axis=0)
     return top
 
@@ -247,11 +245,10 @@ def _distributions(
     exact: _Exact | None,
     old_top: np.ndarray | None,
     figures: Mapping[str, fc.Interval],
-    k: int,
     thresholds: Sequence[float],
     n_queries: int,
 ) -> dict[str, Any]:
-    new_top = kernels.Sample.of(_new_top(est, np.ones(n_queries), k))
+    new_top = kernels.Sample.of(_new_top(est, np.ones(n_queries)))
     old_sample = kernels.Sample.of(old_top) if old_top is not None else None
     dist: dict[str, Any] = {
         "scores": {
