@@ -264,3 +264,5 @@ def test_a_sample_can_be_a_share_of_the_corpus(
     assert "neither a number of documents nor a share" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"share must be in \(0, 1\]"):
         command.upgrade(config, "head", dry_run=True, sample=1.5)
+    with pytest.raises(ConfigError, match="drew none of the 280 unjudged documents"):
+        command.upgrade(config, "head", dry_run=True, sample=1e-9)

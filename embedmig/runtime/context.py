@@ -13,7 +13,7 @@ import numpy as np
 
 from embedmig.config import Config
 from embedmig.embedders import Embedder, LoadedEmbedder
-from embedmig.errors import GateFailed, SourceError, StateError, StoreError
+from embedmig.errors import ConfigError, GateFailed, SourceError, StateError, StoreError
 from embedmig.gates import Gates, Verdict
 from embedmig.metrics.kernels import Judgements
 from embedmig.metrics.report import Report, Settings
@@ -390,6 +390,12 @@ class MigrationContext:
         uniform = sampler.documents()
         if not uniform and not extra:
             raise SourceError(f"the corpus of alias {self.alias!r} has no non-empty documents")
+        if not uniform and population > len(extra):
+            # Nothing to extrapolate from: the unjudged documents would go unrepresented.
+            raise ConfigError(
+                f"--sample {self.sample:g} drew none of the {population - len(extra):,} "
+                "unjudged documents; take a larger sample"
+            )
         columns = {d.key: i for i, d in enumerate([*uniform, *extra.values()])}
         notes = [
             f"seeded sample of {len(uniform):,} documents"
