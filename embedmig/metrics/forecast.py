@@ -98,18 +98,13 @@ class Ranks:
         certain = np.flatnonzero(sampled.certain)
         self.above_certain = _count_above(scores, certain, rows, threshold)
         uncertain = sampled.uncertain
-        self.cap = max(0, min(cap, len(uncertain)))
-        if self.cap:
-            block = scores[:, uncertain]
-            top = np.argpartition(-block, self.cap - 1, axis=1)[:, : self.cap]
-            top_scores = np.take_along_axis(block, top, axis=1)
-            order = np.argsort(-top_scores, axis=1, kind="stable")
-            self.top = np.take_along_axis(top, order, axis=1)  # positions in ``uncertain``
-            top_sorted = np.take_along_axis(top_scores, order, axis=1)
-            self.position = (top_sorted[rows] > threshold).sum(axis=1)
-        else:
-            self.top = np.zeros((scores.shape[0], 0), np.int64)
-            self.position = np.zeros(len(rows), np.int64)
+        top = _top_columns(scores, uncertain, cap)
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        # Positions in ``uncertain``, best first: what a replicate's multiplicities index.
+        self.top = np.searchsorted(uncertain, np.take_along_axis(top, order, axis=1))
+        top_sorted = np.take_along_axis(top_scores, order, axis=1)
+        self.position = (top_sorted[rows] > threshold).sum(axis=1)
 
     def seen_above(self, multiplicity: np.ndarray | None) -> np.ndarray:
         """Sampled documents above each pair, each counted ``multiplicity`` times."""
