@@ -22,7 +22,7 @@ from embedmig.runtime.compaction import Compaction
 from embedmig.runtime.environment import Environment
 from embedmig.runtime.searcher import Hit, Searcher
 from embedmig.script import Revision
-from embedmig.store import catalog, journal, locks
+from embedmig.store import catalog, journal, locks, manifest
 
 TEMPLATE = Path(__file__).parent / "migrations_template"
 _INI_TEMPLATE = "embedmig.ini.tmpl"
@@ -147,6 +147,7 @@ def prune(
                 for record in doomed:
                     catalog.update_index(conn, record.id, state=catalog.DROPPED)
                     catalog.clear_checkpoint(conn, record.id)
+                    manifest.drop(conn, record.id)
                 journal.collect(conn, alias)  # changes only the dropped indexes still needed
                 if doomed:
                     catalog.record(

@@ -60,7 +60,12 @@ METRICS: dict[str, str] = {
         )
     },
     "recall_ratio": f"recall@10 new / old {_QRELS}",
+    "coverage_missing": "documents the alias serves that the new index lacks",
+    "coverage_resurrected": "documents the new index holds that the alias had deleted",
+    "coverage_stale": "documents the new index holds with another text than the alias serves",
 }
+# Gated at 0 unless a revision bounds them itself: a swap must not silently drop documents.
+COVERAGE = ("coverage_missing", "coverage_resurrected", "coverage_stale")
 # The threshold map adds one metric per old-model threshold t: new_threshold_for_<t>, e.g.
 # new_threshold_for_0_62, the new-model score at the quantile where the old one had t.
 _THRESHOLD_METRIC = re.compile(r"^new_threshold_for_(\d+)_(\d+)$")
@@ -124,6 +129,9 @@ class Gates:
     (or ``new_threshold_for_<t>``). ``thresholds=[0.62]`` adds old-model score cut-offs your
     application uses to the report's threshold map.
 
+    The coverage metrics are bounded at 0 unless named (``max_coverage_missing=20`` accepts up
+    to 20 documents the new index cannot carry over); a measured value above it fails.
+
     A dry run forecasts each metric with a 95% interval. By default a gate judges the forecast
     itself; ``conservative=True`` judges the pessimistic end of the interval instead (the low end
     for a ``min_`` bound, the high end for a ``max_`` one) wherever the report has an interval.
@@ -162,6 +170,11 @@ class Gates:
             pessimistic = self.conservative and metrics.get(end) is not None
             value = metrics.get(end if pessimistic else metric)
             checks.append(Check(metric, bound, limit, value, pessimistic))
+        bounded = {check.metric for check in checks}
+        for metric in COVERAGE:
+            value = metrics.get(metric)
+            if metric not in bounded and value is not None:
+                checks.append(Check(metric, "max", 0.0, value))
         return Verdict(tuple(checks), forced=forced)
 
     def __bool__(self) -> bool:

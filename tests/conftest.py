@@ -191,6 +191,15 @@ def snapshot(config: Config, *, with_history: bool = True) -> dict[str, object]:
     return state
 
 
+def index_file(config: Config, record: object) -> Path:
+    """Where an index's file is (its recorded path is relative to the index folder)."""
+    from embedmig.runtime.environment import Environment
+    from embedmig.store.catalog import IndexRecord
+
+    assert isinstance(record, IndexRecord)
+    return Environment(config).file_of(record)
+
+
 def indexed(config: Config, alias: str) -> dict[str, np.ndarray]:
     """key -> vector of every document a reader of ``alias`` sees now (file plus journal tail)."""
     from embedmig import open_searcher

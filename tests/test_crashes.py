@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import corpus_rows, snapshot
+from conftest import corpus_rows, index_file, snapshot
 
 from embedmig import Config, EmbedderError, StoreError, command
 from embedmig.embedders import LoadedEmbedder
@@ -51,7 +51,9 @@ def assert_correct_final_state(config: Config, models: dict[str, Path]) -> None:
 
     (state,) = command.current(config)
     assert state.revision == "r2" and state.live is not None and state.live.ntotal == 300
-    index = files.load(Path(str(state.live.path)), state.live.sha256)  # verified against its sha256
+    index = files.load(
+        index_file(config, state.live), state.live.sha256
+    )  # verified against its sha256
     env = Environment(config)
     with env.engine.connect() as conn:
         live = [i for i in catalog.indexes(conn, "docs") if i.state == "live"]
@@ -94,7 +96,7 @@ def test_a_rerun_after_a_kill_embeds_only_what_was_not_checkpointed(
     env = Environment(config)
     with env.engine.connect() as conn:
         (building,) = [i for i in catalog.indexes(conn, "docs") if i.state == "building"]
-        _, rows = catalog.checkpoint(conn, building.id)
+        rows = catalog.checkpoint(conn, building.id).rows
     env.dispose()
     assert rows == 100  # two batches of 50 committed; the third died before its commit
     encoded: list[int] = []
@@ -173,4 +175,4 @@ def test_a_downgrade_killed_anywhere_ends_on_the_previous_index_after_a_rerun(
     (after,) = command.current(config)
     assert after.revision == "r1" and after.live is not None and before.live is not None
     assert after.live.id == before.live.id
-    files.load(Path(str(after.live.path)), after.live.sha256)
+    files.load(index_file(config, after.live), after.live.sha256)

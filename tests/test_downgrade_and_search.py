@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from pathlib import Path
+import shutil
 
 import pytest
-from conftest import snapshot
+from conftest import index_file, snapshot
 
-from embedmig import Config, ScriptError, StateError, command, open_searcher
+from embedmig import Config, ScriptError, StateError, StoreError, command, open_searcher
 
 QUERY = "glioblastoma stem cells tumor growth"
 
@@ -24,7 +24,7 @@ def test_downgrade_restores_the_exact_previous_index(config: Config) -> None:
     upgraded_twice(config)
     (before,) = command.current(config)
     assert before.live is not None and before.live.path is not None
-    file_sha = hashlib.sha256(Path(before.live.path).read_bytes()).hexdigest()
+    file_sha = hashlib.sha256(index_file(config, before.live).read_bytes()).hexdigest()
     hits_before = command.search(config, "docs", QUERY)
     command.upgrade(config, "head", force=True)
     assert command.search(config, "docs", QUERY) != hits_before
@@ -34,7 +34,7 @@ def test_downgrade_restores_the_exact_previous_index(config: Config) -> None:
     (after,) = command.current(config)
     assert after.revision == "r1" and after.live is not None
     assert after.live.id == before.live.id and after.live.sha256 == before.live.sha256
-    assert hashlib.sha256(Path(after.live.path or "").read_bytes()).hexdigest() == file_sha
+    assert hashlib.sha256(index_file(config, after.live).read_bytes()).hexdigest() == file_sha
     assert command.search(config, "docs", QUERY) == hits_before
     assert command.history(config)[0].action == "downgrade"
 
@@ -84,11 +84,41 @@ def test_rollback_refuses_when_the_previous_index_file_is_gone(config: Config) -
     (state,) = command.current(config)
     assert state.live is not None
     command.upgrade(config, "head", force=True)
-    Path(state.live.path or "").unlink()
+    index_file(config, state.live).unlink()
     before = snapshot(config)
-    with pytest.raises(Exception, match="has no file"):
+    with pytest.raises(StoreError, match="is missing"):
         command.downgrade(config, "-1")
     assert snapshot(config) == before
+
+
+def test_downgrade_refuses_a_retired_index_whose_file_was_altered(config: Config) -> None:
+    upgraded_twice(config)
+    (state,) = command.current(config)
+    assert state.live is not None
+    command.upgrade(config, "head", force=True)
+    path = index_file(config, state.live)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    before = snapshot(config)
+    with pytest.raises(StoreError, match="does not match its recorded sha256"):
+        command.downgrade(config, "-1")
+    assert snapshot(config) == before
+    assert command.search(config, "docs", QUERY, k=3)  # readers keep a working index
+
+
+def test_a_moved_project_still_searches_and_downgrades(
+    config: Config, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    upgraded_twice(config)
+    command.upgrade(config, "head", force=True)
+    hits = command.search(config, "docs", QUERY, k=5)
+    moved = tmp_path_factory.mktemp("moved") / "project"
+    shutil.move(str(config.root), moved)
+    config = Config(moved / "embedmig.ini")
+    assert command.search(config, "docs", QUERY, k=5) == hits
+    command.downgrade(config, "-1")
+    assert command.search(config, "docs", QUERY, k=5) != hits
 
 
 def test_searcher_follows_a_swap_and_a_rollback_without_reopening(config: Config) -> None:
@@ -121,7 +151,7 @@ def test_searcher_refuses_an_index_file_that_was_altered(config: Config) -> None
     upgraded_twice(config)
     (state,) = command.current(config)
     assert state.live is not None and state.live.path is not None
-    path = Path(state.live.path)
+    path = index_file(config, state.live)
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import index_file
 
 from embedmig import Config, SourceError, command
 from embedmig.embedders import LoadedEmbedder
@@ -55,7 +56,7 @@ def test_killed_backfill_resumes_without_embedding_a_batch_twice(
 
     (state,) = command.current(config)
     assert state.live is not None and state.live.ntotal == 300
-    index = files.load(Path(str(state.live.path)), state.live.sha256)
+    index = files.load(index_file(config, state.live), state.live.sha256)
     monkeypatch.setattr(LoadedEmbedder, "encode_documents", real_encode)
     rebuilt = Config(
         ini, options={"index_dir": "indexes-again", "sqlalchemy.url": "sqlite:///again.db"}
@@ -63,7 +64,7 @@ def test_killed_backfill_resumes_without_embedding_a_batch_twice(
     command.upgrade(rebuilt, "head")
     (again,) = command.current(rebuilt)
     assert again.live is not None
-    other = files.load(Path(str(again.live.path)), again.live.sha256)
+    other = files.load(index_file(rebuilt, again.live), again.live.sha256)
     ids = np.arange(1, 301, dtype=np.int64)
     np.testing.assert_allclose(
         np.stack([index.reconstruct(int(i)) for i in ids]),

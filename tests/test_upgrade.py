@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import snapshot
+from conftest import index_file, snapshot
 
 from embedmig import Config, GateFailed, ScriptError, StateError, command
 from embedmig.store import files
@@ -73,7 +73,7 @@ def test_failing_gate_leaves_alias_unchanged_and_keeps_the_shadow(config: Config
         shadows = [i for i in catalog.indexes(conn, "docs") if i.revision == "r2"]
         (event, *_) = catalog.history(conn, "docs")
     assert [s.state for s in shadows] == ["ready"]
-    assert Path(str(shadows[0].path)).is_file()
+    assert index_file(config, shadows[0]).is_file()
     assert (event.action, event.status, event.verdict) == ("upgrade", "gate-failed", "fail")
     assert event.metrics is not None and event.metrics["verdict"]["checks"][0]["passed"] is False
 
@@ -181,7 +181,7 @@ def test_index_factory_of_the_revision_is_used(config: Config) -> None:
     command.upgrade(config, "head")
     record = live(config).live
     assert record is not None and record.factory == "IVF4,Flat"
-    index = files.load(Path(str(record.path)), record.sha256)
+    index = files.load(index_file(config, record), record.sha256)
     assert index.ntotal == 300 and "IVF" in type(files.faiss.downcast_index(index.index)).__name__
 
 
@@ -197,7 +197,7 @@ def test_vectors_in_the_index_equal_a_fresh_encoding(
     command.upgrade(config, "head")
     record = live(config).live
     assert record is not None
-    index = files.load(Path(str(record.path)), record.sha256)
+    index = files.load(index_file(config, record), record.sha256)
     env = Environment(config)
     with env.engine.connect() as conn:
         ids = catalog.lookup_ids(conn, "docs", ["33370", "8764879"])

@@ -84,7 +84,22 @@ checkpoint = sa.Table(
     sa.Column("index_id", sa.Integer, sa.ForeignKey("embedmig_index.id"), primary_key=True),
     sa.Column("docs_consumed", sa.BigInteger, nullable=False),
     sa.Column("rows", sa.BigInteger, nullable=False),
+    # JSON: a digest of the documents consumed so far (a resume over a source that changed under
+    # the checkpoint would otherwise skip, or keep, the wrong ones) and the counts of the report.
+    sa.Column("progress", sa.Text, nullable=True),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# What each index was built from, per document: the hash of the corpus's text as its backfill read
+# it (NULL: not in the corpus) and of the text its file holds (NULL: not in the file). The next
+# migration tells the corpus's own changes from writes the corpus never received by these.
+manifest = sa.Table(
+    "embedmig_manifest",
+    metadata,
+    sa.Column("index_id", sa.Integer, sa.ForeignKey("embedmig_index.id"), primary_key=True),
+    sa.Column("doc_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("corpus_sha", sa.BigInteger, nullable=True),
+    sa.Column("sha", sa.BigInteger, nullable=True),
 )
 
 # One migration at a time per alias: a lease renewed by a heartbeat while the holder runs.

@@ -7,19 +7,23 @@ import heapq
 import logging
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from embedmig.embedders import LoadedEmbedder
 from embedmig.errors import SourceError, StoreError
+from embedmig.metrics import coverage
+from embedmig.metrics.coverage import Docs
+from embedmig.runtime import carryover
 from embedmig.runtime.environment import Environment
 from embedmig.script import Revision
 from embedmig.sources import Document
-from embedmig.store import catalog, files, journal
+from embedmig.store import catalog, files, journal, manifest
 
 log = logging.getLogger("embedmig")
 
@@ -78,21 +82,66 @@ class Shadow:
     index: Any
     sample: list[Document]
     stats: CorpusStats
+    coverage: carryover.Result
+
+
+class SourceChanged(Exception):
+    """The documents before a resume point are not those the checkpoint consumed."""
+
+
+class Progress:
+    """A running digest of the documents consumed, and the counts a resumed run carries on from."""
+
+    def __init__(self, saved: Mapping[str, Any] | None, stats: CorpusStats) -> None:
+        self._digest = hashlib.blake2b(digest_size=16)
+        self._expected = saved.get("digest") if saved else None
+        self.stats = stats
+        if saved:
+            stats.skipped_empty = int(saved.get("skipped_empty", 0))
+            stats.truncated = int(saved.get("truncated", 0))
+
+    def consume(self, doc: Document) -> None:
+        for part in (doc.key, doc.text):
+            data = part.encode("utf-8", "surrogatepass")
+            self._digest.update(len(data).to_bytes(8, "big") + data)
+
+    def verify(self) -> None:
+        """At the resume point: the documents consumed must be the checkpoint's."""
+        if self._expected is not None and self._digest.hexdigest() != self._expected:
+            raise SourceChanged
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "digest": self._digest.hexdigest(),
+            "skipped_empty": self.stats.skipped_empty,
+            "truncated": self.stats.truncated,
+        }
 
 
 def batches(
-    docs: Iterable[Document], size: int, stats: CorpusStats, sampler: Sampler, skip: int
+    docs: Iterable[Document],
+    size: int,
+    progress: Progress,
+    sampler: Sampler,
+    skip: int,
 ) -> Iterator[tuple[int, list[Document]]]:
     """Batches of non-empty documents after the first ``skip``, with the count consumed so far.
 
-    Skipped documents still reach the sampler, so a resumed run samples the same queries.
+    Skipped documents still reach the sampler, so a resumed run samples the same queries, and the
+    digest, which must match the checkpoint's (else SourceChanged).
     """
+    stats = progress.stats
     batch: list[Document] = []
     consumed = 0
     for doc in docs:
+        if not isinstance(doc.text, str):
+            raise SourceError(f"document {doc.key!r}: text is {type(doc.text).__name__}, not str")
         consumed += 1
         sampler.offer(doc)
+        progress.consume(doc)
         if consumed <= skip:
+            if consumed == skip:
+                progress.verify()
             continue
         if not doc.text.strip():
             stats.skipped_empty += 1
@@ -101,6 +150,8 @@ def batches(
         if len(batch) >= size:
             yield consumed, batch
             batch = []
+    if consumed < skip:  # the source shrank below the resume point
+        raise SourceChanged
     stats.documents = consumed
     if batch:
         yield consumed, batch
@@ -108,30 +159,55 @@ def batches(
 
 def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_size: int) -> Shadow:
     """Build (or resume building) the shadow index of ``rev`` and mark it ready."""
+    try:
+        return _backfill(env, rev, embedder, sample_size, restart=False)
+    except SourceChanged:
+        log.warning(
+            "the corpus of %s changed before the killed backfill's last checkpoint: "
+            "starting the backfill over",
+            rev.alias,
+        )
+        shadow = _backfill(env, rev, embedder, sample_size, restart=True)
+        shadow.stats.notes.insert(
+            0,
+            "the corpus changed under the checkpoint of a killed run: the backfill started over",
+        )
+        return shadow
+
+
+def _backfill(
+    env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_size: int, *, restart: bool
+) -> Shadow:
     engine = env.engine
     docs = env.corpus(rev.alias)  # first: a corpus that cannot be opened registers nothing
     with engine.begin() as conn:
-        index_id, skip, rows = _start(conn, env, rev, embedder)
+        index_id, point = _start(conn, env, rev, embedder, restart=restart)
     path = env.index_path(rev.alias, index_id, rev.revision)
     spool = files.Spool(path, embedder.dim)
-    spool.truncate(rows)
+    spool.truncate(point.rows)
+    skip, rows = point.docs_consumed, point.rows
     if skip:
         log.info("resuming backfill of %s at document %d (%d vectors kept)", rev.alias, skip, rows)
     stats = CorpusStats()
+    progress = Progress(point.progress, stats)
     sampler = Sampler(sample_size, env.config.get_int("eval.seed", minimum=0))
     seen_max_len = embedder.max_seq_length
     started, last_log = time.monotonic(), time.monotonic()
     try:
-        for consumed, batch in batches(docs, env.checkpoint_every, stats, sampler, skip):
+        for consumed, batch in batches(docs, env.checkpoint_every, progress, sampler, skip):
             texts = [doc.text for doc in batch]
             if seen_max_len is not None:
                 stats.truncated += _count_truncated(embedder, texts, seen_max_len, env.batch_size)
             vectors = embedder.encode_documents(texts, env.batch_size)
+            hashes = [manifest.content_hash(text) for text in texts]
             with engine.begin() as conn:
                 ids = catalog.assign_ids(conn, rev.alias, [doc.key for doc in batch], texts)
                 spool.append(ids, vectors)
+                manifest.record_corpus(conn, index_id, ids, hashes)
                 rows += len(batch)
-                catalog.save_checkpoint(conn, index_id, consumed, rows)
+                catalog.save_checkpoint(
+                    conn, index_id, catalog.Checkpoint(consumed, rows, progress.state())
+                )
             if time.monotonic() - last_log > 10:
                 last_log = time.monotonic()
                 rate = rows / max(1e-9, last_log - started)
@@ -139,19 +215,19 @@ def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_s
         if rows == 0:
             raise SourceError(f"the corpus of alias {rev.alias!r} has no non-empty documents")
         streamed = rows
-        replayed = _replay(env, rev.alias, index_id, embedder, spool)
-        rows += len(replayed.upsert_ids)
+        merged = _reconcile(env, rev.alias, index_id, embedder, spool)
     except BaseException:
         # Keep a checkpointed build for the next run to resume; one with nothing durable in it
         # is removed, so a failure on the first batch leaves no trace.
         if rows == 0:
             _abandon(env, index_id, spool)
         raise
+    replayed = merged.tail
     stats.duplicates = streamed - spool.distinct_ids(streamed)
     index = spool.build(
         rev.index_factory,
         seed=env.config.get_int("eval.seed", minimum=0),
-        drop=replayed.deleted_ids,
+        drop=merged.deleted_ids,
     )
     sha256 = files.save(index, path)
     with engine.begin() as conn:
@@ -159,12 +235,14 @@ def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_s
             conn,
             index_id,
             state=catalog.READY,
-            path=str(path),
+            path=env.stored_path(path),
             ntotal=int(index.ntotal),
             sha256=sha256,
             base_seq=replayed.last_seq,
         )
+        manifest.set_held(conn, index_id, merged.upsert_ids, merged.upsert_sha, merged.deleted_ids)
         catalog.clear_checkpoint(conn, index_id)
+        covered = merged.check(conn, rev.alias, faiss.vector_to_array(index.id_map))
     spool.remove()
     if stats.duplicates:
         stats.notes.append(
@@ -176,6 +254,7 @@ def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_s
             f"journal ({len(replayed.upsert_ids)} document(s) upserted, "
             f"{len(replayed.deleted_ids)} deleted)"
         )
+    stats.notes += covered.notes
     if stats.skipped_empty:
         stats.notes.append(f"{stats.skipped_empty} empty document(s) skipped")
     if stats.truncated:
@@ -183,12 +262,12 @@ def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_s
             f"{stats.truncated} document(s) longer than the model's {seen_max_len} tokens were truncated"
         )
     log.info("backfill %s: %d vectors in index #%d", rev.alias, index.ntotal, index_id)
-    return Shadow(_get(env, index_id), index, sampler.documents(), stats)
+    return Shadow(_get(env, index_id), index, sampler.documents(), stats, covered)
 
 
 def _start(
-    conn: Any, env: Environment, rev: Revision, embedder: LoadedEmbedder
-) -> tuple[int, int, int]:
+    conn: Any, env: Environment, rev: Revision, embedder: LoadedEmbedder, *, restart: bool
+) -> tuple[int, catalog.Checkpoint]:
     """Resume a killed build of this revision with this model, or register a new shadow.
 
     A new shadow starts at the journal's current position, with writers locked out for the
@@ -199,14 +278,14 @@ def _start(
     # replay start at 0, a superset, so a failed first run need not leave a row behind.
     _, start_seq = catalog.lock_alias(conn, rev.alias, create=False)
     building = catalog.find_index(conn, rev.alias, rev.revision, [catalog.BUILDING])
-    if building is not None and building.fingerprint == embedder.fingerprint:
-        skip, rows = catalog.checkpoint(conn, building.id)
-        return building.id, skip, rows
+    if not restart and building is not None and building.fingerprint == embedder.fingerprint:
+        return building.id, catalog.checkpoint(conn, building.id)
     # An unswapped shadow of an earlier run may be stale (the corpus moved on): rebuild it.
     for old in catalog.indexes(conn, rev.alias):
         if old.revision == rev.revision and old.state in (catalog.BUILDING, catalog.READY):
             catalog.update_index(conn, old.id, state=catalog.DROPPED)
             catalog.clear_checkpoint(conn, old.id)
+            manifest.drop(conn, old.id)
             env.remove_index_files(old)
     index_id = catalog.register_index(
         conn,
@@ -221,30 +300,92 @@ def _start(
     )
     # Fail now, not after hours of encoding, if the factory string is not valid for this model.
     files.new_index(embedder.dim, rev.index_factory)
-    return index_id, 0, 0
+    return index_id, catalog.Checkpoint()
 
 
-def _replay(
+@dataclass
+class _Merged:
+    """The corpus read with the journal's changes on top: replayed and carried over."""
+
+    now: Docs
+    tail: journal.Tail
+    plan: carryover.Plan | None
+    live: catalog.IndexRecord | None
+    carried_ids: np.ndarray
+    carried_sha: np.ndarray
+
+    @property
+    def upsert_ids(self) -> np.ndarray:
+        return np.concatenate([self.carried_ids, self.tail.upsert_ids])
+
+    @property
+    def upsert_sha(self) -> np.ndarray:
+        tail_sha = [manifest.content_hash(text) for text in self.tail.texts]
+        return np.concatenate([self.carried_sha, np.array(tail_sha, dtype=np.int64)])
+
+    @property
+    def deleted_ids(self) -> np.ndarray:
+        carried = self.plan.changes.deleted_ids if self.plan else coverage.EMPTY_IDS
+        return np.concatenate([carried, self.tail.deleted_ids])
+
+    @property
+    def held(self) -> Docs:
+        """What the new index holds, by the bookkeeping."""
+        return self.now.apply(self.upsert_ids, self.upsert_sha, self.deleted_ids)
+
+    def check(self, conn: Any, alias: str, index_ids: np.ndarray) -> carryover.Result:
+        """Coverage of the built index (its own id list) against what it must hold."""
+        if self.plan is None:
+            assert self.live is not None
+            return carryover.unknown(self.live)
+        want = self.plan.target.docs
+        found = coverage.compare(want, carryover.observed(index_ids, self.held, want))
+        return carryover.result(conn, alias, found, self.plan, "were carried over")
+
+
+def _reconcile(
     env: Environment, alias: str, index_id: int, embedder: LoadedEmbedder, spool: files.Spool
-) -> journal.Tail:
-    """Append the net effect of the changes journaled since the shadow started to its spool.
+) -> _Merged:
+    """Put on the spool, after the corpus read, the net effect of the changes journaled since the
+    shadow started (the replay) and the writes the alias serves that the corpus lacks (the
+    carry-over).
 
     The corpus was read over a span of time, so a document changed meanwhile may have been read in
     its old state: each change after the start position is applied on top, in order. Not
-    checkpointed: a resumed run truncates these rows and replays again (replay is idempotent).
+    checkpointed: a resumed run truncates these rows and does both again (they are idempotent).
     """
+    with env.engine.connect() as conn:
+        read = manifest.load(conn, index_id)
+    now = Docs(read.ids[read.has_corpus], read.corpus_sha[read.has_corpus])
     with env.engine.begin() as conn:
         catalog.lock_alias(conn, alias, create=False)  # no writer may commit in between
         record = catalog.get_index(conn, index_id)
+        live = catalog.live_index(conn, alias)
         tail = journal.tail(conn, alias, index_id, record.base_seq, embedder.dim)
-        # The stream set the snippets of changed documents back to what it read; restore them.
-        catalog.describe_docs(conn, alias, tail.upsert_ids, tail.texts, tail.metas)
+        plan = carryover.plan(conn, alias, live, now, tail.touched_ids)
+        carried = plan.upserts if plan else coverage.EMPTY_IDS
+        texts = [plan.texts[int(i)] for i in carried] if plan else []
+        # The stream set the snippets of these documents back to what it read; restore them.
+        catalog.describe_docs(
+            conn,
+            alias,
+            np.concatenate([carried, tail.upsert_ids]),
+            [text for text, _ in texts] + tail.texts,
+            [meta for _, meta in texts] + tail.metas,
+        )
     # Writers add this shadow's vectors as they journal; only writes of a writer that had not yet
     # seen the shadow started lack one.
-    tail.fill(lambda texts: embedder.encode_documents(texts, env.batch_size))
+    tail.fill(lambda batch: embedder.encode_documents(batch, env.batch_size))
+    step = env.checkpoint_every
+    for start in range(0, len(carried), step):
+        chunk = [text for text, _ in texts[start : start + step]]
+        spool.append(
+            carried[start : start + step], embedder.encode_documents(chunk, env.batch_size)
+        )
     if len(tail.upsert_ids):
         spool.append(tail.upsert_ids, tail.vectors)
-    return tail
+    carried_sha = np.array([manifest.content_hash(text) for text, _ in texts], dtype=np.int64)
+    return _Merged(now, tail, plan, live, carried, carried_sha)
 
 
 def _check_writable(folder: Path) -> None:
@@ -265,6 +406,7 @@ def _get(env: Environment, index_id: int) -> catalog.IndexRecord:
 def _abandon(env: Environment, index_id: int, spool: files.Spool) -> None:
     with env.engine.begin() as conn:
         catalog.clear_checkpoint(conn, index_id)
+        manifest.drop(conn, index_id)
         catalog.delete_index(conn, index_id)
     spool.remove()
 

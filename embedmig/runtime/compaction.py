@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from embedmig.runtime.environment import Environment, remove_file
 from embedmig.runtime.view import IndexView
-from embedmig.store import catalog, files, journal
+from embedmig.store import catalog, files, journal, manifest
 
 # Indexes a reader or a downgrade may open; a shadow still building folds its tail at its end.
 _COMPACTED = (catalog.LIVE, catalog.READY, catalog.RETIRED)
@@ -45,7 +44,8 @@ def compact(env: Environment, alias: str) -> Compaction:
 
 def _fold(env: Environment, record: catalog.IndexRecord) -> Folded:
     view = IndexView(env, record)
-    changes = view.catch_up()
+    tail = view.catch_up()
+    changes = tail.changes
     if changes == 0:
         return Folded(record.id, record.state, 0, record.ntotal, str(record.path))
     index = view.overlay.fold()
@@ -55,11 +55,16 @@ def _fold(env: Environment, record: catalog.IndexRecord) -> Folded:
         catalog.update_index(
             conn,
             record.id,
-            path=str(path),
+            path=env.stored_path(path),
             sha256=sha256,
             ntotal=int(index.ntotal),
             base_seq=view.overlay.applied,
         )
-    if record.path != str(path):
-        remove_file(Path(str(record.path)))
+        # An index built before manifests has none: a partial one would pass for complete.
+        if record.ntotal == 0 or manifest.exists(conn, record.id):
+            hashes = [manifest.content_hash(text) for text in tail.texts]
+            manifest.set_held(conn, record.id, tail.upsert_ids, hashes, tail.deleted_ids)
+    previous = env.file_of(record)
+    if previous != path:
+        remove_file(previous)
     return Folded(record.id, record.state, changes, int(index.ntotal), str(path))

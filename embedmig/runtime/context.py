@@ -6,7 +6,6 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,27 +14,32 @@ from embedmig.config import Config
 from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.errors import ConfigError, GateFailed, SourceError, StateError, StoreError
 from embedmig.gates import Gates, Verdict
+from embedmig.metrics import coverage
+from embedmig.metrics.coverage import Docs
 from embedmig.metrics.kernels import Judgements
 from embedmig.metrics.report import Report, Settings
+from embedmig.runtime import carryover
 from embedmig.runtime import evaluate as ev
 from embedmig.runtime import forecast as fc
 from embedmig.runtime.backfill import Sampler, Shadow, backfill
 from embedmig.runtime.environment import Environment
 from embedmig.script import Revision
 from embedmig.sources import Document, Qrels
-from embedmig.store import catalog, files
+from embedmig.store import catalog, files, manifest
 
 log = logging.getLogger("embedmig")
 
 
 @dataclass(frozen=True)
 class DryRun:
-    """What a dry run read from the corpus: the sample, each sampled key's column, the queries."""
+    """What a dry run read from the corpus: the sample, each sampled key's column, the queries,
+    and the coverage the upgrade would reach (exact: it needs no embedding)."""
 
     sample: fc.SampleDocs
     columns: dict[str, int]
     queries: ev.QuerySet
     notes: list[str]
+    coverage: carryover.Result
 
 
 class MigrationContext:
@@ -117,10 +121,17 @@ class MigrationContext:
         if self._new is None:
             raise StateError("ctx.evaluate() needs ctx.backfill() first")
         report = self._dry_evaluate() if self._dry else self._evaluate_shadow()
+        covered = self._dry.coverage if self._dry else self._shadow_coverage()
+        report.metrics.update(covered.counts)
+        if covered.examples:
+            report.distributions["coverage"] = covered.examples
         report.verdict = self.gates.check(report.metrics, forced=self.force)
         self.report = report
         if not report.verdict.passed and not self.force:
-            failures = "; ".join(c.describe() for c in report.verdict.failures())
+            failures = "; ".join(
+                check.describe() + _examples(covered.examples, check.metric)
+                for check in report.verdict.failures()
+            )
             self._record_failed_gate(report)
             where = (
                 "" if self.dry_run else f"; shadow index #{self._shadow_id()} kept for inspection"
@@ -147,7 +158,7 @@ class MigrationContext:
             return
         shadow = self._shadow
         assert shadow is not None
-        if shadow.record.path is None or not _exists(shadow.record.path):
+        if shadow.record.path is None or not self.env.file_of(shadow.record).is_file():
             raise StoreError(f"shadow index file {shadow.record.path} is missing; refusing to swap")
         with self.env.engine.begin() as conn:
             live = catalog.live_index(conn, self.alias)
@@ -188,10 +199,8 @@ class MigrationContext:
             previous: catalog.IndexRecord | None = None
             if rev.down_revision is not None:
                 previous = self._previous_index(conn, live)
-                if previous.path is None or not _exists(previous.path):
-                    raise StoreError(
-                        f"index #{previous.id} of {rev.down_revision} has no file at {previous.path}"
-                    )
+                # Readers must find a working index once the pointer moves: check it first.
+                files.verify(self.env.file_of(previous), previous.sha256)
             catalog.point_alias(
                 conn, self.alias, rev.down_revision, previous.id if previous else None
             )
@@ -223,6 +232,10 @@ class MigrationContext:
         return previous
 
     # ---- internals ---------------------------------------------------------------------------
+
+    def _shadow_coverage(self) -> carryover.Result:
+        assert self._shadow is not None
+        return self._shadow.coverage
 
     def _shadow_id(self) -> int | None:
         return self._shadow.record.id if self._shadow else None
@@ -326,9 +339,7 @@ class MigrationContext:
         )
 
     def _live_index(self, live: catalog.IndexRecord) -> Any:
-        if live.path is None:
-            raise StoreError(f"live index #{live.id} of {self.alias} has no file")
-        return files.load(Path(live.path), live.sha256)
+        return files.load(self.env.file_of(live), live.sha256)
 
     def _evaluate_shadow(self) -> Report:
         shadow, new = self._shadow, self._new
@@ -351,7 +362,7 @@ class MigrationContext:
 
         index = shadow.index
         if index is None:  # evaluated before: read it back, verified
-            index = files.load(Path(str(shadow.record.path)), shadow.record.sha256)
+            index = files.load(self.env.file_of(shadow.record), shadow.record.sha256)
         report = self._run_evaluation(
             old=old_side,
             new=ev.Side(new, index),
@@ -378,11 +389,17 @@ class MigrationContext:
         judged = {key for judged in (self._qrels or {}).values() for key in judged}
         extra: dict[str, Document] = {}
         skipped = population = 0
+        read = _CorpusRead(self.env, self.alias)
         for doc in self.env.corpus(self.alias):
+            if not isinstance(doc.text, str):
+                raise SourceError(
+                    f"document {doc.key!r}: text is {type(doc.text).__name__}, not str"
+                )
             if not doc.text.strip():
                 skipped += 1
                 continue
             population += 1
+            read.add(doc)
             if doc.key in judged:
                 extra[doc.key] = doc
             else:
@@ -405,7 +422,8 @@ class MigrationContext:
             notes.append(f"{skipped} empty document(s) skipped")
         queries = self._sample_queries(uniform, columns)
         sample = fc.SampleDocs(uniform, list(extra.values()), population)
-        return DryRun(sample, columns, queries, notes)
+        covered = read.coverage(self._live_at_start)
+        return DryRun(sample, columns, queries, notes + covered.notes, covered)
 
     def _dry_evaluate(self) -> Report:
         dry, new = self._dry, self._new
@@ -435,8 +453,54 @@ class MigrationContext:
         )
 
 
-def _exists(path: str) -> bool:
-    return Path(path).is_file()
+class _CorpusRead:
+    """A dry run's read of the whole corpus as (doc id, text hash), for the coverage forecast.
+
+    Keys embedmig never saw are new documents: the corpus adds them, which coverage never
+    questions, so only known keys are kept (16 bytes each).
+    """
+
+    _CHUNK = 500
+
+    def __init__(self, env: Environment, alias: str) -> None:
+        self.env = env
+        self.alias = alias
+        self._pending: dict[str, int] = {}
+        self._ids: list[int] = []
+        self._sha: list[int] = []
+
+    def add(self, doc: Document) -> None:
+        self._pending[doc.key] = manifest.content_hash(doc.text)
+        if len(self._pending) >= self._CHUNK:
+            self._resolve()
+
+    def _resolve(self) -> None:
+        with self.env.engine.connect() as conn:
+            found = catalog.lookup_ids(conn, self.alias, self._pending)
+        for key, sha in self._pending.items():
+            if key in found:
+                self._ids.append(found[key])
+                self._sha.append(sha)
+        self._pending.clear()
+
+    def coverage(self, live: catalog.IndexRecord | None) -> carryover.Result:
+        self._resolve()
+        now = Docs.of(np.array(self._ids, dtype=np.int64), np.array(self._sha, dtype=np.int64))
+        with self.env.engine.connect() as conn:
+            plan = carryover.plan(conn, self.alias, live, now)
+            if plan is None:
+                assert live is not None
+                return carryover.unknown(live)
+            found = coverage.compare(plan.target.docs, plan.feasible(now))
+            return carryover.result(conn, self.alias, found, plan, "would be carried over")
+
+
+def _examples(examples: Mapping[str, list[str]], metric: str) -> str:
+    """A coverage gate's failure names the first documents concerned."""
+    keys = examples.get(metric.removeprefix("coverage_"))
+    return (
+        f" ({', '.join(keys)}{', ...' if len(keys) >= carryover.EXAMPLES else ''})" if keys else ""
+    )
 
 
 def _label(verdict: Verdict) -> str | None:

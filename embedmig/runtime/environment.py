@@ -108,11 +108,29 @@ class Environment:
         suffix = f".g{generation}" if generation else ""
         return folder / f"{index_id:06d}-{safe_component(revision, 'revision')}{suffix}.faiss"
 
+    def stored_path(self, path: Path) -> str:
+        """How an index file's path is recorded: relative to ``index_dir``, so a project can move."""
+        try:
+            return path.relative_to(self.config.index_dir).as_posix()
+        except ValueError:
+            return str(path)
+
+    def file_of(self, record: IndexRecord) -> Path:
+        """Where the file of an index is now (a recorded path is relative to ``index_dir``)."""
+        if record.path is None:
+            raise StoreError(f"index #{record.id} of {record.alias!r} has no file")
+        path = Path(record.path)
+        if not path.is_absolute():
+            return self.config.index_dir / path
+        # Recorded absolute by an earlier version: if the project moved, it is in the index folder.
+        moved = self.config.index_dir / record.alias / path.name
+        return path if path.exists() or not moved.exists() else moved
+
     def remove_index_files(self, record: IndexRecord) -> None:
         """Delete an index's file and any spool of it (after SQL has marked it dropped)."""
         path = self.index_path(record.alias, record.id, record.revision)
         files.Spool(path, record.dim).remove()
-        for stale in {path, Path(record.path) if record.path else path}:
+        for stale in {path, self.file_of(record) if record.path else path}:
             remove_file(stale)
 
     def dispose(self) -> None:

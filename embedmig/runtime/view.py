@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from embedmig.embedders import LoadedEmbedder
-from embedmig.errors import StoreError
 from embedmig.runtime.environment import Environment
 from embedmig.store import catalog, files, journal
 from embedmig.store.overlay import Overlay
@@ -18,11 +15,9 @@ class IndexView:
         record: catalog.IndexRecord,
         embedder: LoadedEmbedder | None = None,
     ) -> None:
-        if record.path is None:
-            raise StoreError(f"index #{record.id} of {record.alias!r} has no file")
         self.env = env
         self.record = record
-        self.overlay = Overlay(files.load(Path(record.path), record.sha256), record.base_seq)
+        self.overlay = Overlay(files.load(env.file_of(record), record.sha256), record.base_seq)
         self._embedder = embedder
 
     @property
@@ -32,8 +27,8 @@ class IndexView:
             self._embedder = self.env.embedder_of(self.record)
         return self._embedder
 
-    def catch_up(self) -> int:
-        """Apply the changes journaled since the last call; return how many there were."""
+    def catch_up(self) -> journal.Tail:
+        """Apply the changes journaled since the last call; return them, folded."""
         with self.env.engine.connect() as conn:
             tail = journal.tail(
                 conn, self.record.alias, self.record.id, self.overlay.applied, self.record.dim
@@ -42,4 +37,4 @@ class IndexView:
         # vector for it: embed their text now, so the view is still the latest document state.
         tail.fill(lambda texts: self.embedder.encode_documents(texts, self.env.batch_size))
         self.overlay.apply(tail)
-        return tail.changes
+        return tail

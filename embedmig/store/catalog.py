@@ -225,7 +225,7 @@ def lock_alias(
         if not create:
             return 1, 0
         # A concurrent first writer may create the row too: whoever loses locks the winner's row.
-        insert = _dialect_insert(conn)(t.sequence).values(alias=alias, next_doc_id=1, last_seq=0)
+        insert = dialect_insert(conn)(t.sequence).values(alias=alias, next_doc_id=1, last_seq=0)
         conn.execute(insert.on_conflict_do_nothing(index_elements=["alias"]))
     raise StateError(f"cannot lock the id sequence of alias {alias!r}")
 
@@ -238,7 +238,7 @@ def check_key(key: object) -> str:
     return key
 
 
-def _dialect_insert(conn: sa.Connection) -> Any:
+def dialect_insert(conn: sa.Connection) -> Any:
     if conn.dialect.name == "postgresql":
         return postgresql.insert
     if conn.dialect.name == "sqlite":
@@ -387,18 +387,32 @@ def describe_ids(conn: sa.Connection, alias: str, ids: Iterable[int]) -> dict[in
 # ---- checkpoints -----------------------------------------------------------------------------
 
 
-def checkpoint(conn: sa.Connection, index_id: int) -> tuple[int, int]:
-    """(documents consumed, rows spooled) recorded for an index being built."""
+@dataclass(frozen=True)
+class Checkpoint:
+    docs_consumed: int = 0
+    rows: int = 0
+    progress: dict[str, Any] | None = None  # what a resumed run needs of the consumed documents
+
+
+def checkpoint(conn: sa.Connection, index_id: int) -> Checkpoint:
+    """What was recorded for an index being built (nothing yet: zeros)."""
     row = conn.execute(
-        sa.select(t.checkpoint.c.docs_consumed, t.checkpoint.c.rows).where(
+        sa.select(t.checkpoint.c.docs_consumed, t.checkpoint.c.rows, t.checkpoint.c.progress).where(
             t.checkpoint.c.index_id == index_id
         )
     ).first()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
+    if row is None:
+        return Checkpoint()
+    return Checkpoint(int(row[0]), int(row[1]), json.loads(row[2]) if row[2] else None)
 
 
-def save_checkpoint(conn: sa.Connection, index_id: int, docs_consumed: int, rows: int) -> None:
-    values = {"docs_consumed": docs_consumed, "rows": rows, "updated_at": now()}
+def save_checkpoint(conn: sa.Connection, index_id: int, point: Checkpoint) -> None:
+    values = {
+        "docs_consumed": point.docs_consumed,
+        "rows": point.rows,
+        "progress": json.dumps(point.progress) if point.progress is not None else None,
+        "updated_at": now(),
+    }
     updated = conn.execute(
         t.checkpoint.update().where(t.checkpoint.c.index_id == index_id).values(**values)
     )

@@ -197,6 +197,21 @@ def load(path: Path, sha256: str | None) -> Any:
     return index
 
 
+def verify(path: Path, sha256: str | None) -> None:
+    """Refuse a file that is missing, unreadable or not the one recorded (by its sha256)."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise StoreError(f"index file {path} is missing") from None
+    except OSError as exc:
+        raise StoreError(f"cannot read index file {path}: {exc.strerror}") from None
+    if sha256 is not None and digest.hexdigest() != sha256:
+        raise StoreError(f"index file {path} does not match its recorded sha256; refusing it")
+
+
 def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` scores and ids; rows shorter than ``k`` are padded with id -1 and score -inf."""
     if len(queries) == 0 or k < 1:

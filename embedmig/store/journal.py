@@ -17,7 +17,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from embedmig.history import schema as t
-from embedmig.store import catalog, files
+from embedmig.store import catalog, files, manifest
+from embedmig.store.manifest import content_hash
 
 UPSERT, DELETE = "upsert", "delete"
 # Indexes that receive writes: the live one, a shadow being built or awaiting its swap.
@@ -43,6 +44,14 @@ _LAST_SWAP = (
     .limit(1)
 )
 _INSERT_CHANGE = t.journal.insert()
+_CHANGE_COLUMNS = (
+    t.journal.c.seq,
+    t.journal.c.op,
+    t.journal.c.doc_id,
+    t.journal.c.text,
+    t.journal.c.meta,
+)
+_CHUNK = 500
 _INSERT_VECTOR = t.journal_vector.insert()
 
 
@@ -168,14 +177,7 @@ def tail(conn: sa.Connection, alias: str, index_id: int, after: int, dim: int) -
     """The changes of ``alias`` after ``after``, folded, with their vectors for ``index_id``."""
     vector = t.journal_vector
     query = (
-        sa.select(
-            t.journal.c.seq,
-            t.journal.c.op,
-            t.journal.c.doc_id,
-            t.journal.c.text,
-            t.journal.c.meta,
-            vector.c.vector,
-        )
+        sa.select(*_CHANGE_COLUMNS, vector.c.vector)
         .select_from(
             t.journal.outerjoin(
                 vector,
@@ -190,13 +192,7 @@ def tail(conn: sa.Connection, alias: str, index_id: int, after: int, dim: int) -
         .order_by(t.journal.c.seq)
     )
     rows = conn.execute(query).all()
-    if not rows:
-        empty = np.empty(0, dtype=np.int64)
-        return Tail(after, empty, [], [], np.empty((0, dim), np.float32), empty, empty)
-    doc_ids = np.fromiter((row.doc_id for row in rows), dtype=np.int64, count=len(rows))
-    final = files.last_occurrence(doc_ids)
-    upserts = [row for row, keep in zip(rows, final, strict=True) if keep and row.op == UPSERT]
-    deletes = [row for row, keep in zip(rows, final, strict=True) if keep and row.op == DELETE]
+    upserts, deletes = _fold(rows)
     vectors = np.zeros((len(upserts), dim), dtype=np.float32)
     have = [i for i, row in enumerate(upserts) if row.vector is not None]
     if have:
@@ -204,7 +200,7 @@ def tail(conn: sa.Connection, alias: str, index_id: int, after: int, dim: int) -
         vectors[have] = np.frombuffer(joined, dtype=np.float32).reshape(len(have), dim)
     missing = [i for i, row in enumerate(upserts) if row.vector is None]
     return Tail(
-        last_seq=int(rows[-1].seq),
+        last_seq=int(rows[-1].seq) if rows else after,
         upsert_ids=np.array([row.doc_id for row in upserts], dtype=np.int64),
         texts=[row.text or "" for row in upserts],
         metas=[row.meta for row in upserts],
@@ -215,28 +211,127 @@ def tail(conn: sa.Connection, alias: str, index_id: int, after: int, dim: int) -
     )
 
 
-def collect(conn: sa.Connection, alias: str) -> int:
-    """Delete journal entries no retained index needs any more; return how many went."""
-    floor = conn.execute(
-        sa.select(sa.func.min(t.index.c.base_seq)).where(
-            t.index.c.alias == alias, t.index.c.state.in_(_RETAINED_STATES)
-        )
-    ).scalar_one_or_none()
-    if floor is None:
-        floor = position(conn, alias)
-    retained = sa.select(t.index.c.id).where(
-        t.index.c.alias == alias, t.index.c.state.in_(_RETAINED_STATES)
+@dataclass(frozen=True)
+class Net:
+    """The net effect of changes, without vectors: final upserts (with their text hashes), deletes."""
+
+    upsert_ids: np.ndarray
+    upsert_sha: np.ndarray
+    deleted_ids: np.ndarray
+
+    @property
+    def touched_ids(self) -> np.ndarray:
+        return np.concatenate([self.upsert_ids, self.deleted_ids])
+
+
+def net_changes(conn: sa.Connection, alias: str, after: int) -> Net:
+    """The net effect of the retained changes of ``alias`` after ``after``."""
+    query = (
+        sa.select(*_CHANGE_COLUMNS)
+        .where(t.journal.c.alias == alias, t.journal.c.seq > after)
+        .order_by(t.journal.c.seq)
     )
+    upserts, deletes = _fold(conn.execute(query).all())
+    return Net(
+        np.array([row.doc_id for row in upserts], dtype=np.int64),
+        np.array([content_hash(row.text or "") for row in upserts], dtype=np.int64),
+        np.array([row.doc_id for row in deletes], dtype=np.int64),
+    )
+
+
+def written_texts(
+    conn: sa.Connection, alias: str, wanted: Mapping[int, int]
+) -> dict[int, tuple[str, str | None]]:
+    """(text, metadata) of the latest journaled upsert of each doc id in ``wanted`` whose text has
+    the wanted hash; ids whose text the journal no longer holds are left out."""
+    found: dict[int, tuple[str, str | None]] = {}
+    ids = sorted(wanted)
+    for start in range(0, len(ids), _CHUNK):
+        rows = conn.execute(
+            sa.select(t.journal.c.doc_id, t.journal.c.text, t.journal.c.meta)
+            .where(
+                t.journal.c.alias == alias,
+                t.journal.c.op == UPSERT,
+                t.journal.c.doc_id.in_(ids[start : start + _CHUNK]),
+            )
+            .order_by(t.journal.c.seq)
+        )
+        for doc_id, text, meta in rows:
+            if text is not None and content_hash(text) == wanted[doc_id]:
+                found[doc_id] = (text, meta)
+    return found
+
+
+def _fold(rows: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """The last row of each document, split into upserts and deletes, in journal order."""
+    if not rows:
+        return [], []
+    doc_ids = np.fromiter((row.doc_id for row in rows), dtype=np.int64, count=len(rows))
+    final = files.last_occurrence(doc_ids)
+    upserts = [row for row, keep in zip(rows, final, strict=True) if keep and row.op == UPSERT]
+    deletes = [row for row, keep in zip(rows, final, strict=True) if keep and row.op == DELETE]
+    return upserts, deletes
+
+
+def collect(conn: sa.Connection, alias: str) -> int:
+    """Delete journal entries no retained index needs any more; return how many went.
+
+    Every retained index has folded the entries up to the lowest ``base_seq``: those go, except a
+    document's latest upsert while some retained index holds its text from that write rather than
+    from its corpus read. A later migration must embed that text again if the corpus still lacks
+    it (see ``embedmig.metrics.coverage``).
+    """
+    retained = [
+        (record.id, record.base_seq)
+        for record in catalog.indexes(conn, alias)
+        if record.state in _RETAINED_STATES
+    ]
+    floor = min((base for _, base in retained), default=position(conn, alias))
     conn.execute(
         t.journal_vector.delete().where(
             t.journal_vector.c.alias == alias,
-            sa.or_(t.journal_vector.c.seq <= floor, t.journal_vector.c.index_id.not_in(retained)),
+            sa.or_(
+                t.journal_vector.c.seq <= floor,
+                t.journal_vector.c.index_id.not_in([index_id for index_id, _ in retained]),
+            ),
         )
     )
-    removed = conn.execute(
-        t.journal.delete().where(t.journal.c.alias == alias, t.journal.c.seq <= floor)
-    )
-    return int(removed.rowcount or 0)
+    rows = conn.execute(
+        sa.select(t.journal.c.seq, t.journal.c.op, t.journal.c.doc_id, t.journal.c.text)
+        .where(t.journal.c.alias == alias, t.journal.c.seq <= floor)
+        .order_by(t.journal.c.seq)
+    ).all()
+    kept = _written_only(conn, [index_id for index_id, _ in retained], rows)
+    doomed = [row.seq for row in rows if row.seq not in kept]
+    for start in range(0, len(doomed), _CHUNK):
+        conn.execute(
+            t.journal.delete().where(
+                t.journal.c.alias == alias, t.journal.c.seq.in_(doomed[start : start + _CHUNK])
+            )
+        )
+    return len(doomed)
+
+
+def _written_only(conn: sa.Connection, retained: Sequence[int], rows: Sequence[Any]) -> set[int]:
+    """Sequence numbers of the latest upserts in ``rows`` that a retained index holds as written
+    rather than as read from its corpus (all of them while no index serves the alias, or for an
+    index built before manifests, whose origins are unknown)."""
+    upserts, _ = _fold(rows)
+    if not upserts:
+        return set()
+    hashes = {int(row.doc_id): content_hash(row.text or "") for row in upserts}
+    needed: set[int] = set() if retained else set(hashes)
+    for index_id in retained:
+        if not manifest.exists(conn, index_id):
+            return {int(row.seq) for row in upserts}
+        rows_of = manifest.load(conn, index_id, hashes)
+        for i, doc_id in enumerate(rows_of.ids.tolist()):
+            text_sha = hashes[doc_id]
+            holds = rows_of.has_sha[i] and rows_of.sha[i] == text_sha
+            read = rows_of.has_corpus[i] and rows_of.corpus_sha[i] == text_sha
+            if holds and not read:
+                needed.add(doc_id)
+    return {int(row.seq) for row in upserts if int(row.doc_id) in needed}
 
 
 def encode_meta(meta: Mapping[str, Any] | None) -> str | None:
