@@ -15,11 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import click
+import sqlalchemy as sa
 
 from embedmig import command
 from embedmig.config import Config
-from embedmig.errors import EmbedmigError, GateFailed
+from embedmig.errors import EmbedmigError, GateFailed, HistoryError
+from embedmig.history import db
 from embedmig.metrics.report import HEADLINE, Report
+from embedmig.runtime.searcher import MAX_K
 
 EXIT_ERROR, EXIT_GATE = 1, 3
 
@@ -366,7 +369,9 @@ def unlock(state: State, alias: str, force: bool) -> None:
 @cli.command()
 @click.argument("alias")
 @click.argument("query")
-@click.option("-k", default=10, show_default=True, help="Number of hits.")
+@click.option(
+    "-k", type=click.IntRange(1, MAX_K), default=10, show_default=True, help="Number of hits."
+)
 @pass_state
 def search(state: State, alias: str, query: str, k: int) -> None:
     """Search ALIAS's live index; one tab-separated line per hit: rank, key, score, text."""
@@ -397,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except OSError as exc:
         return _fail(state, exc, EXIT_ERROR)
+    except sa.exc.DBAPIError as exc:  # a database that fails mid-command (read-only, full, gone)
+        return _fail(state, HistoryError(f"history database error: {db.reason(exc)}"), EXIT_ERROR)
     return 0
 
 

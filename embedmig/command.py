@@ -6,6 +6,7 @@ printing is the CLI's business. Errors are :mod:`embedmig.errors` exceptions.
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -105,6 +106,8 @@ def upgrade(
     waiting up to ``wait`` seconds for it.
     """
     _check_sample(sample)
+    if report_path is not None:
+        check_writable(Path(report_path))
     written: list[Report] = []
 
     def keep(report: Report) -> None:
@@ -316,6 +319,19 @@ def render_report(report: Report, fmt: str, *, styled: bool = False) -> str:
     if fmt == "html":
         return render_html(report)
     return report.render_text(styled=styled)
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before anything changes, a report path that could not be written at the end."""
+    if path.is_dir():
+        raise ConfigError(f"cannot write report {path}: it is a directory")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"cannot write report {path}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write report {path}: {folder} is not writable")
 
 
 def write_report(report: Report, path: Path) -> None:

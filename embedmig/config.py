@@ -7,6 +7,8 @@ alembic does for ``script_location``, so commands work from any working director
 from __future__ import annotations
 
 import configparser
+import difflib
+import logging
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 from embedmig.errors import ConfigError
 
 SECTION = "embedmig"
+log = logging.getLogger("embedmig")
 
 DEFAULTS: Mapping[str, str] = {
     "script_location": "migrations",
@@ -37,6 +40,26 @@ DEFAULTS: Mapping[str, str] = {
 }
 
 
+# Options read with no default; any other key (outside the ``env.`` namespace, free for env.py) is
+# likely a typo, and a typo silently ignored is an option silently at its default.
+OPTIONAL = frozenset(
+    ("corpus", "corpus.title_field", "queries", "qrels", "device", "allow_remote_code")
+)
+KNOWN = frozenset(DEFAULTS) | OPTIONAL
+
+
+def unknown_options(options: Mapping[str, str]) -> list[str]:
+    """One warning per unknown option, with the closest valid name."""
+    warnings = []
+    for key in sorted(options):
+        if key in KNOWN or key.startswith("env."):
+            continue
+        close = difflib.get_close_matches(key, sorted(KNOWN), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        warnings.append(f"unknown option {key!r} ignored{hint} (options for env.py go under env.)")
+    return warnings
+
+
 class Config:
     """Options of one embedmig project.
 
@@ -53,6 +76,8 @@ class Config:
     ) -> None:
         self.path = Path(path).resolve() if path is not None else None
         file_options = _read(self.path) if self.path is not None else {}
+        for warning in unknown_options(file_options):
+            log.warning("%s: %s", self.path, warning)
         merged = {**DEFAULTS, **file_options}
         merged.update({k: str(v) for k, v in (options or {}).items()})
         self.options: dict[str, str] = merged
@@ -141,7 +166,7 @@ class Config:
         prefix = "sqlite:///"
         if url.startswith(prefix) and not url.startswith(prefix + "/"):
             rest = url[len(prefix) :]
-            if rest and not rest.startswith(":memory:"):
+            if rest and not rest.startswith((":memory:", "file:")):  # file: is a SQLite URI
                 return prefix + str(self.resolve(rest))
         return url
 

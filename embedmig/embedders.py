@@ -45,8 +45,17 @@ class Embedder:
             raise EmbedderError("Embedder needs a model name or path")
         for name in ("max_seq_length", "truncate_dim"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise EmbedderError(f"Embedder {name} must be a positive integer, got {value!r}")
+        for name in ("query_prompt", "document_prompt", "revision"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise EmbedderError(f"Embedder {name} must be a string or None, got {value!r}")
+        for name in ("normalize", "trust_remote_code"):
+            if not isinstance(getattr(self, name), bool):
+                raise EmbedderError(f"Embedder {name} must be True or False")
 
     def options(self) -> dict[str, Any]:
         """The vector-changing options, without the model."""

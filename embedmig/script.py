@@ -77,6 +77,7 @@ class ScriptDir:
 
     def resolve(self, target: str) -> list[Revision]:
         """Revisions named by ``target``: an id (or a unique prefix), ``heads``, ``ALIAS@head``."""
+        _check_target(target)
         with _alembic_errors():
             scripts = self._scripts.revision_map.get_revisions(target)
         return [self._check(s) for s in scripts if s is not None]  # type: ignore[arg-type]
@@ -106,6 +107,7 @@ class ScriptDir:
 
     def upgrade_path(self, target: str, current: Sequence[str]) -> list[Revision]:
         """Revisions to apply, in order, to go from ``current`` heads to ``target``."""
+        _check_target(target)
         with _alembic_errors():
             scripts = self._scripts.revision_map.iterate_revisions(
                 target, tuple(current), implicit_base=True
@@ -114,17 +116,39 @@ class ScriptDir:
 
     def downgrade_path(self, target: str, current: Sequence[str]) -> list[Revision]:
         """Revisions to undo, in order, to go from ``current`` heads down to ``target``."""
-        relative = re.match(r"^-\d+$", target.strip())
-        if relative and len(current) > 1:
-            raise ScriptError(
-                f"downgrade {target} is ambiguous with several aliases at a revision; "
-                "name one, e.g. ALIAS@-1"
-            )
+        _check_target(target)
+        relative = re.match(r"^(?:(.+)@)?-(\d+)$", target.strip())
+        if relative:
+            alias = relative.group(1)
+            if alias is None and len(current) > 1:
+                raise ScriptError(
+                    f"downgrade {target} is ambiguous with several aliases at a revision; "
+                    "name one, e.g. ALIAS@-1"
+                )
+            at = [rev for rev in current if alias is None or self.get(rev).alias == alias]
+            if not at:
+                where = f"alias {alias!r} is at base" if alias else "no alias is at a revision"
+                raise ScriptError(f"nothing to roll back: {where} ({target})")
+            steps = len(self._chain(at[0]))
+            if int(relative.group(2)) > steps:
+                raise ScriptError(
+                    f"{target} goes below base: alias {self.get(at[0]).alias!r} is {steps} "
+                    "revision(s) above it"
+                )
         with _alembic_errors():
             scripts = self._scripts.revision_map.iterate_revisions(
                 tuple(current), target, select_for_downgrade=True
             )
             return [self._check(s) for s in scripts]  # type: ignore[arg-type]
+
+    def _chain(self, rev_id: str) -> list[str]:
+        """``rev_id`` and the revisions below it, down to its alias's first."""
+        chain = []
+        at: str | None = rev_id
+        while at is not None:
+            chain.append(at)
+            at = self.get(at).down_revision
+        return chain
 
     # ---- writing -----------------------------------------------------------------------------
 
@@ -200,6 +224,12 @@ class ScriptDir:
                 f"{where}: the first revision of alias {alias!r} must have old = None"
             )
         if down is not None:
+            siblings = sorted(self._scripts.get_revision(down).nextrev)
+            if len(siblings) > 1:
+                raise ScriptError(
+                    f"alias {alias!r} forks after {down}: {' and '.join(siblings)} all have "
+                    f"down_revision = {down!r}; make each revise the one before it"
+                )
             parent = self.get(down)
             if parent.alias != alias:
                 raise ScriptError(
@@ -256,6 +286,13 @@ def _attr(module: ModuleType, name: str, kind: Any, where: str) -> Any:
     if not ok:
         raise ScriptError(f"{where}: `{name}` has the wrong type ({type(value).__name__})")
     return value
+
+
+def _check_target(target: str) -> None:
+    if not isinstance(target, str) or not target.strip():
+        raise ScriptError(
+            "empty target: name a revision, head, heads, base, ALIAS@head, ALIAS@-1, +N or -N"
+        )
 
 
 @contextlib.contextmanager

@@ -35,26 +35,40 @@ class JsonlSource:
 
     def __iter__(self) -> Iterator[Document]:
         try:
-            fh = self.path.open("r", encoding="utf-8")
+            fh = self.path.open("rb")
         except OSError as exc:
             raise SourceError(f"cannot read {self.path}: {exc.strerror}") from None
+        # Lines are decoded one by one (not by a text stream reading ahead), so an error names
+        # the line it is on.
+        key_type: type | None = None
         with fh:
-            lineno = 0
-            try:
-                for lineno, line in enumerate(fh, 1):
-                    if line.strip():
-                        yield self._document(json.loads(line), lineno)
-            except UnicodeDecodeError:
-                raise SourceError(f"{self.path}:{lineno + 1}: not valid UTF-8") from None
-            except json.JSONDecodeError as exc:
-                raise SourceError(f"{self.path}:{lineno}: invalid JSON ({exc.msg})") from None
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise SourceError(f"{self.path}:{lineno}: not valid UTF-8") from None
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SourceError(f"{self.path}:{lineno}: invalid JSON ({exc.msg})") from None
+                doc, kind = self._document(row, lineno)
+                # "1" and 1 would both become key "1": one file holds one kind of id.
+                if key_type is not None and kind is not key_type:
+                    raise SourceError(
+                        f"{self.path}:{lineno}: {self.id_field!r} is a {_kind(kind)} but earlier "
+                        f"ones are {_kind(key_type)}s; use one type for every id"
+                    )
+                key_type = kind
+                yield doc
 
-    def _document(self, row: Any, lineno: int) -> Document:
+    def _document(self, row: Any, lineno: int) -> tuple[Document, type]:
         if not isinstance(row, dict):
             raise SourceError(f"{self.path}:{lineno}: expected a JSON object")
         key = row.get(self.id_field)
         text = row.get(self.text_field)
-        if key is None or isinstance(key, (dict, list)):
+        if key is None or isinstance(key, (dict, list, bool, float)):
             raise SourceError(f"{self.path}:{lineno}: missing or invalid {self.id_field!r}")
         if not isinstance(text, str):
             raise SourceError(f"{self.path}:{lineno}: {self.text_field!r} is not a string")
@@ -62,7 +76,7 @@ class JsonlSource:
             title = row.get(self.title_field)
             if isinstance(title, str) and title.strip():
                 text = f"{title} {text}"
-        return Document(str(key), text)
+        return Document(str(key), text), type(key)
 
 
 @dataclass(frozen=True)
@@ -101,8 +115,24 @@ class IterableSource:
     factory: Callable[[], Iterable[tuple[str, str]]]
 
     def __iter__(self) -> Iterator[Document]:
-        for key, text in self.factory():
+        for n, item in enumerate(self.factory(), 1):
+            try:
+                key, text = item
+            except (TypeError, ValueError):
+                raise SourceError(
+                    f"document {n}: expected a (key, text) pair, got {item!r:.60}"
+                ) from None
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                raise SourceError(f"document {n}: key {key!r:.40} must be a string or an integer")
+            if not isinstance(text, str):
+                raise SourceError(
+                    f"document {key!r:.40}: text must be a string, got {type(text).__name__}"
+                )
             yield Document(str(key), text)
+
+
+def _kind(kind: type) -> str:
+    return "string" if kind is str else "number"
 
 
 def corpus_from_config(config: Config) -> JsonlSource:
@@ -161,6 +191,8 @@ def _existing(config: Config, key: str) -> Path:
     path = config.path_option(key)
     if path is None:
         raise SourceError(f"option {key!r} is not set: point it at a file in {config.path}")
+    if path.is_dir():
+        raise SourceError(f"{key} {path} is a directory; name a file")
     if not path.is_file():
         raise SourceError(f"{key} file {path} does not exist")
     return path

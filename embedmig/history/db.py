@@ -28,11 +28,15 @@ def connect(url: str) -> sa.Engine:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     try:
         _ensure_schema(engine)
-    except sa.exc.OperationalError as exc:
+    except sa.exc.DBAPIError as exc:  # unreachable, not a database, read-only, ...
         engine.dispose()
-        reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
-        raise HistoryError(f"cannot open history database {_safe(url)}: {reason}") from None
+        raise HistoryError(f"cannot open history database {_safe(url)}: {reason(exc)}") from None
     return engine
+
+
+def reason(exc: sa.exc.DBAPIError) -> str:
+    """The database's own words, on one line."""
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
 
 
 def _engine_options(url: str) -> dict[str, Any]:

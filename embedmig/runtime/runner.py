@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from embedmig import embedders
-from embedmig.errors import EmbedmigError, ScriptError, StateError
+from embedmig.config import Config
+from embedmig.errors import ConfigError, EmbedmigError, ScriptError, StateError
 from embedmig.metrics.report import Report
 from embedmig.runtime.context import MigrationContext
 from embedmig.runtime.environment import Environment
@@ -27,12 +28,27 @@ def upgrade(
 
     The aliases on the way are locked for the whole run (a dry run changes nothing: no lock).
     """
+    check_options(env.config)  # a bad option fails now, not after hours of backfill
     path, live = _upgrade_path(env, target)
     if dry_run or not path:
         return _apply(env, path, live, dry_run, sample, force, on_report)
     with env.lock({rev.alias for rev in path}, "upgrade", wait):
         path, live = _upgrade_path(env, target)  # another run may have moved on while we waited
         return _apply(env, path, live, dry_run, sample, force, on_report)
+
+
+def check_options(config: Config) -> None:
+    """Read every option an upgrade uses, so a bad value fails before anything is embedded."""
+    for key in ("batch_size", "checkpoint_every", "eval.sample", "eval.k", "eval.resamples"):
+        config.get_int(key)
+    for key in ("eval.pair_docs", "eval.forecast_resamples"):
+        config.get_int(key, minimum=1)
+    config.get_int("eval.seed", minimum=0)
+    rbo_p = config.get_float("eval.rbo_p")
+    if not 0 < rbo_p < 1:
+        raise ConfigError(f"option 'eval.rbo_p' must be between 0 and 1, got {rbo_p:g}")
+    config.get_float("lock.lease_seconds")
+    config.get_bool("allow_remote_code")
 
 
 def _upgrade_path(

@@ -6,10 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedmig.config import Config
-from embedmig.errors import StateError, StoreError
+from embedmig.errors import ConfigError, StateError, StoreError
 from embedmig.runtime.environment import Environment
 from embedmig.runtime.view import IndexView
 from embedmig.store import catalog
+
+# Deeper than any page of results; FAISS allocates k slots per query up front.
+MAX_K = 10_000
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,15 @@ class Searcher:
         return self._refresh()
 
     def search(self, text: str, k: int = 10) -> list[Hit]:
-        if k < 1:
-            raise StateError("k must be at least 1")
+        """The top ``k`` documents for ``text`` (fewer when the alias holds fewer)."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise ConfigError(f"k must be an integer from 1 to {MAX_K:,}, got {k!r}")
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError("the query is empty: give a text to search for")
         view = self._refresh()
         vectors = view.embedder.encode_queries([text], self.env.batch_size)
+        # FAISS allocates k results per query whatever the index holds: clamp to its size.
+        k = max(1, min(k, view.overlay.size))
         scores, ids = view.overlay.search(vectors, k)
         with self.env.engine.connect() as conn:
             described = catalog.describe_ids(conn, self.alias, ids[0])

@@ -40,8 +40,6 @@ class Writer:
 
     def __init__(self, env: Environment, alias: str) -> None:
         safe_component(alias, "alias")
-        if env.scripts.alias_head(alias) is None:
-            raise ConfigError(f"no revision defines alias {alias!r}; see `embedmig heads`")
         self.env = env
         self.alias = alias
         self.holdover = holdover(env.config)
@@ -49,6 +47,11 @@ class Writer:
         # Read now: a database that cannot be used fails here rather than at the first write.
         with env.engine.connect() as conn:
             self._targets = journal.targets(conn, alias, self.holdover)
+            known = bool(self._targets) or journal.position(conn, alias) > 0
+        # An alias with indexes needs no revision script: a pending script's syntax error must not
+        # stop production writes. Only a brand-new alias is checked against the revisions.
+        if not known and env.scripts.alias_head(alias) is None:
+            raise ConfigError(f"no revision defines alias {alias!r}; see `embedmig heads`")
 
     def upsert(self, key: str, text: str, metadata: Mapping[str, Any] | None = None) -> int:
         return self.upsert_many([(key, text, metadata)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import json
 import socket
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -231,9 +232,17 @@ def lock_alias(
 
 
 def check_key(key: object) -> str:
-    if not isinstance(key, str) or not key or len(key) > MAX_KEY_CHARS:
+    """A document key: 1-512 characters, none of them a control character (a tab or a newline
+    would break every line-oriented output, `embedmig search`'s included)."""
+    if (
+        not isinstance(key, str)
+        or not key
+        or len(key) > MAX_KEY_CHARS
+        or (not key.isprintable() and any(unicodedata.category(c) == "Cc" for c in key))
+    ):
         raise SourceError(
-            f"document key {str(key)[:40]!r} must be a string of 1-{MAX_KEY_CHARS} characters"
+            f"document key {str(key)[:40]!r} must be a string of 1-{MAX_KEY_CHARS} characters "
+            "without control characters (tab, newline, ...)"
         )
     return key
 

@@ -38,6 +38,11 @@ class Overlay:
             self._params = None
         self.applied = max(self.applied, tail.last_seq)
 
+    @property
+    def size(self) -> int:
+        """An upper bound on the documents of the view (base plus tail, masked ones counted)."""
+        return int(self.base.ntotal) + int(self.delta.ntotal)
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` over base and tail, like ``files.search`` on the folded index."""
         if not len(self._hidden):
