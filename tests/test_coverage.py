@@ -40,16 +40,18 @@ def corpus(config, alias):
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def any_db(request: pytest.FixtureRequest, project: Path) -> Config:
-    name = "postgres_config" if request.param == "postgres" else "config"
-    config: Config = request.getfixturevalue(name)
+    request.getfixturevalue("postgres_config" if request.param == "postgres" else "config")
     ini = project / "embedmig.ini"
     ini.write_text(ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 40"))
     return Config(ini)
 
 
+CLI = (sys.executable, "-c", "from embedmig.cli import main; raise SystemExit(main())")
+
+
 def embedmig(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from embedmig.cli import main; raise SystemExit(main())", *args],
+        [*CLI, *args],
         cwd=project,
         capture_output=True,
         text=True,
@@ -210,8 +212,7 @@ def test_writes_before_during_and_after_the_backfill_all_hold(any_db: Config) ->
         writer.delete(rows[5]["id"])
     (project / "pause").touch()
     upgrade = subprocess.Popen(
-        [sys.executable, "-c", "from embedmig.cli import main; raise SystemExit(main())"]
-        + ["upgrade", "r2"],
+        [*CLI, "upgrade", "r2"],
         cwd=project,
         stderr=subprocess.PIPE,
         text=True,
