@@ -20,9 +20,9 @@ from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS, Check, Verdict, thres
 from embedmig.metrics import kernels
 from embedmig.metrics.kernels import Judgements
 
-SCHEMA_VERSION = 3
-# Reports recorded by earlier versions still read back (version 2 had no forecasts).
-_READABLE = (2, 3)
+SCHEMA_VERSION = 4
+# Reports recorded by earlier versions still read back (version 2 had no forecasts, 3 no coverage).
+_READABLE = (2, 3, 4)
 WORST = 5
 # What the terminal shows; the JSON report has every metric.
 HEADLINE = (
@@ -215,6 +215,9 @@ class Report:
                 lines.append(
                     f"  gate  {check.metric:<28} {value:>12}  {op} {check.limit:<8g} {mark}"
                 )
+        for kind, keys in (self.distributions.get("coverage") or {}).items():
+            more = ", ..." if (self.metrics.get(f"coverage_{kind}") or 0) > len(keys) else ""
+            lines.append(f"  coverage {kind}: {', '.join(keys)}{more}")
         shown = [(n, self.metrics[n]) for n in HEADLINE if self.metrics.get(n) is not None]
         if shown:
             lines.append(style("  retrieval change", bold=True))
