@@ -289,6 +289,17 @@ def test_when_the_corpus_and_a_writer_both_changed_a_document_the_later_change_w
     assert any("1 document(s) changed by both the corpus and a writer" in n for n in notes)  # type: ignore[union-attr]
 
 
+def test_writes_to_an_alias_with_no_index_yet_reach_its_first_index(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    rows = corpus_rows(300)
+    with open_writer(config, "docs") as writer:
+        writer.upsert("early", f"{NEW} early")
+        writer.upsert(rows[1]["id"], f"{NEW} rewritten early")  # the corpus read is later: it wins
+    result = embedmig(config.root, "upgrade", "r1")
+    assert result.returncode == 0, result.stderr
+    assert_serves(config, "a", {r["id"]: r["text"] for r in rows} | {"early": f"{NEW} early"})
+
+
 def test_a_dry_run_forecasts_the_carry_over_and_what_cannot_be_carried(config: Config) -> None:
     revisions(config)
     with open_writer(config, "docs") as writer:
