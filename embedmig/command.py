@@ -270,6 +270,8 @@ def search(config: Config, alias: str, query: str, k: int = 10) -> list[Hit]:
 
 def report(config: Config, rev: str, *, event: int | None = None) -> Report:
     """The report recorded for a revision's latest upgrade or dry run (or history event ``event``)."""
+    if event is None and not rev.strip():
+        raise ScriptError("name a revision (or a history event with --event)")
     with _opened(config) as env, env.engine.connect() as conn:
         events = [e for e in catalog.history(conn) if e.metrics is not None]
     if event is not None:

@@ -115,6 +115,7 @@ class IterableSource:
     factory: Callable[[], Iterable[tuple[str, str]]]
 
     def __iter__(self) -> Iterator[Document]:
+        key_type: type | None = None
         for n, item in enumerate(self.factory(), 1):
             try:
                 key, text = item
@@ -124,6 +125,12 @@ class IterableSource:
                 ) from None
             if not isinstance(key, (str, int)) or isinstance(key, bool):
                 raise SourceError(f"document {n}: key {key!r:.40} must be a string or an integer")
+            if key_type is not None and type(key) is not key_type:
+                raise SourceError(
+                    f"document {n}: key {key!r:.40} is a {_kind(type(key))} but earlier ones are "
+                    f"{_kind(key_type)}s; use one type for every key"
+                )
+            key_type = type(key)
             if not isinstance(text, str):
                 raise SourceError(
                     f"document {key!r:.40}: text must be a string, got {type(text).__name__}"

@@ -222,6 +222,8 @@ def test_string_and_number_ids_do_not_merge_silently(tmp_path: Path) -> None:
         list(JsonlSource(path))
     path.write_text('{"id": 1, "text": "a"}\n{"id": 2, "text": "b"}\n')
     assert [d.key for d in JsonlSource(path)] == ["1", "2"]
+    with pytest.raises(SourceError, match="document 2: key 1 is a number but earlier ones"):
+        list(IterableSource(lambda: [("1", "a"), (1, "b")]))
 
 
 def test_a_directory_as_the_corpus_says_so(
@@ -246,6 +248,8 @@ def test_non_string_texts_from_an_iterable_source_are_one_line() -> None:
         (("downgrade", ""), "empty target"),
         (("stamp", ""), "empty target"),
         (("upgrade", ""), "empty target"),
+        (("report", ""), "name a revision"),
+        (("show", ""), "empty target"),
         (("downgrade", "-1"), "nothing to roll back: no alias is at a revision"),
         (("downgrade", "docs@-1"), "nothing to roll back"),
     ],

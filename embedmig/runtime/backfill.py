@@ -303,30 +303,17 @@ def _start(
     return index_id, catalog.Checkpoint()
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Merged:
     """The corpus read with the journal's changes on top: replayed and carried over."""
 
-    now: Docs
-    tail: journal.Tail
-    plan: carryover.Plan | None
+    now: Docs  # the corpus read
+    tail: journal.Tail  # changes written during the backfill
+    plan: carryover.Plan | None  # None: the live index predates manifests
     live: catalog.IndexRecord | None
-    carried_ids: np.ndarray
-    carried_sha: np.ndarray
-
-    @property
-    def upsert_ids(self) -> np.ndarray:
-        return np.concatenate([self.carried_ids, self.tail.upsert_ids])
-
-    @property
-    def upsert_sha(self) -> np.ndarray:
-        tail_sha = [manifest.content_hash(text) for text in self.tail.texts]
-        return np.concatenate([self.carried_sha, np.array(tail_sha, dtype=np.int64)])
-
-    @property
-    def deleted_ids(self) -> np.ndarray:
-        carried = self.plan.changes.deleted_ids if self.plan else coverage.EMPTY_IDS
-        return np.concatenate([carried, self.tail.deleted_ids])
+    upsert_ids: np.ndarray  # everything put on the spool after the corpus read
+    upsert_sha: np.ndarray
+    deleted_ids: np.ndarray
 
     @property
     def held(self) -> Docs:
@@ -384,8 +371,17 @@ def _reconcile(
         )
     if len(tail.upsert_ids):
         spool.append(tail.upsert_ids, tail.vectors)
-    carried_sha = np.array([manifest.content_hash(text) for text, _ in texts], dtype=np.int64)
-    return _Merged(now, tail, plan, live, carried, carried_sha)
+    hashes = [manifest.content_hash(text) for text in [t for t, _ in texts] + tail.texts]
+    deleted = plan.changes.deleted_ids if plan else coverage.EMPTY_IDS
+    return _Merged(
+        now,
+        tail,
+        plan,
+        live,
+        np.concatenate([carried, tail.upsert_ids]),
+        np.array(hashes, dtype=np.int64),
+        np.concatenate([deleted, tail.deleted_ids]),
+    )
 
 
 def _check_writable(folder: Path) -> None:
