@@ -13,6 +13,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 import sqlalchemy as sa
@@ -54,6 +55,19 @@ class SampleSize(click.ParamType):  # type: ignore[type-arg]  # generic only in 
 SAMPLE = SampleSize()
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time, not to the one at configuration: a
+    program calling ``main`` repeatedly (tests capturing output) may have replaced it since."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 class State:
     def __init__(self) -> None:
         self.verbose = False
@@ -77,7 +91,9 @@ def cli(state: State, config_path: str | None, verbose: bool, quiet: bool) -> No
     state.verbose = verbose
     state.config_path = config_path
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="embedmig: %(message)s", stream=sys.stderr, force=True)
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("embedmig: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     if not verbose:
         for noisy in ("sentence_transformers", "transformers", "huggingface_hub", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING if not quiet else logging.ERROR)

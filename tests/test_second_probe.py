@@ -49,6 +49,7 @@ def one_line_error(
     capsys: pytest.CaptureFixture[str], config: Config, *args: str, match: str
 ) -> None:
     before = snapshot(config)
+    capsys.readouterr()  # what earlier steps printed
     code, _, err = cli(capsys, "-q", *args)
     assert code != 0
     assert len(err.strip().splitlines()) == 1, err
