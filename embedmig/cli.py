@@ -13,17 +13,19 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import click
-import sqlalchemy as sa
 
-from embedmig import command
-from embedmig.config import Config
+from embedmig.config import MAX_K, Config
 from embedmig.errors import EmbedmigError, GateFailed, HistoryError
-from embedmig.history import db
-from embedmig.metrics.report import HEADLINE, Report
-from embedmig.runtime.searcher import MAX_K
+
+if TYPE_CHECKING:
+    from embedmig.metrics.report import Report
+
+# Only click, the config and the errors load at start: `embedmig --help`, `current`, `history`,
+# `heads` and `show` stay fast; each command loads what it uses.
 
 EXIT_ERROR, EXIT_GATE = 1, 3
 
@@ -53,6 +55,13 @@ class SampleSize(click.ParamType):  # type: ignore[type-arg]  # generic only in 
 
 
 SAMPLE = SampleSize()
+
+
+def _command() -> ModuleType:
+    """``embedmig.command``, loaded by the command that runs: ``--help`` needs none of it."""
+    from embedmig import command
+
+    return command
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -104,7 +113,7 @@ def cli(state: State, config_path: str | None, verbose: bool, quiet: bool) -> No
 @pass_state
 def init(state: State, directory: str) -> None:
     """Create an environment in DIRECTORY and embedmig.ini here."""
-    ini = command.init(directory, state.config_path or "embedmig.ini")
+    ini = _command().init(directory, state.config_path or "embedmig.ini")
     click.echo(f"created {directory}/ (env.py, script.py.mako, versions/) and {ini}")
     click.echo(
         f"next: set `corpus` in {ini}, then `embedmig revision -m MSG --alias NAME --new MODEL`"
@@ -131,7 +140,7 @@ def revision(
     index_factory: str,
 ) -> None:
     """Write a new revision script for an alias."""
-    rev = command.revision(
+    rev = _command().revision(
         state.config(),
         message,
         alias=alias,
@@ -174,7 +183,7 @@ def upgrade(
     wait: float,
 ) -> None:
     """Migrate to TARGET (head, heads, ALIAS@head, +N, a revision)."""
-    reports = command.upgrade(
+    reports = _command().upgrade(
         state.config(),
         target,
         dry_run=dry_run,
@@ -189,7 +198,9 @@ def upgrade(
 
 
 def _print_report(report: Report) -> None:
-    click.echo(report.render_text())
+    from embedmig.render import render
+
+    click.echo(render(report, styled=True))
 
 
 @cli.command()
@@ -209,13 +220,13 @@ def check(state: State, target: str, sample: int | float, fmt: str) -> None:
     """Dry-run every pending revision up to TARGET; exit 3 when a gate fails (for CI)."""
     reports: list[Report] = []
     try:
-        command.check(state.config(), target, sample=sample, on_report=reports.append)
+        _command().check(state.config(), target, sample=sample, on_report=reports.append)
     finally:
         if fmt == "json":
             click.echo(json.dumps([r.to_dict() for r in reports], indent=2))
         else:
             for report in reports:
-                click.echo(report.render_text())
+                _print_report(report)
     if not reports:
         click.echo("nothing to check: every alias is at its head", err=fmt == "json")
 
@@ -238,12 +249,14 @@ def report(state: State, rev: str | None, event: int | None, output: str | None,
     """Render again the report of a recorded upgrade or dry run of REV."""
     if rev is None and event is None:
         raise click.UsageError("name a revision or --event ID")
-    found = command.report(state.config(), rev or "", event=event)
+    found = _command().report(state.config(), rev or "", event=event)
     if output is not None:
-        command.write_report(found, Path(output))
+        _command().write_report(found, Path(output))
         click.echo(f"wrote {output}")
     else:
-        click.echo(command.render_report(found, fmt, styled=True))
+        from embedmig.render import render
+
+        click.echo(render(found, fmt, styled=True))
 
 
 # ignore_unknown_options lets `downgrade -1` through as a target, as alembic's CLI does.
@@ -253,7 +266,7 @@ def report(state: State, rev: str | None, event: int | None, output: str | None,
 @pass_state
 def downgrade(state: State, target: str, wait: float) -> None:
     """Roll back to TARGET (-1, ALIAS@-1, base, a revision) without re-embedding."""
-    undone = command.downgrade(state.config(), target, wait=wait)
+    undone = _command().downgrade(state.config(), target, wait=wait)
     for rev in undone:
         click.echo(f"rolled back {rev.alias}: {rev.revision} -> {rev.down_revision or 'base'}")
     if not undone:
@@ -264,7 +277,7 @@ def downgrade(state: State, target: str, wait: float) -> None:
 @pass_state
 def current(state: State) -> None:
     """Show each alias's revision and live index."""
-    states = command.current(state.config())
+    states = _command().current(state.config())
     if not states:
         click.echo("no alias has been migrated yet")
     for s in states:
@@ -283,7 +296,7 @@ def current(state: State) -> None:
 @pass_state
 def history(state: State, alias: str | None, detail: bool) -> None:
     """Recorded upgrades, downgrades, dry runs and stamps, newest first."""
-    for event in command.history(state.config(), alias):
+    for event in _command().history(state.config(), alias):
         when = event.finished_at.strftime("%Y-%m-%d %H:%M:%S")
         move = f"#{event.from_index or '-'} -> #{event.to_index or '-'}"
         verdict = f" gates:{event.verdict}" if event.verdict else ""
@@ -299,6 +312,8 @@ def history(state: State, alias: str | None, detail: bool) -> None:
                 click.echo(
                     f"    gate {check['bound']}_{check['metric']} {check['limit']}: {shown} {mark}"
                 )
+            from embedmig.metrics.report import HEADLINE
+
             metrics = event.metrics.get("metrics") or {}
             for name in HEADLINE:
                 if metrics.get(name) is not None:
@@ -309,7 +324,7 @@ def history(state: State, alias: str | None, detail: bool) -> None:
 @pass_state
 def heads(state: State) -> None:
     """Show the head revision of every alias."""
-    for rev in command.heads(state.config()):
+    for rev in _command().heads(state.config()):
         click.echo(
             f"{rev.revision} ({rev.alias}) (head)  {rev.message.splitlines()[0] if rev.message else ''}"
         )
@@ -320,7 +335,7 @@ def heads(state: State) -> None:
 @pass_state
 def show(state: State, rev: str) -> None:
     """Show a revision script and its recorded history."""
-    script, events = command.show(state.config(), rev)
+    script, events = _command().show(state.config(), rev)
     click.echo(f"Rev: {script.revision}")
     click.echo(f"Parent: {script.down_revision or '<base>'}")
     click.echo(f"Alias: {script.alias}")
@@ -341,7 +356,7 @@ def show(state: State, rev: str) -> None:
 @pass_state
 def stamp(state: State, target: str, wait: float) -> None:
     """Record TARGET as an alias's revision without running migrations."""
-    for alias, rev in command.stamp(state.config(), target, wait=wait):
+    for alias, rev in _command().stamp(state.config(), target, wait=wait):
         click.echo(f"stamped {alias} at {rev or 'base'}")
 
 
@@ -352,7 +367,7 @@ def stamp(state: State, target: str, wait: float) -> None:
 @pass_state
 def prune(state: State, alias: str, keep: int, wait: float) -> None:
     """Delete ALIAS's old retired indexes and unswapped shadows (rollback needs the kept ones)."""
-    dropped = command.prune(state.config(), alias, keep=keep, wait=wait)
+    dropped = _command().prune(state.config(), alias, keep=keep, wait=wait)
     for record in dropped:
         click.echo(f"dropped index #{record.id} ({record.revision}, was {record.state})")
     if not dropped:
@@ -365,7 +380,7 @@ def prune(state: State, alias: str, keep: int, wait: float) -> None:
 @pass_state
 def compact(state: State, alias: str, wait: float) -> None:
     """Fold ALIAS's change journal into new index snapshots; trim the journal."""
-    result = command.compact(state.config(), alias, wait=wait)
+    result = _command().compact(state.config(), alias, wait=wait)
     for folded in result.folded:
         what = f"{folded.changes} change(s) folded" if folded.changes else "already current"
         click.echo(f"index #{folded.index_id} ({folded.state}): {what}, {folded.ntotal} vectors")
@@ -378,7 +393,7 @@ def compact(state: State, alias: str, wait: float) -> None:
 @pass_state
 def unlock(state: State, alias: str, force: bool) -> None:
     """Remove ALIAS's migration lock left behind by a dead run."""
-    removed = command.unlock(state.config(), alias, force=force)
+    removed = _command().unlock(state.config(), alias, force=force)
     click.echo(f"unlocked {alias} (was: {removed.describe()})")
 
 
@@ -391,7 +406,7 @@ def unlock(state: State, alias: str, force: bool) -> None:
 @pass_state
 def search(state: State, alias: str, query: str, k: int) -> None:
     """Search ALIAS's live index; one tab-separated line per hit: rank, key, score, text."""
-    for hit in command.search(state.config(), alias, query, k):
+    for hit in _command().search(state.config(), alias, query, k):
         snippet = " ".join(hit.snippet.split())[:80]
         click.echo(f"{hit.rank}\t{hit.key}\t{hit.score:.4f}\t{snippet}")
 
@@ -418,7 +433,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except OSError as exc:
         return _fail(state, exc, EXIT_ERROR)
-    except sa.exc.DBAPIError as exc:  # a database that fails mid-command (read-only, full, gone)
+    except Exception as exc:
+        # A database failing mid-command (read-only, full, gone); no SQLAlchemy loaded, no such.
+        sa = sys.modules.get("sqlalchemy")
+        if sa is None or not isinstance(exc, sa.exc.DBAPIError):
+            raise
+        from embedmig.history import db
+
         return _fail(state, HistoryError(f"history database error: {db.reason(exc)}"), EXIT_ERROR)
     return 0
 

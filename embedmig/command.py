@@ -13,17 +13,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embedmig.config import Config
 from embedmig.errors import ConfigError, ScriptError, StateError
-from embedmig.metrics.html import render_html
-from embedmig.metrics.report import Report
-from embedmig.runtime import compaction, runner
-from embedmig.runtime.compaction import Compaction
 from embedmig.runtime.environment import Environment
-from embedmig.runtime.searcher import Hit, Searcher
 from embedmig.script import Revision
-from embedmig.store import catalog, journal, locks, manifest
+from embedmig.store import catalog, locks
+
+if TYPE_CHECKING:
+    from embedmig.metrics.report import Report
+    from embedmig.runtime.compaction import Compaction
+    from embedmig.runtime.searcher import Hit
+
+# Commands that only read history (current, history, heads, show) start without FAISS, numpy's
+# heavy users or the models: the modules behind the others load inside them.
 
 TEMPLATE = Path(__file__).parent / "migrations_template"
 _INI_TEMPLATE = "embedmig.ini.tmpl"
@@ -117,6 +121,8 @@ def upgrade(
         if on_report is not None:
             on_report(report)
 
+    from embedmig.runtime import runner
+
     with _opened(config) as env:
         return runner.upgrade(
             env, target, dry_run=dry_run, sample=sample, force=force, on_report=keep, wait=wait
@@ -125,6 +131,8 @@ def upgrade(
 
 def downgrade(config: Config, target: str, *, wait: float = 0.0) -> list[Revision]:
     """Roll back to ``target`` (``-1``, ``ALIAS@-1``, ``base``, a revision); no re-embedding."""
+    from embedmig.runtime import runner
+
     with _opened(config) as env:
         return runner.downgrade(env, target, wait=wait)
 
@@ -135,36 +143,10 @@ def prune(
     """Drop ``alias``'s retired indexes but the ``keep`` most recent (each is one rollback step),
     and any shadow never swapped in. Files go after the drop commits: a crash in between leaves
     an orphan file, never a catalog row pointing at a missing one."""
-    if keep < 0:
-        raise ConfigError("--keep must be 0 or more")
+    from embedmig.runtime import maintenance
+
     with _opened(config) as env:
-        with env.lock([alias], "prune", wait):
-            started = catalog.now()
-            with env.engine.begin() as conn:
-                records = catalog.indexes(conn, alias)
-                if not records:
-                    raise StateError(f"alias {alias!r} has no indexes")
-                retired = [r for r in records if r.state == catalog.RETIRED]
-                unswapped = [r for r in records if r.state in (catalog.BUILDING, catalog.READY)]
-                doomed = retired[: max(0, len(retired) - keep)] + unswapped
-                for record in doomed:
-                    catalog.update_index(conn, record.id, state=catalog.DROPPED)
-                    catalog.clear_checkpoint(conn, record.id)
-                    manifest.drop(conn, record.id)
-                journal.collect(conn, alias)  # changes only the dropped indexes still needed
-                if doomed:
-                    catalog.record(
-                        conn,
-                        alias=alias,
-                        revision=None,
-                        action="prune",
-                        status="ok",
-                        started_at=started,
-                        message="dropped " + ", ".join(f"#{r.id} ({r.revision})" for r in doomed),
-                    )
-            for record in doomed:
-                env.remove_index_files(record)
-        return doomed
+        return maintenance.prune(env, alias, keep=keep, wait=wait)
 
 
 def compact(config: Config, alias: str, *, wait: float = 0.0) -> Compaction:
@@ -173,6 +155,8 @@ def compact(config: Config, alias: str, *, wait: float = 0.0) -> Compaction:
     Holds the alias's lock (waits ``wait`` seconds for a running migration); writers and
     searchers go on meanwhile.
     """
+    from embedmig.runtime import compaction
+
     with _opened(config) as env:
         with env.engine.connect() as conn:
             if not catalog.indexes(conn, alias):
@@ -233,37 +217,16 @@ def stamp(config: Config, target: str, *, wait: float = 0.0) -> list[tuple[str, 
 
     ``target`` is a revision (or ``heads``, ``ALIAS@head``), ``base`` or ``ALIAS@base``.
     """
+    from embedmig.runtime import maintenance
+
     with _opened(config) as env:
-        if target == "base" or target.endswith("@base"):
-            alias = target.partition("@")[0] if "@" in target else None
-            with env.engine.connect() as conn:
-                known = catalog.versions(conn)
-            if alias is not None and alias not in known:
-                raise ScriptError(f"alias {alias!r} has no recorded revision")
-            changes: list[tuple[str, str | None]] = [
-                (a, None) for a in sorted(known) if alias is None or a == alias
-            ]
-        else:
-            changes = [(rev.alias, rev.revision) for rev in env.scripts.resolve(target)]
-            if not changes:
-                raise ScriptError(f"{target!r} names no revision")
-        started = catalog.now()
-        with env.lock([a for a, _ in changes], "stamp", wait), env.engine.begin() as conn:
-            for alias_name, rev_id in changes:
-                catalog.set_version(conn, alias_name, rev_id)
-                catalog.record(
-                    conn,
-                    alias=alias_name,
-                    revision=rev_id,
-                    action="stamp",
-                    status="ok",
-                    started_at=started,
-                )
-        return changes
+        return maintenance.stamp(env, target, wait=wait)
 
 
 def search(config: Config, alias: str, query: str, k: int = 10) -> list[Hit]:
     """Top-``k`` documents of ``alias``'s live index for ``query``."""
+    from embedmig.runtime.searcher import Searcher
+
     with _opened(config) as env:
         return Searcher(env, alias).search(query, k)
 
@@ -286,6 +249,8 @@ def report(config: Config, rev: str, *, event: int | None = None) -> Report:
         if not chosen:
             raise StateError(f"no recorded upgrade or dry run of revision {rev!r}")
     assert chosen[0].metrics is not None
+    from embedmig.metrics.report import Report
+
     try:
         return Report.from_dict(chosen[0].metrics)
     except (KeyError, TypeError, ValueError) as exc:
@@ -314,15 +279,6 @@ def check(
     return upgrade(config, target, dry_run=True, sample=sample, on_report=on_report)
 
 
-def render_report(report: Report, fmt: str, *, styled: bool = False) -> str:
-    """``report`` as ``text``, ``json`` or self-contained ``html``."""
-    if fmt == "json":
-        return report.to_json()
-    if fmt == "html":
-        return render_html(report)
-    return report.render_text(styled=styled)
-
-
 def check_writable(path: Path) -> None:
     """Refuse, before anything changes, a report path that could not be written at the end."""
     if path.is_dir():
@@ -338,8 +294,9 @@ def check_writable(path: Path) -> None:
 
 def write_report(report: Report, path: Path) -> None:
     """Write ``report`` as JSON (``.json``), self-contained HTML (``.html``) or text."""
-    fmt = {".json": "json", ".html": "html", ".htm": "html"}.get(path.suffix.lower(), "text")
-    text = render_report(report, fmt)
+    from embedmig.render import format_of, render
+
+    text = render(report, format_of(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n", encoding="utf-8")

@@ -16,6 +16,8 @@ from pathlib import Path
 from embedmig.errors import ConfigError
 
 SECTION = "embedmig"
+# The deepest search a reader may ask for: FAISS allocates k result slots per query up front.
+MAX_K = 10_000
 log = logging.getLogger("embedmig")
 
 DEFAULTS: Mapping[str, str] = {

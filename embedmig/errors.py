@@ -1,62 +1,104 @@
 """The one error hierarchy of embedmig.
 
 Every failure a user can cause or meet is one of these; the CLI turns them into a one-line message
-and a non-zero exit at a single boundary (``embedmig.cli``)::
+and a non-zero exit at a single boundary (``embedmig.cli``). Each carries, as attributes, the data
+a caller needs to act on it without parsing the message::
 
     EmbedmigError
-    ├── ConfigError          bad or missing configuration, unusable environment folder
+    ├── ConfigError          bad or missing configuration or argument, unusable environment folder
     ├── ScriptError          a revision script or the revision graph is broken, a target is unknown
     ├── EmbedderError        a model cannot be loaded offline or yields unusable vectors
-    ├── SourceError          the corpus, queries or qrels cannot be read
-    ├── StoreError           an index file cannot be written, is missing, or fails its checksum
-    ├── HistoryError         the history database is unreachable or of an unknown schema
+    ├── SourceError          the corpus, queries or qrels cannot be read        .path, .line
+    ├── StoreError           an index file cannot be written, is missing or fails its checksum
+    ├── HistoryError         the history database is unreachable, unusable or of an unknown schema
     ├── StateError           the alias is not in a state that allows the operation
-    └── GateFailed           a quality gate failed; carries the report
+    │   └── Locked           another run holds the alias's migration lock        .holder
+    └── GateFailed           a quality gate failed; the alias is untouched    .report, .checks
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from embedmig.gates import Check
     from embedmig.metrics.report import Report
+    from embedmig.store.locks import Holder
 
 
 class EmbedmigError(Exception):
-    """Base of every error embedmig raises on purpose."""
+    """Base of every error embedmig raises on purpose: catch this to catch them all."""
 
 
 class ConfigError(EmbedmigError):
-    pass
+    """An option is missing, unknown in a required place, or out of range (in ``embedmig.ini``,
+    ``pyproject.toml`` or an argument such as ``--sample``, ``k`` or ``--report``), or the
+    environment folder cannot be used."""
 
 
 class ScriptError(EmbedmigError):
-    pass
+    """A revision script cannot be loaded or is inconsistent (missing ``alias``, a cycle, a fork,
+    ``old`` on a first revision), ``env.py`` is broken, or a target names no revision."""
 
 
 class EmbedderError(EmbedmigError):
-    pass
+    """A model cannot be loaded offline, needs ``trust_remote_code`` that is not allowed, has
+    options of the wrong type, or produces vectors that cannot be indexed (NaN, wrong shape)."""
 
 
 class SourceError(EmbedmigError):
-    pass
+    """The corpus, the queries or the qrels cannot be read, or hold a bad document (a key with a
+    control character, a text that is not a string, invalid JSON or UTF-8).
+
+    ``path`` and ``line`` (1-based) locate it when it comes from a file.
+    """
+
+    def __init__(self, message: str, *, path: Path | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
 
 
 class StoreError(EmbedmigError):
-    pass
+    """An index file cannot be written or read, is missing, does not match its recorded sha256,
+    or an index factory string is not one FAISS can build."""
 
 
 class HistoryError(EmbedmigError):
-    pass
+    """The history database cannot be opened or written (unreachable, not a database, read-only)
+    or its schema is newer than this embedmig."""
 
 
 class StateError(EmbedmigError):
-    pass
+    """The alias is not in a state that allows the operation: no live index to search or roll
+    back, a live index that changed during the migration, a retired index already pruned."""
+
+
+class Locked(StateError):
+    """Another run holds the migration lock of the alias (``upgrade``, ``downgrade``, ``stamp``,
+    ``prune``, ``compact``), or ``unlock`` was refused because the holder is alive.
+
+    ``holder`` says who: ``.pid``, ``.host``, ``.command``, ``.acquired_at`` (UTC),
+    ``.heartbeat_at``.
+    """
+
+    def __init__(self, message: str, holder: Holder) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class GateFailed(EmbedmigError):
-    """Raised when metrics break a gate; the alias is left untouched."""
+    """A revision's gates failed (the coverage gates included) and ``force`` was off: the alias,
+    its live index and its revision are untouched; the shadow index stays ``ready``.
+
+    ``report`` is the full report (recorded in history too); ``checks`` the failed checks.
+    """
 
     def __init__(self, message: str, report: Report) -> None:
         super().__init__(message)
         self.report = report
+
+    @property
+    def checks(self) -> list[Check]:
+        return self.report.verdict.failures() if self.report.verdict else []

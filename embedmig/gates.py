@@ -67,12 +67,17 @@ METRICS: dict[str, str] = {
 # Gated at 0 unless a revision bounds them itself: a swap must not silently drop documents.
 COVERAGE = ("coverage_missing", "coverage_resurrected", "coverage_stale")
 # The threshold map adds one metric per old-model threshold t: new_threshold_for_<t>, e.g.
-# new_threshold_for_0_62, the new-model score at the quantile where the old one had t.
-_THRESHOLD_METRIC = re.compile(r"^new_threshold_for_(\d+)_(\d+)$")
+# new_threshold_for_0_62, the new-model score at the quantile where the old one had t
+# (new_threshold_for_1, new_threshold_for_minus_0_2).
+_THRESHOLD_METRIC = re.compile(r"^new_threshold_for_(minus_)?\d+(_\d+)?$")
 
 
 def threshold_metric(threshold: float) -> str:
-    return "new_threshold_for_" + f"{threshold:g}".replace(".", "_").replace("-", "minus_")
+    """The metric name of an old-model threshold: digits, ``_`` for the point, ``minus_``."""
+    # Positional notation (never 1e-05), at most 6 decimals, no trailing zeros.
+    digits = f"{abs(threshold):.6f}".rstrip("0").rstrip(".")
+    sign = "minus_" if threshold < 0 and digits != "0" else ""
+    return "new_threshold_for_" + sign + digits.replace(".", "_")
 
 
 def is_metric(name: str) -> bool:

@@ -26,9 +26,7 @@ from embedmig.config import Config
 from embedmig.embedders import Embedder
 from embedmig.errors import ConfigError, ScriptError
 from embedmig.gates import Gates
-from embedmig.store.files import safe_component
-
-_REV_ID = re.compile(r"^[0-9a-zA-Z_]{1,32}$")
+from embedmig.names import check_alias, check_revision_id
 
 
 @dataclass(frozen=True)
@@ -163,9 +161,8 @@ class ScriptDir:
         index_factory: str,
     ) -> Revision:
         """Write a revision for ``alias`` on top of its head, from script.py.mako."""
-        safe_component(alias, "alias")
-        if not _REV_ID.match(rev_id):
-            raise ScriptError(f"revision id {rev_id!r} must be 1-32 letters, digits or '_'")
+        check_alias(alias)
+        check_revision_id(rev_id)
         if rev_id in self._all_ids():
             raise ScriptError(f"revision {rev_id!r} already exists")
         head = self.alias_head(alias)
@@ -205,7 +202,7 @@ class ScriptDir:
         module = script.module
         where = Path(script.path).name
         alias = _attr(module, "alias", str, where)
-        safe_component(alias, f"{where}: alias")
+        check_alias(alias, f"{where}: alias")
         new = _attr(module, "new", Embedder, where)
         old = getattr(module, "old", None)
         if old is not None and not isinstance(old, Embedder):

@@ -46,32 +46,36 @@ class JsonlSource:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError:
-                    raise SourceError(f"{self.path}:{lineno}: not valid UTF-8") from None
+                    raise self._error(lineno, "not valid UTF-8") from None
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise SourceError(f"{self.path}:{lineno}: invalid JSON ({exc.msg})") from None
+                    raise self._error(lineno, f"invalid JSON ({exc.msg})") from None
                 doc, kind = self._document(row, lineno)
                 # "1" and 1 would both become key "1": one file holds one kind of id.
                 if key_type is not None and kind is not key_type:
-                    raise SourceError(
-                        f"{self.path}:{lineno}: {self.id_field!r} is a {_kind(kind)} but earlier "
-                        f"ones are {_kind(key_type)}s; use one type for every id"
+                    raise self._error(
+                        lineno,
+                        f"{self.id_field!r} is a {_kind(kind)} but earlier ones are "
+                        f"{_kind(key_type)}s; use one type for every id",
                     )
                 key_type = kind
                 yield doc
 
+    def _error(self, line: int, what: str) -> SourceError:
+        return SourceError(f"{self.path}:{line}: {what}", path=self.path, line=line)
+
     def _document(self, row: Any, lineno: int) -> tuple[Document, type]:
         if not isinstance(row, dict):
-            raise SourceError(f"{self.path}:{lineno}: expected a JSON object")
+            raise self._error(lineno, "expected a JSON object")
         key = row.get(self.id_field)
         text = row.get(self.text_field)
         if key is None or isinstance(key, (dict, list, bool, float)):
-            raise SourceError(f"{self.path}:{lineno}: missing or invalid {self.id_field!r}")
+            raise self._error(lineno, f"missing or invalid {self.id_field!r}")
         if not isinstance(text, str):
-            raise SourceError(f"{self.path}:{lineno}: {self.text_field!r} is not a string")
+            raise self._error(lineno, f"{self.text_field!r} is not a string")
         if self.title_field:
             title = row.get(self.title_field)
             if isinstance(title, str) and title.strip():
@@ -174,23 +178,29 @@ def read_qrels(path: Path) -> Qrels:
             rows = csv.reader(fh, delimiter="\t")
             header = next(rows, None)
             if header is None:
-                raise SourceError(f"{path} is empty")
+                raise SourceError(f"{path} is empty", path=path)
             for lineno, row in enumerate(rows, 2):
                 if not row:
                     continue
                 if len(row) < 3:
-                    raise SourceError(f"{path}:{lineno}: expected query-id, corpus-id, score")
+                    raise SourceError(
+                        f"{path}:{lineno}: expected query-id, corpus-id, score",
+                        path=path,
+                        line=lineno,
+                    )
                 try:
                     score = int(row[2])
                 except ValueError:
                     raise SourceError(
-                        f"{path}:{lineno}: score {row[2]!r} is not an integer"
+                        f"{path}:{lineno}: score {row[2]!r} is not an integer",
+                        path=path,
+                        line=lineno,
                     ) from None
                 qrels.setdefault(row[0], {})[row[1]] = score
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise SourceError(f"{path}: not valid UTF-8") from None
+        raise SourceError(f"{path}: not valid UTF-8", path=path) from None
     return qrels
 
 

@@ -13,7 +13,8 @@ from embedmig import Gates, command
 from embedmig.errors import ConfigError
 from embedmig.metrics import forecast as fc
 from embedmig.metrics import report as rpt
-from embedmig.metrics.html import render_html
+from embedmig.render.html import render_html
+from embedmig.render.text import render_text
 from embedmig.metrics.kernels import Judgements
 
 
@@ -212,7 +213,7 @@ def test_a_dry_run_embeds_no_document_with_the_old_model_and_reports_a_forecast(
     for name in ("recall_at_10_new", "overlap_at_10", "score_delta_mean"):
         low, high = report.metrics[f"{name}_ci_low"], report.metrics[f"{name}_ci_high"]
         assert low is not None and high is not None and low <= report.metrics[name] <= high  # type: ignore[operator]
-    assert "forecast for 300 documents from a sample of 100" in report.render_text(styled=False)
+    assert "forecast for 300 documents from a sample of 100" in render_text(report, styled=False)
     page = render_html(rpt.Report.from_dict(json.loads(report.to_json())))
     assert "forecast for the full corpus" in page and "from a sample of 100" in page
     monkeypatch.undo()

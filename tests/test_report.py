@@ -13,7 +13,8 @@ from conftest import with_judged_queries
 
 from embedmig import Config, command
 from embedmig.cli import main
-from embedmig.metrics.html import render_html
+from embedmig.render.html import render_html
+from embedmig.render.text import render_text
 from embedmig.metrics.report import Report
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -67,7 +68,7 @@ def test_report_round_trips_through_json(migrated: Report) -> None:
 
 
 def test_text_report_fits_100_columns_without_styling(migrated: Report) -> None:
-    text = migrated.render_text(styled=False)
+    text = render_text(migrated, styled=False)
     assert not ANSI.search(text)
     assert max(len(line) for line in text.splitlines()) <= 100
     assert text.splitlines()[0].startswith("PASS docs @ r2")

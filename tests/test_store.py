@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
-from embedmig import StoreError
+from embedmig import StoreError, names
 from embedmig.store import files, journal
 from embedmig.store.overlay import Overlay
 
@@ -80,7 +80,7 @@ def test_invalid_factory_is_a_store_error() -> None:
 @pytest.mark.parametrize("name", ["../x", "a/b", "..", "", ".x", "x..y", "a" * 65])
 def test_unsafe_path_components_are_refused(name: str) -> None:
     with pytest.raises(StoreError):
-        files.safe_component(name, "alias")
+        names.safe_component(name, "alias")
 
 
 def _tail(

@@ -1,4 +1,4 @@
-"""The migration report: metrics computed from search results; its text and JSON forms.
+"""The migration report: metrics computed from search results, and its JSON form.
 
 The JSON form (``Report.to_dict``) is versioned by ``schema_version`` and documented in
 ``docs/report-schema.md``; ``Report.from_dict`` reads it back, so any recorded report can be
@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
 import numpy as np
 
 from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS, Check, Verdict, threshold_metric
@@ -163,116 +162,6 @@ class Report:
             forecast=bool(data.get("forecast", False)),
             sample_size=data.get("sample_size"),
         )
-
-    # ---- terminal -----------------------------------------------------------------------------
-
-    def _interval(self, name: str) -> str:
-        low, high = self.metrics.get(f"{name}_ci_low"), self.metrics.get(f"{name}_ci_high")
-        if not self.forecast or low is None or high is None:
-            return ""
-        return f"  [{low:.4f}, {high:.4f}]"
-
-    def render_text(self, *, styled: bool = True) -> str:
-        """A summary for a 100-column terminal: verdict, gates, key numbers, worst queries.
-
-        ``styled`` adds ANSI colours (click.echo drops them when the output is not a terminal).
-        """
-
-        def style(text: str, **how: Any) -> str:
-            return click.style(text, **how) if styled else text
-
-        lines: list[str] = []
-        mode = "dry run" if self.dry_run else "upgrade"
-        if self.verdict is not None and self.verdict.checks:
-            label = self.verdict.label.upper()
-            colour = {"PASS": "green", "FAIL": "red", "FORCED": "yellow"}[label]
-            head = style(label, fg=colour, bold=True)
-        else:
-            head = style("NO GATES", bold=True)
-        lines.append(f"{head} {self.alias} @ {self.revision} ({mode})")
-        lines.append(f"  old  {self.old_model or '(none: first index of the alias)'}")
-        lines.append(f"  new  {self.new_model}")
-        lines.append(
-            f"  {self.corpus_size:,} documents; {self.n_queries:,} queries ({self.query_source}); k={self.k}"
-        )
-        if self.forecast:
-            lines.append(
-                style(
-                    f"  forecast for {self.corpus_size:,} documents from a sample of "
-                    f"{self.sample_size or 0:,} (95% intervals in brackets)",
-                    bold=True,
-                )
-            )
-        if self.verdict is not None:
-            for check in self.verdict.checks:
-                mark = (
-                    style("ok", fg="green")
-                    if check.passed
-                    else style("FAILED", fg="red", bold=True)
-                )
-                op = ">=" if check.bound == "min" else "<="
-                value = "not measured" if check.value is None else f"{check.value:.4f}"
-                lines.append(
-                    f"  gate  {check.metric:<28} {value:>12}  {op} {check.limit:<8g} {mark}"
-                )
-        for kind, keys in (self.distributions.get("coverage") or {}).items():
-            more = ", ..." if (self.metrics.get(f"coverage_{kind}") or 0) > len(keys) else ""
-            lines.append(f"  coverage {kind}: {', '.join(keys)}{more}")
-        shown = [(n, self.metrics[n]) for n in HEADLINE if self.metrics.get(n) is not None]
-        if shown:
-            lines.append(style("  retrieval change", bold=True))
-            width = 2 if not self.forecast else 1
-            for i in range(0, len(shown), width):
-                cells = [
-                    f"{name:<26}{value:>9.4f}{self._interval(name)}"
-                    for name, value in shown[i : i + width]
-                ]
-                lines.append("    " + "    ".join(cells))
-        qrels = self.distributions.get("qrels")
-        if qrels:
-            lines.append(
-                style(
-                    "  against the judgements          old       new     delta  95% interval",
-                    bold=True,
-                )
-            )
-            for name, row in qrels.items():
-                interval = row.get("ci")
-                ci = (
-                    f"[{interval[0]:+.4f}, {interval[1]:+.4f}]"
-                    if interval and None not in interval
-                    else ""
-                )
-                old = "" if row.get("old") is None else f"{row['old']:.4f}"
-                delta = "" if row.get("delta") is None else f"{row['delta']:+.4f}"
-                lines.append(f"    {name:<26}{old:>9} {row['new']:>9.4f} {delta:>9}  {ci}")
-        mapping = self.distributions.get("threshold_map") or []
-        if mapping and any(row["new"] is not None for row in mapping):
-            cells = [
-                f"{row['old']:g}->{row['new']:.3f}" for row in mapping if row["new"] is not None
-            ]
-            lines.append(style("  score thresholds, old -> new (same share of results)", bold=True))
-            for i in range(0, len(cells), 6):
-                lines.append("    " + "  ".join(cells[i : i + 6]))
-        for title, key in (
-            ("lowest overlap", "by_overlap"),
-            ("largest rank drop of a relevant document", "by_rank_drop"),
-        ):
-            rows = self.worst.get(key) or []
-            if not rows:
-                continue
-            lines.append(style(f"  most affected queries: {title}", bold=True))
-            for row in rows:
-                tag = (
-                    f"overlap {row['overlap']:.2f}"
-                    if key == "by_overlap"
-                    else f"{row['document']} rank {_rank(row['old_rank'])}->{_rank(row['new_rank'])}"
-                )
-                lines.append(f"    {_clip(row['query'], 60):<60}  {tag}")
-                lines.append(f"      old {_clip(', '.join(row['old_top']), 88)}")
-                lines.append(f"      new {_clip(', '.join(row['new_top']), 88)}")
-        lines.extend(f"  note: {note}" for note in self.notes)
-        return "\n".join(lines)
 
 
 def compute(
@@ -499,15 +388,6 @@ def _mean(values: np.ndarray) -> float | None:
 
 def _num(value: Any) -> float | None:
     return float(value) if value is not None and math.isfinite(float(value)) else None
-
-
-def _rank(rank: int | None) -> str:
-    return "-" if rank is None else str(rank)
-
-
-def _clip(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _json_safe(value: Any) -> Any:

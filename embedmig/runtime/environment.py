@@ -19,11 +19,11 @@ from embedmig.config import Config
 from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.errors import ScriptError, SourceError, StateError, StoreError
 from embedmig.history import db
+from embedmig.names import safe_component
 from embedmig.script import ScriptDir, load_env
 from embedmig.sources import Document, Qrels
-from embedmig.store import files, locks
+from embedmig.store import locks
 from embedmig.store.catalog import IndexRecord
-from embedmig.store.files import safe_component
 
 
 class Environment:
@@ -128,6 +128,8 @@ class Environment:
 
     def remove_index_files(self, record: IndexRecord) -> None:
         """Delete an index's file and any spool of it (after SQL has marked it dropped)."""
+        from embedmig.store import files  # FAISS: loaded by the commands that touch indexes
+
         path = self.index_path(record.alias, record.id, record.revision)
         files.Spool(path, record.dim).remove()
         for stale in {path, self.file_of(record) if record.path else path}:

@@ -5,14 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from embedmig.config import Config
+from embedmig.config import MAX_K, Config
 from embedmig.errors import ConfigError, StateError, StoreError
 from embedmig.runtime.environment import Environment
 from embedmig.runtime.view import IndexView
 from embedmig.store import catalog
-
-# Deeper than any page of results; FAISS allocates k slots per query up front.
-MAX_K = 10_000
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ import numpy as np
 from embedmig.config import Config
 from embedmig.embedders import LoadedEmbedder
 from embedmig.errors import ConfigError, SourceError, StateError
+from embedmig.names import check_alias, check_key
 from embedmig.runtime.environment import Environment
 from embedmig.store import catalog, journal
-from embedmig.store.files import safe_component
 
 # How often a write is re-embedded because a migration started between embedding and journaling.
 _ATTEMPTS = 5
@@ -39,7 +39,7 @@ class Writer:
     """
 
     def __init__(self, env: Environment, alias: str) -> None:
-        safe_component(alias, "alias")
+        check_alias(alias)
         self.env = env
         self.alias = alias
         self.holdover = holdover(env.config)
@@ -66,7 +66,7 @@ class Writer:
 
     def delete_many(self, keys: Iterable[str]) -> int:
         """Delete documents by key; deleting a key that is not there is not an error."""
-        changes = [journal.Change(journal.DELETE, catalog.check_key(key)) for key in keys]
+        changes = [journal.Change(journal.DELETE, check_key(key)) for key in keys]
         return self._write(changes)
 
     def close(self) -> None:
@@ -156,7 +156,7 @@ def _upsert(item: object) -> journal.Change:
     if not isinstance(item, tuple) or len(item) not in (2, 3):
         raise SourceError(f"upsert_many() takes (key, text[, metadata]) tuples, got {item!r:.60}")
     key, text, *rest = item
-    key = catalog.check_key(key)
+    key = check_key(key)
     if not isinstance(text, str) or not text.strip():
         raise SourceError(f"document {key!r} has no text; delete() it instead")
     metadata = rest[0] if rest else None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import getpass
 import json
 import socket
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,11 +18,11 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from embedmig.errors import SourceError, StateError
+from embedmig.errors import StateError
 from embedmig.history import schema as t
+from embedmig.names import check_key
 
 SNIPPET_CHARS = 200
-MAX_KEY_CHARS = 512
 
 BUILDING, READY, LIVE, RETIRED, DROPPED = "building", "ready", "live", "retired", "dropped"
 
@@ -229,22 +228,6 @@ def lock_alias(
         insert = dialect_insert(conn)(t.sequence).values(alias=alias, next_doc_id=1, last_seq=0)
         conn.execute(insert.on_conflict_do_nothing(index_elements=["alias"]))
     raise StateError(f"cannot lock the id sequence of alias {alias!r}")
-
-
-def check_key(key: object) -> str:
-    """A document key: 1-512 characters, none of them a control character (a tab or a newline
-    would break every line-oriented output, `embedmig search`'s included)."""
-    if (
-        not isinstance(key, str)
-        or not key
-        or len(key) > MAX_KEY_CHARS
-        or (not key.isprintable() and any(unicodedata.category(c) == "Cc" for c in key))
-    ):
-        raise SourceError(
-            f"document key {str(key)[:40]!r} must be a string of 1-{MAX_KEY_CHARS} characters "
-            "without control characters (tab, newline, ...)"
-        )
-    return key
 
 
 def dialect_insert(conn: sa.Connection) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,6 @@ from embedmig.errors import StoreError
 METRIC = "ip"
 _CHUNK_ROWS = 65536
 _MAX_TRAIN_ROWS = 100_000
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def safe_component(value: str, what: str) -> str:
-    """``value`` if it can be one path component inside the index folder, else a StoreError."""
-    if not _SAFE_NAME.match(value) or ".." in value:
-        raise StoreError(
-            f"{what} {value!r} must be 1-64 letters, digits, '_', '-' or '.', "
-            "start with a letter or digit and contain no '..'"
-        )
-    return value
 
 
 def new_index(dim: int, factory: str) -> Any:

@@ -19,12 +19,8 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from embedmig.errors import StateError
+from embedmig.errors import Locked, StateError
 from embedmig.history import schema as t
-
-
-class Locked(StateError):
-    """The alias is being migrated by someone else."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +94,8 @@ def unlock(engine: sa.Engine, alias: str, *, force: bool = False, lease: float =
         raise StateError(f"alias {alias!r} is not locked")
     if current.alive(timedelta(seconds=lease)) and not force:
         raise Locked(
-            f"alias {alias!r} is locked by a live {current.describe()}; --force to remove it"
+            f"alias {alias!r} is locked by a live {current.describe()}; --force to remove it",
+            current,
         )
     with engine.begin() as conn:
         conn.execute(
@@ -145,7 +142,8 @@ def _acquire(
             waited = f" after waiting {wait:g} s" if wait else ""
             raise Locked(
                 f"alias {alias!r} is locked{waited}: {current.describe()}; "
-                "retry later, pass --wait SECONDS, or `embedmig unlock` a dead holder"
+                "retry later, pass --wait SECONDS, or `embedmig unlock` a dead holder",
+                current,
             )
         time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 

@@ -7,9 +7,9 @@ arrays, so a report recorded in history renders the same later. Needs matplotlib
 from __future__ import annotations
 
 import base64
-import html
 import io
 from collections.abc import Callable
+from html import escape as e
 from typing import Any
 
 from embedmig.errors import ConfigError
@@ -37,76 +37,118 @@ def render_html(report: Report) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigError("HTML reports need matplotlib: pip install 'embedmig[html]'") from None
-    e = html.escape
+    parts = [
+        *_header(report),
+        *_gates(report),
+        *_plot_section(_plots(report, plt)),
+        *_qrels(report),
+        *_thresholds(report),
+        *_metrics(report),
+        *_worst(report),
+        *_notes(report),
+        f"<p class=muted>embedmig report, schema_version {SCHEMA_VERSION}.</p></body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _header(report: Report) -> list[str]:
     verdict = report.verdict
     label = verdict.label if verdict is not None and verdict.checks else "none"
-    parts = [
+    rows = [
+        ("old", e(report.old_model or "(none: first index of the alias)")),
+        ("new", e(report.new_model)),
+        ("corpus", f"{report.corpus_size:,} documents"),
+        ("queries", f"{report.n_queries:,} ({e(report.query_source)}), k={report.k}"),
+    ]
+    if report.forecast:
+        rows.append(
+            (
+                "forecast",
+                f"for {report.corpus_size:,} documents from a sample of "
+                f"{report.sample_size or 0:,}; brackets are 95% intervals",
+            )
+        )
+    return [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f"<title>embedmig report: {e(report.alias)} @ {e(report.revision)}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<h1><span class='badge {label}'>{e(label.upper() if label != 'none' else 'NO GATES')}</span> "
-        f"{e(report.alias)} @ {e(report.revision)} {'(dry run)' if report.dry_run else ''}</h1>",
+        f"<h1><span class='badge {label}'>{e(label.upper() if label != 'none' else 'NO GATES')}"
+        f"</span> {e(report.alias)} @ {e(report.revision)} "
+        f"{'(dry run)' if report.dry_run else ''}</h1>",
         "<table>",
-        f"<tr><th>old</th><td>{e(report.old_model or '(none: first index of the alias)')}</td></tr>",
-        f"<tr><th>new</th><td>{e(report.new_model)}</td></tr>",
-        f"<tr><th>corpus</th><td>{report.corpus_size:,} documents</td></tr>",
-        f"<tr><th>queries</th><td>{report.n_queries:,} ({e(report.query_source)}), k={report.k}</td></tr>",
+        *(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows),
+        "</table>",
+    ]
+
+
+def _gates(report: Report) -> list[str]:
+    verdict = report.verdict
+    if verdict is None or not verdict.checks:
+        return []
+    parts = ["<h2>Gates</h2><table><tr><th>metric</th><th>value</th><th>bound</th><th></th></tr>"]
+    for c in verdict.checks:
+        value = "not measured" if c.value is None else f"{c.value:.4f}"
+        op = "&ge;" if c.bound == "min" else "&le;"
+        mark = "<span class=ok>ok</span>" if c.passed else "<span class=bad>FAILED</span>"
+        parts.append(
+            f"<tr><td>{e(c.metric)}</td><td class=num>{value}</td><td>{op} {c.limit:g}</td>"
+            f"<td>{mark}</td></tr>"
+        )
+    for kind, keys in (report.distributions.get("coverage") or {}).items():
+        parts.append(f"<tr><td colspan=4>coverage {kind}: {e(', '.join(keys))}</td></tr>")
+    parts.append("</table>")
+    return parts
+
+
+def _plot_section(plots: list[tuple[str, str]]) -> list[str]:
+    if not plots:
+        return []
+    return [
+        "<h2>Plots</h2><div class=plots>",
+        *(f"<img alt='{e(title)}' src='data:image/png;base64,{data}'>" for title, data in plots),
+        "</div>",
+    ]
+
+
+def _qrels(report: Report) -> list[str]:
+    qrels = report.distributions.get("qrels")
+    if not qrels:
+        return []
+    parts = [
+        "<h2>Against the judgements</h2><table><tr><th>metric</th><th>old</th><th>new</th>"
+        "<th>delta</th><th>95% interval</th></tr>"
+    ]
+    for name, row in qrels.items():
+        ci = row.get("ci")
+        parts.append(
+            f"<tr><td>{e(name)}</td><td class=num>{_fmt(row.get('old'))}</td>"
+            f"<td class=num>{_fmt(row.get('new'))}</td>"
+            f"<td class=num>{_fmt(row.get('delta'), signed=True)}</td>"
+            f"<td class=num>{'' if not ci else f'[{ci[0]:+.4f}, {ci[1]:+.4f}]'}</td></tr>"
+        )
+    parts.append("</table>")
+    return parts
+
+
+def _thresholds(report: Report) -> list[str]:
+    mapping = report.distributions.get("threshold_map") or []
+    if not mapping:
+        return []
+    return [
+        "<h2>Score thresholds</h2><p class=muted>An old-model cut-off and the new-model score "
+        "that keeps the same share of query&rarr;top-k results.</p>",
+        "<table><tr><th>old threshold</th><th>share at or below</th><th>new threshold</th></tr>",
         *(
-            [
-                f"<tr><th>forecast</th><td>for {report.corpus_size:,} documents from a sample of "
-                f"{report.sample_size or 0:,}; brackets are 95% intervals</td></tr>"
-            ]
-            if report.forecast
-            else []
+            f"<tr><td class=num>{row['old']:g}</td><td class=num>{_fmt(row['share'])}</td>"
+            f"<td class=num>{_fmt(row['new'])}</td></tr>"
+            for row in mapping
         ),
         "</table>",
     ]
-    if verdict is not None and verdict.checks:
-        parts.append(
-            "<h2>Gates</h2><table><tr><th>metric</th><th>value</th><th>bound</th><th></th></tr>"
-        )
-        for c in verdict.checks:
-            value = "not measured" if c.value is None else f"{c.value:.4f}"
-            op = "&ge;" if c.bound == "min" else "&le;"
-            mark = "<span class=ok>ok</span>" if c.passed else "<span class=bad>FAILED</span>"
-            parts.append(
-                f"<tr><td>{e(c.metric)}</td><td class=num>{value}</td><td>{op} {c.limit:g}</td><td>{mark}</td></tr>"
-            )
-        parts.append("</table>")
-    plots = _plots(report, plt)
-    if plots:
-        parts.append("<h2>Plots</h2><div class=plots>")
-        parts.extend(
-            f"<img alt='{e(title)}' src='data:image/png;base64,{data}'>" for title, data in plots
-        )
-        parts.append("</div>")
-    qrels = report.distributions.get("qrels")
-    if qrels:
-        parts.append(
-            "<h2>Against the judgements</h2><table><tr><th>metric</th><th>old</th><th>new</th><th>delta</th><th>95% interval</th></tr>"
-        )
-        for name, row in qrels.items():
-            ci = row.get("ci")
-            parts.append(
-                f"<tr><td>{e(name)}</td><td class=num>{_fmt(row.get('old'))}</td><td class=num>{_fmt(row.get('new'))}</td>"
-                f"<td class=num>{_fmt(row.get('delta'), signed=True)}</td>"
-                f"<td class=num>{'' if not ci else f'[{ci[0]:+.4f}, {ci[1]:+.4f}]'}</td></tr>"
-            )
-        parts.append("</table>")
-    mapping = report.distributions.get("threshold_map") or []
-    if mapping:
-        parts.append(
-            "<h2>Score thresholds</h2><p class=muted>An old-model cut-off and the new-model score that keeps the same share of query&rarr;top-k results.</p>"
-        )
-        parts.append(
-            "<table><tr><th>old threshold</th><th>share at or below</th><th>new threshold</th></tr>"
-        )
-        for row in mapping:
-            parts.append(
-                f"<tr><td class=num>{row['old']:g}</td><td class=num>{_fmt(row['share'])}</td><td class=num>{_fmt(row['new'])}</td></tr>"
-            )
-        parts.append("</table>")
-    parts.append("<h2>Metrics</h2><table>")
+
+
+def _metrics(report: Report) -> list[str]:
+    parts = ["<h2>Metrics</h2><table>"]
     names = [*HEADLINE, *(n for n in report.metrics if n not in HEADLINE)]
     for name in names:
         if report.metrics.get(name) is None or _is_bound(report, name):
@@ -118,6 +160,11 @@ def render_html(report: Report) -> str:
             f"<td class=num>{interval}</td></tr>"
         )
     parts.append("</table>")
+    return parts
+
+
+def _worst(report: Report) -> list[str]:
+    parts = []
     for title, key in (
         ("lowest overlap", "by_overlap"),
         ("largest rank drop of a relevant document", "by_rank_drop"),
@@ -126,27 +173,28 @@ def render_html(report: Report) -> str:
         if not rows:
             continue
         parts.append(
-            f"<h2>Most affected queries: {title}</h2><table><tr><th>query</th><th></th><th>old top 5</th><th>new top 5</th></tr>"
+            f"<h2>Most affected queries: {title}</h2><table><tr><th>query</th><th></th>"
+            "<th>old top 5</th><th>new top 5</th></tr>"
         )
         for row in rows:
             tag = (
                 f"overlap {row['overlap']:.2f}"
                 if key == "by_overlap"
-                else f"{e(row['document'])}: rank {row['old_rank'] or '-'} &rarr; {row['new_rank'] or '-'}"
+                else f"{e(row['document'])}: rank {row['old_rank'] or '-'} &rarr; "
+                f"{row['new_rank'] or '-'}"
             )
             parts.append(
-                f"<tr><td>{e(row['query'])}</td><td>{tag}</td><td>{e(', '.join(row['old_top']))}</td>"
-                f"<td>{e(', '.join(row['new_top']))}</td></tr>"
+                f"<tr><td>{e(row['query'])}</td><td>{tag}</td>"
+                f"<td>{e(', '.join(row['old_top']))}</td><td>{e(', '.join(row['new_top']))}</td></tr>"
             )
         parts.append("</table>")
-    if report.notes:
-        parts.append(
-            "<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in report.notes) + "</ul>"
-        )
-    parts.append(
-        f"<p class=muted>embedmig report, schema_version {SCHEMA_VERSION}.</p></body></html>"
-    )
-    return "\n".join(parts)
+    return parts
+
+
+def _notes(report: Report) -> list[str]:
+    if not report.notes:
+        return []
+    return ["<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in report.notes) + "</ul>"]
 
 
 def _plots(report: Report, plt: Any) -> list[tuple[str, str]]:

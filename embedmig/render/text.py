@@ -1,0 +1,153 @@
+"""The report as a summary for a 100-column terminal: verdict, gates, key numbers, worst queries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from embedmig.metrics.report import HEADLINE, Report
+
+Style = Callable[..., str]
+
+
+def render_text(report: Report, *, styled: bool = True) -> str:
+    """``styled`` adds ANSI colours (click.echo drops them when the output is not a terminal)."""
+
+    def style(text: str, **how: Any) -> str:
+        return click.style(text, **how) if styled else text
+
+    lines: list[str] = []
+    for part in (_header, _gates, _coverage, _headline, _qrels, _thresholds, _worst, _notes):
+        lines += part(report, style)
+    return "\n".join(lines)
+
+
+def _header(report: Report, style: Style) -> list[str]:
+    mode = "dry run" if report.dry_run else "upgrade"
+    if report.verdict is not None and report.verdict.checks:
+        label = report.verdict.label.upper()
+        colour = {"PASS": "green", "FAIL": "red", "FORCED": "yellow"}[label]
+        head = style(label, fg=colour, bold=True)
+    else:
+        head = style("NO GATES", bold=True)
+    lines = [
+        f"{head} {report.alias} @ {report.revision} ({mode})",
+        f"  old  {report.old_model or '(none: first index of the alias)'}",
+        f"  new  {report.new_model}",
+        f"  {report.corpus_size:,} documents; {report.n_queries:,} queries "
+        f"({report.query_source}); k={report.k}",
+    ]
+    if report.forecast:
+        lines.append(
+            style(
+                f"  forecast for {report.corpus_size:,} documents from a sample of "
+                f"{report.sample_size or 0:,} (95% intervals in brackets)",
+                bold=True,
+            )
+        )
+    return lines
+
+
+def _gates(report: Report, style: Style) -> list[str]:
+    lines = []
+    for check in report.verdict.checks if report.verdict else ():
+        mark = style("ok", fg="green") if check.passed else style("FAILED", fg="red", bold=True)
+        op = ">=" if check.bound == "min" else "<="
+        value = "not measured" if check.value is None else f"{check.value:.4f}"
+        lines.append(f"  gate  {check.metric:<28} {value:>12}  {op} {check.limit:<8g} {mark}")
+    return lines
+
+
+def _coverage(report: Report, style: Style) -> list[str]:
+    lines = []
+    for kind, keys in (report.distributions.get("coverage") or {}).items():
+        more = ", ..." if (report.metrics.get(f"coverage_{kind}") or 0) > len(keys) else ""
+        lines.append(f"  coverage {kind}: {', '.join(keys)}{more}")
+    return lines
+
+
+def _headline(report: Report, style: Style) -> list[str]:
+    shown = [(n, report.metrics[n]) for n in HEADLINE if report.metrics.get(n) is not None]
+    if not shown:
+        return []
+    lines = [style("  retrieval change", bold=True)]
+    width = 2 if not report.forecast else 1
+    for i in range(0, len(shown), width):
+        cells = [
+            f"{name:<26}{value:>9.4f}{_interval(report, name)}"
+            for name, value in shown[i : i + width]
+        ]
+        lines.append("    " + "    ".join(cells))
+    return lines
+
+
+def _interval(report: Report, name: str) -> str:
+    low, high = report.metrics.get(f"{name}_ci_low"), report.metrics.get(f"{name}_ci_high")
+    if not report.forecast or low is None or high is None:
+        return ""
+    return f"  [{low:.4f}, {high:.4f}]"
+
+
+def _qrels(report: Report, style: Style) -> list[str]:
+    qrels = report.distributions.get("qrels")
+    if not qrels:
+        return []
+    lines = [
+        style("  against the judgements          old       new     delta  95% interval", bold=True)
+    ]
+    for name, row in qrels.items():
+        interval = row.get("ci")
+        ci = (
+            f"[{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval and None not in interval else ""
+        )
+        old = "" if row.get("old") is None else f"{row['old']:.4f}"
+        delta = "" if row.get("delta") is None else f"{row['delta']:+.4f}"
+        lines.append(f"    {name:<26}{old:>9} {row['new']:>9.4f} {delta:>9}  {ci}")
+    return lines
+
+
+def _thresholds(report: Report, style: Style) -> list[str]:
+    mapping = report.distributions.get("threshold_map") or []
+    cells = [f"{row['old']:g}->{row['new']:.3f}" for row in mapping if row["new"] is not None]
+    if not cells:
+        return []
+    lines = [style("  score thresholds, old -> new (same share of results)", bold=True)]
+    lines += ["    " + "  ".join(cells[i : i + 6]) for i in range(0, len(cells), 6)]
+    return lines
+
+
+def _worst(report: Report, style: Style) -> list[str]:
+    lines = []
+    for title, key in (
+        ("lowest overlap", "by_overlap"),
+        ("largest rank drop of a relevant document", "by_rank_drop"),
+    ):
+        rows = report.worst.get(key) or []
+        if not rows:
+            continue
+        lines.append(style(f"  most affected queries: {title}", bold=True))
+        for row in rows:
+            tag = (
+                f"overlap {row['overlap']:.2f}"
+                if key == "by_overlap"
+                else f"{row['document']} rank {_rank(row['old_rank'])}->{_rank(row['new_rank'])}"
+            )
+            lines.append(f"    {_clip(row['query'], 60):<60}  {tag}")
+            lines.append(f"      old {_clip(', '.join(row['old_top']), 88)}")
+            lines.append(f"      new {_clip(', '.join(row['new_top']), 88)}")
+    return lines
+
+
+def _notes(report: Report, style: Style) -> list[str]:
+    return [f"  note: {note}" for note in report.notes]
+
+
+def _rank(rank: int | None) -> str:
+    return "-" if rank is None else str(rank)
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

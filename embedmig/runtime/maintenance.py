@@ -1,0 +1,76 @@
+"""State changes besides migrations: pruning retired indexes and stamping revisions.
+
+Like the runner's upgrade and downgrade, each holds the locks of the aliases it changes and
+commits its catalog changes with their history row in one transaction.
+"""
+
+from __future__ import annotations
+
+from embedmig.errors import ConfigError, ScriptError, StateError
+from embedmig.runtime.environment import Environment
+from embedmig.store import catalog, journal, manifest
+
+
+def prune(env: Environment, alias: str, *, keep: int, wait: float) -> list[catalog.IndexRecord]:
+    """Drop ``alias``'s retired indexes but the ``keep`` most recent (each is one rollback step),
+    and any shadow never swapped in. Files go after the drop commits: a crash in between leaves
+    an orphan file, never a catalog row pointing at a missing one."""
+    if keep < 0:
+        raise ConfigError("--keep must be 0 or more")
+    with env.lock([alias], "prune", wait):
+        started = catalog.now()
+        with env.engine.begin() as conn:
+            records = catalog.indexes(conn, alias)
+            if not records:
+                raise StateError(f"alias {alias!r} has no indexes")
+            retired = [r for r in records if r.state == catalog.RETIRED]
+            unswapped = [r for r in records if r.state in (catalog.BUILDING, catalog.READY)]
+            doomed = retired[: max(0, len(retired) - keep)] + unswapped
+            for record in doomed:
+                catalog.update_index(conn, record.id, state=catalog.DROPPED)
+                catalog.clear_checkpoint(conn, record.id)
+                manifest.drop(conn, record.id)
+            journal.collect(conn, alias)  # changes only the dropped indexes still needed
+            if doomed:
+                catalog.record(
+                    conn,
+                    alias=alias,
+                    revision=None,
+                    action="prune",
+                    status="ok",
+                    started_at=started,
+                    message="dropped " + ", ".join(f"#{r.id} ({r.revision})" for r in doomed),
+                )
+        for record in doomed:
+            env.remove_index_files(record)
+    return doomed
+
+
+def stamp(env: Environment, target: str, *, wait: float) -> list[tuple[str, str | None]]:
+    """Set aliases' recorded revision without running anything; live indexes are untouched."""
+    if target == "base" or target.endswith("@base"):
+        alias = target.partition("@")[0] if "@" in target else None
+        with env.engine.connect() as conn:
+            known = catalog.versions(conn)
+        if alias is not None and alias not in known:
+            raise ScriptError(f"alias {alias!r} has no recorded revision")
+        changes: list[tuple[str, str | None]] = [
+            (a, None) for a in sorted(known) if alias is None or a == alias
+        ]
+    else:
+        changes = [(rev.alias, rev.revision) for rev in env.scripts.resolve(target)]
+        if not changes:
+            raise ScriptError(f"{target!r} names no revision")
+    started = catalog.now()
+    with env.lock([a for a, _ in changes], "stamp", wait), env.engine.begin() as conn:
+        for alias_name, rev_id in changes:
+            catalog.set_version(conn, alias_name, rev_id)
+            catalog.record(
+                conn,
+                alias=alias_name,
+                revision=rev_id,
+                action="stamp",
+                status="ok",
+                started_at=started,
+            )
+    return changes
