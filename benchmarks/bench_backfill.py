@@ -55,6 +55,7 @@ def baseline(work: Path, model_dir: str) -> None:
 
     model = SentenceTransformer(model_dir, local_files_only=True)
     dim = model.get_embedding_dimension()
+    assert dim is not None
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     chunk: list[str] = []
     next_id = 1

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 TIMED_SCRIPT = """
 import json, time
@@ -66,11 +66,10 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=1_000_000)
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from conftest import build_static_model
-
     from embedmig import Config, command
     from embedmig.runtime.environment import Environment
     from embedmig.store import catalog
+    from tests.support import build_static_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-swap-"))
     os.chdir(work)

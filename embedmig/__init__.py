@@ -65,28 +65,54 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from embedmig import command
-    from embedmig.command import AliasState
-    from embedmig.config import Config
-    from embedmig.embedders import Embedder
+    from embedmig import command as command
+    from embedmig.command import AliasState as AliasState
+    from embedmig.config import Config as Config
+    from embedmig.embedders import Embedder as Embedder
     from embedmig.errors import (
-        ConfigError,
-        EmbedderError,
-        EmbedmigError,
-        GateFailed,
-        HistoryError,
-        Locked,
-        ScriptError,
-        SourceError,
-        StateError,
-        StoreError,
+        ConfigError as ConfigError,
     )
-    from embedmig.gates import Check, Gates, Verdict
-    from embedmig.metrics.report import Report
-    from embedmig.render import render
-    from embedmig.runtime.context import MigrationContext
-    from embedmig.runtime.searcher import Hit, Searcher, open_searcher
-    from embedmig.runtime.writer import Writer, open_writer
-    from embedmig.script import Revision
-    from embedmig.sources import Document, IterableSource, JsonlSource, SqlSource
-    from embedmig.store.locks import Holder
+    from embedmig.errors import (
+        EmbedderError as EmbedderError,
+    )
+    from embedmig.errors import (
+        EmbedmigError as EmbedmigError,
+    )
+    from embedmig.errors import (
+        GateFailed as GateFailed,
+    )
+    from embedmig.errors import (
+        HistoryError as HistoryError,
+    )
+    from embedmig.errors import (
+        Locked as Locked,
+    )
+    from embedmig.errors import (
+        ScriptError as ScriptError,
+    )
+    from embedmig.errors import (
+        SourceError as SourceError,
+    )
+    from embedmig.errors import (
+        StateError as StateError,
+    )
+    from embedmig.errors import (
+        StoreError as StoreError,
+    )
+    from embedmig.gates import Check as Check
+    from embedmig.gates import Gates as Gates
+    from embedmig.gates import Verdict as Verdict
+    from embedmig.metrics.report import Report as Report
+    from embedmig.render import render as render
+    from embedmig.runtime.context import MigrationContext as MigrationContext
+    from embedmig.runtime.searcher import Hit as Hit
+    from embedmig.runtime.searcher import Searcher as Searcher
+    from embedmig.runtime.searcher import open_searcher as open_searcher
+    from embedmig.runtime.writer import Writer as Writer
+    from embedmig.runtime.writer import open_writer as open_writer
+    from embedmig.script import Revision as Revision
+    from embedmig.sources import Document as Document
+    from embedmig.sources import IterableSource as IterableSource
+    from embedmig.sources import JsonlSource as JsonlSource
+    from embedmig.sources import SqlSource as SqlSource
+    from embedmig.store.locks import Holder as Holder

@@ -57,7 +57,7 @@ POINTS: dict[str, Callable[[], None]] = {
     "between-batches": lambda: kill_on_call(catalog, "assign_ids", call=3),
     "during-index-build": lambda: kill_on_call(files.Spool, "build"),
     "before-index-rename": lambda: kill_on_call(
-        files.os, "replace", when=lambda src, dst: str(dst).endswith(".faiss")
+        os, "replace", when=lambda src, dst: str(dst).endswith(".faiss")
     ),
     "after-index-rename": lambda: kill_on_call(files, "fsync_dir"),
     "before-ready-commit": lambda: kill_on_call(catalog, "clear_checkpoint"),

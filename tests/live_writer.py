@@ -89,4 +89,5 @@ if __name__ == "__main__":
     elif mode == "delete":
         once(Path(project), rest[0], None)
     else:
-        once(Path(project), *rest, die=mode == "once-then-die")
+        key, text = rest
+        once(Path(project), key, text, die=mode == "once-then-die")

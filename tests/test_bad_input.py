@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
-from conftest import build_static_model, snapshot
 
 from embedmig import (
     Config,
@@ -20,6 +20,7 @@ from embedmig import (
     command,
 )
 from embedmig.cli import main
+from tests.support import build_static_model, snapshot
 
 
 def first_applied(config: Config) -> None:
@@ -91,7 +92,7 @@ def test_nan_vectors_from_the_model_are_refused(
 
     broken = build_static_model(project / "models" / "broken-src", corpus_texts, 32, seed=3)
     model = SentenceTransformer(str(broken), device="cpu")
-    weights = model[0].embedding.weight.data
+    weights = cast(Any, model[0]).embedding.weight.data
     weights[5:50] = float("nan")
     model.save(str(project / "models" / "nan"))
     command.revision(config, "first", alias="docs", new="models/nan", rev_id="aaa111")

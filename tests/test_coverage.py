@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from conftest import corpus_rows, encode, indexed
 
 from embedmig import Config, command, open_writer
 from embedmig.history import schema
 from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
+from tests.support import corpus_rows, encode, indexed
 
 NEW = "Zebrafish fin regeneration depends on osteoblast dedifferentiation, report"
 
@@ -286,7 +286,8 @@ def test_when_the_corpus_and_a_writer_both_changed_a_document_the_later_change_w
     expected = texts | {writer_only: f"{NEW} only by the writer"}
     assert_serves(config, "far", expected)
     notes = last_upgrade(config)["notes"]
-    assert any("1 document(s) changed by both the corpus and a writer" in n for n in notes)  # type: ignore[union-attr]
+    assert isinstance(notes, list)
+    assert any("1 document(s) changed by both the corpus and a writer" in n for n in notes)
 
 
 def test_writes_to_an_alias_with_no_index_yet_reach_its_first_index(config: Config) -> None:

@@ -4,23 +4,24 @@ verified; an embedder failure and a full disk are one-line errors that leave a r
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from conftest import corpus_rows, index_file, snapshot
 
 from embedmig import Config, EmbedderError, StoreError, command
 from embedmig.embedders import LoadedEmbedder
 from embedmig.runtime.environment import Environment
 from embedmig.store import catalog, files
+from tests.crash_runner import POINTS, ROLLBACK_POINTS
+from tests.support import corpus_rows, index_file, snapshot
 
 RUNNER = Path(__file__).with_name("crash_runner.py")
-sys.path.insert(0, str(RUNNER.parent))
-from crash_runner import POINTS, ROLLBACK_POINTS  # noqa: E402
 
 
 def kill_upgrade_at(project: Path, point: str, *command_line: str) -> None:
@@ -121,7 +122,7 @@ def test_an_embedder_that_fails_mid_backfill_is_a_one_line_error(
     calls = {"n": 0}
     real = SentenceTransformer.encode
 
-    def flaky(self: SentenceTransformer, *args: object, **kwargs: object) -> object:
+    def flaky(self: SentenceTransformer, *args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("CUDA error: device-side assert")
@@ -140,7 +141,7 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_the_alias_alone(
     project: Path, monkeypatch: pytest.MonkeyPatch, models: dict[str, Path]
 ) -> None:
     config = prepared(project)
-    real_fsync = files.os.fsync
+    real_fsync = os.fsync
     calls = {"n": 0}
 
     def full(fd: int) -> None:
@@ -149,13 +150,13 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_the_alias_alone(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(files.os, "fsync", full)
+    monkeypatch.setattr(os, "fsync", full)
     before = snapshot(config)["embedmig_version"]
     with pytest.raises(StoreError, match="No space left on device"):
         command.upgrade(config, "head")
     assert snapshot(config)["embedmig_version"] == before
     assert command.current(config)[0].live is not None
-    monkeypatch.setattr(files.os, "fsync", real_fsync)
+    monkeypatch.setattr(os, "fsync", real_fsync)
     command.upgrade(config, "head")
     assert_correct_final_state(config, models)
 

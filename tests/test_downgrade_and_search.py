@@ -7,9 +7,9 @@ import itertools
 import shutil
 
 import pytest
-from conftest import index_file, snapshot
 
 from embedmig import Config, ScriptError, StateError, StoreError, command, open_searcher
+from tests.support import index_file, snapshot
 
 QUERY = "glioblastoma stem cells tumor growth"
 

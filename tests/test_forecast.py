@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEMO_DATA, build_static_model, encode, with_judged_queries
 
 from embedmig import Gates, command
 from embedmig.errors import ConfigError
 from embedmig.metrics import forecast as fc
 from embedmig.metrics import report as rpt
+from embedmig.metrics.kernels import Judgements
 from embedmig.render.html import render_html
 from embedmig.render.text import render_text
-from embedmig.metrics.kernels import Judgements
+from tests.support import DEMO_DATA, build_static_model, encode, with_judged_queries
+
+
+@dataclass(frozen=True)
+class Subset:
+    judged: Judgements
+    old_q: np.ndarray
+    old_d: np.ndarray
+    new_q: np.ndarray
+    new_d: np.ndarray
 
 
 @pytest.fixture(scope="module")
-def scifact_subset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def scifact_subset(tmp_path_factory: pytest.TempPathFactory) -> Subset:
     """The demo's 1,000 SciFact abstracts and 300 judged claims under two real static models
     (a lexical one and a noisy variant of it), every document embedded: the truth to forecast."""
     docs = [json.loads(line) for line in (DEMO_DATA / "corpus.jsonl").open()]
@@ -42,11 +52,9 @@ def scifact_subset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object
     old = build_static_model(root / "old", texts, 48, seed=3)
     new = build_static_model(root / "new", texts, 48, seed=4, base=old, noise=0.6)
     queries = [claims[q] for q in qids]
-    return {
-        "judged": judged,
-        "old": (encode(old, queries), encode(old, texts)),
-        "new": (encode(new, queries), encode(new, texts)),
-    }
+    return Subset(
+        judged, encode(old, queries), encode(old, texts), encode(new, queries), encode(new, texts)
+    )
 
 
 def _search(queries: np.ndarray, docs: np.ndarray, depth: int) -> rpt.Results:
@@ -55,10 +63,8 @@ def _search(queries: np.ndarray, docs: np.ndarray, depth: int) -> rpt.Results:
     return rpt.Results(ids=ids, scores=np.take_along_axis(scores, ids, axis=1))
 
 
-def _forecast(data: dict[str, object], fraction: float, seed: int) -> dict[str, float]:
-    judged = data["judged"]
-    assert isinstance(judged, Judgements)
-    (old_q, old_d), (new_q, new_d) = data["old"], data["new"]  # type: ignore[misc]
+def _forecast(data: Subset, fraction: float, seed: int) -> dict[str, float]:
+    judged, old_q, old_d, new_q, new_d = data.judged, data.old_q, data.old_d, data.new_q, data.new_d
     n = len(new_d)
     rng = np.random.default_rng(seed)
     certain_ids = np.unique(judged.docs)
@@ -86,24 +92,20 @@ def _forecast(data: dict[str, object], fraction: float, seed: int) -> dict[str, 
     return {name: float(values.mean()) for name, values in estimate.per_query.items()}
 
 
-def _realized(data: dict[str, object]) -> dict[str, float | None]:
-    (old_q, old_d), (new_q, new_d) = data["old"], data["new"]  # type: ignore[misc]
-    judged = data["judged"]
-    assert isinstance(judged, Judgements)
-    return rpt.compute(
-        _search(old_q, old_d, 100),
-        _search(new_q, new_d, 100),
-        candidates=len(new_d),
+def _realized(data: Subset) -> dict[str, float]:
+    metrics = rpt.compute(
+        _search(data.old_q, data.old_d, 100),
+        _search(data.new_q, data.new_d, 100),
+        candidates=len(data.new_d),
         settings=rpt.Settings(),
-        judged=judged,
+        judged=data.judged,
     ).metrics
+    return {name: value for name, value in metrics.items() if value is not None}
 
 
-def _sample_only(data: dict[str, object], fraction: float, seed: int) -> float:
+def _sample_only(data: Subset, fraction: float, seed: int) -> float:
     """What a dry run used to report: recall@10 of the sample ranked as if it were the corpus."""
-    judged = data["judged"]
-    assert isinstance(judged, Judgements)
-    new_q, new_d = data["new"]  # type: ignore[misc]
+    judged, new_q, new_d = data.judged, data.new_q, data.new_d
     rng = np.random.default_rng(seed)
     certain_ids = np.unique(judged.docs)
     rest = np.setdiff1d(np.arange(len(new_d)), certain_ids)
@@ -119,7 +121,7 @@ def _sample_only(data: dict[str, object], fraction: float, seed: int) -> float:
 
 
 def test_a_forecast_from_a_fifth_of_the_corpus_lands_near_the_full_corpus_figures(
-    scifact_subset: dict[str, object],
+    scifact_subset: Subset,
 ) -> None:
     realized = _realized(scifact_subset)
     forecasts = [_forecast(scifact_subset, 0.2, seed) for seed in range(5)]
@@ -135,7 +137,7 @@ def test_a_forecast_from_a_fifth_of_the_corpus_lands_near_the_full_corpus_figure
 
 
 def test_the_sample_alone_would_overstate_recall_which_the_correction_removes(
-    scifact_subset: dict[str, object],
+    scifact_subset: Subset,
 ) -> None:
     realized = _realized(scifact_subset)["recall_at_10_new"]
     assert realized is not None

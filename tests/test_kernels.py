@@ -57,8 +57,8 @@ def test_overlap_of_empty_query_set_is_empty() -> None:
 @pytest.mark.parametrize("seed", range(6))
 def test_ks_and_wasserstein_match_scipy(seed: int, dtype: type) -> None:
     rng = np.random.default_rng(seed)
-    x = rng.normal(0.0, 0.3, size=rng.integers(1, 400)).astype(dtype)
-    y = rng.normal(-0.05, 0.4, size=rng.integers(1, 400)).astype(dtype)
+    x: np.ndarray = rng.normal(0.0, 0.3, size=rng.integers(1, 400)).astype(dtype)
+    y: np.ndarray = rng.normal(-0.05, 0.4, size=rng.integers(1, 400)).astype(dtype)
     if seed % 2:  # ties, across and within samples, and signed zeros
         x, y = np.round(x, 1), np.round(y, 1)
         x[:2], y[:1] = -0.0, 0.0
@@ -105,11 +105,11 @@ def test_qrels_metrics_match_textbook_definitions(seed: int) -> None:
     recall = kernels.recall_at_k(rel, n_rel, k)
     mrr = kernels.mrr_at_k(rel, k)
     for i in range(n):
-        ranked, judged = [int(d) for d in ids[i]], qrels[i]
-        found = [d for d in ranked[:k] if d in judged]
-        first = next((j for j, d in enumerate(ranked[:k]) if d in judged), None)
-        assert ndcg[i] == pytest.approx(ref_ndcg(ranked, judged, k), abs=1e-9)
-        assert recall[i] == pytest.approx(len(found) / len(judged) if judged else 0.0, abs=1e-9)
+        ranked, graded = [int(d) for d in ids[i]], qrels[i]
+        found = [d for d in ranked[:k] if d in graded]
+        first = next((j for j, d in enumerate(ranked[:k]) if d in graded), None)
+        assert ndcg[i] == pytest.approx(ref_ndcg(ranked, graded, k), abs=1e-9)
+        assert recall[i] == pytest.approx(len(found) / len(graded) if graded else 0.0, abs=1e-9)
         assert mrr[i] == pytest.approx(0.0 if first is None else 1 / (first + 1), abs=1e-9)
 
 
@@ -231,7 +231,7 @@ def test_sample_counts_bin_like_numpy_histogram(dtype: type) -> None:
     edges = np.linspace(-0.2, 1.0, 21)
     drawn = np.clip(np.random.default_rng(5).normal(0.4, 0.2, 500), -0.2, 1.0)
     # Values exactly on the first, an inner and the last edge, and repeated values.
-    values = np.concatenate([np.round(drawn, 2), edges[[0, 5, 5, 20]]]).astype(dtype)
+    values: np.ndarray = np.concatenate([np.round(drawn, 2), edges[[0, 5, 5, 20]]]).astype(dtype)
     expected, _ = np.histogram(values, edges)
     assert list(kernels.Sample.of(values).counts(edges)) == list(expected)
 

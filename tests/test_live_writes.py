@@ -8,13 +8,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-from conftest import corpus_rows, encode, indexed
 
 from embedmig import Config, command, open_searcher
 from embedmig.runtime.environment import Environment
 from embedmig.store import journal
+from tests.support import corpus_rows, encode, indexed
 
 WRITER = Path(__file__).with_name("live_writer.py")
 WORKERS = 3
@@ -142,10 +142,11 @@ def test_a_searcher_in_another_process_sees_an_upsert_and_a_delete_within_a_seco
         return searcher.search(text, k=1)[0].key
 
     assert top() != "fresh-key"
-    for args, seen in (
+    steps: list[tuple[tuple[str, ...], Callable[[], bool]]] = [
         (("once", "fresh-key", text), lambda: top() == "fresh-key"),
         (("delete", "fresh-key"), lambda: top() != "fresh-key"),
-    ):
+    ]
+    for args, seen in steps:
         command_line = [sys.executable, str(WRITER), args[0], str(config.root), *args[1:]]
         proc = subprocess.Popen(command_line, stdout=subprocess.PIPE, text=True)
         while not seen():

@@ -7,17 +7,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import snapshot
 
-from embedmig import Config, GateFailed, StateError, command
+from embedmig import Config, GateFailed, Locked, StateError, command
 from embedmig.history import schema
 from embedmig.runtime.environment import Environment
-from embedmig.store.locks import Locked
+from tests.support import snapshot
 
 
 def plant_lock(
@@ -50,7 +50,7 @@ def locks_held(config: Config) -> list[str]:
 
 
 @pytest.fixture
-def sleeper() -> subprocess.Popen[bytes]:
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     yield proc
     proc.kill()

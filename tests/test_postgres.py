@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import snapshot
 
-from embedmig import Config, GateFailed, command, open_searcher
-from embedmig.store.locks import Locked
+from embedmig import Config, GateFailed, Locked, command, open_searcher
+from tests.support import snapshot
 
 QUERY = "glioblastoma stem cells tumor growth"
 
@@ -59,7 +58,7 @@ def test_locks_on_postgres(postgres_config: Config) -> None:
     command.upgrade(config, "r1")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        from test_locks import plant_lock
+        from tests.test_locks import plant_lock
 
         plant_lock(config, "docs", sleeper.pid)
         with pytest.raises(Locked, match=f"pid {sleeper.pid}"):
@@ -75,7 +74,7 @@ def test_locks_on_postgres(postgres_config: Config) -> None:
 def test_killed_upgrade_recovers_on_postgres(
     postgres_config: Config, project: Path, models: dict[str, Path], point: str
 ) -> None:
-    from test_crashes import assert_correct_final_state, kill_upgrade_at, prepared
+    from tests.test_crashes import assert_correct_final_state, kill_upgrade_at, prepared
 
     config = prepared(project)
     assert config.url.startswith("postgresql")

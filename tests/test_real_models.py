@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import corpus_rows
 
 from demo.models import ModelUnavailable, distilled, minilm
 from embedmig import Config, command
+from tests.support import corpus_rows
 
 pytestmark = pytest.mark.minilm
 

@@ -9,13 +9,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import with_judged_queries
 
 from embedmig import Config, command
 from embedmig.cli import main
+from embedmig.metrics.report import Report
 from embedmig.render.html import render_html
 from embedmig.render.text import render_text
-from embedmig.metrics.report import Report
+from tests.support import with_judged_queries
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -47,7 +47,8 @@ def test_report_has_every_section(migrated: Report) -> None:
         "recall_ratio",
     ):
         assert m[name] is not None, name
-    assert m["ndcg_at_10_delta_ci_low"] <= m["ndcg_at_10_delta"] <= m["ndcg_at_10_delta_ci_high"]
+    low, mid, high = (m[f"ndcg_at_10_delta{end}"] for end in ("_ci_low", "", "_ci_high"))
+    assert low is not None and mid is not None and high is not None and low <= mid <= high
     assert [row["old"] for row in migrated.distributions["threshold_map"]] == [
         0.3,
         0.4,

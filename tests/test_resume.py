@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import index_file
 
 from embedmig import Config, SourceError, command
 from embedmig.embedders import LoadedEmbedder
 from embedmig.store import files
+from tests.support import index_file
 
 FLAKY_ENV = """
 from pathlib import Path

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import snapshot
 
 from embedmig import Config, ConfigError, ScriptError, command
+from tests.support import snapshot
 
 
 def test_init_copies_the_template_and_writes_the_config(tmp_path: Path) -> None:

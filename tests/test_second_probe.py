@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import corpus_rows, indexed, snapshot
 
 from embedmig import (
     Config,
@@ -24,6 +23,7 @@ from embedmig import (
 from embedmig.cli import main
 from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.sources import JsonlSource
+from tests.support import corpus_rows, indexed, snapshot
 
 FLAKY_ENV = """
 from pathlib import Path
@@ -224,7 +224,7 @@ def test_string_and_number_ids_do_not_merge_silently(tmp_path: Path) -> None:
     path.write_text('{"id": 1, "text": "a"}\n{"id": 2, "text": "b"}\n')
     assert [d.key for d in JsonlSource(path)] == ["1", "2"]
     with pytest.raises(SourceError, match="document 2: key 1 is a number but earlier ones"):
-        list(IterableSource(lambda: [("1", "a"), (1, "b")]))
+        list(IterableSource(lambda: [("1", "a"), (1, "b")]))  # type: ignore[list-item]
 
 
 def test_a_directory_as_the_corpus_says_so(

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import corpus_rows, snapshot, with_judged_queries
 
 from embedmig import Config, EmbedderError, SourceError, command
 from embedmig.sources import JsonlSource, read_qrels
+from tests.support import corpus_rows, snapshot, with_judged_queries
 
 
 def test_jsonl_source_joins_title_and_text_when_configured(tmp_path: Path) -> None:

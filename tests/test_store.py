@@ -16,7 +16,8 @@ from embedmig.store.overlay import Overlay
 
 def vectors(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
     x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    unit: np.ndarray = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return unit
 
 
 def test_saved_index_loads_back_with_its_checksum(tmp_path: Path) -> None:

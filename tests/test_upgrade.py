@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
-from conftest import index_file, snapshot
 
 from embedmig import Config, GateFailed, ScriptError, StateError, command
 from embedmig.store import files
+from tests.support import index_file, snapshot
 
 
 def set_gates(config: Config, rev_id: str, gates: str) -> None:
@@ -182,7 +183,7 @@ def test_index_factory_of_the_revision_is_used(config: Config) -> None:
     record = live(config).live
     assert record is not None and record.factory == "IVF4,Flat"
     index = files.load(index_file(config, record), record.sha256)
-    assert index.ntotal == 300 and "IVF" in type(files.faiss.downcast_index(index.index)).__name__
+    assert index.ntotal == 300 and "IVF" in type(faiss.downcast_index(index.index)).__name__
 
 
 def test_vectors_in_the_index_equal_a_fresh_encoding(
@@ -201,7 +202,7 @@ def test_vectors_in_the_index_equal_a_fresh_encoding(
     env = Environment(config)
     with env.engine.connect() as conn:
         ids = catalog.lookup_ids(conn, "docs", ["33370", "8764879"])
-    from conftest import corpus_rows
+    from tests.support import corpus_rows
 
     texts = {row["id"]: row["text"] for row in corpus_rows(300)}
     model = SentenceTransformer(str(models["a"]), device="cpu")

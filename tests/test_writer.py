@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from conftest import corpus_rows, encode, index_file, indexed, snapshot
 
 from embedmig import (
     Config,
@@ -22,6 +21,7 @@ from embedmig import (
 from embedmig.history import schema
 from embedmig.runtime.environment import Environment
 from embedmig.store import catalog
+from tests.support import corpus_rows, encode, index_file, indexed, snapshot
 
 NEW_TEXT = "Zebrafish fin regeneration depends on osteoblast dedifferentiation"
 

@@ -1,0 +1,1 @@
+"""The specs of embedmig; `tests.support` holds their helpers."""

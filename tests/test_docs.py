@@ -1,0 +1,160 @@
+"""The README and the docs say what the code does: each promise they make is checked here."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+
+import embedmig
+from embedmig import cli, gates
+from embedmig.config import DEFAULTS, KNOWN
+from embedmig.metrics import report
+from embedmig.metrics.kernels import Judgements
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else None]
+
+
+def table_rows(text: str) -> list[list[str]]:
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|") and not re.match(r"^\|[-| ]+\|$", line):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            rows.append(cells)
+    return rows[1:]  # without the header
+
+
+def test_the_commands_table_lists_every_cli_command_with_its_options() -> None:
+    documented: dict[str, set[str]] = {}
+    for first, _ in table_rows(section("Commands")):
+        synopsis = first.strip("`").replace("\\|", "|")
+        name = synopsis.split()[0]
+        documented[name] = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", synopsis))
+    commands = cli.cli.commands
+    assert sorted(documented) == sorted(commands)
+    for name, command in commands.items():
+        options = [p for p in command.params if isinstance(p, click.Option)]
+        for option in options:
+            if option.name == "help":
+                continue
+            assert documented[name] & set(option.opts), f"{name}: {option.opts} not documented"
+        known = {opt for option in options for opt in option.opts}
+        assert documented[name] <= known, f"{name}: documents {documented[name] - known}"
+
+
+def test_every_command_is_a_function_of_embedmig_command() -> None:
+    from embedmig import command
+
+    for name in cli.cli.commands:
+        assert callable(getattr(command, name)), name
+
+
+def test_the_configuration_table_matches_the_defaults() -> None:
+    documented: dict[str, str | None] = {}
+    for first, second, _ in table_rows(section("Configuration")):
+        keys = re.findall(r"`([a-z_.]+)`", first)
+        parts = [p.strip() for p in re.split(r" / |, ", second)]
+        assert len(parts) == len(keys), first
+        for key, default in zip(keys, parts, strict=True):
+            documented[key] = default.strip("`") if default.startswith("`") else None
+    assert sorted(documented) == sorted(KNOWN)
+    for key, default in documented.items():
+        if key in DEFAULTS:
+            assert default == DEFAULTS[key], key
+        else:
+            assert default in (None, "false"), key
+
+
+def computed_metric_names() -> set[str]:
+    rng = np.random.default_rng(0)
+
+    def results(n: int) -> report.Results:
+        # query i finds its judged document i first, then 99 others
+        ids = np.stack(
+            [np.r_[i, rng.permutation(np.setdiff1d(np.arange(300), [i]))[:99]] for i in range(n)]
+        ).astype(np.int64)
+        scores = -np.sort(-rng.random((n, 100)), axis=1).astype(np.float32)
+        return report.Results(ids, scores)
+
+    judged = Judgements(
+        np.arange(20, dtype=np.int64), np.arange(20, dtype=np.int64), np.ones(20, dtype=np.int64)
+    )
+    pairs = rng.random(50).astype(np.float32)
+    done = report.compute(
+        results(20),
+        results(20),
+        candidates=299,
+        settings=report.Settings(k=10, thresholds=(1.0, -0.2)),
+        judged=judged,
+        pairs_old=pairs,
+        pairs_new=pairs,
+    )
+    return set(done.metrics)
+
+
+def test_gates_metrics_are_exactly_what_the_report_fills() -> None:
+    filled = computed_metric_names()
+    thresholds = {name for name in filled if name.startswith("new_threshold_for_")}
+    # coverage_* come from the backfill, not from the search results compute() sees
+    assert filled - thresholds == set(gates.METRICS) - set(gates.COVERAGE)
+    for name in thresholds:
+        assert gates.is_metric(name), name
+        gates.Gates(**{f"min_{name}": 0.0})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("threshold", [1.0, -0.2, 0.0, 0.62, 1e-5, -1.0])
+def test_every_threshold_the_report_can_produce_is_a_valid_gate_name(threshold: float) -> None:
+    name = gates.threshold_metric(threshold)
+    assert gates.is_metric(name)
+    gates.Gates(**{f"max_{name}": 0.5})  # type: ignore[arg-type]
+
+
+def python_api_names() -> list[str]:
+    text = section("Python API")
+    block = re.search(r"Public names \(`embedmig\.__all__`\):\n\n(.*?)\n\n", text, re.S)
+    assert block, "the Python API section lists the public names"
+    return sorted(re.findall(r"`([A-Za-z_]+)`", block.group(1)))
+
+
+def test_the_public_names_are_the_documented_ones() -> None:
+    assert python_api_names() == sorted(embedmig.__all__)
+    for name in embedmig.__all__:
+        assert getattr(embedmig, name) is not None
+
+
+def test_every_name_the_readme_imports_from_embedmig_exists() -> None:
+    imported: set[str] = set()
+    for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S):
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.ImportFrom) and node.module == "embedmig":
+                imported |= {alias.name for alias in node.names}
+    assert imported
+    for name in imported:
+        assert name in embedmig.__all__, name
+        getattr(embedmig, name)
+
+
+def test_every_error_class_says_when_it_is_raised() -> None:
+    from embedmig import errors
+
+    classes = [
+        value
+        for value in vars(errors).values()
+        if isinstance(value, type) and issubclass(value, errors.EmbedmigError)
+    ]
+    assert len(classes) == 10
+    for cls in classes:
+        assert cls.__doc__ and len(cls.__doc__) > 40, cls
+        assert cls.__name__ in errors.__doc__, cls  # drawn in the module's tree
+        assert cls is errors.EmbedmigError or cls.__name__ in embedmig.__all__
