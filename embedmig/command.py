@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from importlib import resources
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 # Commands that only read history (current, history, heads, show) start without FAISS, numpy's
 # heavy users or the models: the modules behind the others load inside them.
 
-TEMPLATE = Path(__file__).parent / "migrations_template"
 _INI_TEMPLATE = "embedmig.ini.tmpl"
 
 
@@ -57,13 +57,15 @@ def init(directory: str | Path, config_path: str | Path = "embedmig.ini") -> Pat
         raise ConfigError(f"{ini} already exists; refusing to overwrite it")
     if directory.exists() and any(directory.iterdir()):
         raise ConfigError(f"{directory} exists and is not empty; refusing to overwrite it")
-    ignore = shutil.ignore_patterns(_INI_TEMPLATE, "__pycache__")
-    shutil.copytree(TEMPLATE, directory, ignore=ignore, dirs_exist_ok=True)
+    # Shipped as the package embedmig.migrations_template (the repository's migrations_template/).
+    template = Path(str(resources.files("embedmig.migrations_template")))
+    ignore = shutil.ignore_patterns(_INI_TEMPLATE, "__init__.py", "__pycache__")
+    shutil.copytree(template, directory, ignore=ignore, dirs_exist_ok=True)
     try:
         location = directory.resolve().relative_to(ini.resolve().parent)
     except ValueError:
         location = directory.resolve()
-    text = (TEMPLATE / _INI_TEMPLATE).read_text(encoding="utf-8")
+    text = (template / _INI_TEMPLATE).read_text(encoding="utf-8")
     ini.write_text(text.replace("{script_location}", location.as_posix()), encoding="utf-8")
     return ini
 

@@ -1,0 +1,80 @@
+"""The wheel ships what `embedmig init` and the history schema need, and works outside the repo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PIP_WHEEL = (sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q")
+
+
+def test_the_wheel_runs_embedmig_init_in_a_fresh_venv(tmp_path: Path) -> None:
+    subprocess.run(
+        [*PIP_WHEEL, "-w", str(tmp_path / "dist"), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("embedmig-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for shipped in (
+        "embedmig/migrations_template/env.py",
+        "embedmig/migrations_template/script.py.mako",
+        "embedmig/migrations_template/embedmig.ini.tmpl",
+        "embedmig/migrations_template/versions/README",
+        "embedmig/history/migrations/env.py",
+        "embedmig/py.typed",
+    ):
+        assert shipped in names, shipped
+
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    # The dependencies come from this environment's site-packages, not from an index; a plain
+    # path entry does not run that folder's .pth files, so the editable embedmig stays out.
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    where = subprocess.run(
+        [str(python), "-c", "import embedmig, pathlib; print(pathlib.Path(embedmig.__file__))"],
+        cwd=project,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert where.startswith(str(site)), where  # the wheel's embedmig, not the repository's
+    init = subprocess.run(
+        [str(venv / "bin" / "embedmig"), "init", "migrations"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert init.returncode == 0, init.stderr
+    assert sorted(p.name for p in (project / "migrations").iterdir()) == [
+        "README",
+        "env.py",
+        "script.py.mako",
+        "versions",
+    ]
+    assert "script_location = migrations" in (project / "embedmig.ini").read_text()
+    current = subprocess.run(
+        [str(venv / "bin" / "embedmig"), "current"], cwd=project, capture_output=True, text=True
+    )
+    assert current.returncode == 0 and "no alias has been migrated yet" in current.stdout
