@@ -44,14 +44,14 @@ def distilled(destination: Path, pca_dims: int = 256) -> Path:
         return destination
     from sentence_transformers import SentenceTransformer
 
-    static_embedding = _static_embedding()
+    static_embedding = static_embedding_class()
 
     embedding = static_embedding.from_distillation(str(minilm()), device="cpu", pca_dims=pca_dims)
     SentenceTransformer(modules=[embedding], device="cpu").save(str(destination))
     return destination
 
 
-def _static_embedding() -> Any:
+def static_embedding_class() -> Any:
     """sentence-transformers' StaticEmbedding class (it moved in version 6)."""
     for where in (
         "sentence_transformers.sentence_transformer.modules",

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from importlib import resources
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from demo.models import static_embedding_class
 from embedmig import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def build_static_model(
     """
     from sentence_transformers import SentenceTransformer
 
-    static_embedding = _static_embedding()
+    static_embedding = static_embedding_class()
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
@@ -148,18 +148,45 @@ def encode(model: Path, texts: list[str]) -> np.ndarray:
     )
 
 
-def _static_embedding() -> Any:
-    """sentence-transformers' StaticEmbedding class (it moved in version 6)."""
-    for where in (
-        "sentence_transformers.sentence_transformer.modules",
-        "sentence_transformers.models",
-    ):
-        try:
-            return importlib.import_module(where).StaticEmbedding
-        except (ImportError, AttributeError):
-            continue
-    raise ImportError("this sentence-transformers has no StaticEmbedding")
-
-
 def _first_module(model: Any) -> Any:
     return model[0]
+
+
+# A corpus that fails after the number of documents in the project's `die-after` file, as a lost
+# database connection would: the backfill stops there and a later run resumes.
+FLAKY_ENV = """
+from pathlib import Path
+from embedmig import SourceError, sources
+
+def corpus(config, alias):
+    stop = Path(config.root, "die-after")
+    limit = int(stop.read_text()) if stop.exists() else None
+    for n, doc in enumerate(sources.corpus_from_config(config)):
+        if limit is not None and n == limit:
+            raise SourceError(f"corpus connection lost after {n} documents")
+        yield doc
+"""
+
+
+def assert_serves(config: Config, model: Path, expected: dict[str, str]) -> None:
+    """Alias `docs` serves exactly ``expected``'s keys, each as a fresh encoding of its text."""
+    seen = indexed(config, "docs")
+    assert sorted(seen) == sorted(expected)
+    keys = sorted(expected)
+    fresh = encode(model, [expected[k] for k in keys])
+    np.testing.assert_allclose(np.stack([seen[k] for k in keys]), fresh, atol=1e-5)
+
+
+def count_encodes(monkeypatch: Any) -> list[int]:
+    """The sizes of every later ``encode_documents`` call (the model still encodes)."""
+    from embedmig.embedders import LoadedEmbedder
+
+    encoded: list[int] = []
+    real = LoadedEmbedder.encode_documents
+
+    def counting(self: LoadedEmbedder, texts: list[str], batch_size: int) -> np.ndarray:
+        encoded.append(len(texts))
+        return real(self, texts, batch_size)
+
+    monkeypatch.setattr(LoadedEmbedder, "encode_documents", counting)
+    return encoded

@@ -18,7 +18,7 @@ from embedmig import Config, command, open_writer
 from embedmig.history import schema
 from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
-from tests.support import corpus_rows, encode, indexed
+from tests.support import assert_serves, corpus_rows, indexed
 
 NEW = "Zebrafish fin regeneration depends on osteoblast dedifferentiation, report"
 
@@ -89,15 +89,6 @@ def rewrite_corpus(project: Path, texts: dict[str, str]) -> None:
             fh.write(json.dumps({"id": key, "text": text}) + "\n")
 
 
-def assert_serves(config: Config, model: str, expected: dict[str, str]) -> None:
-    """The alias serves exactly ``expected``'s keys, each embedding its expected text."""
-    seen = indexed(config, "docs")
-    assert sorted(seen) == sorted(expected)
-    keys = sorted(expected)
-    fresh = encode(config.root / "models" / model, [expected[k] for k in keys])
-    np.testing.assert_allclose(np.stack([seen[k] for k in keys]), fresh, atol=1e-5)
-
-
 def lose_written_texts(config: Config) -> None:
     """Fold the writes into the live index, then lose their texts from the journal (as the
     `compact` of embedmig before coverage did)."""
@@ -106,6 +97,15 @@ def lose_written_texts(config: Config) -> None:
     with engine.begin() as conn:
         conn.execute(schema.journal.delete())
     engine.dispose()
+
+
+def twenty_new_and_ten_deleted(config: Config) -> dict[str, str]:
+    """The writes of the issue's probe, acknowledged; what the alias serves after them."""
+    rows = corpus_rows(300)
+    with open_writer(config, "docs") as writer:
+        writer.upsert_many([(f"new-{i}", f"{NEW} {i}") for i in range(20)])
+        writer.delete_many([row["id"] for row in rows[:10]])
+    return {r["id"]: r["text"] for r in rows[10:]} | {f"new-{i}": f"{NEW} {i}" for i in range(20)}
 
 
 def last_upgrade(config: Config) -> dict[str, object]:
@@ -118,18 +118,12 @@ def test_writes_acknowledged_before_a_migration_reach_the_new_index(any_db: Conf
     config = any_db
     project = config.root
     revisions(config)
-    rows = corpus_rows(300)
-    with open_writer(config, "docs") as writer:
-        writer.upsert_many([(f"new-{i}", f"{NEW} {i}") for i in range(20)])
-        writer.delete_many([row["id"] for row in rows[:10]])
-    expected = {r["id"]: r["text"] for r in rows[10:]} | {
-        f"new-{i}": f"{NEW} {i}" for i in range(20)
-    }
+    expected = twenty_new_and_ten_deleted(config)
 
     result = embedmig(project, "upgrade", "r2")
 
     assert result.returncode == 0, result.stderr
-    assert_serves(config, "a", expected)
+    assert_serves(config, config.root / "models" / "a", expected)
     report = last_upgrade(config)
     metrics = report["metrics"]
     assert isinstance(metrics, dict)
@@ -147,19 +141,13 @@ def test_compact_keeps_what_a_later_migration_must_carry_over(any_db: Config) ->
     config = any_db
     project = config.root
     revisions(config)
-    rows = corpus_rows(300)
-    with open_writer(config, "docs") as writer:
-        writer.upsert_many([(f"new-{i}", f"{NEW} {i}") for i in range(20)])
-        writer.delete_many([row["id"] for row in rows[:10]])
+    expected = twenty_new_and_ten_deleted(config)
     assert embedmig(project, "compact", "docs").returncode == 0
 
     result = embedmig(project, "upgrade", "r2")
 
     assert result.returncode == 0, result.stderr
-    expected = {r["id"]: r["text"] for r in rows[10:]} | {
-        f"new-{i}": f"{NEW} {i}" for i in range(20)
-    }
-    assert_serves(config, "a", expected)
+    assert_serves(config, config.root / "models" / "a", expected)
 
 
 def test_an_upgrade_that_cannot_carry_a_write_over_refuses_unless_told(any_db: Config) -> None:
@@ -240,7 +228,7 @@ def test_writes_before_during_and_after_the_backfill_all_hold(any_db: Config) ->
     }
     for gone in (rows[5]["id"], rows[260]["id"], rows[7]["id"]):
         del expected[gone]
-    assert_serves(config, "far", expected)
+    assert_serves(config, config.root / "models" / "far", expected)
 
 
 def test_a_delete_then_a_re_upsert_before_the_migration_keeps_the_last_write(
@@ -260,7 +248,7 @@ def test_a_delete_then_a_re_upsert_before_the_migration_keeps_the_last_write(
     assert result.returncode == 0, result.stderr
     expected = {r["id"]: r["text"] for r in rows}
     expected |= {rows[3]["id"]: f"{NEW} back again", "fresh": f"{NEW} second"}
-    assert_serves(config, "a", expected)
+    assert_serves(config, config.root / "models" / "a", expected)
 
 
 def test_when_the_corpus_and_a_writer_both_changed_a_document_the_later_change_wins(
@@ -284,7 +272,7 @@ def test_when_the_corpus_and_a_writer_both_changed_a_document_the_later_change_w
 
     assert result.returncode == 0, result.stderr
     expected = texts | {writer_only: f"{NEW} only by the writer"}
-    assert_serves(config, "far", expected)
+    assert_serves(config, config.root / "models" / "far", expected)
     notes = last_upgrade(config)["notes"]
     assert isinstance(notes, list)
     assert any("1 document(s) changed by both the corpus and a writer" in n for n in notes)
@@ -298,7 +286,11 @@ def test_writes_to_an_alias_with_no_index_yet_reach_its_first_index(config: Conf
         writer.upsert(rows[1]["id"], f"{NEW} rewritten early")  # the corpus read is later: it wins
     result = embedmig(config.root, "upgrade", "r1")
     assert result.returncode == 0, result.stderr
-    assert_serves(config, "a", {r["id"]: r["text"] for r in rows} | {"early": f"{NEW} early"})
+    assert_serves(
+        config,
+        config.root / "models" / "a",
+        {r["id"]: r["text"] for r in rows} | {"early": f"{NEW} early"},
+    )
 
 
 def test_a_dry_run_forecasts_the_carry_over_and_what_cannot_be_carried(config: Config) -> None:

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 from embedmig import Config, EmbedderError, StoreError, command
-from embedmig.embedders import LoadedEmbedder
 from embedmig.runtime.environment import Environment
 from embedmig.store import catalog, files
 from tests.crash_runner import POINTS, ROLLBACK_POINTS
-from tests.support import corpus_rows, index_file, snapshot
+from tests.support import corpus_rows, count_encodes, index_file, snapshot
 
 RUNNER = Path(__file__).with_name("crash_runner.py")
 
@@ -100,14 +99,7 @@ def test_a_rerun_after_a_kill_embeds_only_what_was_not_checkpointed(
         rows = catalog.checkpoint(conn, building.id).rows
     env.dispose()
     assert rows == 100  # two batches of 50 committed; the third died before its commit
-    encoded: list[int] = []
-    real = LoadedEmbedder.encode_documents
-
-    def counting(self: LoadedEmbedder, texts: list[str], batch_size: int) -> np.ndarray:
-        encoded.append(len(texts))
-        return real(self, texts, batch_size)
-
-    monkeypatch.setattr(LoadedEmbedder, "encode_documents", counting)
+    encoded = count_encodes(monkeypatch)
     command.upgrade(config, "head")
     backfill_batches = [n for n in encoded if n <= 50]
     assert sum(backfill_batches[:4]) == 200  # 300 - 100: the committed batches were not redone

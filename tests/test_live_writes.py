@@ -14,7 +14,7 @@ from pathlib import Path
 from embedmig import Config, command, open_searcher
 from embedmig.runtime.environment import Environment
 from embedmig.store import journal
-from tests.support import corpus_rows, encode, indexed
+from tests.support import assert_serves, corpus_rows
 
 WRITER = Path(__file__).with_name("live_writer.py")
 WORKERS = 3
@@ -75,15 +75,6 @@ def journal_position(config: Config) -> int:
         position = journal.position(conn, "docs")
     env.dispose()
     return position
-
-
-def assert_serves(config: Config, model: Path, expected: dict[str, str]) -> None:
-    seen = indexed(config, "docs")
-    assert sorted(seen) == sorted(expected)
-    keys = sorted(expected)
-    fresh = encode(model, [expected[k] for k in keys])
-    for key, vector in zip(keys, fresh, strict=True):
-        assert abs(seen[key] - vector).max() <= 1e-5, key
 
 
 def run_live_migration(project: Path, config: Config) -> None:

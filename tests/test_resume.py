@@ -8,22 +8,8 @@ import numpy as np
 import pytest
 
 from embedmig import Config, SourceError, command
-from embedmig.embedders import LoadedEmbedder
 from embedmig.store import files
-from tests.support import index_file
-
-FLAKY_ENV = """
-from pathlib import Path
-from embedmig import SourceError, sources
-
-def corpus(config, alias):
-    stop = Path(config.root, "die-after")
-    limit = int(stop.read_text()) if stop.exists() else None
-    for n, doc in enumerate(sources.corpus_from_config(config)):
-        if limit is not None and n == limit:
-            raise SourceError(f"corpus connection lost after {n} documents")
-        yield doc
-"""
+from tests.support import FLAKY_ENV, count_encodes, index_file
 
 
 def test_killed_backfill_resumes_without_embedding_a_batch_twice(
@@ -35,14 +21,7 @@ def test_killed_backfill_resumes_without_embedding_a_batch_twice(
     config = Config(ini)
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
 
-    encoded: list[int] = []
-    real_encode = LoadedEmbedder.encode_documents
-
-    def counting(self: LoadedEmbedder, texts: list[str], batch_size: int) -> np.ndarray:
-        encoded.append(len(texts))
-        return real_encode(self, texts, batch_size)
-
-    monkeypatch.setattr(LoadedEmbedder, "encode_documents", counting)
+    encoded = count_encodes(monkeypatch)
     (project / "die-after").write_text("130")
     with pytest.raises(SourceError, match="lost after 130"):
         command.upgrade(config, "head")
@@ -57,7 +36,6 @@ def test_killed_backfill_resumes_without_embedding_a_batch_twice(
     (state,) = command.current(config)
     assert state.live is not None and state.live.ntotal == 300
     index = files.load(index_file(config, state.live), state.live.sha256)
-    monkeypatch.setattr(LoadedEmbedder, "encode_documents", real_encode)
     rebuilt = Config(
         ini, options={"index_dir": "indexes-again", "sqlalchemy.url": "sqlite:///again.db"}
     )

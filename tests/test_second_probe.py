@@ -7,7 +7,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from embedmig import (
@@ -21,22 +20,9 @@ from embedmig import (
     open_writer,
 )
 from embedmig.cli import main
-from embedmig.embedders import Embedder, LoadedEmbedder
+from embedmig.embedders import Embedder
 from embedmig.sources import JsonlSource
-from tests.support import corpus_rows, indexed, snapshot
-
-FLAKY_ENV = """
-from pathlib import Path
-from embedmig import SourceError, sources
-
-def corpus(config, alias):
-    stop = Path(config.root, "die-after")
-    limit = int(stop.read_text()) if stop.exists() else None
-    for n, doc in enumerate(sources.corpus_from_config(config)):
-        if limit is not None and n == limit:
-            raise SourceError(f"corpus connection lost after {n} documents")
-        yield doc
-"""
+from tests.support import FLAKY_ENV, corpus_rows, count_encodes, indexed, snapshot
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -285,14 +271,7 @@ def test_bad_evaluation_options_fail_before_anything_is_embedded(
     config: Config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
-    encoded: list[int] = []
-    real = LoadedEmbedder.encode_documents
-
-    def counting(self: LoadedEmbedder, texts: list[str], batch_size: int) -> np.ndarray:
-        encoded.append(len(texts))
-        return real(self, texts, batch_size)
-
-    monkeypatch.setattr(LoadedEmbedder, "encode_documents", counting)
+    encoded = count_encodes(monkeypatch)
     ini = config.root / "embedmig.ini"
     ini.write_text(ini.read_text().replace("eval.k = 10", "eval.k = 0"))
     one_line_error(capsys, config, "upgrade", match="option 'eval.k' must be at least 1, got 0")

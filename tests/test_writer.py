@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -21,7 +20,7 @@ from embedmig import (
 from embedmig.history import schema
 from embedmig.runtime.environment import Environment
 from embedmig.store import catalog
-from tests.support import corpus_rows, encode, index_file, indexed, snapshot
+from tests.support import assert_serves, corpus_rows, index_file, snapshot
 
 NEW_TEXT = "Zebrafish fin regeneration depends on osteoblast dedifferentiation"
 
@@ -39,15 +38,6 @@ def migrated_to_r2(config: Config) -> None:
 
 def final_state(rows: list[dict[str, str]]) -> dict[str, str]:
     return {row["id"]: row["text"] for row in rows}
-
-
-def assert_matches(config: Config, model: str, expected: dict[str, str]) -> None:
-    """The alias serves exactly ``expected``'s keys, each as a fresh encoding of its text."""
-    seen = indexed(config, "docs")
-    assert set(seen) == set(expected)
-    keys = sorted(expected)
-    fresh = encode(config.root / "models" / model, [expected[k] for k in keys])
-    np.testing.assert_allclose(np.stack([seen[k] for k in keys]), fresh, atol=1e-5)
 
 
 def journal_vector_indexes(config: Config) -> set[int]:
@@ -82,7 +72,7 @@ def test_delete_and_re_upsert_of_a_key(config: Config) -> None:
     assert searcher.search(NEW_TEXT, k=1)[0].key == victim["id"]
     searcher.close()
     expected = final_state(rows) | {victim["id"]: NEW_TEXT}
-    assert_matches(config, "a", expected)
+    assert_serves(config, config.root / "models" / "a", expected)
 
 
 def test_writes_during_backfill_are_replayed_into_the_shadow(
@@ -115,7 +105,7 @@ def test_writes_during_backfill_are_replayed_into_the_shadow(
     del expected[rows[250]["id"]]
     expected |= {rows[98]["id"]: NEW_TEXT, "new-1": "a brand new document"}
     expected[rows[20]["id"]] = "back with a new text"
-    assert_matches(config, "far", expected)
+    assert_serves(config, config.root / "models" / "far", expected)
     # The backfill stored rows[98]'s old snippet after the write; the replay restored it.
     assert snippet_of(config, rows[98]["id"]) == NEW_TEXT
     # Nothing needed re-embedding: the writer wrote the shadow's vectors as it journaled.
@@ -143,7 +133,7 @@ def test_writes_after_a_swap_survive_downgrade_without_re_embedding(
     expected = final_state(rows) | {"new-1": NEW_TEXT}
     del expected[rows[0]["id"]]
     monkeypatch.undo()
-    assert_matches(config, "a", expected)
+    assert_serves(config, config.root / "models" / "a", expected)
 
 
 def test_holdover_ends_with_the_next_swap(config: Config) -> None:
@@ -158,7 +148,9 @@ def test_holdover_ends_with_the_next_swap(config: Config) -> None:
     # Restoring r1 still serves the write: its vector is computed from the journal on load.
     command.downgrade(config, "r1")
     assert r1_index not in journal_vector_indexes(config)
-    assert_matches(config, "a", final_state(corpus_rows(300)) | {"new-1": NEW_TEXT})
+    assert_serves(
+        config, config.root / "models" / "a", final_state(corpus_rows(300)) | {"new-1": NEW_TEXT}
+    )
 
 
 def test_holdover_of_zero_seconds_writes_only_the_live_index(config: Config) -> None:
@@ -191,10 +183,10 @@ def test_compact_folds_the_journal_into_new_snapshots(config: Config) -> None:
     assert searcher.search(NEW_TEXT, k=10) == hits_before  # reloaded the new file, same answers
     searcher.close()
     expected = final_state(rows[10:]) | {f"new-{i}": f"{NEW_TEXT} number {i}" for i in range(20)}
-    assert_matches(config, "far", expected)
+    assert_serves(config, config.root / "models" / "far", expected)
     assert command.compact(config, "docs").journal_removed == 0
     command.downgrade(config, "-1")
-    assert_matches(config, "a", expected)
+    assert_serves(config, config.root / "models" / "a", expected)
 
 
 def test_compact_keeps_changes_a_retired_index_still_needs(config: Config) -> None:
@@ -206,7 +198,9 @@ def test_compact_keeps_changes_a_retired_index_still_needs(config: Config) -> No
     # The retired r1 index got no vector for the write: compaction embedded it for r1 too.
     assert sorted(f.changes for f in result.folded) == [1, 1]
     command.downgrade(config, "-1")
-    assert_matches(config, "a", final_state(corpus_rows(300)) | {"new-1": NEW_TEXT})
+    assert_serves(
+        config, config.root / "models" / "a", final_state(corpus_rows(300)) | {"new-1": NEW_TEXT}
+    )
 
 
 @pytest.mark.parametrize(

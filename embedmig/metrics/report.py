@@ -37,6 +37,11 @@ HEADLINE = (
     "pair_score_delta_mean",
 )
 QRELS_METRICS = ("recall_at_10", "recall_at_100", "mrr_at_10", "ndcg_at_10")
+# The report's lists of most affected queries (Report.worst keys), with their titles.
+WORST_KINDS = (
+    ("by_overlap", "lowest overlap"),
+    ("by_rank_drop", "largest rank drop of a relevant document"),
+)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from html import escape as e
 from typing import Any
 
 from embedmig.errors import ConfigError
-from embedmig.metrics.report import HEADLINE, SCHEMA_VERSION, Report
+from embedmig.metrics.report import HEADLINE, SCHEMA_VERSION, WORST_KINDS, Report
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
@@ -165,10 +165,7 @@ def _metrics(report: Report) -> list[str]:
 
 def _worst(report: Report) -> list[str]:
     parts = []
-    for title, key in (
-        ("lowest overlap", "by_overlap"),
-        ("largest rank drop of a relevant document", "by_rank_drop"),
-    ):
+    for key, title in WORST_KINDS:
         rows = report.worst.get(key) or []
         if not rows:
             continue

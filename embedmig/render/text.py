@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from embedmig.metrics.report import HEADLINE, Report
+from embedmig.metrics.report import HEADLINE, WORST_KINDS, Report
 
 Style = Callable[..., str]
 
@@ -120,10 +120,7 @@ def _thresholds(report: Report, style: Style) -> list[str]:
 
 def _worst(report: Report, style: Style) -> list[str]:
     lines = []
-    for title, key in (
-        ("lowest overlap", "by_overlap"),
-        ("largest rank drop of a relevant document", "by_rank_drop"),
-    ):
+    for key, title in WORST_KINDS:
         rows = report.worst.get(key) or []
         if not rows:
             continue

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +163,23 @@ def save(index: Any, path: Path) -> str:
 
 def load(path: Path, sha256: str | None) -> Any:
     """Read an index file, refusing it unless its sha256 matches the recorded one."""
+    with _checked(path, sha256) as read:
+        try:
+            return faiss.read_index(faiss.PyCallbackIOReader(read))  # type: ignore[attr-defined]
+        except RuntimeError:
+            raise StoreError(f"index file {path} is truncated or corrupt") from None
+
+
+def verify(path: Path, sha256: str | None) -> None:
+    """Refuse a file that is missing, unreadable or not the one recorded (by its sha256)."""
+    with _checked(path, sha256):
+        pass
+
+
+@contextmanager
+def _checked(path: Path, sha256: str | None) -> Iterator[Callable[[int], bytes]]:
+    """A reader of ``path`` whose bytes feed a digest; on leaving, the rest is read and the whole
+    file must match ``sha256``. A missing or unreadable file is a StoreError."""
     digest = hashlib.sha256()
     try:
         with path.open("rb") as fh:
@@ -170,28 +189,9 @@ def load(path: Path, sha256: str | None) -> Any:
                 digest.update(block)
                 return block
 
-            try:
-                index = faiss.read_index(faiss.PyCallbackIOReader(read))  # type: ignore[attr-defined]
-            except RuntimeError:
-                raise StoreError(f"index file {path} is truncated or corrupt") from None
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except FileNotFoundError:
-        raise StoreError(f"index file {path} is missing") from None
-    except OSError as exc:
-        raise StoreError(f"cannot read index file {path}: {exc.strerror}") from None
-    if sha256 is not None and digest.hexdigest() != sha256:
-        raise StoreError(f"index file {path} does not match its recorded sha256; refusing it")
-    return index
-
-
-def verify(path: Path, sha256: str | None) -> None:
-    """Refuse a file that is missing, unreadable or not the one recorded (by its sha256)."""
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+            yield read
+            while read(1 << 20):
+                pass
     except FileNotFoundError:
         raise StoreError(f"index file {path} is missing") from None
     except OSError as exc:
