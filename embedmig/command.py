@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 from embedmig.config import Config
 from embedmig.errors import ConfigError, ScriptError, StateError
 from embedmig.runtime.environment import Environment
-from embedmig.script import Revision
 from embedmig.store import catalog, locks
 
 if TYPE_CHECKING:
     from embedmig.metrics.report import Report
     from embedmig.runtime.compaction import Compaction
     from embedmig.runtime.searcher import Hit
+    from embedmig.script import Revision
 
 # Commands that only read history (current, history, heads, show) start without FAISS, numpy's
 # heavy users or the models: the modules behind the others load inside them.

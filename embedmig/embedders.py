@@ -11,11 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from embedmig.errors import EmbedderError
 
 if TYPE_CHECKING:
+    import numpy as np
     from sentence_transformers import SentenceTransformer
 
 # Files that decide a model's vectors; READMEs, licences and model cards do not.
@@ -116,6 +115,8 @@ class LoadedEmbedder:
         return self._encode(texts, self.spec.query_prompt, batch_size)
 
     def _encode(self, texts: Sequence[str], prompt: str | None, batch_size: int) -> np.ndarray:
+        import numpy as np  # not at import: revision scripts import Embedder, and so the CLI
+
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
         try:

@@ -158,3 +158,11 @@ def test_every_error_class_says_when_it_is_raised() -> None:
         assert cls.__doc__ and len(cls.__doc__) > 40, cls
         assert cls.__name__ in errors.__doc__, cls  # drawn in the module's tree
         assert cls is errors.EmbedmigError or cls.__name__ in embedmig.__all__
+
+
+def test_the_schema_head_embedmig_opens_without_alembic_is_alembics_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    from embedmig.history import db
+
+    assert ScriptDirectory(str(db._MIGRATIONS)).get_heads() == [db.SCHEMA_HEAD]

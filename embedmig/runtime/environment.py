@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -20,10 +20,12 @@ from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.errors import ScriptError, SourceError, StateError, StoreError
 from embedmig.history import db
 from embedmig.names import safe_component
-from embedmig.script import ScriptDir, load_env
 from embedmig.sources import Document, Qrels
 from embedmig.store import locks
 from embedmig.store.catalog import IndexRecord
+
+if TYPE_CHECKING:
+    from embedmig.script import ScriptDir
 
 
 class Environment:
@@ -36,10 +38,14 @@ class Environment:
 
     @cached_property
     def scripts(self) -> ScriptDir:
+        from embedmig.script import ScriptDir  # alembic: only for commands that read revisions
+
         return ScriptDir(self.config)
 
     @cached_property
     def env_module(self) -> ModuleType:
+        from embedmig.script import load_env
+
         return load_env(self.config)
 
     @property

@@ -12,15 +12,17 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from embedmig.errors import StateError
 from embedmig.history import schema as t
 from embedmig.names import check_key
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SNIPPET_CHARS = 200
 
@@ -304,6 +306,8 @@ def ids_under_lock(
     if stale:
         stale_ids, snippets, metas_now = zip(*stale, strict=True)
         describe_docs(conn, alias, stale_ids, snippets, metas_now)
+    import numpy as np  # here: the read-only commands use this module without numpy
+
     ids = np.fromiter((known[key] for key in keys), dtype=np.int64, count=len(keys))
     return ids, next_id + len(missing)
 
