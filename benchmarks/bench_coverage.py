@@ -9,7 +9,10 @@ check of the built index's id list. Both pairs run on the same SQLite history, i
 
     python benchmarks/bench_coverage.py [--docs 100000] [--writes 2000] [--repeat 5]
 
-Measured 2026-12-02 (2 cores): see the README, *Live writes*.
+Measured 2026-12-02 (2 cores, 100,000 documents, 2,000 writes, 5 rounds): per checkpoint of
+1,024 documents, ids 9.1 ms and manifest rows 4.4 ms (ratio 0.48; embedding those documents takes
+0.1 s with a static model, 20-50 s with MiniLM); at the end, build + save 0.84 s and carry-over
+plan + coverage check 0.58 s (ratio 0.68).
 """
 
 from __future__ import annotations

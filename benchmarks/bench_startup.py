@@ -8,7 +8,10 @@ sentence-transformers were loaded at all. Target: each command <= 0.5 s on this 
 
     python benchmarks/bench_startup.py [--rounds 15]
 
-Measured 2026-12-02 (2 cores): see the README, *Commands*.
+Measured 2026-12-02 (2 cores, 9 rounds, medians): python -c pass 0.030 s; --help 0.078 s;
+history 0.418 s; current 0.530 s; heads 0.553 s; show 0.556 s. None loads FAISS, torch or
+sentence-transformers. The last three read revision scripts through alembic's ScriptDirectory:
+importing SQLAlchemy (0.17 s) and alembic (0.14 s) is most of their time.
 """
 
 from __future__ import annotations
