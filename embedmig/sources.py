@@ -142,6 +142,16 @@ class IterableSource:
             yield Document(str(key), text)
 
 
+def checked(docs: Iterable[Document]) -> Iterator[Document]:
+    """``docs``, refusing one that env.py built of the wrong types (before it is embedded)."""
+    for doc in docs:
+        if not isinstance(doc.text, str):
+            raise SourceError(
+                f"document {doc.key!r:.40}: text is {type(doc.text).__name__}, not str"
+            )
+        yield doc
+
+
 def _kind(kind: type) -> str:
     return "string" if kind is str else "number"
 

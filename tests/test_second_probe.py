@@ -294,3 +294,19 @@ def test_a_revision_with_a_badly_typed_embedder_is_refused_before_the_backfill(
         rev.read_text().replace("Embedder('models/a')", "Embedder('models/a', query_prompt=123)")
     )
     one_line_error(capsys, config, "upgrade", match="query_prompt must be a string or None")
+
+
+def test_an_env_py_yielding_a_non_string_text_is_one_line(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    (config.script_location / "env.py").write_text(
+        "from embedmig import Document\n\n"
+        "def corpus(config, alias):\n"
+        "    yield Document('a', 'fine text')\n"
+        "    yield Document('b', 42)\n"
+    )
+    one_line_error(capsys, config, "upgrade", match="document 'b': text is int, not str")
+    one_line_error(
+        capsys, config, "upgrade", "--dry-run", match="document 'b': text is int, not str"
+    )

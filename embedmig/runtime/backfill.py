@@ -134,8 +134,6 @@ def batches(
     batch: list[Document] = []
     consumed = 0
     for doc in docs:
-        if not isinstance(doc.text, str):
-            raise SourceError(f"document {doc.key!r}: text is {type(doc.text).__name__}, not str")
         consumed += 1
         sampler.offer(doc)
         progress.consume(doc)

@@ -391,10 +391,6 @@ class MigrationContext:
         skipped = population = 0
         read = _CorpusRead(self.env, self.alias)
         for doc in self.env.corpus(self.alias):
-            if not isinstance(doc.text, str):
-                raise SourceError(
-                    f"document {doc.key!r}: text is {type(doc.text).__name__}, not str"
-                )
             if not doc.text.strip():
                 skipped += 1
                 continue

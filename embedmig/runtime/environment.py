@@ -20,7 +20,7 @@ from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.errors import ScriptError, SourceError, StateError, StoreError
 from embedmig.history import db
 from embedmig.names import safe_component
-from embedmig.sources import Document, Qrels
+from embedmig.sources import Document, Qrels, checked
 from embedmig.store import locks
 from embedmig.store.catalog import IndexRecord
 
@@ -60,7 +60,7 @@ class Environment:
         docs: Iterable[Document] | None = self._call_env("corpus", alias, required=True)
         if docs is None:
             raise SourceError("env.py corpus() returned None; it must return documents")
-        return docs
+        return checked(docs)
 
     def queries(self, alias: str) -> Iterable[Document] | None:
         queries: Iterable[Document] | None = self._call_env("queries", alias, required=False)
