@@ -18,6 +18,17 @@ from embedmig.errors import ConfigError
 SECTION = "embedmig"
 # The deepest search a reader may ask for: FAISS allocates k result slots per query up front.
 MAX_K = 10_000
+# Integer options whose size becomes memory: bounded, so a typo is an error, not an OOM kill.
+BOUNDS: Mapping[str, tuple[int, int | None]] = {
+    "batch_size": (1, 65_536),
+    "checkpoint_every": (1, 10_000_000),
+    "eval.sample": (1, 1_000_000),
+    "eval.k": (1, MAX_K),  # FAISS allocates k results per query
+    "eval.seed": (0, 2**32 - 1),
+    "eval.resamples": (1, 100_000),
+    "eval.pair_docs": (2, 5_000),  # pair_docs² cosines are held at once
+    "eval.forecast_resamples": (1, 10_000),
+}
 log = logging.getLogger("embedmig")
 
 DEFAULTS: Mapping[str, str] = {
@@ -118,14 +129,18 @@ class Config:
             raise ConfigError(f"option {key!r} is not set in {where}")
         return value
 
-    def get_int(self, key: str, *, minimum: int = 1) -> int:
+    def get_int(self, key: str) -> int:
+        """An integer option, within its ``BOUNDS`` (at least 1 for any other)."""
         raw = self.require(key)
         try:
             value = int(raw)
         except ValueError:
             raise ConfigError(f"option {key!r} must be an integer, got {raw!r}") from None
+        minimum, maximum = BOUNDS.get(key, (1, None))
         if value < minimum:
             raise ConfigError(f"option {key!r} must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"option {key!r} must be at most {maximum:,}, got {value:,}")
         return value
 
     def get_float(self, key: str) -> float:

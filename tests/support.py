@@ -169,12 +169,24 @@ def corpus(config, alias):
 
 
 def assert_serves(config: Config, model: Path, expected: dict[str, str]) -> None:
-    """Alias `docs` serves exactly ``expected``'s keys, each as a fresh encoding of its text."""
+    """Alias `docs` serves exactly ``expected``'s keys, each as a fresh encoding of its text and
+    with its text's start as the snippet searchers show."""
+    from embedmig.runtime.environment import Environment
+    from embedmig.store import catalog
+
     seen = indexed(config, "docs")
     assert sorted(seen) == sorted(expected)
     keys = sorted(expected)
     fresh = encode(model, [expected[k] for k in keys])
     np.testing.assert_allclose(np.stack([seen[k] for k in keys]), fresh, atol=1e-5)
+    env = Environment(config)
+    with env.engine.connect() as conn:
+        ids = catalog.lookup_ids(conn, "docs", keys)
+        described = catalog.describe_ids(conn, "docs", ids.values())
+    env.dispose()
+    snippets = {doc.key: doc.snippet for doc in described.values()}
+    wrong = [k for k in keys if snippets[k] != expected[k][: catalog.SNIPPET_CHARS]]
+    assert not wrong, f"{len(wrong)} snippets differ, e.g. {wrong[:3]}"
 
 
 def count_encodes(monkeypatch: Any) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -276,6 +277,24 @@ def test_bad_evaluation_options_fail_before_anything_is_embedded(
     ini.write_text(ini.read_text().replace("eval.k = 10", "eval.k = 0"))
     one_line_error(capsys, config, "upgrade", match="option 'eval.k' must be at least 1, got 0")
     assert encoded == []
+
+
+@pytest.mark.parametrize(
+    "option, value, match",
+    [
+        ("eval.k", "1000000000", "must be at most 10,000"),
+        ("eval.pair_docs", "1000000", "must be at most 5,000"),
+        ("eval.seed", "-1", "must be at least 0"),
+    ],
+)
+def test_options_whose_size_becomes_memory_are_bounded(
+    config: Config, capsys: pytest.CaptureFixture[str], option: str, value: str, match: str
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    ini = config.root / "embedmig.ini"
+    text = re.sub(rf"^{re.escape(option)} = .*\n", "", ini.read_text(), flags=re.M)
+    ini.write_text(text + f"{option} = {value}\n")
+    one_line_error(capsys, config, "upgrade", match=f"option {option!r} {match}")
 
 
 def test_an_embedder_option_of_the_wrong_type_is_refused_when_the_revision_loads() -> None:

@@ -188,7 +188,7 @@ def _backfill(
         log.info("resuming backfill of %s at document %d (%d vectors kept)", rev.alias, skip, rows)
     stats = CorpusStats()
     progress = Progress(point.progress, stats)
-    sampler = Sampler(sample_size, env.config.get_int("eval.seed", minimum=0))
+    sampler = Sampler(sample_size, env.config.get_int("eval.seed"))
     seen_max_len = embedder.max_seq_length
     started, last_log = time.monotonic(), time.monotonic()
     try:
@@ -224,7 +224,7 @@ def _backfill(
     stats.duplicates = streamed - spool.distinct_ids(streamed)
     index = spool.build(
         rev.index_factory,
-        seed=env.config.get_int("eval.seed", minimum=0),
+        seed=env.config.get_int("eval.seed"),
         drop=merged.deleted_ids,
     )
     sha256 = files.save(index, path)

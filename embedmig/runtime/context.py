@@ -12,7 +12,7 @@ import numpy as np
 
 from embedmig.config import Config
 from embedmig.embedders import Embedder, LoadedEmbedder
-from embedmig.errors import ConfigError, GateFailed, SourceError, StateError, StoreError
+from embedmig.errors import ConfigError, GateFailed, SourceError, StateError
 from embedmig.gates import Gates, Verdict
 from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
@@ -158,8 +158,8 @@ class MigrationContext:
             return
         shadow = self._shadow
         assert shadow is not None
-        if shadow.record.path is None or not self.env.file_of(shadow.record).is_file():
-            raise StoreError(f"shadow index file {shadow.record.path} is missing; refusing to swap")
+        # As for a rollback: readers must find a working file once the pointer moves.
+        files.verify(self.env.file_of(shadow.record), shadow.record.sha256)
         with self.env.engine.begin() as conn:
             live = catalog.live_index(conn, self.alias)
             expected = self._live_at_start.id if self._live_at_start else None
@@ -271,7 +271,7 @@ class MigrationContext:
     ) -> ev.QuerySet:
         """Configured queries (judged ones, when there are qrels) or a sample of the documents."""
         size = self.config.get_int("eval.sample")
-        seed = self.config.get_int("eval.seed", minimum=0)
+        seed = self.config.get_int("eval.seed")
         qrels = self._qrels
         if self.old is None and qrels is None and not self.gates:
             # An alias's first index has nothing to be compared with: skip encoding queries.
@@ -334,7 +334,7 @@ class MigrationContext:
             k=self.k,
             rbo_p=self.config.get_float("eval.rbo_p"),
             thresholds=self.gates.thresholds,
-            seed=self.config.get_int("eval.seed", minimum=0),
+            seed=self.config.get_int("eval.seed"),
             resamples=self.config.get_int("eval.resamples"),
         )
 
@@ -380,7 +380,7 @@ class MigrationContext:
         embedded yet (the forecast embeds them with the new model only)."""
         # No index is built, but a factory the upgrade could not build fails here, as there.
         files.new_index(new.dim, self.revision.index_factory)
-        seed = self.config.get_int("eval.seed", minimum=0)
+        seed = self.config.get_int("eval.seed")
         # An int is a count of documents; a float in (0, 1] a share of the corpus.
         if isinstance(self.sample, float):
             sampler = Sampler(0, seed, rate=self.sample)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from embedmig import embedders
-from embedmig.config import Config
+from embedmig.config import BOUNDS, Config
 from embedmig.errors import ConfigError, EmbedmigError, ScriptError, StateError
 from embedmig.metrics.report import Report
 from embedmig.runtime.context import MigrationContext
@@ -39,11 +39,8 @@ def upgrade(
 
 def check_options(config: Config) -> None:
     """Read every option an upgrade uses, so a bad value fails before anything is embedded."""
-    for key in ("batch_size", "checkpoint_every", "eval.sample", "eval.k", "eval.resamples"):
+    for key in BOUNDS:
         config.get_int(key)
-    for key in ("eval.pair_docs", "eval.forecast_resamples"):
-        config.get_int(key, minimum=1)
-    config.get_int("eval.seed", minimum=0)
     rbo_p = config.get_float("eval.rbo_p")
     if not 0 < rbo_p < 1:
         raise ConfigError(f"option 'eval.rbo_p' must be between 0 and 1, got {rbo_p:g}")
