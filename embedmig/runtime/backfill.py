@@ -240,6 +240,7 @@ def _backfill(
         )
         manifest.set_held(conn, index_id, merged.upsert_ids, merged.upsert_sha, merged.deleted_ids)
         catalog.clear_checkpoint(conn, index_id)
+    with engine.connect() as conn:  # a read: writers need not wait for the check
         covered = merged.check(conn, rev.alias, faiss.vector_to_array(index.id_map))
     spool.remove()
     if stats.duplicates:
