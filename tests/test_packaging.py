@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -13,8 +14,17 @@ PIP_WHEEL = (sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isol
 
 
 def test_the_wheel_runs_embedmig_init_in_a_fresh_venv(tmp_path: Path) -> None:
+    # Built from a copy of the tracked files: a build/ folder of earlier builds would otherwise
+    # put stale modules into the wheel.
+    source = tmp_path / "source"
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
+    for name in tracked:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
     subprocess.run(
-        [*PIP_WHEEL, "-w", str(tmp_path / "dist"), str(ROOT)],
+        [*PIP_WHEEL, "-w", str(tmp_path / "dist"), str(source)],
         check=True,
         capture_output=True,
     )
