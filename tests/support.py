@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def build_static_model(
     vocab = tokenizer.get_vocab_size()
     if base is not None:
         weights = (
-            _first_module(SentenceTransformer(str(base), device="cpu"))
+            cast(Any, SentenceTransformer(str(base), device="cpu"))[0]
             .embedding.weight.detach()
             .numpy()
             .copy()
@@ -146,10 +146,6 @@ def encode(model: Path, texts: list[str]) -> np.ndarray:
     return SentenceTransformer(str(model), device="cpu").encode(
         texts, normalize_embeddings=True, convert_to_numpy=True
     )
-
-
-def _first_module(model: Any) -> Any:
-    return model[0]
 
 
 # A corpus that fails after the number of documents in the project's `die-after` file, as a lost

@@ -34,9 +34,6 @@ class Docs:
     def empty(cls) -> Docs:
         return cls(EMPTY_IDS, EMPTY_IDS)
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def apply(self, upsert_ids: np.ndarray, upsert_sha: np.ndarray, deleted: np.ndarray) -> Docs:
         """These documents after upserts and deletes (of disjoint ids)."""
         keep = ~np.isin(self.ids, np.concatenate([upsert_ids, deleted]))
@@ -88,9 +85,6 @@ class Changes:
     upsert_ids: np.ndarray
     upsert_sha: np.ndarray
     deleted_ids: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.upsert_ids) + len(self.deleted_ids)
 
 
 def changes(have: Docs, want: Docs) -> Changes:

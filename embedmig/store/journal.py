@@ -219,10 +219,6 @@ class Net:
     upsert_sha: np.ndarray
     deleted_ids: np.ndarray
 
-    @property
-    def touched_ids(self) -> np.ndarray:
-        return np.concatenate([self.upsert_ids, self.deleted_ids])
-
 
 def net_changes(conn: sa.Connection, alias: str, after: int) -> Net:
     """The net effect of the retained changes of ``alias`` after ``after``."""
