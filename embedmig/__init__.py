@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # name -> module that defines it
 _EXPORTS = {
     "AliasState": "embedmig.command",
+    "CanaryOpen": "embedmig.errors",
     "Check": "embedmig.gates",
     "Config": "embedmig.config",
     "ConfigError": "embedmig.errors",
@@ -38,6 +39,7 @@ _EXPORTS = {
     "SqlSource": "embedmig.sources",
     "StateError": "embedmig.errors",
     "StoreError": "embedmig.errors",
+    "TrafficStats": "embedmig.runtime.mirror",
     "Verdict": "embedmig.gates",
     "Writer": "embedmig.runtime.writer",
     "command": "embedmig",
@@ -69,6 +71,9 @@ if TYPE_CHECKING:
     from embedmig.command import AliasState as AliasState
     from embedmig.config import Config as Config
     from embedmig.embedders import Embedder as Embedder
+    from embedmig.errors import (
+        CanaryOpen as CanaryOpen,
+    )
     from embedmig.errors import (
         ConfigError as ConfigError,
     )
@@ -105,6 +110,7 @@ if TYPE_CHECKING:
     from embedmig.metrics.report import Report as Report
     from embedmig.render import render as render
     from embedmig.runtime.context import MigrationContext as MigrationContext
+    from embedmig.runtime.mirror import TrafficStats as TrafficStats
     from embedmig.runtime.searcher import Hit as Hit
     from embedmig.runtime.searcher import Searcher as Searcher
     from embedmig.runtime.searcher import open_searcher as open_searcher

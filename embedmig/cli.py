@@ -1,7 +1,8 @@
 """The ``embedmig`` command: parses, calls :mod:`embedmig.command`, prints.
 
 This is the one place where errors become messages: an EmbedmigError prints one line on stderr and
-exits non-zero (1, or 3 for a failed gate); ``--verbose`` adds the traceback.
+exits non-zero (1, 3 for a failed gate, 4 while a canary holds the swap); ``--verbose`` adds the
+traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from embedmig.config import MAX_K, Config
-from embedmig.errors import EmbedmigError, GateFailed, HistoryError
+from embedmig.errors import CanaryOpen, EmbedmigError, GateFailed, HistoryError
 
 if TYPE_CHECKING:
     from embedmig.metrics.report import Report
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 # Only click, the config and the errors load at start: `embedmig --help`, `current`, `history`,
 # `heads` and `show` stay fast; each command loads what it uses.
 
-EXIT_ERROR, EXIT_GATE = 1, 3
+EXIT_ERROR, EXIT_GATE, EXIT_CANARY = 1, 3, 4
 
 
 class SampleSize(click.ParamType):  # type: ignore[type-arg]  # generic only in newer Click
@@ -104,7 +105,13 @@ def cli(state: State, config_path: str | None, verbose: bool, quiet: bool) -> No
     handler.setFormatter(logging.Formatter("embedmig: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     if not verbose:
-        for noisy in ("sentence_transformers", "transformers", "huggingface_hub", "alembic"):
+        for noisy in (
+            "sentence_transformers",
+            "transformers",
+            "huggingface_hub",
+            "alembic",
+            "faiss",
+        ):
             logging.getLogger(noisy).setLevel(logging.WARNING if not quiet else logging.ERROR)
 
 
@@ -257,6 +264,51 @@ def report(state: State, rev: str | None, event: int | None, output: str | None,
         from embedmig.render import render
 
         click.echo(render(found, fmt, styled=True))
+
+
+@cli.command()
+@click.argument("alias")
+@click.option(
+    "--fraction",
+    type=float,
+    default=None,
+    help="Change the share (0 to 1) of queries searchers mirror to the shadow.",
+)
+@click.option("--close", is_flag=True, help="End the canary without a swap (recorded).")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write to a file: .json, .html or text."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "html"]),
+    default="text",
+    show_default=True,
+)
+@click.option("--wait", default=0.0, show_default=True, help="Seconds to wait for a locked alias.")
+@pass_state
+def canary(
+    state: State,
+    alias: str,
+    fraction: float | None,
+    close: bool,
+    output: str | None,
+    fmt: str,
+    wait: float,
+) -> None:
+    """Compare ALIAS's shadow with its live index on the queries searchers mirrored."""
+    if output is not None:
+        _command().check_writable(Path(output))
+    found = _command().canary(state.config(), alias, fraction=fraction, close=close, wait=wait)
+    if output is not None:
+        _command().write_report(found, Path(output))
+        click.echo(f"wrote {output}")
+    else:
+        from embedmig.render import render
+
+        click.echo(render(found, fmt, styled=True))
+    if close:
+        click.echo(f"closed the canary of {alias}; the alias is unchanged", err=fmt == "json")
 
 
 # ignore_unknown_options lets `downgrade -1` through as a target, as alembic's CLI does.
@@ -421,6 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli.main(args=list(argv) if argv is not None else None, obj=state, standalone_mode=False)
     except GateFailed as exc:
         return _fail(state, exc, EXIT_GATE)
+    except CanaryOpen as exc:  # not a failure: the swap waits for live traffic
+        click.echo(f"embedmig: {exc}", err=True)
+        return EXIT_CANARY
     except EmbedmigError as exc:
         return _fail(state, exc, EXIT_ERROR)
     except click.exceptions.Exit as exc:

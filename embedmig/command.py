@@ -11,7 +11,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -229,8 +229,62 @@ def search(config: Config, alias: str, query: str, k: int = 10) -> list[Hit]:
     """Top-``k`` documents of ``alias``'s live index for ``query``."""
     from embedmig.runtime.searcher import Searcher
 
+    with _opened(config) as env, Searcher(env, alias) as searcher:
+        return searcher.search(query, k)
+
+
+def canary(
+    config: Config,
+    alias: str,
+    *,
+    fraction: float | None = None,
+    close: bool = False,
+    wait: float = 0.0,
+) -> Report:
+    """The live comparison of ``alias``'s open canary so far, as a report judged by the canary
+    gates of its revision. ``fraction`` changes the share of queries searchers mirror; ``close``
+    ends the canary without a swap (recorded in history; the shadow stays ``ready``)."""
+    if fraction is not None and (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0 <= fraction <= 1
+    ):
+        raise ConfigError(f"--fraction must be a share from 0 to 1, got {fraction!r}")
+    from embedmig.runtime import canary as live_traffic
+    from embedmig.store import traffic
+
     with _opened(config) as env:
-        return Searcher(env, alias).search(query, k)
+        with env.engine.connect() as conn:
+            opened = traffic.open_canary(conn, alias)
+        if opened is None:
+            raise StateError(
+                f"no canary is open on alias {alias!r}; a revision opens one with ctx.canary()"
+            )
+        found = env.scripts.resolve(opened.revision)
+        gates = found[0].gates if len(found) == 1 else None
+        if gates is None:
+            raise ScriptError(f"the canary's revision {opened.revision} has no script")
+        if fraction is not None:
+            with env.engine.begin() as conn:
+                traffic.set_fraction(conn, opened.id, float(fraction))
+            opened = replace(opened, fraction=float(fraction))
+        measured = live_traffic.measure(env, opened, gates)
+        if close:
+            with env.lock([alias], "canary", wait), env.engine.begin() as conn:
+                traffic.close(conn, opened.id, traffic.CLOSED)
+                catalog.record(
+                    conn,
+                    alias=alias,
+                    revision=opened.revision,
+                    action="canary",
+                    status=traffic.CLOSED,
+                    started_at=opened.opened_at,
+                    from_index=opened.live_id,
+                    to_index=opened.index_id,
+                    verdict=measured.report.verdict.label if measured.report.verdict else None,
+                    metrics=measured.report.to_dict(),
+                )
+        return measured.report
 
 
 def report(config: Config, rev: str, *, event: int | None = None) -> Report:

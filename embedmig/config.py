@@ -28,6 +28,9 @@ BOUNDS: Mapping[str, tuple[int, int | None]] = {
     "eval.resamples": (1, 100_000),
     "eval.pair_docs": (2, 5_000),  # pair_docs² cosines are held at once
     "eval.forecast_resamples": (1, 10_000),
+    "searcher.log_max": (1, 100_000_000),
+    "searcher.queue_size": (1, 1_000_000),  # queued queries wait in the searcher's memory
+    "canary.min_queries": (1, 100_000_000),
 }
 log = logging.getLogger("embedmig")
 
@@ -46,6 +49,13 @@ DEFAULTS: Mapping[str, str] = {
     "eval.forecast_resamples": "100",
     "lock.lease_seconds": "60",
     "writer.holdover": "next",
+    "searcher.log_queries": "0",
+    "searcher.log_max": "100000",
+    "searcher.log_text": "true",
+    "searcher.queue_size": "1024",
+    "searcher.poll_seconds": "2",
+    "canary.fraction": "0.1",
+    "canary.min_queries": "100",
     "corpus.id_field": "id",
     "corpus.text_field": "text",
     "queries.id_field": "_id",
@@ -149,6 +159,13 @@ class Config:
             return float(raw)
         except ValueError:
             raise ConfigError(f"option {key!r} must be a number, got {raw!r}") from None
+
+    def get_share(self, key: str) -> float:
+        """A float option from 0 to 1 (a fraction of queries, say)."""
+        value = self.get_float(key)
+        if not 0 <= value <= 1:
+            raise ConfigError(f"option {key!r} must be a share from 0 to 1, got {value:g}")
+        return value
 
     def get_bool(self, key: str, default: bool = False) -> bool:
         raw = self.get(key)

@@ -13,7 +13,8 @@ a caller needs to act on it without parsing the message::
     ├── HistoryError         the history database is unreachable, unusable or of an unknown schema
     ├── StateError           the alias is not in a state that allows the operation
     │   └── Locked           another run holds the alias's migration lock        .holder
-    └── GateFailed           a quality gate failed; the alias is untouched    .report, .checks
+    ├── GateFailed           a quality gate failed; the alias is untouched    .report, .checks
+    └── CanaryOpen           the swap waits for the canary on live traffic    .alias, .compared
 """
 
 from __future__ import annotations
@@ -102,3 +103,23 @@ class GateFailed(EmbedmigError):
     @property
     def checks(self) -> list[Check]:
         return self.report.verdict.failures() if self.report.verdict else []
+
+
+class CanaryOpen(EmbedmigError):
+    """The revision's ``ctx.canary()`` holds the swap: a canary was just opened, or is open and its
+    gates do not pass yet (too few mirrored queries, or a ``canary_*`` gate fails). Nothing was
+    swapped; searchers mirror queries to the shadow until the next ``embedmig upgrade`` passes
+    (or ``embedmig canary ALIAS --close`` ends the canary).
+
+    ``alias``; ``compared`` and ``needed``: mirrored queries compared so far, and required;
+    ``report``: the offline report with the canary's metrics so far.
+    """
+
+    def __init__(
+        self, message: str, *, alias: str, compared: int, needed: int, report: Report
+    ) -> None:
+        super().__init__(message)
+        self.alias = alias
+        self.compared = compared
+        self.needed = needed
+        self.report = report

@@ -64,6 +64,20 @@ METRICS: dict[str, str] = {
     "coverage_resurrected": "documents the new index holds that the alias had deleted",
     "coverage_stale": "documents the new index holds with another text than the alias serves",
 }
+# The metrics a canary measures again on live queries, as canary_<metric>: those that compare the
+# two top-k lists (live traffic has no judgements, and the random-pair background is offline).
+LIVE = tuple(name for name in METRICS if name.startswith(("overlap_", "jaccard_", "rbo", "score_")))
+CANARY_PREFIX = "canary_"
+METRICS.update(
+    {
+        "canary_queries": "live queries mirrored to the shadow and compared during the canary",
+        "canary_dropped": "mirrored queries searchers dropped (queue full) instead of comparing",
+        **{
+            CANARY_PREFIX + name: METRICS[name] + ", on live queries mirrored during the canary"
+            for name in LIVE
+        },
+    }
+)
 # Gated at 0 unless a revision bounds them itself: a swap must not silently drop documents.
 COVERAGE = ("coverage_missing", "coverage_resurrected", "coverage_stale")
 # The threshold map adds one metric per old-model threshold t: new_threshold_for_<t>, e.g.
@@ -167,16 +181,26 @@ class Gates:
         except (TypeError, ValueError):
             raise ScriptError(f"Gates thresholds must be numbers, got {thresholds!r}") from None
 
-    def check(self, metrics: Mapping[str, float | None], *, forced: bool = False) -> Verdict:
+    def check(
+        self,
+        metrics: Mapping[str, float | None],
+        *,
+        forced: bool = False,
+        canary: bool | None = None,
+    ) -> Verdict:
+        """The verdict of every gate; with ``canary=False`` only of those on offline metrics, with
+        ``canary=True`` only of those on ``canary_*`` metrics (measured on live traffic)."""
         checks = []
         for key, (metric, limit) in self._bounds.items():
+            if canary is not None and metric.startswith(CANARY_PREFIX) != canary:
+                continue
             bound = key.rpartition(":")[2]
             end = f"{metric}_ci_{'low' if bound == 'min' else 'high'}"
             pessimistic = self.conservative and metrics.get(end) is not None
             value = metrics.get(end if pessimistic else metric)
             checks.append(Check(metric, bound, limit, value, pessimistic))
         bounded = {check.metric for check in checks}
-        for metric in COVERAGE:
+        for metric in COVERAGE if not canary else ():
             value = metrics.get(metric)
             if metric not in bounded and value is not None:
                 checks.append(Check(metric, "max", 0.0, value))
@@ -184,6 +208,14 @@ class Gates:
 
     def __bool__(self) -> bool:
         return bool(self._bounds)
+
+    @property
+    def on_canary(self) -> bool:
+        """Whether a gate names a ``canary_*`` metric (the upgrade then needs ``ctx.canary()``)."""
+        return any(metric.startswith(CANARY_PREFIX) for metric, _ in self._bounds.values())
+
+    def bounds(self, metric: str) -> bool:
+        return any(name == metric for name, _ in self._bounds.values())
 
     def __repr__(self) -> str:
         args = [

@@ -85,3 +85,12 @@ def postgres_config(project: Path) -> Iterator[Config]:
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_db(request: pytest.FixtureRequest, project: Path) -> Config:
+    """The project on SQLite, then on PostgreSQL, checkpointing every 40 documents."""
+    request.getfixturevalue("postgres_config" if request.param == "postgres" else "config")
+    ini = project / "embedmig.ini"
+    ini.write_text(ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 40"))
+    return Config(ini)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,6 +17,14 @@ from embedmig import Config
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DATA = ROOT / "demo" / "data"
 POSTGRES_ADMIN_URL = os.environ.get("EMBEDMIG_TEST_POSTGRES")
+CLI = (sys.executable, "-c", "from embedmig.cli import main; raise SystemExit(main())")
+
+
+def embedmig(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``embedmig ARGS`` as a process of its own, in ``project``."""
+    return subprocess.run(
+        [*CLI, *args], cwd=project, capture_output=True, text=True, timeout=600, check=False
+    )
 
 
 def corpus_rows(n: int) -> list[dict[str, str]]:

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import sqlalchemy as sa
 
 from embedmig import Config, command, open_writer
 from embedmig.history import schema
 from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
-from tests.support import assert_serves, corpus_rows, indexed
+from tests.support import CLI, assert_serves, corpus_rows, embedmig, indexed
 
 NEW = "Zebrafish fin regeneration depends on osteoblast dedifferentiation, report"
 
@@ -36,28 +34,6 @@ def corpus(config, alias):
                 time.sleep(0.05)
         yield doc
 """
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def any_db(request: pytest.FixtureRequest, project: Path) -> Config:
-    request.getfixturevalue("postgres_config" if request.param == "postgres" else "config")
-    ini = project / "embedmig.ini"
-    ini.write_text(ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 40"))
-    return Config(ini)
-
-
-CLI = (sys.executable, "-c", "from embedmig.cli import main; raise SystemExit(main())")
-
-
-def embedmig(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
 
 
 def revisions(config: Config, second: str = "models/a", gates: str = "Gates()") -> None:

@@ -148,3 +148,60 @@ journal_vector = sa.Table(
     sa.Column("index_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("vector", sa.LargeBinary, nullable=False),
 )
+
+# A 64-bit key that SQLite still autoincrements (only its INTEGER PRIMARY KEY does).
+_ROW_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+# Queries searchers served, when ``searcher.log_queries`` > 0; trimmed to ``searcher.log_max``.
+query_log = sa.Table(
+    "embedmig_query_log",
+    metadata,
+    sa.Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("sha", sa.BigInteger, nullable=False),  # counts traffic even without the text
+    sa.Column("text", sa.Text, nullable=True),  # NULL when searcher.log_text = false
+    sa.Column("k", sa.Integer, nullable=False),
+    sa.Index("ix_embedmig_query_log_alias_id", "alias", "id"),
+)
+
+# A canary: while open, searchers of the alias mirror a share of their queries to the shadow.
+canary = sa.Table(
+    "embedmig_canary",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("revision", sa.String(64), nullable=False),
+    sa.Column("index_id", sa.Integer, sa.ForeignKey("embedmig_index.id"), nullable=False),
+    sa.Column("live_id", sa.Integer, nullable=True),  # the live index it compares against
+    sa.Column("fraction", sa.Float, nullable=False),
+    sa.Column("k", sa.Integer, nullable=False),
+    sa.Column("min_queries", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("dropped", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("report", sa.Text, nullable=True),  # the offline report the canary continues
+    sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Index(
+        "uq_embedmig_canary_open",
+        "alias",
+        unique=True,
+        sqlite_where=sa.text("status = 'open'"),
+        postgresql_where=sa.text("status = 'open'"),
+    ),
+)
+
+# One mirrored query: the top-k the user got from the live index, and the shadow's, as arrays.
+canary_result = sa.Table(
+    "embedmig_canary_result",
+    metadata,
+    sa.Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    sa.Column("canary_id", sa.Integer, sa.ForeignKey("embedmig_canary.id"), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("text", sa.Text, nullable=True),  # NULL when searcher.log_text = false
+    sa.Column("old_ids", sa.LargeBinary, nullable=False),  # int64 x k
+    sa.Column("old_scores", sa.LargeBinary, nullable=False),  # float32 x k
+    sa.Column("new_ids", sa.LargeBinary, nullable=False),
+    sa.Column("new_scores", sa.LargeBinary, nullable=False),
+    sa.Index("ix_embedmig_canary_result_canary", "canary_id", "id"),
+)

@@ -19,9 +19,10 @@ from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS, Check, Verdict, thres
 from embedmig.metrics import kernels
 from embedmig.metrics.kernels import Judgements
 
-SCHEMA_VERSION = 4
-# Reports recorded by earlier versions still read back (version 2 had no forecasts, 3 no coverage).
-_READABLE = (2, 3, 4)
+SCHEMA_VERSION = 5
+# Reports recorded by earlier versions still read back (version 2 had no forecasts, 3 no coverage,
+# 4 no live-traffic reports).
+_READABLE = (2, 3, 4, 5)
 WORST = 5
 # What the terminal shows; the JSON report has every metric.
 HEADLINE = (
@@ -88,6 +89,8 @@ class Report:
     # A dry run forecasts the full corpus (``corpus_size``) from ``sample_size`` documents.
     forecast: bool = False
     sample_size: int | None = None
+    # A canary's comparison on live traffic (``embedmig canary``), not an offline evaluation.
+    live: bool = False
 
     # ---- JSON ---------------------------------------------------------------------------------
 
@@ -120,6 +123,7 @@ class Report:
                 "corpus_size": self.corpus_size,
                 "forecast": self.forecast,
                 "sample_size": self.sample_size,
+                "live": self.live,
                 "query_source": self.query_source,
                 "n_queries": self.n_queries,
                 "k": self.k,
@@ -166,6 +170,7 @@ class Report:
             timings=dict(data.get("timings") or {}),
             forecast=bool(data.get("forecast", False)),
             sample_size=data.get("sample_size"),
+            live=bool(data.get("live", False)),
         )
 
 

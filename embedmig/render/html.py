@@ -74,7 +74,8 @@ def _header(report: Report) -> list[str]:
         f"<style>{_CSS}</style></head><body>",
         f"<h1><span class='badge {label}'>{e(label.upper() if label != 'none' else 'NO GATES')}"
         f"</span> {e(report.alias)} @ {e(report.revision)} "
-        f"{'(dry run)' if report.dry_run else ''}</h1>",
+        f"{'(canary, live traffic)' if report.live else '(dry run)' if report.dry_run else ''}"
+        "</h1>",
         "<table>",
         *(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows),
         "</table>",

@@ -25,7 +25,7 @@ def render_text(report: Report, *, styled: bool = True) -> str:
 
 
 def _header(report: Report, style: Style) -> list[str]:
-    mode = "dry run" if report.dry_run else "upgrade"
+    mode = "canary, live traffic" if report.live else "dry run" if report.dry_run else "upgrade"
     if report.verdict is not None and report.verdict.checks:
         label = report.verdict.label.upper()
         colour = {"PASS": "green", "FAIL": "red", "FORCED": "yellow"}[label]

@@ -12,20 +12,28 @@ import numpy as np
 
 from embedmig.config import Config
 from embedmig.embedders import Embedder, LoadedEmbedder
-from embedmig.errors import ConfigError, GateFailed, SourceError, StateError
+from embedmig.errors import (
+    CanaryOpen,
+    ConfigError,
+    GateFailed,
+    ScriptError,
+    SourceError,
+    StateError,
+)
 from embedmig.gates import Gates, Verdict
 from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
 from embedmig.metrics.kernels import Judgements
 from embedmig.metrics.report import Report, Settings
+from embedmig.runtime import canary as live_traffic
 from embedmig.runtime import carryover
 from embedmig.runtime import evaluate as ev
 from embedmig.runtime import forecast as fc
-from embedmig.runtime.backfill import Sampler, Shadow, backfill
+from embedmig.runtime.backfill import CorpusStats, Sampler, Shadow, backfill
 from embedmig.runtime.environment import Environment
 from embedmig.script import Revision
 from embedmig.sources import Document, Qrels
-from embedmig.store import catalog, files, manifest
+from embedmig.store import catalog, files, manifest, traffic
 
 log = logging.getLogger("embedmig")
 
@@ -67,6 +75,7 @@ class MigrationContext:
         self._shadow: Shadow | None = None
         self._dry: DryRun | None = None
         self._live_at_start: catalog.IndexRecord | None = None
+        self._canary: traffic.Canary | None = None  # open on this revision's shadow
 
     @property
     def alias(self) -> str:
@@ -109,7 +118,7 @@ class MigrationContext:
             log.info("dimension changes from %d to %d", self._live_at_start.dim, self._new.dim)
         if self.dry_run:
             self._dry = self._dry_backfill(self._new)
-        else:
+        elif not self._continue_canary(self._new):
             sample_size = self.config.get_int("eval.sample")
             self._shadow = backfill(self.env, self.revision, self._new, sample_size)
 
@@ -120,16 +129,26 @@ class MigrationContext:
         """
         if self._new is None:
             raise StateError("ctx.evaluate() needs ctx.backfill() first")
-        report = self._dry_evaluate() if self._dry else self._evaluate_shadow()
-        covered = self._dry.coverage if self._dry else self._shadow_coverage()
-        report.metrics.update(covered.counts)
-        if covered.examples:
-            report.distributions["coverage"] = covered.examples
-        report.verdict = self.gates.check(report.metrics, forced=self.force)
+        if self._canary is not None and self._canary.report is not None:
+            # The shadow was evaluated when its canary opened; writers kept it current since.
+            report = Report.from_dict(self._canary.report)
+        else:
+            report = self._dry_evaluate() if self._dry else self._evaluate_shadow()
+            covered = self._dry.coverage if self._dry else self._shadow_coverage()
+            report.metrics.update(covered.counts)
+            if covered.examples:
+                report.distributions["coverage"] = covered.examples
+        examples = report.distributions.get("coverage") or {}
+        # Canary gates are judged on live traffic, by ctx.canary().
+        report.verdict = self.gates.check(report.metrics, forced=self.force, canary=False)
+        if self.dry_run and self.gates.on_canary:
+            report.notes.append(
+                "canary_* gates are judged on live traffic during the canary, not by a dry run"
+            )
         self.report = report
         if not report.verdict.passed and not self.force:
             failures = "; ".join(
-                check.describe() + _examples(covered.examples, check.metric)
+                check.describe() + _examples(examples, check.metric)
                 for check in report.verdict.failures()
             )
             self._record_failed_gate(report)
@@ -143,11 +162,151 @@ class MigrationContext:
             )
         return report
 
+    def canary(self, fraction: float | None = None, min_queries: int | None = None) -> None:
+        """Hold the swap until searchers have mirrored live queries to the shadow and the canary
+        gates pass.
+
+        The first run opens the canary and raises ``CanaryOpen``: every searcher of the alias (any
+        process or host on this history database) then mirrors ``fraction`` of its queries
+        (default ``canary.fraction``) to the shadow, off the request path. A later ``embedmig
+        upgrade`` continues from here, without re-embedding: it swaps once ``min_queries``
+        (default ``canary.min_queries``) have been compared and every ``canary_*`` gate passes,
+        else raises ``CanaryOpen`` again. A dry run opens nothing.
+        """
+        report = self.report
+        if report is None:
+            raise StateError(
+                "ctx.canary() needs ctx.evaluate() first: there is no shadow to mirror to"
+            )
+        share = self.config.get_share("canary.fraction") if fraction is None else fraction
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise ConfigError(
+                f"ctx.canary(fraction=...) must be a share from 0 to 1, got {share!r}"
+            )
+        needed = self.config.get_int("canary.min_queries") if min_queries is None else min_queries
+        if isinstance(needed, bool) or not isinstance(needed, int) or needed < 1:
+            raise ConfigError(
+                f"ctx.canary(min_queries=...) must be a positive integer, got {needed!r}"
+            )
+        if self.dry_run:
+            report.notes.append(
+                f"the upgrade will hold the swap for a canary: {needed:,} live queries mirrored "
+                f"at {share:.0%} (a dry run opens none)"
+            )
+            return
+        if self._canary is None:
+            self._open_canary(float(share), needed)
+        canary = self._canary
+        assert canary is not None
+        measured = live_traffic.measure(self.env, canary, self.gates)
+        report.metrics.update(measured.metrics)
+        report.notes.append(f"canary on {measured.source}")
+        report.verdict = live_traffic.judge(
+            self.gates, report.metrics, canary.min_queries, forced=self.force
+        )
+        if report.verdict.passed or self.force:
+            return
+        compared = int(measured.metrics["canary_queries"] or 0)
+        failures = "; ".join(check.describe() for check in report.verdict.failures())
+        raise CanaryOpen(
+            f"canary open for {self.alias} @ {self.revision.revision}: {compared:,} of "
+            f"{canary.min_queries:,} mirrored queries; {failures} "
+            f"(`embedmig canary {self.alias}` shows the comparison)",
+            alias=self.alias,
+            compared=compared,
+            needed=canary.min_queries,
+            report=report,
+        )
+
+    def _open_canary(self, fraction: float, min_queries: int) -> None:
+        shadow, report = self._shadow, self.report
+        assert shadow is not None and report is not None
+        live = self._live_at_start
+        # Both top-k lists must be full: k is at most what either index holds.
+        k = max(1, min(self.k, shadow.record.ntotal, live.ntotal if live else self.k))
+        with self.env.engine.begin() as conn:
+            if traffic.open_canary(conn, self.alias) is not None:
+                raise StateError(f"a canary is already open on {self.alias}")
+            traffic.start(
+                conn,
+                alias=self.alias,
+                revision=self.revision.revision,
+                index_id=shadow.record.id,
+                live_id=live.id if live else None,
+                fraction=fraction,
+                k=k,
+                min_queries=min_queries,
+                report=report.to_dict(),
+            )
+            self._record(
+                conn,
+                "canary",
+                "open",
+                from_index=live.id if live else None,
+                to_index=shadow.record.id,
+                verdict=_label(report.verdict) if report.verdict else None,
+                metrics=report.to_dict(),
+            )
+        raise CanaryOpen(
+            f"canary opened for {self.alias} @ {self.revision.revision}: searchers now mirror "
+            f"{fraction:.0%} of their queries to shadow index #{shadow.record.id}; run "
+            f"`embedmig upgrade` again once {min_queries:,} have been compared "
+            f"(`embedmig canary {self.alias}` shows the comparison)",
+            alias=self.alias,
+            compared=0,
+            needed=min_queries,
+            report=report,
+        )
+
+    def _continue_canary(self, new: LoadedEmbedder) -> bool:
+        """Attach to this revision's open canary (its shadow is kept current by the writers);
+        an open canary that no longer fits (another revision, model or live index) is
+        abandoned. False: build the shadow."""
+        live_id = self._live_at_start.id if self._live_at_start else None
+        with self.env.engine.begin() as conn:
+            canary = traffic.open_canary(conn, self.alias)
+            if canary is None:
+                return False
+            record = catalog.get_index(conn, canary.index_id)
+            if (
+                canary.revision == self.revision.revision
+                and record.state == catalog.READY
+                and record.fingerprint == new.fingerprint
+                and canary.live_id == live_id
+                and canary.report is not None
+            ):
+                self._canary = canary
+                self._shadow = Shadow(record, None, [], CorpusStats(), carryover.Result({}))
+                log.info("continuing the canary of %s on shadow index #%d", self.alias, record.id)
+                return True
+            traffic.close(conn, canary.id, traffic.ABANDONED)
+            catalog.record(
+                conn,
+                alias=self.alias,
+                revision=canary.revision,
+                action="canary",
+                status=traffic.ABANDONED,
+                started_at=self._started,
+                from_index=canary.live_id,
+                to_index=canary.index_id,
+            )
+        log.warning(
+            "abandoned the canary of %s @ %s: it no longer matches this upgrade",
+            self.alias,
+            canary.revision,
+        )
+        return False
+
     def swap(self) -> None:
         """Point the alias at the shadow index, atomically, and record it."""
         if self.report is None:
             self.evaluate()
         assert self.report is not None and self.report.verdict is not None
+        if self.gates.on_canary and self._canary is None and not self.dry_run:
+            raise ScriptError(
+                f"the gates of {self.revision.revision} name canary_* metrics, but its "
+                "upgrade() calls ctx.swap() without ctx.canary() first"
+            )
         verdict = self.report.verdict
         if self.dry_run:
             with self.env.engine.begin() as conn:
@@ -169,6 +328,9 @@ class MigrationContext:
                     f"(now #{live.id if live else None}); re-run the upgrade"
                 )
             catalog.point_alias(conn, self.alias, self.revision.revision, shadow.record.id)
+            if self._canary is not None:
+                status = traffic.FORCED if not verdict.passed else traffic.PASSED
+                traffic.close(conn, self._canary.id, status)
             self._record(
                 conn,
                 "upgrade",
@@ -204,6 +366,9 @@ class MigrationContext:
             catalog.point_alias(
                 conn, self.alias, rev.down_revision, previous.id if previous else None
             )
+            opened = traffic.open_canary(conn, self.alias)
+            if opened is not None:  # it compares against the index that stops being live
+                traffic.close(conn, opened.id, traffic.ABANDONED)
             self._record(
                 conn,
                 "downgrade",
@@ -301,6 +466,8 @@ class MigrationContext:
                 if triples
                 else Judgements.empty()
             )
+        if self.env.uses_query_log():
+            return ev.QuerySet(docs, "query log: queries searchers served")
         return ev.QuerySet(docs, "queries file" + (" with qrels" if qrels else ""), judged=judged)
 
     def _run_evaluation(

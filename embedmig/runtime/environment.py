@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from embedmig import embedders
 from embedmig.config import Config
 from embedmig.embedders import Embedder, LoadedEmbedder
-from embedmig.errors import ScriptError, SourceError, StateError, StoreError
+from embedmig.errors import ConfigError, ScriptError, SourceError, StateError, StoreError
 from embedmig.history import db
 from embedmig.names import safe_component
 from embedmig.sources import Document, Qrels, checked
@@ -63,8 +63,44 @@ class Environment:
         return checked(docs)
 
     def queries(self, alias: str) -> Iterable[Document] | None:
+        if self.uses_query_log():
+            return self.logged_queries(alias)
         queries: Iterable[Document] | None = self._call_env("queries", alias, required=False)
         return queries
+
+    def uses_query_log(self) -> bool:
+        """``queries = log`` (every logged query) or ``queries = log:N`` (the latest N)."""
+        spec = self.config.get("queries") or ""
+        return spec == "log" or spec.startswith("log:")
+
+    def logged_queries(self, alias: str) -> list[Document]:
+        """The latest distinct queries searchers logged for ``alias``, as evaluation queries."""
+        from embedmig.store import traffic
+
+        spec = self.config.require("queries")
+        count = spec.removeprefix("log:") if spec != "log" else None
+        if count is not None and (not count.isdigit() or int(count) < 1):
+            raise ConfigError(f"queries = {spec!r}: write log or log:N with N a positive integer")
+        if self.config.get("qrels") is not None:
+            raise ConfigError(
+                "queries = log cannot be judged by qrels (logged queries have no ids): "
+                "remove the qrels option or use a queries file"
+            )
+        with self.engine.connect() as conn:
+            found = traffic.latest_queries(conn, alias, int(count) if count else None)
+            counts = traffic.log_counts(conn, alias) if not found else None
+        if counts is not None and counts.entries:
+            raise ConfigError(
+                f"queries = log: the query log of {alias!r} holds {counts.entries:,} queries as "
+                "hashes only (searcher.log_text = false): it counts traffic but cannot be "
+                "evaluated on"
+            )
+        if counts is not None:
+            raise ConfigError(
+                f"queries = log: the query log of {alias!r} is empty; set searcher.log_queries "
+                "and let searchers serve traffic first"
+            )
+        return [Document(f"log-{sha & 0xFFFFFFFFFFFFFFFF:016x}", text) for sha, text in found]
 
     def qrels(self, alias: str) -> Qrels | None:
         qrels: Qrels | None = self._call_env("qrels", alias, required=False)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from embedmig.errors import ConfigError, ScriptError, StateError
 from embedmig.runtime.environment import Environment
-from embedmig.store import catalog, journal, manifest
+from embedmig.store import catalog, journal, manifest, traffic
 
 
 def prune(env: Environment, alias: str, *, keep: int, wait: float) -> list[catalog.IndexRecord]:
     """Drop ``alias``'s retired indexes but the ``keep`` most recent (each is one rollback step),
-    and any shadow never swapped in. Files go after the drop commits: a crash in between leaves
-    an orphan file, never a catalog row pointing at a missing one."""
+    and any shadow never swapped in but one under an open canary. Files go after the drop
+    commits: a crash in between leaves an orphan file, never a catalog row pointing at a missing
+    one."""
     if keep < 0:
         raise ConfigError("--keep must be 0 or more")
     with env.lock([alias], "prune", wait):
@@ -24,7 +25,13 @@ def prune(env: Environment, alias: str, *, keep: int, wait: float) -> list[catal
             if not records:
                 raise StateError(f"alias {alias!r} has no indexes")
             retired = [r for r in records if r.state == catalog.RETIRED]
-            unswapped = [r for r in records if r.state in (catalog.BUILDING, catalog.READY)]
+            canary = traffic.open_canary(conn, alias)
+            unswapped = [
+                r
+                for r in records
+                if r.state in (catalog.BUILDING, catalog.READY)
+                and (canary is None or r.id != canary.index_id)  # searchers mirror to it
+            ]
             doomed = retired[: max(0, len(retired) - keep)] + unswapped
             for record in doomed:
                 catalog.update_index(conn, record.id, state=catalog.DROPPED)

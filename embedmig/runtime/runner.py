@@ -30,6 +30,7 @@ def upgrade(
     """
     check_options(env.config)  # a bad option fails now, not after hours of backfill
     path, live = _upgrade_path(env, target)
+    _check_logged_queries(env, path)
     if dry_run or not path:
         return _apply(env, path, live, dry_run, sample, force, on_report)
     with env.lock({rev.alias for rev in path}, "upgrade", wait):
@@ -46,6 +47,15 @@ def check_options(config: Config) -> None:
         raise ConfigError(f"option 'eval.rbo_p' must be between 0 and 1, got {rbo_p:g}")
     config.get_float("lock.lease_seconds")
     config.get_bool("allow_remote_code")
+    config.get_share("canary.fraction")
+
+
+def _check_logged_queries(env: Environment, path: list[Revision]) -> None:
+    """With ``queries = log``, an empty or hash-only log fails before anything is embedded."""
+    if not env.uses_query_log():
+        return
+    for alias in {rev.alias for rev in path if rev.old is not None}:
+        env.logged_queries(alias)
 
 
 def _upgrade_path(

@@ -8,6 +8,7 @@ from typing import Any
 from embedmig.config import MAX_K, Config
 from embedmig.errors import ConfigError, StateError, StoreError
 from embedmig.runtime.environment import Environment
+from embedmig.runtime.mirror import Mirror, TrafficStats
 from embedmig.runtime.view import IndexView
 from embedmig.store import catalog
 
@@ -28,12 +29,33 @@ class Searcher:
     applied (two indexed lookups), so an acknowledged write, a swap or a rollback in any process is
     seen by the next search, with no reopening. Index file and model load only when the live
     index or its file (after compaction) changes.
+
+    With ``searcher.log_queries`` it logs a share of the queries it serves, and while a canary is
+    open on the alias it mirrors a share of them to the shadow (see ``embedmig.runtime.mirror``):
+    both off the request path. ``close()`` records what is still queued.
     """
 
     def __init__(self, env: Environment, alias: str) -> None:
         self.env = env
         self.alias = alias
         self._view: IndexView | None = None
+        self._mirror = Mirror(env, alias)  # reads its options now: a bad one fails here
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def mirroring(self) -> bool:
+        """Whether this searcher mirrors queries to an open canary now (it polls for one)."""
+        return self._mirror.target is not None
+
+    @property
+    def traffic(self) -> TrafficStats:
+        """Queries logged, mirrored to a canary, dropped (queue full) or failed (write error)."""
+        return self._mirror.stats
 
     @property
     def index_record(self) -> catalog.IndexRecord:
@@ -51,17 +73,21 @@ class Searcher:
             raise ConfigError("the query is empty: give a text to search for")
         view = self._refresh()
         vectors = view.embedder.encode_queries([text], self.env.batch_size)
+        # A mirrored query's live answer is read to the canary's depth in the same search.
+        target = self._mirror.plan()
+        depth = max(k, target.k) if target is not None else k
         # FAISS allocates k results per query whatever the index holds: clamp to its size.
-        k = max(1, min(k, view.overlay.size))
-        scores, ids = view.overlay.search(vectors, k)
+        depth = max(1, min(depth, view.overlay.size))
+        scores, ids = view.overlay.search(vectors, depth)
         with self.env.engine.connect() as conn:
-            described = catalog.describe_ids(conn, self.alias, ids[0])
+            described = catalog.describe_ids(conn, self.alias, ids[0][:k])
         hits = []
-        for rank, (doc_id, score) in enumerate(zip(ids[0], scores[0], strict=True), 1):
+        for rank, (doc_id, score) in enumerate(zip(ids[0][:k], scores[0][:k], strict=True), 1):
             if doc_id < 0:
                 break
             doc = described.get(int(doc_id), catalog.DocInfo(f"#{int(doc_id)}", "", None))
             hits.append(Hit(rank, doc.key, float(score), doc.snippet, doc.meta))
+        self._mirror.served(text, k, target, ids[0], scores[0])
         return hits
 
     def _refresh(self) -> IndexView:
@@ -95,6 +121,7 @@ class Searcher:
         return view
 
     def close(self) -> None:
+        self._mirror.close()
         self._view = None
         self.env.dispose()
 
