@@ -106,11 +106,20 @@ def computed_metric_names() -> set[str]:
 def test_gates_metrics_are_exactly_what_the_report_fills() -> None:
     filled = computed_metric_names()
     thresholds = {name for name in filled if name.startswith("new_threshold_for_")}
-    # coverage_* come from the backfill, not from the search results compute() sees
-    assert filled - thresholds == set(gates.METRICS) - set(gates.COVERAGE)
+    # coverage_* come from the backfill, canary_* from live traffic (next spec), not from compute()
+    canary = {name for name in gates.METRICS if name.startswith(gates.CANARY_PREFIX)}
+    assert filled - thresholds == set(gates.METRICS) - set(gates.COVERAGE) - canary
     for name in thresholds:
         assert gates.is_metric(name), name
         gates.Gates(**{f"min_{name}": 0.0})  # type: ignore[arg-type]
+
+
+def test_canary_metrics_are_exactly_what_a_canary_fills() -> None:
+    from embedmig.runtime import canary
+
+    measured = canary.gateable(dict.fromkeys(computed_metric_names(), 0.5), 20, 0)
+    assert set(measured) == {name for name in gates.METRICS if name.startswith("canary_")}
+    assert all(value is not None for value in measured.values())
 
 
 @pytest.mark.parametrize("threshold", [1.0, -0.2, 0.0, 0.62, 1e-5, -1.0])
@@ -153,7 +162,7 @@ def test_every_error_class_says_when_it_is_raised() -> None:
         for value in vars(errors).values()
         if isinstance(value, type) and issubclass(value, errors.EmbedmigError)
     ]
-    assert len(classes) == 10
+    assert len(classes) == 11
     for cls in classes:
         assert cls.__doc__ and len(cls.__doc__) > 40, cls
         assert cls.__name__ in errors.__doc__, cls  # drawn in the module's tree

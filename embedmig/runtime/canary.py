@@ -86,7 +86,18 @@ def measure(env: Environment, canary: traffic.Canary, gates: Gates) -> Measured:
             f"{canary.dropped:,} mirrored queries were dropped by busy searchers (queue full)"
         )
     report.verdict = judge(gates, metrics, canary.min_queries, canary=True)
-    return Measured(report, gateable, source)
+    return Measured(report, live, source)
+
+
+def gateable(
+    metrics: dict[str, float | None], compared: int, dropped: int
+) -> dict[str, float | None]:
+    """The canary's metrics as gates name them: ``canary_<metric>`` for those live traffic can
+    measure, and the counts of queries compared and dropped."""
+    named: dict[str, float | None] = {CANARY_PREFIX + name: metrics.get(name) for name in LIVE}
+    named["canary_queries"] = float(compared)
+    named["canary_dropped"] = float(dropped)
+    return named
 
 
 def judge(

@@ -80,6 +80,7 @@ class Mirror:
         self._shadow: IndexView | None = None
         self._drops: dict[int, int] = {}  # canary id -> mirrored queries dropped, not yet in SQL
         self._drops_lock = threading.Lock()
+        self._idle = threading.Condition()  # notified when the worker finishes what was queued
         self._warned_at = -_WARN_EVERY
 
     # ---- request path ------------------------------------------------------------------------
@@ -117,6 +118,13 @@ class Mirror:
         )
         self._thread.start()
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far is recorded (or failed); False on timeout."""
+        if self._thread is None:
+            return True
+        with self._idle:
+            return self._idle.wait_for(lambda: self._queue.unfinished_tasks == 0, timeout)
+
     def close(self, timeout: float = 10.0) -> None:
         """Record what is queued (waiting up to ``timeout`` seconds), then stop the worker."""
         thread = self._thread
@@ -139,12 +147,17 @@ class Mirror:
                 self._poll()
                 next_poll = time.monotonic() + self.poll_seconds
             items: list[_Item] = []
-            for item in self._drain(first):
+            taken = self._drain(first)
+            for item in taken:
                 if item is _STOP:
                     stopping = True
                 elif isinstance(item, _Item):
                     items.append(item)
             self._write(items)
+            with self._idle:
+                for _ in taken:
+                    self._queue.task_done()
+                self._idle.notify_all()
 
     def _drain(self, first: object) -> list[object]:
         taken = [] if first is None else [first]

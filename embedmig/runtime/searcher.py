@@ -90,6 +90,11 @@ class Searcher:
         self._mirror.served(text, k, target, ids[0], scores[0])
         return hits
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until the queries queued for the log and the canary are recorded; False if they
+        are not within ``timeout`` seconds."""
+        return self._mirror.flush(timeout)
+
     def _refresh(self) -> IndexView:
         live = self._live()
         view = self._view
