@@ -31,3 +31,4 @@ bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_writer.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_metrics.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_evaluate.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_searcher.py

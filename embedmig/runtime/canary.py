@@ -70,10 +70,8 @@ def measure(env: Environment, canary: traffic.Canary, gates: Gates) -> Measured:
 
             texts = [text if text is not None else _NO_TEXT for text in found.texts]
             report.worst = rpt.worst_queries(old, new, computed.overlap_at_k, texts, keys_of, None)
-    gateable: dict[str, float | None] = {CANARY_PREFIX + name: metrics.get(name) for name in LIVE}
-    gateable["canary_queries"] = float(len(found))
-    gateable["canary_dropped"] = float(canary.dropped)
-    metrics.update(gateable)
+    named = gateable(metrics, len(found), canary.dropped)
+    metrics.update(named)
     since = f"{canary.opened_at:%Y-%m-%d %H:%M:%S}"
     source = f"live traffic, {len(found):,} queries since {since}"
     report.query_source = source
@@ -86,7 +84,7 @@ def measure(env: Environment, canary: traffic.Canary, gates: Gates) -> Measured:
             f"{canary.dropped:,} mirrored queries were dropped by busy searchers (queue full)"
         )
     report.verdict = judge(gates, metrics, canary.min_queries, canary=True)
-    return Measured(report, live, source)
+    return Measured(report, named, source)
 
 
 def gateable(

@@ -27,6 +27,9 @@ from embedmig.store import catalog, manifest, traffic
 log = logging.getLogger("embedmig")
 
 _BATCH = 256  # items per transaction: one commit, one batched encode
+# The worker sleeps this long after a first item before taking the queue: one wake-up, encode
+# and commit per batch, not per query, so it seldom holds the GIL the request path wants.
+_LINGER = 0.25
 _WARN_EVERY = 60.0  # seconds between warnings about failed writes
 
 
@@ -136,16 +139,15 @@ class Mirror:
         self._thread = None
 
     def _run(self) -> None:
-        next_poll = 0.0
+        # The first poll waits a period too: a one-shot search (`embedmig search`) then ends
+        # without loading a shadow it would never mirror to.
+        next_poll = time.monotonic() + self.poll_seconds
         stopping = False
         while not stopping:
             try:
                 first = self._queue.get(timeout=max(0.0, next_poll - time.monotonic()))
             except queue.Empty:
                 first = None
-            if time.monotonic() >= next_poll:
-                self._poll()
-                next_poll = time.monotonic() + self.poll_seconds
             items: list[_Item] = []
             taken = self._drain(first)
             for item in taken:
@@ -158,9 +160,16 @@ class Mirror:
                 for _ in taken:
                     self._queue.task_done()
                 self._idle.notify_all()
+            if not stopping and time.monotonic() >= next_poll:
+                self._poll()
+                next_poll = time.monotonic() + self.poll_seconds
 
     def _drain(self, first: object) -> list[object]:
-        taken = [] if first is None else [first]
+        if first is None:
+            return []
+        if first is not _STOP:
+            time.sleep(_LINGER)
+        taken = [first]
         while len(taken) < _BATCH:
             try:
                 taken.append(self._queue.get_nowait())
