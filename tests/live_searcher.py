@@ -1,9 +1,10 @@
-"""A service process searching alias `docs` (for tests/test_canary.py and tests/test_query_log.py).
+"""A service process searching alias `docs` (for tests/test_canary.py).
 
     python tests/live_searcher.py PROJECT QUERIES_FILE [--wait-canary] [--forever]
 
 Searches each line of QUERIES_FILE (``--forever``: over and over, until killed). With
-``--wait-canary`` it first serves a warm-up query until its searcher mirrors to the open canary.
+``--wait-canary`` it first serves one warm-up query, then waits until its searcher mirrors to the
+open canary.
 Prints its traffic counts as JSON when done.
 """
 
@@ -21,12 +22,13 @@ from embedmig import Config, open_searcher
 def main(project: Path, queries: Path, wait_canary: bool, forever: bool) -> None:
     texts = [line for line in queries.read_text().splitlines() if line.strip()]
     with open_searcher(Config(project / "embedmig.ini"), "docs") as searcher:
-        deadline = time.monotonic() + 60
-        while wait_canary and not searcher.mirroring:
-            if time.monotonic() > deadline:
-                raise SystemExit("the searcher never started mirroring to the canary")
-            searcher.search("warm up", k=3)
-            time.sleep(0.05)
+        if wait_canary:
+            searcher.search("warm up", k=3)  # starts its worker, which polls for the canary
+            deadline = time.monotonic() + 60
+            while not searcher.mirroring:  # no search meanwhile: none but ours is mirrored
+                if time.monotonic() > deadline:
+                    raise SystemExit("the searcher never started mirroring to the canary")
+                time.sleep(0.05)
         print("ready", flush=True)
         while True:
             for text in texts:
