@@ -81,6 +81,7 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
 class State:
     def __init__(self) -> None:
         self.verbose = False
+        self.bars = False  # progress bars: on a terminal, without -q
         self.config_path: str | None = None
 
     def config(self) -> Config:
@@ -100,6 +101,7 @@ def cli(state: State, config_path: str | None, verbose: bool, quiet: bool) -> No
     """Versioned, reversible migrations of the embedding model behind a FAISS index."""
     state.verbose = verbose
     state.config_path = config_path
+    state.bars = not quiet and sys.stderr.isatty()
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = _Stderr()
     handler.setFormatter(logging.Formatter("embedmig: %(message)s"))
@@ -179,6 +181,11 @@ def revision(
     help="Write the report (.json, .html or text).",
 )
 @click.option("--wait", default=0.0, show_default=True, help="Seconds to wait for a locked alias.")
+@click.option(
+    "--executor",
+    default=None,
+    help="Where the backfill embeds: inprocess or ray (default: config).",
+)
 @pass_state
 def upgrade(
     state: State,
@@ -188,6 +195,7 @@ def upgrade(
     force: bool,
     report_path: str | None,
     wait: float,
+    executor: str | None,
 ) -> None:
     """Migrate to TARGET (head, heads, ALIAS@head, +N, a revision)."""
     reports = _command().upgrade(
@@ -199,6 +207,8 @@ def upgrade(
         report_path=report_path,
         on_report=_print_report,
         wait=wait,
+        executor=executor,
+        progress=state.bars,
     )
     if not reports:
         click.echo(f"nothing to do: already at {target}")

@@ -102,6 +102,8 @@ def upgrade(
     report_path: str | Path | None = None,
     on_report: Callable[[Report], None] | None = None,
     wait: float = 0.0,
+    executor: str | None = None,
+    progress: bool = False,
 ) -> list[Report]:
     """Migrate to ``target``: backfill, evaluate, gate and swap each revision on the way.
 
@@ -109,7 +111,8 @@ def upgrade(
     documents, or a share of the corpus when a float in (0, 1]) and nothing but a history row
     changes. ``report_path`` receives the last report (``.json``: JSON, ``.html``:
     HTML, else text). A migration of an alias that another run holds fails at once, or after
-    waiting up to ``wait`` seconds for it.
+    waiting up to ``wait`` seconds for it. ``executor`` (``inprocess`` or ``ray``) overrides the
+    option of that name; ``progress`` draws progress bars (on stderr) instead of log lines.
     """
     _check_sample(sample)
     if report_path is not None:
@@ -125,7 +128,10 @@ def upgrade(
 
     from embedmig.runtime import runner
 
+    if executor is not None:
+        config = config.with_options(executor=executor)
     with _opened(config) as env:
+        env.progress = progress
         return runner.upgrade(
             env, target, dry_run=dry_run, sample=sample, force=force, on_report=keep, wait=wait
         )

@@ -7,6 +7,7 @@ alembic does for ``script_location``, so commands work from any working director
 from __future__ import annotations
 
 import configparser
+import copy
 import difflib
 import logging
 import tomllib
@@ -31,6 +32,9 @@ BOUNDS: Mapping[str, tuple[int, int | None]] = {
     "searcher.log_max": (1, 100_000_000),
     "searcher.queue_size": (1, 1_000_000),  # queued queries wait in the searcher's memory
     "canary.min_queries": (1, 100_000_000),
+    "ray.num_actors": (1, 10_000),
+    "ray.batch_size": (1, 65_536),
+    "ray.window": (1, 10_000_000),  # a window's texts and vectors are held by the driver
 }
 log = logging.getLogger("embedmig")
 
@@ -56,6 +60,11 @@ DEFAULTS: Mapping[str, str] = {
     "searcher.poll_seconds": "2",
     "canary.fraction": "0.1",
     "canary.min_queries": "100",
+    "executor": "inprocess",
+    "ray.num_actors": "2",
+    "ray.num_gpus_per_actor": "0",
+    "ray.batch_size": "256",
+    "ray.window": "65536",
     "corpus.id_field": "id",
     "corpus.text_field": "text",
     "queries.id_field": "_id",
@@ -66,7 +75,15 @@ DEFAULTS: Mapping[str, str] = {
 # Options read with no default; any other key (outside the ``env.`` namespace, free for env.py) is
 # likely a typo, and a typo silently ignored is an option silently at its default.
 OPTIONAL = frozenset(
-    ("corpus", "corpus.title_field", "queries", "qrels", "device", "allow_remote_code")
+    (
+        "corpus",
+        "corpus.title_field",
+        "queries",
+        "qrels",
+        "device",
+        "allow_remote_code",
+        "ray.address",
+    )
 )
 KNOWN = frozenset(DEFAULTS) | OPTIONAL
 
@@ -110,6 +127,12 @@ class Config:
             self.root = self.path.parent
         else:
             self.root = Path.cwd()
+
+    def with_options(self, **options: object) -> Config:
+        """A copy of this configuration with ``options`` set (``with_options(executor="ray")``)."""
+        changed = copy.copy(self)
+        changed.options = {**self.options, **{k: str(v) for k, v in options.items()}}
+        return changed
 
     @classmethod
     def find(cls, start: str | Path | None = None) -> Config:

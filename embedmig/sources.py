@@ -64,6 +64,18 @@ class JsonlSource:
                 key_type = kind
                 yield doc
 
+    def count_documents(self) -> int | None:
+        """The number of lines, read fast (a progress total, not a validation)."""
+        lines, last = 0, b"\n"
+        try:
+            with self.path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    lines += block.count(b"\n")
+                    last = block[-1:]
+        except OSError:
+            return None
+        return lines + (last != b"\n")
+
     def _error(self, line: int, what: str) -> SourceError:
         return SourceError(f"{self.path}:{line}: {what}", path=self.path, line=line)
 
@@ -111,6 +123,22 @@ class SqlSource:
         finally:
             engine.dispose()
 
+    def count_documents(self) -> int | None:
+        """``COUNT(*)`` of the query (a progress total); None when the database refuses it."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                counted = sa.select(sa.func.count()).select_from(
+                    sa.text(self.query).columns().subquery("embedmig_count")
+                )
+                return int(conn.execute(counted, dict(self.params or {})).scalar_one())
+        except sa.exc.SQLAlchemyError:
+            return None
+        finally:
+            engine.dispose()
+
 
 @dataclass(frozen=True)
 class IterableSource:
@@ -140,6 +168,21 @@ class IterableSource:
                     f"document {key!r:.40}: text must be a string, got {type(text).__name__}"
                 )
             yield Document(str(key), text)
+
+
+class Corpus:
+    """What env.py's ``corpus()`` returned, checked as it is read, with its size when the source
+    can tell it cheaply (a JSONL file's lines, a SQL ``COUNT(*)``)."""
+
+    def __init__(self, docs: Iterable[Document]) -> None:
+        self.docs = docs
+
+    def __iter__(self) -> Iterator[Document]:
+        return checked(self.docs)
+
+    def total(self) -> int | None:
+        count = getattr(self.docs, "count_documents", None)
+        return count() if callable(count) else None
 
 
 def checked(docs: Iterable[Document]) -> Iterator[Document]:

@@ -21,6 +21,7 @@ from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
 from embedmig.runtime import carryover
 from embedmig.runtime.environment import Environment
+from embedmig.runtime.progress import Meter
 from embedmig.script import Revision
 from embedmig.sources import Document
 from embedmig.store import catalog, files, journal, manifest
@@ -74,6 +75,7 @@ class CorpusStats:
     duplicates: int = 0
     truncated: int = 0
     notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # backfill_s, build_s
 
 
 @dataclass
@@ -118,14 +120,28 @@ class Progress:
         }
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Non-empty documents to embed, and the source position after them: the count consumed and
+    the Progress state, taken when the chunk was read (an executor may read ahead of the
+    checkpoints)."""
+
+    consumed: int
+    docs: list[Document]
+    state: dict[str, Any]
+
+    def texts(self) -> list[str]:
+        return [doc.text for doc in self.docs]
+
+
 def batches(
     docs: Iterable[Document],
     size: int,
     progress: Progress,
     sampler: Sampler,
     skip: int,
-) -> Iterator[tuple[int, list[Document]]]:
-    """Batches of non-empty documents after the first ``skip``, with the count consumed so far.
+) -> Iterator[Chunk]:
+    """Chunks of non-empty documents after the first ``skip``.
 
     Skipped documents still reach the sampler, so a resumed run samples the same queries, and the
     digest, which must match the checkpoint's (else SourceChanged).
@@ -146,13 +162,13 @@ def batches(
             continue
         batch.append(doc)
         if len(batch) >= size:
-            yield consumed, batch
+            yield Chunk(consumed, batch, progress.state())
             batch = []
     if consumed < skip:  # the source shrank below the resume point
         raise SourceChanged
     stats.documents = consumed
     if batch:
-        yield consumed, batch
+        yield Chunk(consumed, batch, progress.state())
 
 
 def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_size: int) -> Shadow:
@@ -190,26 +206,27 @@ def _backfill(
     progress = Progress(point.progress, stats)
     sampler = Sampler(sample_size, env.config.get_int("eval.seed"))
     seen_max_len = embedder.max_seq_length
-    started, last_log = time.monotonic(), time.monotonic()
+    started = time.perf_counter()
+    meter = Meter(f"backfill {rev.alias}", docs.total(), initial=skip, bar=env.progress)
+    executor = env.executor(embedder)
     try:
-        for consumed, batch in batches(docs, env.checkpoint_every, progress, sampler, skip):
-            texts = [doc.text for doc in batch]
+        chunks = batches(docs, env.checkpoint_every, progress, sampler, skip)
+        for chunk, vectors in executor.map(chunks, Chunk.texts):
+            texts = chunk.texts()
             if seen_max_len is not None:
                 stats.truncated += _count_truncated(embedder, texts, seen_max_len, env.batch_size)
-            vectors = embedder.encode_documents(texts, env.batch_size)
             hashes = [manifest.content_hash(text) for text in texts]
+            # As it was when the chunk was read, with the truncations counted up to it.
+            state = {**chunk.state, "truncated": stats.truncated}
             with engine.begin() as conn:
-                ids = catalog.assign_ids(conn, rev.alias, [doc.key for doc in batch], texts)
+                ids = catalog.assign_ids(conn, rev.alias, [doc.key for doc in chunk.docs], texts)
                 spool.append(ids, vectors)
                 manifest.record_corpus(conn, index_id, ids, hashes)
-                rows += len(batch)
+                rows += len(texts)
                 catalog.save_checkpoint(
-                    conn, index_id, catalog.Checkpoint(consumed, rows, progress.state())
+                    conn, index_id, catalog.Checkpoint(chunk.consumed, rows, state)
                 )
-            if time.monotonic() - last_log > 10:
-                last_log = time.monotonic()
-                rate = rows / max(1e-9, last_log - started)
-                log.info("backfill %s: %d documents embedded (%.0f/s)", rev.alias, rows, rate)
+            meter.update(chunk.consumed - meter.done)
         if rows == 0:
             raise SourceError(f"the corpus of alias {rev.alias!r} has no non-empty documents")
         streamed = rows
@@ -220,14 +237,20 @@ def _backfill(
         if rows == 0:
             _abandon(env, index_id, spool)
         raise
+    finally:
+        meter.close()
+        executor.close()
+    stats.seconds["backfill_s"] = time.perf_counter() - started
     replayed = merged.tail
     stats.duplicates = streamed - spool.distinct_ids(streamed)
+    started = time.perf_counter()
     index = spool.build(
         rev.index_factory,
         seed=env.config.get_int("eval.seed"),
         drop=merged.deleted_ids,
     )
     sha256 = files.save(index, path)
+    stats.seconds["build_s"] = time.perf_counter() - started
     with engine.begin() as conn:
         catalog.update_index(
             conn,

@@ -538,6 +538,7 @@ class MigrationContext:
             keys_of=keys_of,
             notes=shadow.stats.notes,
         )
+        report.timings.update(shadow.stats.seconds)
         # The swap needs only the saved file: free the index now rather than inside the swap.
         shadow.index = None
         return report

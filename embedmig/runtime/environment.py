@@ -20,17 +20,19 @@ from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.errors import ConfigError, ScriptError, SourceError, StateError, StoreError
 from embedmig.history import db
 from embedmig.names import safe_component
-from embedmig.sources import Document, Qrels, checked
+from embedmig.sources import Corpus, Document, Qrels
 from embedmig.store import locks
 from embedmig.store.catalog import IndexRecord
 
 if TYPE_CHECKING:
+    from embedmig.runtime.executors import Executor
     from embedmig.script import ScriptDir
 
 
 class Environment:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.progress = False  # long steps draw progress bars (the CLI, on a terminal)
 
     @cached_property
     def engine(self) -> sa.Engine:
@@ -56,11 +58,11 @@ class Environment:
     def checkpoint_every(self) -> int:
         return self.config.get_int("checkpoint_every")
 
-    def corpus(self, alias: str) -> Iterable[Document]:
+    def corpus(self, alias: str) -> Corpus:
         docs: Iterable[Document] | None = self._call_env("corpus", alias, required=True)
         if docs is None:
             raise SourceError("env.py corpus() returned None; it must return documents")
-        return checked(docs)
+        return Corpus(docs)
 
     def queries(self, alias: str) -> Iterable[Document] | None:
         if self.uses_query_log():
@@ -126,6 +128,14 @@ class Environment:
             allow_remote_code=self.config.get_bool("allow_remote_code"),
             device=self.config.get("device"),
         )
+
+    def executor(self, embedder: LoadedEmbedder) -> Executor:
+        """What turns the backfill's texts into vectors (option ``executor``)."""
+        from embedmig.runtime import executors
+
+        if executors.check(self.config) == "ray":
+            return executors.RayExecutor(embedder, self.config)
+        return executors.InProcess(embedder, self.batch_size)
 
     def lock(
         self, aliases: Iterable[str], command: str, wait: float = 0.0

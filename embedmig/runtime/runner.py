@@ -8,6 +8,7 @@ from embedmig import embedders
 from embedmig.config import BOUNDS, Config
 from embedmig.errors import ConfigError, EmbedmigError, ScriptError, StateError
 from embedmig.metrics.report import Report
+from embedmig.runtime import executors
 from embedmig.runtime.context import MigrationContext
 from embedmig.runtime.environment import Environment
 from embedmig.script import Revision
@@ -48,6 +49,7 @@ def check_options(config: Config) -> None:
     config.get_float("lock.lease_seconds")
     config.get_bool("allow_remote_code")
     config.get_share("canary.fraction")
+    executors.check(config)
 
 
 def _check_logged_queries(env: Environment, path: list[Revision]) -> None:
