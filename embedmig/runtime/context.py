@@ -494,6 +494,7 @@ class MigrationContext:
             batch_size=self.env.batch_size,
             keys_of=keys_of,
             notes=notes,
+            progress=self.env.progress,
         )
 
     def _settings(self) -> Settings:

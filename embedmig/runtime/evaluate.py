@@ -17,8 +17,11 @@ from embedmig.gates import OVERLAP_KS
 from embedmig.metrics import kernels
 from embedmig.metrics import report as rpt
 from embedmig.metrics.kernels import Judgements
+from embedmig.runtime.progress import Meter
 from embedmig.sources import Document
 from embedmig.store import files
+
+_SLICE = 512  # queries per encode + search while evaluating
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ def run(
     batch_size: int,
     keys_of: Callable[[set[int]], Mapping[int, str]],
     notes: Sequence[str] = (),
+    progress: bool = False,
 ) -> rpt.Report:
     clock = _Clock()
     started = time.perf_counter()
@@ -73,8 +77,12 @@ def run(
     candidates = ntotal - exclude
     depth = max(min(max(max(OVERLAP_KS), settings.k) + exclude, ntotal), 1)
     texts = [doc.text for doc in queries.docs]
-    new_results = _search(clock, new, texts, depth, batch_size)
-    old_results = _search(clock, old, texts, depth, batch_size) if old else None
+    meter = Meter(f"evaluate {alias}", len(texts) * (2 if old else 1), bar=progress, unit="queries")
+    try:
+        new_results = _search(clock, new, texts, depth, batch_size, meter)
+        old_results = _search(clock, old, texts, depth, batch_size, meter) if old else None
+    finally:
+        meter.close()
     background_new = _encode_background(clock, new, background, batch_size)
     background_old = _encode_background(clock, old, background, batch_size) if old else None
     worst: dict[str, list[dict[str, Any]]] = {}
@@ -117,13 +125,21 @@ def run(
 
 
 def _search(
-    clock: _Clock, side: Side, texts: Sequence[str], depth: int, batch_size: int
+    clock: _Clock, side: Side, texts: Sequence[str], depth: int, batch_size: int, meter: Meter
 ) -> rpt.Results:
-    with clock.phase("encode"):
-        vectors = side.embedder.encode_queries(texts, batch_size)
-    with clock.phase("search"):
-        scores, ids = files.search(side.index, vectors, depth)
-    return rpt.Results(ids=ids, scores=scores)
+    found = []
+    # In slices, so the meter moves; each slice is one encode and one FAISS search.
+    for start in range(0, max(len(texts), 1), _SLICE):
+        part = texts[start : start + _SLICE]
+        with clock.phase("encode"):
+            vectors = side.embedder.encode_queries(part, batch_size)
+        with clock.phase("search"):
+            found.append(files.search(side.index, vectors, depth))
+        meter.update(len(part))
+    return rpt.Results(
+        ids=np.concatenate([ids for _, ids in found]),
+        scores=np.concatenate([scores for scores, _ in found]),
+    )
 
 
 def _encode_background(
