@@ -205,22 +205,20 @@ def _backfill(
     stats = CorpusStats()
     progress = Progress(point.progress, stats)
     sampler = Sampler(sample_size, env.config.get_int("eval.seed"))
-    seen_max_len = embedder.max_seq_length
     started = time.perf_counter()
     meter = Meter(f"backfill {rev.alias}", docs.total(), initial=skip, bar=env.progress)
     executor = env.executor(embedder)
     try:
         chunks = batches(docs, env.checkpoint_every, progress, sampler, skip)
-        for chunk, vectors in executor.map(chunks, Chunk.texts):
+        for chunk, encoded in executor.map(chunks, Chunk.texts):
             texts = chunk.texts()
-            if seen_max_len is not None:
-                stats.truncated += _count_truncated(embedder, texts, seen_max_len, env.batch_size)
+            stats.truncated += encoded.truncated
             hashes = [manifest.content_hash(text) for text in texts]
             # As it was when the chunk was read, with the truncations counted up to it.
             state = {**chunk.state, "truncated": stats.truncated}
             with engine.begin() as conn:
                 ids = catalog.assign_ids(conn, rev.alias, [doc.key for doc in chunk.docs], texts)
-                spool.append(ids, vectors)
+                spool.append(ids, encoded.vectors)
                 manifest.record_corpus(conn, index_id, ids, hashes)
                 rows += len(texts)
                 catalog.save_checkpoint(
@@ -281,7 +279,8 @@ def _backfill(
         stats.notes.append(f"{stats.skipped_empty} empty document(s) skipped")
     if stats.truncated:
         stats.notes.append(
-            f"{stats.truncated} document(s) longer than the model's {seen_max_len} tokens were truncated"
+            f"{stats.truncated} document(s) longer than the model's {embedder.max_seq_length} "
+            "tokens were truncated"
         )
     log.info("backfill %s: %d vectors in index #%d", rev.alias, index.ntotal, index_id)
     return Shadow(_get(env, index_id), index, sampler.documents(), stats, covered)
@@ -427,19 +426,3 @@ def _abandon(env: Environment, index_id: int, spool: files.Spool) -> None:
         manifest.drop(conn, index_id)
         catalog.delete_index(conn, index_id)
     spool.remove()
-
-
-def _count_truncated(embedder: LoadedEmbedder, texts: list[str], max_len: int, step: int) -> int:
-    """How many texts exceed the model's token limit (the model truncates them silently)."""
-    tokenizer = getattr(embedder.model, "tokenizer", None)
-    if tokenizer is None or not callable(tokenizer):
-        return 0
-    count = 0
-    # In slices, so the token lists of a whole checkpoint chunk never sit in memory at once.
-    for start in range(0, len(texts), step):
-        try:
-            encoded = tokenizer(texts[start : start + step], truncation=False)["input_ids"]
-        except Exception:  # static and custom tokenizers differ; counting is a courtesy, not a must
-            return 0
-        count += int(np.count_nonzero(np.fromiter(map(len, encoded), dtype=np.int64) > max_len))
-    return count

@@ -27,10 +27,16 @@ EXECUTORS = ("inprocess", "ray")
 Chunk = TypeVar("Chunk")
 
 
+@dataclass(frozen=True)
+class Encoded:
+    vectors: np.ndarray
+    truncated: int  # texts longer than the model's token limit (the model cut them)
+
+
 class Executor(Protocol):
     def map(
         self, chunks: Iterable[Chunk], texts: Callable[[Chunk], list[str]]
-    ) -> Iterator[tuple[Chunk, np.ndarray]]:
+    ) -> Iterator[tuple[Chunk, Encoded]]:
         """Each chunk with the document vectors of its texts, in the order of ``chunks``."""
         ...
 
@@ -44,9 +50,11 @@ class InProcess:
 
     def map(
         self, chunks: Iterable[Chunk], texts: Callable[[Chunk], list[str]]
-    ) -> Iterator[tuple[Chunk, np.ndarray]]:
+    ) -> Iterator[tuple[Chunk, Encoded]]:
         for chunk in chunks:
-            yield chunk, self.embedder.encode_documents(texts(chunk), self.batch_size)
+            batch = texts(chunk)
+            truncated = int(count_truncated(self.embedder, batch, self.batch_size).sum())
+            yield chunk, Encoded(self.embedder.encode_documents(batch, self.batch_size), truncated)
 
     def close(self) -> None:
         pass
@@ -117,7 +125,8 @@ class _Encoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = [str(text) for text in batch["text"]]
         vectors = self.embedder.encode_documents(texts, len(texts))
-        return {"row": batch["row"], "vector": vectors}
+        truncated = count_truncated(self.embedder, texts, len(texts))
+        return {"row": batch["row"], "vector": vectors, "truncated": truncated}
 
 
 class RayExecutor:
@@ -159,7 +168,7 @@ class RayExecutor:
 
     def map(
         self, chunks: Iterable[Chunk], texts: Callable[[Chunk], list[str]]
-    ) -> Iterator[tuple[Chunk, np.ndarray]]:
+    ) -> Iterator[tuple[Chunk, Encoded]]:
         window: list[tuple[Chunk, list[str]]] = []
         size = 0
         for chunk in chunks:
@@ -172,7 +181,7 @@ class RayExecutor:
         if window:
             yield from self._run(window)
 
-    def _run(self, window: list[tuple[Chunk, list[str]]]) -> Iterator[tuple[Chunk, np.ndarray]]:
+    def _run(self, window: list[tuple[Chunk, list[str]]]) -> Iterator[tuple[Chunk, Encoded]]:
         import ray
 
         rows = [text for _, batch in window for text in batch]
@@ -197,15 +206,18 @@ class RayExecutor:
             batch_format="numpy",
         )
         vectors = np.empty((len(rows), self.embedder.dim), dtype=np.float32)
+        truncated = np.zeros(len(rows), dtype=bool)
         try:
             for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
                 vectors[batch["row"]] = np.stack(list(batch["vector"])).astype(np.float32)
+                truncated[batch["row"]] = batch["truncated"]
         except Exception as exc:  # a worker's failure reaches the driver as a Ray exception
             raise EmbedderError(f"a Ray worker failed to encode: {_first_line(exc)}") from exc
         start = 0
         for chunk, batch in window:
-            yield chunk, vectors[start : start + len(batch)]
-            start += len(batch)
+            stop = start + len(batch)
+            yield chunk, Encoded(vectors[start:stop], int(truncated[start:stop].sum()))
+            start = stop
 
     def close(self) -> None:
         import ray
@@ -234,3 +246,25 @@ def _first_line(exc: BaseException) -> str:
     if found:
         return f"{found[-1].group(1).rpartition('.')[2]}: {found[-1].group(2)}"
     return f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def count_truncated(embedder: LoadedEmbedder, texts: list[str], step: int) -> np.ndarray:
+    """Which texts exceed the model's token limit (the model truncates them silently).
+
+    Counted where the texts are encoded: under Ray, tokenizing every document on the driver would
+    cap the whole cluster at one core's tokenizer speed.
+    """
+    flags = np.zeros(len(texts), dtype=bool)
+    limit = embedder.max_seq_length
+    tokenizer = getattr(embedder.model, "tokenizer", None)
+    if limit is None or tokenizer is None or not callable(tokenizer):
+        return flags
+    # In slices, so the token lists of a whole chunk never sit in memory at once.
+    for start in range(0, len(texts), step):
+        try:
+            encoded = tokenizer(texts[start : start + step], truncation=False)["input_ids"]
+        except Exception:  # static and custom tokenizers differ; counting is a courtesy, not a must
+            return np.zeros(len(texts), dtype=bool)
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        flags[start : start + len(encoded)] = lengths > limit
+    return flags
