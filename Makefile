@@ -32,3 +32,5 @@ bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_metrics.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_evaluate.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_searcher.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_ray.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_scale.py

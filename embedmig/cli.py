@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -248,25 +248,24 @@ def check(state: State, target: str, sample: int | float, fmt: str) -> None:
         click.echo("nothing to check: every alias is at its head", err=fmt == "json")
 
 
-@cli.command()
-@click.argument("rev", required=False)
-@click.option("--event", type=int, default=None, help="A history event id (see `history`).")
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False), help="Write to a file: .json, .html or text."
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "html"]),
-    default="text",
-    show_default=True,
-)
-@pass_state
-def report(state: State, rev: str | None, event: int | None, output: str | None, fmt: str) -> None:
-    """Render again the report of a recorded upgrade or dry run of REV."""
-    if rev is None and event is None:
-        raise click.UsageError("name a revision or --event ID")
-    found = _command().report(state.config(), rev or "", event=event)
+def _report_output(function: Callable[..., None]) -> Callable[..., None]:
+    """``-o FILE`` and ``--format``, for the commands that show a report."""
+    function = click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["text", "json", "html"]),
+        default="text",
+        show_default=True,
+    )(function)
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Path(dir_okay=False),
+        help="Write to a file: .json, .html or text.",
+    )(function)
+
+
+def _show(found: Report, output: str | None, fmt: str) -> None:
     if output is not None:
         _command().write_report(found, Path(output))
         click.echo(f"wrote {output}")
@@ -274,6 +273,18 @@ def report(state: State, rev: str | None, event: int | None, output: str | None,
         from embedmig.render import render
 
         click.echo(render(found, fmt, styled=True))
+
+
+@cli.command()
+@click.argument("rev", required=False)
+@click.option("--event", type=int, default=None, help="A history event id (see `history`).")
+@_report_output
+@pass_state
+def report(state: State, rev: str | None, event: int | None, output: str | None, fmt: str) -> None:
+    """Render again the report of a recorded upgrade or dry run of REV."""
+    if rev is None and event is None:
+        raise click.UsageError("name a revision or --event ID")
+    _show(_command().report(state.config(), rev or "", event=event), output, fmt)
 
 
 @cli.command()
@@ -285,16 +296,7 @@ def report(state: State, rev: str | None, event: int | None, output: str | None,
     help="Change the share (0 to 1) of queries searchers mirror to the shadow.",
 )
 @click.option("--close", is_flag=True, help="End the canary without a swap (recorded).")
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False), help="Write to a file: .json, .html or text."
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "html"]),
-    default="text",
-    show_default=True,
-)
+@_report_output
 @click.option("--wait", default=0.0, show_default=True, help="Seconds to wait for a locked alias.")
 @pass_state
 def canary(
@@ -310,13 +312,7 @@ def canary(
     if output is not None:
         _command().check_writable(Path(output))
     found = _command().canary(state.config(), alias, fraction=fraction, close=close, wait=wait)
-    if output is not None:
-        _command().write_report(found, Path(output))
-        click.echo(f"wrote {output}")
-    else:
-        from embedmig.render import render
-
-        click.echo(render(found, fmt, styled=True))
+    _show(found, output, fmt)
     if close:
         click.echo(f"closed the canary of {alias}; the alias is unchanged", err=fmt == "json")
 

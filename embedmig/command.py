@@ -277,18 +277,12 @@ def canary(
         measured = live_traffic.measure(env, opened, gates)
         if close:
             with env.lock([alias], "canary", wait), env.engine.begin() as conn:
-                traffic.close(conn, opened.id, traffic.CLOSED)
-                catalog.record(
+                live_traffic.end(
                     conn,
-                    alias=alias,
-                    revision=opened.revision,
-                    action="canary",
-                    status=traffic.CLOSED,
+                    opened,
+                    traffic.CLOSED,
                     started_at=opened.opened_at,
-                    from_index=opened.live_id,
-                    to_index=opened.index_id,
-                    verdict=measured.report.verdict.label if measured.report.verdict else None,
-                    metrics=measured.report.to_dict(),
+                    report=measured.report,
                 )
         return measured.report
 

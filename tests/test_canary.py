@@ -339,3 +339,12 @@ def test_canary_open_carries_what_a_pipeline_needs(config: Config) -> None:
         command.canary(config, "docs", fraction=-1)
     assert command.canary(config, "docs", fraction=0.25).n_queries == 0
     assert open_canary(config).fraction == 0.25
+
+
+def test_a_canary_on_an_alias_first_index_is_refused(config: Config) -> None:
+    rev = command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    path = Path(str(rev.path))
+    path.write_text(path.read_text().replace("    ctx.swap()", "    ctx.canary()\n    ctx.swap()"))
+    with pytest.raises(StateError, match="has none yet"):
+        command.upgrade(config, "r1")
+    assert command.current(config) == [] or command.current(config)[0].live is None

@@ -7,6 +7,8 @@ mirror to it (``embedmig.runtime.mirror``); this module reads what they recorded
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from embedmig.embedders import Embedder
 from embedmig.gates import CANARY_PREFIX, LIVE, Check, Gates, Verdict
@@ -113,3 +115,28 @@ def judge(
         return verdict
     needed = Check("canary_queries", "min", float(min_queries), metrics.get("canary_queries"))
     return Verdict((*verdict.checks, needed), forced=forced)
+
+
+def end(
+    conn: Any,
+    canary: traffic.Canary,
+    status: str,
+    *,
+    started_at: datetime,
+    report: rpt.Report | None = None,
+) -> None:
+    """Close ``canary`` as ``status`` (closed, abandoned) with its history row, in ``conn``'s
+    transaction. A swap closes its canary itself, in the swap's row."""
+    traffic.close(conn, canary.id, status)
+    catalog.record(
+        conn,
+        alias=canary.alias,
+        revision=canary.revision,
+        action="canary",
+        status=status,
+        started_at=started_at,
+        from_index=canary.live_id,
+        to_index=canary.index_id,
+        verdict=report.verdict.label if report is not None and report.verdict else None,
+        metrics=report.to_dict() if report is not None else None,
+    )

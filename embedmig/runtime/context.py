@@ -178,6 +178,11 @@ class MigrationContext:
             raise StateError(
                 "ctx.canary() needs ctx.evaluate() first: there is no shadow to mirror to"
             )
+        if self._live_at_start is None:
+            raise StateError(
+                f"ctx.canary() compares the shadow with the live index, and {self.alias!r} has "
+                "none yet (its first revision)"
+            )
         share = self.config.get_share("canary.fraction") if fraction is None else fraction
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
             raise ConfigError(
@@ -279,17 +284,7 @@ class MigrationContext:
                 self._shadow = Shadow(record, None, [], CorpusStats(), carryover.Result({}))
                 log.info("continuing the canary of %s on shadow index #%d", self.alias, record.id)
                 return True
-            traffic.close(conn, canary.id, traffic.ABANDONED)
-            catalog.record(
-                conn,
-                alias=self.alias,
-                revision=canary.revision,
-                action="canary",
-                status=traffic.ABANDONED,
-                started_at=self._started,
-                from_index=canary.live_id,
-                to_index=canary.index_id,
-            )
+            live_traffic.end(conn, canary, traffic.ABANDONED, started_at=self._started)
         log.warning(
             "abandoned the canary of %s @ %s: it no longer matches this upgrade",
             self.alias,
@@ -368,7 +363,7 @@ class MigrationContext:
             )
             opened = traffic.open_canary(conn, self.alias)
             if opened is not None:  # it compares against the index that stops being live
-                traffic.close(conn, opened.id, traffic.ABANDONED)
+                live_traffic.end(conn, opened, traffic.ABANDONED, started_at=self._started)
             self._record(
                 conn,
                 "downgrade",
