@@ -101,19 +101,13 @@ class RaySettings:
 
 
 class _Encoder:
-    """One Ray actor: loads the model once, encodes the batches Ray Data hands it.
+    """One Ray actor: loads the model once, encodes the batches Ray Data hands it."""
 
-    Its arguments are a class attribute of a subclass made per run (``_encoder_for``): Ray Data
-    would keep constructor arguments in the object store, which Ray reports as an error for
-    actors that may restart.
-    """
-
-    args: tuple[str, str, str, dict[str, Any]]
-
-    def __init__(self) -> None:
+    def __init__(
+        self, spec_json: str, root: str, fingerprint: str, options: dict[str, Any]
+    ) -> None:
         from embedmig import embedders
 
-        spec_json, root, fingerprint, options = self.args
         self.embedder = embedders.load(Embedder.from_json(spec_json), Path(root), **options)
         if self.embedder.fingerprint != fingerprint:
             # Another machine's copy of the model would put vectors in another space.
@@ -193,13 +187,14 @@ class RayExecutor:
                 1, min(-(-len(rows) // self.settings.batch_size), 4 * self.settings.num_actors)
             ),
         )
-        encoder = type(
-            "Encoder",
-            (_Encoder,),
-            {"args": (self.embedder.spec_json, self.root, self.embedder.fingerprint, self.options)},
-        )
         encoded = dataset.map_batches(
-            encoder,
+            _Encoder,
+            fn_constructor_args=(
+                self.embedder.spec_json,
+                self.root,
+                self.embedder.fingerprint,
+                self.options,
+            ),
             batch_size=self.settings.batch_size,
             compute=ray.data.ActorPoolStrategy(size=self.settings.num_actors),
             num_gpus=self.settings.num_gpus_per_actor or None,
