@@ -19,6 +19,7 @@ from embedmig import (
 )
 from embedmig.history import schema
 from embedmig.runtime.environment import Environment
+from embedmig.sources import Corpus
 from embedmig.store import catalog
 from tests.support import assert_serves, corpus_rows, index_file, snapshot
 
@@ -85,18 +86,23 @@ def test_writes_during_backfill_are_replayed_into_the_shadow(
     writer = open_writer(config, "docs")
     corpus = Environment.corpus
 
-    def changing_corpus(self: Environment, alias: str) -> Iterator[Document]:
+    def changing_corpus(self: Environment, alias: str) -> Corpus:
         # The corpus is read over time while the application keeps writing: some changes land on
         # documents already read, some on documents not reached yet.
-        for i, doc in enumerate(corpus(self, alias)):
-            if i == 100:
-                writer.delete(rows[250]["id"])  # not reached yet: the stream still yields it
-                # Read already, in its old state, in the batch the backfill has not committed yet.
-                writer.upsert(rows[98]["id"], NEW_TEXT)
-                writer.upsert_many([("new-1", "a brand new document"), ("new-2", "another one")])
-                writer.delete_many(["new-2", rows[20]["id"]])
-                writer.upsert(rows[20]["id"], "back with a new text")
-            yield doc
+        def read() -> Iterator[Document]:
+            for i, doc in enumerate(corpus(self, alias)):
+                if i == 100:
+                    writer.delete(rows[250]["id"])  # not reached yet: the stream still yields it
+                    # Read already, in its old state, in the batch the backfill has not committed.
+                    writer.upsert(rows[98]["id"], NEW_TEXT)
+                    writer.upsert_many(
+                        [("new-1", "a brand new document"), ("new-2", "another one")]
+                    )
+                    writer.delete_many(["new-2", rows[20]["id"]])
+                    writer.upsert(rows[20]["id"], "back with a new text")
+                yield doc
+
+        return Corpus(read())
 
     monkeypatch.setattr(Environment, "corpus", changing_corpus)
     config.options["checkpoint_every"] = "32"
