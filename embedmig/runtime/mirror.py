@@ -21,7 +21,7 @@ from datetime import datetime
 import numpy as np
 
 from embedmig.runtime.environment import Environment
-from embedmig.runtime.view import IndexView
+from embedmig.runtime.view import IndexView, follow
 from embedmig.store import catalog, manifest, traffic
 
 log = logging.getLogger("embedmig")
@@ -186,15 +186,8 @@ class Mirror:
             if canary is None or record is None:
                 self.target, self._shadow = None, None
                 return
-            shadow = self._shadow
-            if shadow is None or (shadow.record.id, shadow.record.sha256) != (
-                record.id,
-                record.sha256,
-            ):
-                # A compaction replaced the shadow's file: the old one's journal tail is gone.
-                shadow = IndexView(self.env, record)
-                _ = shadow.embedder  # loaded here, in the background, not on a mirrored query
-                self._shadow = shadow
+            # The model loads here, in the background, not on a mirrored query.
+            self._shadow = follow(self.env, self._shadow, record)
             self.target = Target(canary.id, canary.fraction, canary.k)
         except Exception as exc:  # a searcher keeps serving whatever its canary's state
             self.target = None

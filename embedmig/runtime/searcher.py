@@ -9,7 +9,7 @@ from embedmig.config import MAX_K, Config
 from embedmig.errors import ConfigError, StateError, StoreError
 from embedmig.runtime.environment import Environment
 from embedmig.runtime.mirror import Mirror, TrafficStats
-from embedmig.runtime.view import IndexView
+from embedmig.runtime.view import IndexView, follow
 from embedmig.store import catalog
 
 
@@ -97,17 +97,15 @@ class Searcher:
 
     def _refresh(self) -> IndexView:
         live = self._live()
-        view = self._view
-        if view is None or (view.record.id, view.record.sha256) != (live.id, live.sha256):
-            try:
-                view = self._open(live)
-            except StoreError:
-                # Compaction may have replaced the file between reading its row and opening it.
-                newer = self._live()
-                if (newer.id, newer.sha256) == (live.id, live.sha256):
-                    raise
-                view = self._open(newer)
-            self._view = view
+        try:
+            view = follow(self.env, self._view, live)
+        except StoreError:
+            # Compaction may have replaced the file between reading its row and opening it.
+            newer = self._live()
+            if (newer.id, newer.sha256) == (live.id, live.sha256):
+                raise
+            view = follow(self.env, self._view, newer)
+        self._view = view
         view.catch_up()
         return view
 
@@ -117,13 +115,6 @@ class Searcher:
         if live is None:
             raise StateError(f"alias {self.alias!r} has no live index; run `embedmig upgrade`")
         return live
-
-    def _open(self, live: catalog.IndexRecord) -> IndexView:
-        old = self._view
-        same_model = old is not None and old.record.id == live.id
-        view = IndexView(self.env, live, old.embedder if old is not None and same_model else None)
-        _ = view.embedder  # a changed model fails now, not in the middle of a search
-        return view
 
     def close(self) -> None:
         self._mirror.close()

@@ -38,3 +38,14 @@ class IndexView:
         tail.fill(lambda texts: self.embedder.encode_documents(texts, self.env.batch_size))
         self.overlay.apply(tail)
         return tail
+
+
+def follow(env: Environment, view: IndexView | None, record: catalog.IndexRecord) -> IndexView:
+    """``view`` while it still shows ``record``'s file; else a view of the file ``record`` names
+    now (a compaction writes a new one), keeping the model when the index is the same."""
+    if view is not None and (view.record.id, view.record.sha256) == (record.id, record.sha256):
+        return view
+    same_index = view is not None and view.record.id == record.id
+    fresh = IndexView(env, record, view.embedder if view is not None and same_index else None)
+    _ = fresh.embedder  # a changed model fails now, not in the middle of a search
+    return fresh
