@@ -27,7 +27,7 @@ import numpy as np
 
 from embedmig.history import db
 from embedmig.metrics import coverage
-from embedmig.runtime import carryover
+from embedmig.migrate import carryover
 from embedmig.store import catalog, files, journal, manifest
 
 DIM, BATCH = 384, 1024

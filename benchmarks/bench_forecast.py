@@ -5,7 +5,7 @@ all-MiniLM-L6-v2 and a static model distilled from it (model2vec, 256-d).
 
 1. Accuracy and interval coverage. Every document and query is embedded once per model (real
    encodings, cached for the seeds); each seed then draws a sample and runs the dry run's own
-   forecast (``embedmig.runtime.forecast.run``: the live index searched by FAISS, the sample
+   forecast (``embedmig.migrate.forecast.run``: the live index searched by FAISS, the sample
    ranked by extrapolation, bootstrap intervals) and compares it with the figures of the full
    corpus (what ``upgrade`` measures: the full new index searched with the same queries).
    Sets: the 300 judged test claims over title + abstract (both directions), and a known-item
@@ -74,8 +74,8 @@ from demo.models import distilled, minilm  # noqa: E402
 from embedmig.embedders import Embedder  # noqa: E402
 from embedmig.metrics import report as rpt  # noqa: E402
 from embedmig.metrics.kernels import Judgements  # noqa: E402
-from embedmig.runtime import evaluate as ev  # noqa: E402
-from embedmig.runtime import forecast as fc  # noqa: E402
+from embedmig.migrate import evaluate as ev  # noqa: E402
+from embedmig.migrate import forecast as fc  # noqa: E402
 from embedmig.sources import Document  # noqa: E402
 from embedmig.store import files  # noqa: E402
 

@@ -91,7 +91,7 @@ def main() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     keep_heap()
     from embedmig import Config, open_searcher
-    from embedmig.runtime.environment import Environment
+    from embedmig.environment import Environment
     from embedmig.store import traffic
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-searcher-"))

@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     from embedmig import Config, command
-    from embedmig.runtime.environment import Environment
+    from embedmig.environment import Environment
     from embedmig.store import catalog
     from tests.support import build_static_model
 

@@ -93,7 +93,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from embedmig import Config, Embedder, command, embedders, open_searcher, open_writer
-    from embedmig.runtime.environment import Environment
+    from embedmig.environment import Environment
     from embedmig.store import catalog
 
     work = Path(tempfile.mkdtemp(prefix="bench-writer-"))

@@ -25,26 +25,26 @@ _EXPORTS = {
     "GateFailed": "embedmig.errors",
     "Gates": "embedmig.gates",
     "HistoryError": "embedmig.errors",
-    "Hit": "embedmig.runtime.searcher",
+    "Hit": "embedmig.serve.searcher",
     "Holder": "embedmig.store.locks",
     "IterableSource": "embedmig.sources",
     "JsonlSource": "embedmig.sources",
     "Locked": "embedmig.errors",
-    "MigrationContext": "embedmig.runtime.context",
+    "MigrationContext": "embedmig.migrate.context",
     "Report": "embedmig.metrics.report",
     "Revision": "embedmig.script",
     "ScriptError": "embedmig.errors",
-    "Searcher": "embedmig.runtime.searcher",
+    "Searcher": "embedmig.serve.searcher",
     "SourceError": "embedmig.errors",
     "SqlSource": "embedmig.sources",
     "StateError": "embedmig.errors",
     "StoreError": "embedmig.errors",
-    "TrafficStats": "embedmig.runtime.mirror",
+    "TrafficStats": "embedmig.serve.mirror",
     "Verdict": "embedmig.gates",
-    "Writer": "embedmig.runtime.writer",
+    "Writer": "embedmig.serve.writer",
     "command": "embedmig",
-    "open_searcher": "embedmig.runtime.searcher",
-    "open_writer": "embedmig.runtime.writer",
+    "open_searcher": "embedmig.serve.searcher",
+    "open_writer": "embedmig.serve.writer",
     "render": "embedmig.render",
 }
 
@@ -108,15 +108,15 @@ if TYPE_CHECKING:
     from embedmig.gates import Gates as Gates
     from embedmig.gates import Verdict as Verdict
     from embedmig.metrics.report import Report as Report
+    from embedmig.migrate.context import MigrationContext as MigrationContext
     from embedmig.render import render as render
-    from embedmig.runtime.context import MigrationContext as MigrationContext
-    from embedmig.runtime.mirror import TrafficStats as TrafficStats
-    from embedmig.runtime.searcher import Hit as Hit
-    from embedmig.runtime.searcher import Searcher as Searcher
-    from embedmig.runtime.searcher import open_searcher as open_searcher
-    from embedmig.runtime.writer import Writer as Writer
-    from embedmig.runtime.writer import open_writer as open_writer
     from embedmig.script import Revision as Revision
+    from embedmig.serve.mirror import TrafficStats as TrafficStats
+    from embedmig.serve.searcher import Hit as Hit
+    from embedmig.serve.searcher import Searcher as Searcher
+    from embedmig.serve.searcher import open_searcher as open_searcher
+    from embedmig.serve.writer import Writer as Writer
+    from embedmig.serve.writer import open_writer as open_writer
     from embedmig.sources import Document as Document
     from embedmig.sources import IterableSource as IterableSource
     from embedmig.sources import JsonlSource as JsonlSource

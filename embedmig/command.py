@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from embedmig.config import Config
+from embedmig.environment import Environment
 from embedmig.errors import ConfigError, ScriptError, StateError
-from embedmig.runtime.environment import Environment
 from embedmig.store import catalog, locks
 
 if TYPE_CHECKING:
     from embedmig.metrics.report import Report
-    from embedmig.runtime.compaction import Compaction
-    from embedmig.runtime.searcher import Hit
+    from embedmig.migrate.compaction import Compaction
     from embedmig.script import Revision
+    from embedmig.serve.searcher import Hit
 
 # Commands that only read history (current, history, heads, show) start without FAISS, numpy's
 # heavy users or the models: the modules behind the others load inside them.
@@ -126,7 +126,7 @@ def upgrade(
         if on_report is not None:
             on_report(report)
 
-    from embedmig.runtime import runner
+    from embedmig.migrate import runner
 
     if executor is not None:
         config = config.with_options(executor=executor)
@@ -139,7 +139,7 @@ def upgrade(
 
 def downgrade(config: Config, target: str, *, wait: float = 0.0) -> list[Revision]:
     """Roll back to ``target`` (``-1``, ``ALIAS@-1``, ``base``, a revision); no re-embedding."""
-    from embedmig.runtime import runner
+    from embedmig.migrate import runner
 
     with _opened(config) as env:
         return runner.downgrade(env, target, wait=wait)
@@ -151,7 +151,7 @@ def prune(
     """Drop ``alias``'s retired indexes but the ``keep`` most recent (each is one rollback step),
     and any shadow never swapped in. Files go after the drop commits: a crash in between leaves
     an orphan file, never a catalog row pointing at a missing one."""
-    from embedmig.runtime import maintenance
+    from embedmig.migrate import maintenance
 
     with _opened(config) as env:
         return maintenance.prune(env, alias, keep=keep, wait=wait)
@@ -163,7 +163,7 @@ def compact(config: Config, alias: str, *, wait: float = 0.0) -> Compaction:
     Holds the alias's lock (waits ``wait`` seconds for a running migration); writers and
     searchers go on meanwhile.
     """
-    from embedmig.runtime import compaction
+    from embedmig.migrate import compaction
 
     with _opened(config) as env:
         with env.engine.connect() as conn:
@@ -225,7 +225,7 @@ def stamp(config: Config, target: str, *, wait: float = 0.0) -> list[tuple[str, 
 
     ``target`` is a revision (or ``heads``, ``ALIAS@head``), ``base`` or ``ALIAS@base``.
     """
-    from embedmig.runtime import maintenance
+    from embedmig.migrate import maintenance
 
     with _opened(config) as env:
         return maintenance.stamp(env, target, wait=wait)
@@ -233,7 +233,7 @@ def stamp(config: Config, target: str, *, wait: float = 0.0) -> list[tuple[str, 
 
 def search(config: Config, alias: str, query: str, k: int = 10) -> list[Hit]:
     """Top-``k`` documents of ``alias``'s live index for ``query``."""
-    from embedmig.runtime.searcher import Searcher
+    from embedmig.serve.searcher import Searcher
 
     with _opened(config) as env, Searcher(env, alias) as searcher:
         return searcher.search(query, k)
@@ -256,7 +256,7 @@ def canary(
         or not 0 <= fraction <= 1
     ):
         raise ConfigError(f"--fraction must be a share from 0 to 1, got {fraction!r}")
-    from embedmig.runtime import canary as live_traffic
+    from embedmig.migrate import canary as live_traffic
     from embedmig.store import traffic
 
     with _opened(config) as env:

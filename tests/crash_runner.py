@@ -17,7 +17,7 @@ from typing import Any
 
 from embedmig import cli
 from embedmig.embedders import LoadedEmbedder
-from embedmig.runtime import context, evaluate
+from embedmig.migrate import context, evaluate
 from embedmig.store import catalog, files
 
 

@@ -127,7 +127,7 @@ def snapshot(config: Config, *, with_history: bool = True) -> dict[str, object]:
 
 def index_file(config: Config, record: object) -> Path:
     """Where an index's file is (its recorded path is relative to the index folder)."""
-    from embedmig.runtime.environment import Environment
+    from embedmig.environment import Environment
     from embedmig.store.catalog import IndexRecord
 
     assert isinstance(record, IndexRecord)
@@ -177,7 +177,7 @@ def corpus(config, alias):
 def assert_serves(config: Config, model: Path, expected: dict[str, str]) -> None:
     """Alias `docs` serves exactly ``expected``'s keys, each as a fresh encoding of its text and
     with its text's start as the snippet searchers show."""
-    from embedmig.runtime.environment import Environment
+    from embedmig.environment import Environment
     from embedmig.store import catalog
 
     seen = indexed(config, "docs")

@@ -15,10 +15,10 @@ import pytest
 import sqlalchemy as sa
 
 from embedmig import CanaryOpen, Config, ConfigError, StateError, command, open_searcher
+from embedmig.environment import Environment
 from embedmig.gates import CANARY_PREFIX, LIVE
 from embedmig.history import schema
 from embedmig.metrics import report as rpt
-from embedmig.runtime.environment import Environment
 from embedmig.store import catalog, files, traffic
 from embedmig.store.overlay import Overlay
 from tests.support import corpus_rows, embedmig, snapshot

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from embedmig import Config, EmbedderError, StoreError, command
-from embedmig.runtime.environment import Environment
+from embedmig.environment import Environment
 from embedmig.store import catalog, files
 from tests.crash_runner import POINTS, ROLLBACK_POINTS
 from tests.support import corpus_rows, count_encodes, index_file, snapshot

@@ -115,7 +115,7 @@ def test_gates_metrics_are_exactly_what_the_report_fills() -> None:
 
 
 def test_canary_metrics_are_exactly_what_a_canary_fills() -> None:
-    from embedmig.runtime import canary
+    from embedmig.migrate import canary
 
     measured = canary.gateable(dict.fromkeys(computed_metric_names(), 0.5), 20, 0)
     assert set(measured) == {name for name in gates.METRICS if name.startswith("canary_")}

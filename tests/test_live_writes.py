@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from embedmig import Config, command, open_searcher
-from embedmig.runtime.environment import Environment
+from embedmig.environment import Environment
 from embedmig.store import journal
 from tests.support import assert_serves, corpus_rows
 

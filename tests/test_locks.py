@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from embedmig import Config, GateFailed, Locked, StateError, command
+from embedmig.environment import Environment
 from embedmig.history import schema
-from embedmig.runtime.environment import Environment
 from tests.support import snapshot
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from embedmig import Config, IterableSource, JsonlSource, SourceError, SqlSource, command
-from embedmig.runtime.progress import Meter
+from embedmig.migrate.progress import Meter
 from tests.support import FLAKY_ENV, embedmig
 
 

@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from embedmig import Config, ConfigError, command, open_searcher
+from embedmig.environment import Environment
 from embedmig.history import schema
-from embedmig.runtime import mirror
-from embedmig.runtime.environment import Environment
+from embedmig.serve import mirror
 from embedmig.store import traffic
 from tests.support import corpus_rows, embedmig, snapshot
 

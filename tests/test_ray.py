@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from embedmig import Config, ConfigError, command, open_searcher
 from embedmig.history import schema
-from embedmig.runtime import executors
+from embedmig.migrate import executors
 from tests.support import CLI, assert_serves, corpus_rows, embedmig, indexed, snapshot
 
 pytest.importorskip("ray.data", reason='the Ray executor needs pip install "embedmig[ray]"')

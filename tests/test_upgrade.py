@@ -66,7 +66,7 @@ def test_failing_gate_leaves_alias_unchanged_and_keeps_the_shadow(config: Config
         command.upgrade(config, "head")
     after = live(config)
     assert after.revision == "r1" and after.live == before
-    from embedmig.runtime.environment import Environment
+    from embedmig.environment import Environment
     from embedmig.store import catalog
 
     env = Environment(config)
@@ -191,7 +191,7 @@ def test_vectors_in_the_index_equal_a_fresh_encoding(
 ) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from embedmig.runtime.environment import Environment
+    from embedmig.environment import Environment
     from embedmig.store import catalog
 
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")

@@ -17,8 +17,8 @@ from embedmig import (
     open_searcher,
     open_writer,
 )
+from embedmig.environment import Environment
 from embedmig.history import schema
-from embedmig.runtime.environment import Environment
 from embedmig.sources import Corpus
 from embedmig.store import catalog
 from tests.support import assert_serves, corpus_rows, index_file, snapshot

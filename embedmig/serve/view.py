@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from embedmig.embedders import LoadedEmbedder
-from embedmig.runtime.environment import Environment
+from embedmig.environment import Environment
 from embedmig.store import catalog, files, journal
 from embedmig.store.overlay import Overlay
 

@@ -17,7 +17,7 @@ from embedmig.gates import OVERLAP_KS
 from embedmig.metrics import kernels
 from embedmig.metrics import report as rpt
 from embedmig.metrics.kernels import Judgements
-from embedmig.runtime.progress import Meter
+from embedmig.migrate.progress import Meter
 from embedmig.sources import Document
 from embedmig.store import files
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedmig.config import MAX_K, Config
+from embedmig.environment import Environment
 from embedmig.errors import ConfigError, StateError, StoreError
-from embedmig.runtime.environment import Environment
-from embedmig.runtime.mirror import Mirror, TrafficStats
-from embedmig.runtime.view import IndexView, follow
+from embedmig.serve.mirror import Mirror, TrafficStats
+from embedmig.serve.view import IndexView, follow
 from embedmig.store import catalog
 
 
@@ -31,7 +31,7 @@ class Searcher:
     index or its file (after compaction) changes.
 
     With ``searcher.log_queries`` it logs a share of the queries it serves, and while a canary is
-    open on the alias it mirrors a share of them to the shadow (see ``embedmig.runtime.mirror``):
+    open on the alias it mirrors a share of them to the shadow (see ``embedmig.serve.mirror``):
     both off the request path. ``close()`` records what is still queued.
     """
 

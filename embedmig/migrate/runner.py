@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 from embedmig import embedders
 from embedmig.config import BOUNDS, Config
+from embedmig.environment import Environment
 from embedmig.errors import ConfigError, EmbedmigError, ScriptError, StateError
 from embedmig.metrics.report import Report
-from embedmig.runtime import executors
-from embedmig.runtime.context import MigrationContext
-from embedmig.runtime.environment import Environment
+from embedmig.migrate import executors
+from embedmig.migrate.context import MigrationContext
 from embedmig.script import Revision
 from embedmig.store import catalog
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from embedmig.config import Config
 from embedmig.embedders import Embedder, LoadedEmbedder
+from embedmig.environment import Environment
 from embedmig.errors import (
     CanaryOpen,
     ConfigError,
@@ -25,12 +26,11 @@ from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
 from embedmig.metrics.kernels import Judgements
 from embedmig.metrics.report import Report, Settings
-from embedmig.runtime import canary as live_traffic
-from embedmig.runtime import carryover
-from embedmig.runtime import evaluate as ev
-from embedmig.runtime import forecast as fc
-from embedmig.runtime.backfill import CorpusStats, Sampler, Shadow, backfill
-from embedmig.runtime.environment import Environment
+from embedmig.migrate import canary as live_traffic
+from embedmig.migrate import carryover
+from embedmig.migrate import evaluate as ev
+from embedmig.migrate import forecast as fc
+from embedmig.migrate.backfill import CorpusStats, Sampler, Shadow, backfill
 from embedmig.script import Revision
 from embedmig.sources import Document, Qrels
 from embedmig.store import catalog, files, manifest, traffic

@@ -6,8 +6,8 @@ commits its catalog changes with their history row in one transaction.
 
 from __future__ import annotations
 
+from embedmig.environment import Environment
 from embedmig.errors import ConfigError, ScriptError, StateError
-from embedmig.runtime.environment import Environment
 from embedmig.store import catalog, journal, manifest, traffic
 
 

@@ -25,7 +25,6 @@ from embedmig.store import locks
 from embedmig.store.catalog import IndexRecord
 
 if TYPE_CHECKING:
-    from embedmig.runtime.executors import Executor
     from embedmig.script import ScriptDir
 
 
@@ -128,14 +127,6 @@ class Environment:
             allow_remote_code=self.config.get_bool("allow_remote_code"),
             device=self.config.get("device"),
         )
-
-    def executor(self, embedder: LoadedEmbedder) -> Executor:
-        """What turns the backfill's texts into vectors (option ``executor``)."""
-        from embedmig.runtime import executors
-
-        if executors.check(self.config) == "ray":
-            return executors.RayExecutor(embedder, self.config)
-        return executors.InProcess(embedder, self.batch_size)
 
     def lock(
         self, aliases: Iterable[str], command: str, wait: float = 0.0

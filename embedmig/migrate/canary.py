@@ -1,7 +1,7 @@
 """Canaries: the live comparisons searchers record, measured with the report's kernels and gated.
 
 A canary is opened by a revision's ``ctx.canary()`` (see ``MigrationContext.canary``); searchers
-mirror to it (``embedmig.runtime.mirror``); this module reads what they recorded.
+mirror to it (``embedmig.serve.mirror``); this module reads what they recorded.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from embedmig.embedders import Embedder
+from embedmig.environment import Environment
 from embedmig.gates import CANARY_PREFIX, LIVE, Check, Gates, Verdict
 from embedmig.metrics import report as rpt
-from embedmig.runtime.environment import Environment
 from embedmig.store import catalog, traffic
 
 _NO_TEXT = "(text not kept: searcher.log_text = false)"

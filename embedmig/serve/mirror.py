@@ -20,8 +20,8 @@ from datetime import datetime
 
 import numpy as np
 
-from embedmig.runtime.environment import Environment
-from embedmig.runtime.view import IndexView, follow
+from embedmig.environment import Environment
+from embedmig.serve.view import IndexView, follow
 from embedmig.store import catalog, manifest, traffic
 
 log = logging.getLogger("embedmig")

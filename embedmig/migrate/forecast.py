@@ -21,7 +21,7 @@ from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS, threshold_metric
 from embedmig.metrics import forecast as fc
 from embedmig.metrics import kernels
 from embedmig.metrics import report as rpt
-from embedmig.runtime import evaluate as ev
+from embedmig.migrate import evaluate as ev
 from embedmig.sources import Document
 from embedmig.store import files
 

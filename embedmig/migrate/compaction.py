@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from embedmig.runtime.environment import Environment, remove_file
-from embedmig.runtime.view import IndexView
+from embedmig.environment import Environment, remove_file
+from embedmig.serve.view import IndexView
 from embedmig.store import catalog, files, journal, manifest
 
 # Indexes a reader or a downgrade may open; a shadow still building folds its tail at its end.

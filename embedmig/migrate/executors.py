@@ -1,6 +1,6 @@
 """Executors turn the backfill's chunks of texts into vectors; nothing else.
 
-The driver (``runtime.backfill``) owns ids, the spool, checkpoints and the index build, whatever the
+The driver (``migrate.backfill``) owns ids, the spool, checkpoints and the index build, whatever the
 executor: ``inprocess`` encodes each chunk in this process; ``ray`` sends windows of chunks to an
 actor pool on Ray Data (one model load per actor, on any machine of a Ray cluster) and hands the
 vectors back in corpus order, so the same bookkeeping runs on the same vectors.
@@ -76,6 +76,13 @@ def check(config: Config, executor: str | None = None) -> str:
             ) from None
         RaySettings.of(config)
     return name
+
+
+def open_executor(config: Config, embedder: LoadedEmbedder, batch_size: int) -> Executor:
+    """What turns the backfill's texts into vectors (option ``executor``)."""
+    if check(config) == "ray":
+        return RayExecutor(embedder, config)
+    return InProcess(embedder, batch_size)
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ import faiss
 import numpy as np
 
 from embedmig.embedders import LoadedEmbedder
+from embedmig.environment import Environment
 from embedmig.errors import SourceError, StoreError
 from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
-from embedmig.runtime import carryover
-from embedmig.runtime.environment import Environment
-from embedmig.runtime.progress import Meter
+from embedmig.migrate import carryover, executors
+from embedmig.migrate.progress import Meter
 from embedmig.script import Revision
 from embedmig.sources import Document
 from embedmig.store import catalog, files, journal, manifest
@@ -207,7 +207,7 @@ def _backfill(
     sampler = Sampler(sample_size, env.config.get_int("eval.seed"))
     started = time.perf_counter()
     meter = Meter(f"backfill {rev.alias}", docs.total(), initial=skip, bar=env.progress)
-    executor = env.executor(embedder)
+    executor = executors.open_executor(env.config, embedder, env.batch_size)
     try:
         chunks = batches(docs, env.checkpoint_every, progress, sampler, skip)
         for chunk, encoded in executor.map(chunks, Chunk.texts):

@@ -16,9 +16,9 @@ import numpy as np
 
 from embedmig.config import Config
 from embedmig.embedders import LoadedEmbedder
+from embedmig.environment import Environment
 from embedmig.errors import ConfigError, SourceError, StateError
 from embedmig.names import check_alias, check_key
-from embedmig.runtime.environment import Environment
 from embedmig.store import catalog, journal
 
 # How often a write is re-embedded because a migration started between embedding and journaling.

@@ -1,1 +1,0 @@
-"""Running migrations (context, backfill, evaluation) and reading live indexes (searcher)."""
