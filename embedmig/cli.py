@@ -476,7 +476,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     state = State()
     try:
-        cli.main(args=list(argv) if argv is not None else None, obj=state, standalone_mode=False)
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="embedmig",  # not "python -c" or a test runner's name
+            obj=state,
+            standalone_mode=False,
+        )
     except GateFailed as exc:
         return _fail(state, exc, EXIT_GATE)
     except CanaryOpen as exc:  # not a failure: the swap waits for live traffic

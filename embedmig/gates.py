@@ -13,7 +13,9 @@ OVERLAP_KS = (1, 10, 100)
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 _QRELS = "(needs queries + qrels)"
 
-# Every metric a gate can name, with what it means; report.compute fills exactly these keys.
+# Every metric a gate can name, with what it means. An evaluation fills the comparison metrics
+# (a dry run each with a 95% interval), the backfill the coverage_* ones and a canary the canary_*
+# ones below; tests/test_docs.py holds each of them to exactly its share of this table.
 METRICS: dict[str, str] = {
     **{
         f"overlap_at_{k}": f"mean share of the old top-{k} kept in the new top-{k}"

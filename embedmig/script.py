@@ -45,10 +45,6 @@ class Revision:
     upgrade: Callable[[Any], None]
     downgrade: Callable[[Any], None]
 
-    @property
-    def is_base(self) -> bool:
-        return self.down_revision is None
-
 
 class ScriptDir:
     """The ``versions/`` of an environment, as embedmig revisions."""

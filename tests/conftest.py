@@ -13,7 +13,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from embedmig import Config, command
-from tests.support import POSTGRES_ADMIN_URL, build_static_model, corpus_rows
+from tests.support import POSTGRES_ADMIN_URL, CrashRunner, build_static_model, corpus_rows
 
 
 @pytest.fixture(scope="session")
@@ -94,3 +94,10 @@ def any_db(request: pytest.FixtureRequest, project: Path) -> Config:
     ini = project / "embedmig.ini"
     ini.write_text(ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 40"))
     return Config(ini)
+
+
+@pytest.fixture(scope="session")
+def crash_runner() -> Iterator[CrashRunner]:
+    runner = CrashRunner()
+    yield runner
+    runner.close()

@@ -1,6 +1,13 @@
-"""Runs `embedmig upgrade` and SIGKILLs itself at one named point (for tests/test_crashes.py).
+"""Runs `embedmig` commands that SIGKILL themselves at one named point (for tests/test_crashes.py).
 
-    python tests/crash_runner.py POINT [embedmig args...]
+    python tests/crash_runner.py --serve
+
+starts a server that has already imported embedmig, torch, sentence-transformers and FAISS, and
+computed nothing with them. For each request line on stdin (JSON: ``cwd``, ``point``, ``args``)
+it forks a child, which installs the point and runs ``embedmig ARGS`` in ``cwd``; the server
+answers one JSON line: how the child ended (``signal`` or ``code``) and what it wrote to stderr.
+Each child is a real process killed by a real SIGKILL, without paying for an interpreter's
+start-up; the server itself never runs a model, so no thread pool is forked half-way.
 
 Each point wraps a real function of embedmig, so the process dies exactly where a power cut or an
 OOM kill could stop a production run.
@@ -9,6 +16,7 @@ OOM kill could stop a production run.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import sys
@@ -77,6 +85,49 @@ ROLLBACK_POINTS: dict[str, Callable[[], None]] = {
     "after-rollback-commit": lambda: kill_on_call(context.MigrationContext, "rollback", after=True),
 }
 
+
+def run_child(cwd: str, point: str, args: list[str], stderr_path: str) -> None:
+    """In the forked child: never returns."""
+    code = 70
+    try:
+        fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(fd, 2)
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115  # the process's own stderr
+        os.chdir(cwd)
+        {**POINTS, **ROLLBACK_POINTS}[point]()
+        code = cli.main(args)
+    except BaseException as exc:  # the child must never return into the server's loop
+        print(f"crash runner child failed: {exc!r}", file=sys.stderr)
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve() -> None:
+    import faiss  # noqa: F401
+    import sentence_transformers  # noqa: F401
+
+    from embedmig import command  # noqa: F401
+    from embedmig.migrate import runner  # noqa: F401
+
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        stderr_path = os.path.join(request["cwd"], ".crash-runner-stderr")
+        pid = os.fork()
+        if pid == 0:
+            run_child(request["cwd"], request["point"], request["args"], stderr_path)
+        _, status = os.waitpid(pid, 0)
+        with open(stderr_path, encoding="utf-8", errors="replace") as fh:
+            stderr = fh.read()
+        os.unlink(stderr_path)
+        ended = (
+            {"signal": os.WTERMSIG(status)}
+            if os.WIFSIGNALED(status)
+            else {"code": os.WEXITSTATUS(status)}
+        )
+        print(json.dumps({**ended, "stderr": stderr}), flush=True)
+
+
 if __name__ == "__main__":
-    {**POINTS, **ROLLBACK_POINTS}[sys.argv[1]]()
-    sys.exit(cli.main(sys.argv[2:]))
+    serve()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,13 +21,40 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_DATA = ROOT / "demo" / "data"
 POSTGRES_ADMIN_URL = os.environ.get("EMBEDMIG_TEST_POSTGRES")
 CLI = (sys.executable, "-c", "from embedmig.cli import main; raise SystemExit(main())")
+CRASH_RUNNER = Path(__file__).with_name("crash_runner.py")
 
 
-def embedmig(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``embedmig ARGS`` as a process of its own, in ``project``."""
-    return subprocess.run(
+@dataclass(frozen=True)
+class Ran:
+    """What a run of the ``embedmig`` command gave: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def embedmig(project: Path, *args: str) -> Ran:
+    """``embedmig ARGS`` in ``project``, run by this process through the CLI's one entry point
+    (``main``: the same parsing, error boundary, exit codes and output as the console script)."""
+    from embedmig.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        os.chdir(cwd)
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
+def embedmig_process(project: Path, *args: str) -> Ran:
+    """``embedmig ARGS`` as a process of its own, in ``project``: for the specs about processes."""
+    done = subprocess.run(
         [*CLI, *args], cwd=project, capture_output=True, text=True, timeout=600, check=False
     )
+    return Ran(done.returncode, done.stdout, done.stderr)
 
 
 def corpus_rows(n: int) -> list[dict[str, str]]:
@@ -208,3 +238,30 @@ def count_encodes(monkeypatch: Any) -> list[int]:
 
     monkeypatch.setattr(LoadedEmbedder, "encode_documents", counting)
     return encoded
+
+
+class CrashRunner:
+    """The fork server of tests/crash_runner.py: one interpreter start-up for every crash."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CRASH_RUNNER), "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        assert json.loads(self.proc.stdout.readline()) == {"ready": True}
+
+    def run(self, project: Path, point: str, args: tuple[str, ...]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        request = {"cwd": str(project), "point": point, "args": list(args)}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        answer: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return answer
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)

@@ -10,7 +10,7 @@ import pytest
 
 from embedmig import Config
 from embedmig.cli import main
-from tests.support import snapshot
+from tests.support import embedmig, embedmig_process, snapshot
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -125,3 +125,20 @@ def test_console_script_runs(project: Path) -> None:
         check=False,
     )
     assert result.returncode == 0 and "upgrade" in result.stdout
+
+
+def test_the_process_the_specs_start_exits_with_the_commands_code(project: Path) -> None:
+    failed = embedmig_process(project, "downgrade", "no-such-revision")
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("embedmig: error: ")
+    assert embedmig_process(project, "current").returncode == 0
+
+
+def test_the_in_process_runner_gives_the_same_code_and_lines_as_the_process(project: Path) -> None:
+    for args in (("downgrade", "no-such-revision"), ("search", "docs", "x", "-k", "0"), ("heads",)):
+        here, there = embedmig(project, *args), embedmig_process(project, *args)
+        assert (here.returncode, here.stdout, here.stderr) == (
+            there.returncode,
+            there.stdout,
+            there.stderr,
+        ), args

@@ -6,8 +6,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +16,13 @@ from embedmig import Config, EmbedderError, StoreError, command
 from embedmig.environment import Environment
 from embedmig.store import catalog, files
 from tests.crash_runner import POINTS, ROLLBACK_POINTS
-from tests.support import corpus_rows, count_encodes, index_file, snapshot
-
-RUNNER = Path(__file__).with_name("crash_runner.py")
+from tests.support import CrashRunner, corpus_rows, count_encodes, index_file, snapshot
 
 
-def kill_upgrade_at(project: Path, point: str, *command_line: str) -> None:
+def kill_upgrade_at(runner: CrashRunner, project: Path, point: str, *command_line: str) -> None:
     """`embedmig upgrade head` (or ``command_line``) in a child that SIGKILLs itself at ``point``."""
-    died = subprocess.run(
-        [sys.executable, str(RUNNER), point, *(command_line or ("upgrade", "head"))],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert died.returncode == -signal.SIGKILL, died.stderr
+    died = runner.run(project, point, command_line or ("upgrade", "head"))
+    assert died.get("signal") == signal.SIGKILL, died
 
 
 def prepared(project: Path) -> Config:
@@ -76,10 +65,10 @@ def assert_correct_final_state(config: Config, models: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize("point", sorted(POINTS))
 def test_an_upgrade_killed_anywhere_ends_correct_after_a_rerun(
-    project: Path, models: dict[str, Path], point: str
+    project: Path, models: dict[str, Path], point: str, crash_runner: CrashRunner
 ) -> None:
     config = prepared(project)
-    kill_upgrade_at(project, point)
+    kill_upgrade_at(crash_runner, project, point)
     (state,) = command.current(config)
     assert state.revision in ("r1", "r2")  # the state before or after, nothing in between
     if point != "after-swap-commit":
@@ -89,10 +78,10 @@ def test_an_upgrade_killed_anywhere_ends_correct_after_a_rerun(
 
 
 def test_a_rerun_after_a_kill_embeds_only_what_was_not_checkpointed(
-    project: Path, monkeypatch: pytest.MonkeyPatch
+    project: Path, monkeypatch: pytest.MonkeyPatch, crash_runner: CrashRunner
 ) -> None:
     config = prepared(project)
-    kill_upgrade_at(project, "before-checkpoint")
+    kill_upgrade_at(crash_runner, project, "before-checkpoint")
     env = Environment(config)
     with env.engine.connect() as conn:
         (building,) = [i for i in catalog.indexes(conn, "docs") if i.state == "building"]
@@ -155,12 +144,12 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_the_alias_alone(
 
 @pytest.mark.parametrize("point", sorted(ROLLBACK_POINTS))
 def test_a_downgrade_killed_anywhere_ends_on_the_previous_index_after_a_rerun(
-    project: Path, point: str
+    project: Path, point: str, crash_runner: CrashRunner
 ) -> None:
     config = prepared(project)
     (before,) = command.current(config)
     command.upgrade(config, "head")
-    kill_upgrade_at(project, point, "downgrade", "r1")
+    kill_upgrade_at(crash_runner, project, point, "downgrade", "r1")
     (state,) = command.current(config)
     assert state.revision in ("r1", "r2") and state.live is not None
     assert state.live.revision == state.revision  # never a version without its index

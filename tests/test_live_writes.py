@@ -14,7 +14,7 @@ from pathlib import Path
 from embedmig import Config, command, open_searcher
 from embedmig.environment import Environment
 from embedmig.store import journal
-from tests.support import assert_serves, corpus_rows
+from tests.support import assert_serves, corpus_rows, embedmig_process
 
 WRITER = Path(__file__).with_name("live_writer.py")
 WORKERS = 3
@@ -86,14 +86,7 @@ def run_live_migration(project: Path, config: Config) -> None:
     writers = start_writers(project, OPS, seed=100)
     while journal_position(config) < 200:  # writers are up and writing before the migration
         time.sleep(0.05)
-    upgrade = subprocess.run(
-        [sys.executable, "-c", "from embedmig.cli import main; main()", "upgrade", "r2", "--force"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    upgrade = embedmig_process(project, "upgrade", "r2", "--force")  # beside the writers
     assert upgrade.returncode == 0, upgrade.stderr
     at_swap = journal_position(config)
     finish(writers)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from embedmig import Config, GateFailed, Locked, command, open_searcher
-from tests.support import snapshot
+from tests.support import CrashRunner, snapshot
 
 QUERY = "glioblastoma stem cells tumor growth"
 
@@ -72,13 +72,17 @@ def test_locks_on_postgres(postgres_config: Config) -> None:
 
 @pytest.mark.parametrize("point", ["before-checkpoint", "after-index-rename", "before-swap-commit"])
 def test_killed_upgrade_recovers_on_postgres(
-    postgres_config: Config, project: Path, models: dict[str, Path], point: str
+    postgres_config: Config,
+    project: Path,
+    models: dict[str, Path],
+    point: str,
+    crash_runner: CrashRunner,
 ) -> None:
     from tests.test_crashes import assert_correct_final_state, kill_upgrade_at, prepared
 
     config = prepared(project)
     assert config.url.startswith("postgresql")
-    kill_upgrade_at(project, point)
+    kill_upgrade_at(crash_runner, project, point)
     assert command.current(config)[0].revision == "r1"
     command.upgrade(config, "head")
     assert_correct_final_state(config, models)

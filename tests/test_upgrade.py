@@ -222,3 +222,24 @@ def test_an_invalid_index_factory_is_refused_before_embedding(config: Config) ->
     with pytest.raises(Exception, match="invalid faiss index factory 'NoSuchIndex'"):
         command.upgrade(config, dry_run=True, sample=50)
     assert snapshot(config) == before
+
+
+def test_a_rerun_that_fails_to_start_keeps_the_kept_shadow_and_its_file(config: Config) -> None:
+    """Files go after the commit that drops their index: a start that rolls back (here a factory
+    the model cannot build) leaves the shadow kept for inspection whole, row and file."""
+    two_revisions(config, second="models/far", gates="Gates(min_overlap_at_10=0.9)")
+    command.upgrade(config, "r1")
+    with pytest.raises(GateFailed):
+        command.upgrade(config, "head")
+    before = snapshot(config)
+    path = next((config.script_location / "versions").glob("r2_*.py"))
+    text = path.read_text().replace("index_factory = 'Flat'", "index_factory = 'IVF9x'")
+    assert "'IVF9x'" in text
+    path.write_text(text)
+    with pytest.raises(Exception, match="invalid faiss index factory 'IVF9x'"):
+        command.upgrade(config, "head")
+    after = snapshot(config)
+    assert after["files"] == before["files"]
+    assert {k: v for k, v in after.items() if k != "versions"} == {
+        k: v for k, v in before.items() if k != "versions"
+    }

@@ -229,7 +229,6 @@ class ForecastInput:
     ``judged`` are the relevant judgements with ``docs`` as columns of ``sampled.scores``.
     ``old_top`` is the old model's exact full-corpus top list per query as columns of
     ``sampled.scores`` (-1 where that document was not sampled), self hits already dropped.
-    ``old_scores`` are the old model's exact top-k scores (queries, k).
     """
 
     sampled: SampledScores
@@ -237,8 +236,6 @@ class ForecastInput:
     rbo_p: float
     judged: Judgements | None = None
     old_top: np.ndarray | None = None
-    old_scores: np.ndarray | None = None
-    old_judged: dict[str, np.ndarray] | None = None  # exact per-query old qrels metrics
 
 
 @dataclass

@@ -195,7 +195,9 @@ def _backfill(
     engine = env.engine
     docs = env.corpus(rev.alias)  # first: a corpus that cannot be opened registers nothing
     with engine.begin() as conn:
-        index_id, point = _start(conn, env, rev, embedder, restart=restart)
+        index_id, point, dropped = _start(conn, env, rev, embedder, restart=restart)
+    for record in dropped:  # after the commit, as prune does: a rollback keeps file and row
+        env.remove_index_files(record)
     path = env.index_path(rev.alias, index_id, rev.revision)
     spool = files.Spool(path, embedder.dim)
     spool.truncate(point.rows)
@@ -288,11 +290,12 @@ def _backfill(
 
 def _start(
     conn: Any, env: Environment, rev: Revision, embedder: LoadedEmbedder, *, restart: bool
-) -> tuple[int, catalog.Checkpoint]:
+) -> tuple[int, catalog.Checkpoint, list[catalog.IndexRecord]]:
     """Resume a killed build of this revision with this model, or register a new shadow.
 
     A new shadow starts at the journal's current position, with writers locked out for the
     moment: every later change is written to it too (dual-write), and is replayed into it.
+    Also returns the stale shadows it dropped, whose files the caller removes once this commits.
     """
     _check_writable(env.index_path(rev.alias, 0, rev.revision).parent)
     # No row yet means no change journaled yet; a writer creating one meanwhile only makes the
@@ -300,14 +303,17 @@ def _start(
     _, start_seq = catalog.lock_alias(conn, rev.alias, create=False)
     building = catalog.find_index(conn, rev.alias, rev.revision, [catalog.BUILDING])
     if not restart and building is not None and building.fingerprint == embedder.fingerprint:
-        return building.id, catalog.checkpoint(conn, building.id)
+        return building.id, catalog.checkpoint(conn, building.id), []
     # An unswapped shadow of an earlier run may be stale (the corpus moved on): rebuild it.
-    for old in catalog.indexes(conn, rev.alias):
-        if old.revision == rev.revision and old.state in (catalog.BUILDING, catalog.READY):
-            catalog.update_index(conn, old.id, state=catalog.DROPPED)
-            catalog.clear_checkpoint(conn, old.id)
-            manifest.drop(conn, old.id)
-            env.remove_index_files(old)
+    dropped = [
+        old
+        for old in catalog.indexes(conn, rev.alias)
+        if old.revision == rev.revision and old.state in (catalog.BUILDING, catalog.READY)
+    ]
+    for old in dropped:
+        catalog.update_index(conn, old.id, state=catalog.DROPPED)
+        catalog.clear_checkpoint(conn, old.id)
+        manifest.drop(conn, old.id)
     index_id = catalog.register_index(
         conn,
         alias=rev.alias,
@@ -321,7 +327,7 @@ def _start(
     )
     # Fail now, not after hours of encoding, if the factory string is not valid for this model.
     files.new_index(embedder.dim, rev.index_factory)
-    return index_id, catalog.Checkpoint()
+    return index_id, catalog.Checkpoint(), dropped
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ class TrafficStats:
     mirrored: int = 0
     dropped: int = 0  # never queued: the queue was full
     failed: int = 0  # queued, but its write or mirrored search failed
+    polls: int = 0  # times the worker looked for a canary opened or closed on the alias
 
 
 class Mirror:
@@ -162,6 +163,7 @@ class Mirror:
                 self._idle.notify_all()
             if not stopping and time.monotonic() >= next_poll:
                 self._poll()
+                self.stats.polls += 1
                 next_poll = time.monotonic() + self.poll_seconds
 
     def _drain(self, first: object) -> list[object]:
