@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from embedmig.config import Config
+from embedmig.config import Config, share
 from embedmig.environment import Environment
 from embedmig.errors import ConfigError, ScriptError, StateError
 from embedmig.store import catalog, locks
@@ -250,14 +250,13 @@ def canary(
     """The live comparison of ``alias``'s open canary so far, as a report judged by the canary
     gates of its revision. ``fraction`` changes the share of queries searchers mirror; ``close``
     ends the canary without a swap (recorded in history; the shadow stays ``ready``)."""
-    if fraction is not None and (
-        isinstance(fraction, bool)
-        or not isinstance(fraction, (int, float))
-        or not 0 <= fraction <= 1
-    ):
-        raise ConfigError(f"--fraction must be a share from 0 to 1, got {fraction!r}")
+    if fraction is not None:
+        fraction = share(fraction, "--fraction")
     from embedmig.migrate import canary as live_traffic
+    from embedmig.migrate.settings import EvalSettings
     from embedmig.store import traffic
+
+    settings = EvalSettings.of(config)
 
     with _opened(config) as env:
         with env.engine.connect() as conn:
@@ -272,9 +271,9 @@ def canary(
             raise ScriptError(f"the canary's revision {opened.revision} has no script")
         if fraction is not None:
             with env.engine.begin() as conn:
-                traffic.set_fraction(conn, opened.id, float(fraction))
-            opened = replace(opened, fraction=float(fraction))
-        measured = live_traffic.measure(env, opened, gates)
+                traffic.set_fraction(conn, opened.id, fraction)
+            opened = replace(opened, fraction=fraction)
+        measured = live_traffic.measure(env, opened, gates, settings)
         if close:
             with env.lock([alias], "canary", wait), env.engine.begin() as conn:
                 live_traffic.end(

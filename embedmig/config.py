@@ -12,6 +12,7 @@ import difflib
 import logging
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from embedmig.errors import ConfigError
@@ -185,10 +186,7 @@ class Config:
 
     def get_share(self, key: str) -> float:
         """A float option from 0 to 1 (a fraction of queries, say)."""
-        value = self.get_float(key)
-        if not 0 <= value <= 1:
-            raise ConfigError(f"option {key!r} must be a share from 0 to 1, got {value:g}")
-        return value
+        return share(self.get_float(key), f"option {key!r}")
 
     def get_bool(self, key: str, default: bool = False) -> bool:
         raw = self.get(key)
@@ -229,6 +227,34 @@ class Config:
 
     def __repr__(self) -> str:
         return f"Config({str(self.path) if self.path else None!r}, root={str(self.root)!r})"
+
+
+def share(value: object, name: str) -> float:
+    """``value`` as a share from 0 to 1; ``name`` says where it came from in the error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        raise ConfigError(f"{name} must be a share from 0 to 1, got {shown}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """What every command that embeds reads, migrating or serving; built once per environment
+    (``Environment.settings``), which checks them."""
+
+    batch_size: int
+    device: str | None
+    allow_remote_code: bool
+    lock_lease: float
+
+    @classmethod
+    def of(cls, config: Config) -> EnvSettings:
+        return cls(
+            batch_size=config.get_int("batch_size"),
+            device=config.get("device"),
+            allow_remote_code=config.get_bool("allow_remote_code"),
+            lock_lease=config.get_float("lock.lease_seconds"),
+        )
 
 
 def _read(path: Path) -> dict[str, str]:

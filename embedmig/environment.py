@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from embedmig import embedders
-from embedmig.config import Config
+from embedmig.config import Config, EnvSettings
 from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.errors import ConfigError, ScriptError, SourceError, StateError, StoreError
 from embedmig.history import db
@@ -32,6 +32,7 @@ class Environment:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.progress = False  # long steps draw progress bars (the CLI, on a terminal)
+        self._logged: dict[str, list[Document]] = {}
 
     @cached_property
     def engine(self) -> sa.Engine:
@@ -49,13 +50,13 @@ class Environment:
 
         return load_env(self.config)
 
-    @property
-    def batch_size(self) -> int:
-        return self.config.get_int("batch_size")
+    @cached_property
+    def settings(self) -> EnvSettings:
+        return EnvSettings.of(self.config)
 
     @property
-    def checkpoint_every(self) -> int:
-        return self.config.get_int("checkpoint_every")
+    def batch_size(self) -> int:
+        return self.settings.batch_size
 
     def corpus(self, alias: str) -> Corpus:
         docs: Iterable[Document] | None = self._call_env("corpus", alias, required=True)
@@ -75,7 +76,13 @@ class Environment:
         return spec == "log" or spec.startswith("log:")
 
     def logged_queries(self, alias: str) -> list[Document]:
-        """The latest distinct queries searchers logged for ``alias``, as evaluation queries."""
+        """The latest distinct queries searchers logged for ``alias``, as evaluation queries;
+        read once per command (its early check and its evaluation share the read)."""
+        if alias not in self._logged:
+            self._logged[alias] = self._read_logged_queries(alias)
+        return self._logged[alias]
+
+    def _read_logged_queries(self, alias: str) -> list[Document]:
         from embedmig.store import traffic
 
         spec = self.config.require("queries")
@@ -124,16 +131,15 @@ class Environment:
         return embedders.load(
             spec,
             self.config.root,
-            allow_remote_code=self.config.get_bool("allow_remote_code"),
-            device=self.config.get("device"),
+            allow_remote_code=self.settings.allow_remote_code,
+            device=self.settings.device,
         )
 
     def lock(
         self, aliases: Iterable[str], command: str, wait: float = 0.0
     ) -> AbstractContextManager[None]:
         """Hold the migration locks of ``aliases`` (see ``store.locks``) with the configured lease."""
-        lease = self.config.get_float("lock.lease_seconds")
-        return locks.hold(self.engine, aliases, command, wait=wait, lease=lease)
+        return locks.hold(self.engine, aliases, command, wait=wait, lease=self.settings.lock_lease)
 
     def embedder_of(self, record: IndexRecord) -> LoadedEmbedder:
         """The model an index was built with, refusing model files that changed since."""

@@ -22,6 +22,7 @@ from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
 from embedmig.migrate import carryover, executors
 from embedmig.migrate.progress import Meter
+from embedmig.migrate.settings import MigrationSettings
 from embedmig.script import Revision
 from embedmig.sources import Document
 from embedmig.store import catalog, files, journal, manifest
@@ -171,17 +172,19 @@ def batches(
         yield Chunk(consumed, batch, progress.state())
 
 
-def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_size: int) -> Shadow:
+def backfill(
+    env: Environment, rev: Revision, embedder: LoadedEmbedder, settings: MigrationSettings
+) -> Shadow:
     """Build (or resume building) the shadow index of ``rev`` and mark it ready."""
     try:
-        return _backfill(env, rev, embedder, sample_size, restart=False)
+        return _backfill(env, rev, embedder, settings, restart=False)
     except SourceChanged:
         log.warning(
             "the corpus of %s changed before the killed backfill's last checkpoint: "
             "starting the backfill over",
             rev.alias,
         )
-        shadow = _backfill(env, rev, embedder, sample_size, restart=True)
+        shadow = _backfill(env, rev, embedder, settings, restart=True)
         shadow.stats.notes.insert(
             0,
             "the corpus changed under the checkpoint of a killed run: the backfill started over",
@@ -190,7 +193,12 @@ def backfill(env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_s
 
 
 def _backfill(
-    env: Environment, rev: Revision, embedder: LoadedEmbedder, sample_size: int, *, restart: bool
+    env: Environment,
+    rev: Revision,
+    embedder: LoadedEmbedder,
+    settings: MigrationSettings,
+    *,
+    restart: bool,
 ) -> Shadow:
     engine = env.engine
     docs = env.corpus(rev.alias)  # first: a corpus that cannot be opened registers nothing
@@ -206,12 +214,12 @@ def _backfill(
         log.info("resuming backfill of %s at document %d (%d vectors kept)", rev.alias, skip, rows)
     stats = CorpusStats()
     progress = Progress(point.progress, stats)
-    sampler = Sampler(sample_size, env.config.get_int("eval.seed"))
+    sampler = Sampler(settings.eval.sample, settings.eval.seed)
     started = time.perf_counter()
     meter = Meter(f"backfill {rev.alias}", docs.total(), initial=skip, bar=env.progress)
-    executor = executors.open_executor(env.config, embedder, env.batch_size)
+    executor = executors.open_executor(embedder, env.settings, env.config.root, settings.ray)
     try:
-        chunks = batches(docs, env.checkpoint_every, progress, sampler, skip)
+        chunks = batches(docs, settings.checkpoint_every, progress, sampler, skip)
         for chunk, encoded in executor.map(chunks, Chunk.texts):
             texts = chunk.texts()
             stats.truncated += encoded.truncated
@@ -230,7 +238,7 @@ def _backfill(
         if rows == 0:
             raise SourceError(f"the corpus of alias {rev.alias!r} has no non-empty documents")
         streamed = rows
-        merged = _reconcile(env, rev.alias, index_id, embedder, spool)
+        merged = _reconcile(env, rev.alias, index_id, embedder, spool, settings.checkpoint_every)
     except BaseException:
         # Keep a checkpointed build for the next run to resume; one with nothing durable in it
         # is removed, so a failure on the first batch leaves no trace.
@@ -246,7 +254,7 @@ def _backfill(
     started = time.perf_counter()
     index = spool.build(
         rev.index_factory,
-        seed=env.config.get_int("eval.seed"),
+        seed=settings.eval.seed,
         drop=merged.deleted_ids,
     )
     sha256 = files.save(index, path)
@@ -358,7 +366,12 @@ class _Merged:
 
 
 def _reconcile(
-    env: Environment, alias: str, index_id: int, embedder: LoadedEmbedder, spool: files.Spool
+    env: Environment,
+    alias: str,
+    index_id: int,
+    embedder: LoadedEmbedder,
+    spool: files.Spool,
+    step: int,
 ) -> _Merged:
     """Put on the spool, after the corpus read, the net effect of the changes journaled since the
     shadow started (the replay) and the writes the alias serves that the corpus lacks (the
@@ -390,7 +403,6 @@ def _reconcile(
     # Writers add this shadow's vectors as they journal; only writes of a writer that had not yet
     # seen the shadow started lack one.
     tail.fill(lambda batch: embedder.encode_documents(batch, env.batch_size))
-    step = env.checkpoint_every
     for start in range(0, len(carried), step):
         chunk = [text for text, _ in texts[start : start + step]]
         spool.append(

@@ -6,15 +6,20 @@ mirror to it (``embedmig.serve.mirror``); this module reads what they recorded.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from embedmig.embedders import Embedder
 from embedmig.environment import Environment
+from embedmig.errors import CanaryOpen, StateError
 from embedmig.gates import CANARY_PREFIX, LIVE, Check, Gates, Verdict
 from embedmig.metrics import report as rpt
+from embedmig.migrate.settings import CanarySettings, EvalSettings
 from embedmig.store import catalog, traffic
+
+log = logging.getLogger("embedmig")
 
 _NO_TEXT = "(text not kept: searcher.log_text = false)"
 
@@ -28,20 +33,15 @@ class Measured:
     source: str  # "live traffic, N queries since <time>"
 
 
-def measure(env: Environment, canary: traffic.Canary, gates: Gates) -> Measured:
+def measure(
+    env: Environment, canary: traffic.Canary, gates: Gates, settings: EvalSettings
+) -> Measured:
     """Everything searchers mirrored to ``canary``, compared as an evaluation compares."""
     with env.engine.connect() as conn:
         found = traffic.comparisons(conn, canary)
         shadow = catalog.get_index(conn, canary.index_id)
         live = catalog.get_index(conn, canary.live_id) if canary.live_id is not None else None
-    config = env.config
-    settings = rpt.Settings(
-        k=canary.k,
-        rbo_p=config.get_float("eval.rbo_p"),
-        thresholds=gates.thresholds,
-        seed=config.get_int("eval.seed"),
-        resamples=config.get_int("eval.resamples"),
-    )
+    figures = settings.metrics(gates.thresholds, k=canary.k)
     metrics: dict[str, float | None] = {}
     report = rpt.Report(
         alias=canary.alias,
@@ -60,7 +60,7 @@ def measure(env: Environment, canary: traffic.Canary, gates: Gates) -> Measured:
     if len(found):
         old = rpt.Results(found.old_ids, found.old_scores)
         new = rpt.Results(found.new_ids, found.new_scores)
-        computed = rpt.compute(old, new, candidates=shadow.ntotal, settings=settings)
+        computed = rpt.compute(old, new, candidates=shadow.ntotal, settings=figures)
         metrics.update(computed.metrics)
         report.distributions = computed.distributions
         if computed.overlap_at_k is not None:
@@ -139,4 +139,117 @@ def end(
         to_index=canary.index_id,
         verdict=report.verdict.label if report is not None and report.verdict else None,
         metrics=report.to_dict() if report is not None else None,
+    )
+
+
+def attach(
+    env: Environment,
+    alias: str,
+    revision: str,
+    fingerprint: str,
+    live_id: int | None,
+    started_at: datetime,
+) -> tuple[traffic.Canary, catalog.IndexRecord] | None:
+    """The open canary of this revision, model and live index, with its shadow (kept current by
+    the writers since it opened); an open canary that no longer fits is abandoned. None: the
+    upgrade builds its shadow."""
+    with env.engine.begin() as conn:
+        canary = traffic.open_canary(conn, alias)
+        if canary is None:
+            return None
+        record = catalog.get_index(conn, canary.index_id)
+        if (
+            canary.revision == revision
+            and record.state == catalog.READY
+            and record.fingerprint == fingerprint
+            and canary.live_id == live_id
+            and canary.report is not None
+        ):
+            log.info("continuing the canary of %s on shadow index #%d", alias, record.id)
+            return canary, record
+        end(conn, canary, traffic.ABANDONED, started_at=started_at)
+    log.warning(
+        "abandoned the canary of %s @ %s: it no longer matches this upgrade", alias, canary.revision
+    )
+    return None
+
+
+def open_on(
+    env: Environment,
+    report: rpt.Report,
+    shadow: catalog.IndexRecord,
+    live: catalog.IndexRecord,
+    settings: CanarySettings,
+    k: int,
+    started_at: datetime,
+) -> CanaryOpen:
+    """Open a canary of ``shadow`` against ``live``, recorded in history with the offline
+    ``report``; returns what the upgrade raises to say so."""
+    # Both top-k lists must be full: k is at most what either index holds.
+    k = max(1, min(k, shadow.ntotal, live.ntotal))
+    with env.engine.begin() as conn:
+        if traffic.open_canary(conn, report.alias) is not None:
+            raise StateError(f"a canary is already open on {report.alias}")
+        traffic.start(
+            conn,
+            alias=report.alias,
+            revision=report.revision,
+            index_id=shadow.id,
+            live_id=live.id,
+            fraction=settings.fraction,
+            k=k,
+            min_queries=settings.min_queries,
+            report=report.to_dict(),
+        )
+        catalog.record(
+            conn,
+            alias=report.alias,
+            revision=report.revision,
+            action="canary",
+            status="open",
+            started_at=started_at,
+            from_index=live.id,
+            to_index=shadow.id,
+            verdict=report.verdict.label if report.verdict and report.verdict.checks else None,
+            metrics=report.to_dict(),
+        )
+    return CanaryOpen(
+        f"canary opened for {report.alias} @ {report.revision}: searchers now mirror "
+        f"{settings.fraction:.0%} of their queries to shadow index #{shadow.id}; run "
+        f"`embedmig upgrade` again once {settings.min_queries:,} have been compared "
+        f"(`embedmig canary {report.alias}` shows the comparison)",
+        alias=report.alias,
+        compared=0,
+        needed=settings.min_queries,
+        report=report,
+    )
+
+
+def hold(
+    env: Environment,
+    canary: traffic.Canary,
+    report: rpt.Report,
+    gates: Gates,
+    settings: EvalSettings,
+    *,
+    forced: bool,
+) -> None:
+    """Add the canary's comparison so far to ``report`` and judge it; raises ``CanaryOpen``
+    while the swap must wait (too few queries compared, or a canary gate failing, unforced)."""
+    measured = measure(env, canary, gates, settings)
+    report.metrics.update(measured.metrics)
+    report.notes.append(f"canary on {measured.source}")
+    report.verdict = judge(gates, report.metrics, canary.min_queries, forced=forced)
+    if report.verdict.passed or forced:
+        return
+    compared = int(measured.metrics["canary_queries"] or 0)
+    failures = "; ".join(check.describe() for check in report.verdict.failures())
+    raise CanaryOpen(
+        f"canary open for {canary.alias} @ {canary.revision}: {compared:,} of "
+        f"{canary.min_queries:,} mirrored queries; {failures} "
+        f"(`embedmig canary {canary.alias}` shows the comparison)",
+        alias=canary.alias,
+        compared=compared,
+        needed=canary.min_queries,
+        report=report,
     )

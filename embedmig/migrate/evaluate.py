@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -13,13 +13,17 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from embedmig.embedders import LoadedEmbedder
+from embedmig.environment import Environment
 from embedmig.gates import OVERLAP_KS
 from embedmig.metrics import kernels
 from embedmig.metrics import report as rpt
 from embedmig.metrics.kernels import Judgements
+from embedmig.migrate.backfill import Sampler, Shadow
 from embedmig.migrate.progress import Meter
-from embedmig.sources import Document
-from embedmig.store import files
+from embedmig.migrate.settings import EvalSettings
+from embedmig.script import Revision
+from embedmig.sources import Document, Qrels
+from embedmig.store import catalog, files
 
 _SLICE = 512  # queries per encode + search while evaluating
 
@@ -55,11 +59,123 @@ class _Clock:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
+@dataclass(frozen=True)
+class QuerySource:
+    """What a migration evaluates on, read once: the configured queries (a file, env.py or the
+    query log) with their judgements, or, when none are configured, sampled corpus documents."""
+
+    docs: Iterable[Document] | None
+    qrels: Qrels | None
+    from_log: bool
+
+    @classmethod
+    def of(cls, env: Environment, alias: str) -> QuerySource:
+        docs = env.queries(alias)
+        # Judgements apply only to configured queries.
+        qrels = env.qrels(alias) if docs is not None else None
+        return cls(docs, qrels, env.uses_query_log())
+
+    def judged_keys(self) -> set[str]:
+        """The documents the judgements name: a dry run embeds each of them."""
+        return {key for judged in (self.qrels or {}).values() for key in judged}
+
+    def sample(
+        self,
+        settings: EvalSettings,
+        corpus_sample: Sequence[Document],
+        ids_of: Mapping[str, int],
+        *,
+        compared: bool,
+    ) -> QuerySet:
+        """The seeded query sample, judged where there are qrels; ``ids_of`` gives the ids (or
+        sample columns) of documents. Nothing when nothing is ``compared`` (an alias's first
+        index without gates) and there are no judgements."""
+        if not compared and self.qrels is None:
+            return QuerySet([], "none (first index of the alias, no qrels)")
+        if self.docs is None:
+            docs = [d for d in corpus_sample if d.key in ids_of][: settings.sample]
+            self_ids = np.array([ids_of[d.key] for d in docs], dtype=np.int64)
+            return QuerySet(docs, "sampled corpus documents", self_ids=self_ids)
+        sampler = Sampler(settings.sample, settings.seed)
+        for doc in self.docs:
+            if self.qrels is None or doc.key in self.qrels:
+                sampler.offer(doc)
+        docs = sampler.documents()
+        if self.from_log:
+            return QuerySet(docs, "query log: queries searchers served")
+        if self.qrels is None:
+            return QuerySet(docs, "queries file")
+        qrels = self.qrels
+        triples = [
+            (row, ids_of[key], grade)
+            for row, doc in enumerate(docs)
+            for key, grade in qrels[doc.key].items()
+            if key in ids_of
+        ]
+        judged = (
+            Judgements(*(np.array(column, dtype=np.int64) for column in zip(*triples, strict=True)))
+            if triples
+            else Judgements.empty()
+        )
+        return QuerySet(docs, "queries file with qrels", judged=judged)
+
+
+def evaluate_shadow(
+    env: Environment,
+    rev: Revision,
+    shadow: Shadow,
+    new: LoadedEmbedder,
+    live: catalog.IndexRecord | None,
+    queries: QuerySource,
+    settings: EvalSettings,
+) -> rpt.Report:
+    """An upgrade's evaluation: the query sample searched in the live index with the old model
+    and in the shadow with the new one."""
+    alias = rev.alias
+    with env.engine.connect() as conn:
+        ids_of = catalog.lookup_ids(
+            conn, alias, {d.key for d in shadow.sample} | queries.judged_keys()
+        )
+    query_set = queries.sample(
+        settings, shadow.sample, ids_of, compared=rev.old is not None or bool(rev.gates)
+    )
+    old = None
+    if live is not None and rev.old is not None:
+        old = Side(env.load_embedder(rev.old), files.load(env.file_of(live), live.sha256))
+    index = shadow.index
+    if index is None:  # evaluated before (a canary's shadow): read it back, verified
+        index = files.load(env.file_of(shadow.record), shadow.record.sha256)
+
+    def keys_of(ids: set[int]) -> dict[int, str]:
+        with env.engine.connect() as conn:
+            described = catalog.describe_ids(conn, alias, ids)
+        return {i: doc.key for i, doc in described.items()}
+
+    # Nothing is compared for a first index without qrels: no background either.
+    background = [d.text for d in shadow.sample[: settings.pair_docs]] if query_set.docs else []
+    report = run(
+        alias=alias,
+        revision=rev.revision,
+        old=old,
+        new=Side(new, index),
+        queries=query_set,
+        background=background,
+        settings=settings.metrics(rev.gates.thresholds),
+        batch_size=env.batch_size,
+        keys_of=keys_of,
+        notes=shadow.stats.notes,
+        progress=env.progress,
+    )
+    report.timings.update(shadow.stats.seconds)
+    # The swap needs only the saved file: free the index now rather than inside the swap.
+    shadow.index = None
+    return report
+
+
 def run(
     *,
     alias: str,
     revision: str,
-    dry_run: bool,
     old: Side | None,
     new: Side,
     queries: QuerySet,
@@ -111,7 +227,7 @@ def run(
         revision=revision,
         old_model=old.embedder.spec.describe() if old else None,
         new_model=new.embedder.spec.describe(),
-        dry_run=dry_run,
+        dry_run=False,
         corpus_size=ntotal,
         query_source=queries.source,
         n_queries=len(texts),

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from embedmig.config import Config
+from embedmig.config import Config, EnvSettings
 from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.errors import ConfigError, EmbedderError
 
@@ -61,8 +61,8 @@ class InProcess:
 
 
 def check(config: Config, executor: str | None = None) -> str:
-    """The executor an upgrade uses (``executor`` overrides the option), with its options read:
-    a bad one, or Ray not installed, fails before anything is embedded."""
+    """The executor an upgrade uses (``executor`` overrides the option): a bad name, or Ray not
+    installed, fails before anything is embedded."""
     name = executor or config.get("executor", "inprocess") or "inprocess"
     if name not in EXECUTORS:
         raise ConfigError(f"executor {name!r} is not one of {', '.join(EXECUTORS)}")
@@ -74,15 +74,17 @@ def check(config: Config, executor: str | None = None) -> str:
             raise ConfigError(
                 'executor = ray needs Ray Data: pip install "embedmig[ray]"'
             ) from None
-        RaySettings.of(config)
     return name
 
 
-def open_executor(config: Config, embedder: LoadedEmbedder, batch_size: int) -> Executor:
-    """What turns the backfill's texts into vectors (option ``executor``)."""
-    if check(config) == "ray":
-        return RayExecutor(embedder, config)
-    return InProcess(embedder, batch_size)
+def open_executor(
+    embedder: LoadedEmbedder, settings: EnvSettings, root: Path, ray: RaySettings | None
+) -> Executor:
+    """What turns the backfill's texts into vectors: Ray Data with ``ray`` settings, else this
+    process. ``root`` is where relative model paths start, on every worker."""
+    if ray is not None:
+        return RayExecutor(embedder, settings, root, ray)
+    return InProcess(embedder, settings.batch_size)
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,9 @@ class RayExecutor:
     checkpoints them chunk by chunk: a killed driver loses at most the window in flight.
     """
 
-    def __init__(self, embedder: LoadedEmbedder, config: Config) -> None:
+    def __init__(
+        self, embedder: LoadedEmbedder, env: EnvSettings, root: Path, settings: RaySettings
+    ) -> None:
         # Ray's own logs (and its C++ backend's) show with --verbose only: a failure is one line.
         quiet = log.getEffectiveLevel() > logging.DEBUG
         import ray
@@ -146,13 +150,10 @@ class RayExecutor:
         if quiet:
             for name in ("ray", "ray.data", "ray.serve"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
-        self.settings = RaySettings.of(config)
+        self.settings = settings
         self.embedder = embedder
-        self.root = str(config.root)
-        self.options = {
-            "allow_remote_code": config.get_bool("allow_remote_code"),
-            "device": config.get("device"),
-        }
+        self.root = str(root)
+        self.options = {"allow_remote_code": env.allow_remote_code, "device": env.device}
         if not ray.is_initialized():
             ray.init(
                 address=self.settings.address,

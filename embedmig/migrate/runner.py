@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from embedmig import embedders
-from embedmig.config import BOUNDS, Config
 from embedmig.environment import Environment
-from embedmig.errors import ConfigError, EmbedmigError, ScriptError, StateError
+from embedmig.errors import EmbedmigError, ScriptError, StateError
 from embedmig.metrics.report import Report
-from embedmig.migrate import executors
 from embedmig.migrate.context import MigrationContext
+from embedmig.migrate.settings import MigrationSettings
 from embedmig.script import Revision
 from embedmig.store import catalog
 
@@ -29,27 +28,16 @@ def upgrade(
 
     The aliases on the way are locked for the whole run (a dry run changes nothing: no lock).
     """
-    check_options(env.config)  # a bad option fails now, not after hours of backfill
+    # Every option the run reads, read now: a bad one fails before anything is embedded.
+    env.settings  # noqa: B018
+    settings = MigrationSettings.of(env.config)
     path, live = _upgrade_path(env, target)
     _check_logged_queries(env, path)
-    if dry_run or not path:
-        return _apply(env, path, live, dry_run, sample, force, on_report)
-    with env.lock({rev.alias for rev in path}, "upgrade", wait):
-        path, live = _upgrade_path(env, target)  # another run may have moved on while we waited
-        return _apply(env, path, live, dry_run, sample, force, on_report)
-
-
-def check_options(config: Config) -> None:
-    """Read every option an upgrade uses, so a bad value fails before anything is embedded."""
-    for key in BOUNDS:
-        config.get_int(key)
-    rbo_p = config.get_float("eval.rbo_p")
-    if not 0 < rbo_p < 1:
-        raise ConfigError(f"option 'eval.rbo_p' must be between 0 and 1, got {rbo_p:g}")
-    config.get_float("lock.lease_seconds")
-    config.get_bool("allow_remote_code")
-    config.get_share("canary.fraction")
-    executors.check(config)
+    if not dry_run and path:
+        with env.lock({rev.alias for rev in path}, "upgrade", wait):
+            path, live = _upgrade_path(env, target)  # another run may have moved on meanwhile
+            return _apply(env, path, live, settings, dry_run, sample, force, on_report)
+    return _apply(env, path, live, settings, dry_run, sample, force, on_report)
 
 
 def _check_logged_queries(env: Environment, path: list[Revision]) -> None:
@@ -73,6 +61,7 @@ def _apply(
     env: Environment,
     path: list[Revision],
     live: dict[str, catalog.IndexRecord | None],
+    settings: MigrationSettings,
     dry_run: bool,
     sample: int | float,
     force: bool,
@@ -83,7 +72,15 @@ def _apply(
     reports: list[Report] = []
     for rev in path:
         _check_old(env, rev, expected.get(rev.alias))
-        ctx = MigrationContext(env, rev, dry_run=dry_run, sample=sample, force=force)
+        ctx = MigrationContext(
+            env,
+            rev,
+            settings,
+            live=live.get(rev.alias),
+            dry_run=dry_run,
+            sample=sample,
+            force=force,
+        )
         try:
             _call(rev.upgrade, ctx, rev, "upgrade")
         finally:
@@ -91,9 +88,10 @@ def _apply(
                 on_report(ctx.report)
         if not ctx.swapped:
             raise ScriptError(f"upgrade() of {rev.revision} returned without calling ctx.swap()")
-        assert ctx.report is not None
+        assert ctx.report is not None and ctx.new_fingerprint is not None
         reports.append(ctx.report)
-        expected[rev.alias] = _new_fingerprint(env, rev)
+        expected[rev.alias] = ctx.new_fingerprint
+        live[rev.alias] = ctx.serving
     return reports
 
 
@@ -116,17 +114,12 @@ def _downgrade_path(env: Environment, target: str) -> list[Revision]:
 
 def _undo(env: Environment, path: list[Revision]) -> None:
     for rev in path:
-        ctx = MigrationContext(env, rev)
+        ctx = MigrationContext(env, rev)  # a rollback reads no option: none can stop it
         _call(rev.downgrade, ctx, rev, "downgrade")
         if not ctx.rolled_back:
             raise ScriptError(
                 f"downgrade() of {rev.revision} returned without calling ctx.rollback()"
             )
-
-
-def _new_fingerprint(env: Environment, rev: Revision) -> str:
-    location = embedders.resolve_location(rev.new, env.config.root)
-    return embedders.fingerprint(rev.new, location)
 
 
 def _check_old(env: Environment, rev: Revision, live_fingerprint: str | None) -> None:

@@ -132,6 +132,26 @@ def find_index(
     return IndexRecord.from_row(row) if row else None
 
 
+def previous_index(conn: sa.Connection, live: IndexRecord, down_revision: str) -> IndexRecord:
+    """The retired index that ``live`` replaced, which a rollback of its revision restores: the
+    one its upgrade swapped out (history), else the newest retired index of ``down_revision``."""
+    for event in history(conn, live.alias, live.revision):
+        if event.action == "upgrade" and event.to_index == live.id and event.from_index:
+            previous = get_index(conn, event.from_index)
+            break
+    else:
+        found = find_index(conn, live.alias, down_revision, [RETIRED])
+        if found is None:
+            raise StateError(f"no retained index of {down_revision} to roll back to")
+        previous = found
+    if previous.state != RETIRED:
+        raise StateError(
+            f"index #{previous.id} of {previous.revision} is {previous.state}, not retired; "
+            "it cannot be restored without re-embedding"
+        )
+    return previous
+
+
 def register_index(
     conn: sa.Connection,
     *,

@@ -1,0 +1,171 @@
+"""A dry run's side of ``ctx.backfill()`` and ``ctx.evaluate()``: read the corpus once for a
+seeded sample (nothing durable is built), then forecast the upgrade's report from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedmig.embedders import LoadedEmbedder
+from embedmig.environment import Environment
+from embedmig.errors import ConfigError, SourceError
+from embedmig.metrics import coverage
+from embedmig.metrics.coverage import Docs
+from embedmig.metrics.report import Report
+from embedmig.migrate import carryover
+from embedmig.migrate import evaluate as ev
+from embedmig.migrate import forecast as fc
+from embedmig.migrate.backfill import Sampler
+from embedmig.migrate.settings import EvalSettings
+from embedmig.script import Revision
+from embedmig.sources import Document
+from embedmig.store import catalog, files, manifest
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What a dry run read from the corpus: the sample, each sampled key's column, the queries,
+    and the coverage the upgrade would reach (exact: it needs no embedding)."""
+
+    sample: fc.SampleDocs
+    columns: dict[str, int]
+    queries: ev.QuerySet
+    notes: list[str]
+    coverage: carryover.Result
+
+    @classmethod
+    def read(
+        cls,
+        env: Environment,
+        rev: Revision,
+        new: LoadedEmbedder,
+        live: catalog.IndexRecord | None,
+        queries: ev.QuerySource,
+        settings: EvalSettings,
+        sample: int | float,
+    ) -> DryRun:
+        """Read the corpus once: a seeded uniform sample of ``sample`` documents (a float: that
+        share of the corpus) and the judged documents; nothing is embedded yet."""
+        # No index is built, but a factory the upgrade could not build fails here, as there.
+        files.new_index(new.dim, rev.index_factory)
+        if isinstance(sample, float):
+            sampler = Sampler(0, settings.seed, rate=sample)
+        else:
+            sampler = Sampler(sample, settings.seed)
+        judged = queries.judged_keys()
+        extra: dict[str, Document] = {}
+        skipped = population = 0
+        read = _CorpusRead(env, rev.alias)
+        for doc in env.corpus(rev.alias):
+            if not doc.text.strip():
+                skipped += 1
+                continue
+            population += 1
+            read.add(doc)
+            if doc.key in judged:
+                extra[doc.key] = doc
+            else:
+                sampler.offer(doc)
+        uniform = sampler.documents()
+        if not uniform and not extra:
+            raise SourceError(f"the corpus of alias {rev.alias!r} has no non-empty documents")
+        if not uniform and population > len(extra):
+            # Nothing to extrapolate from: the unjudged documents would go unrepresented.
+            raise ConfigError(
+                f"--sample {sample:g} drew none of the {population - len(extra):,} "
+                "unjudged documents; take a larger sample"
+            )
+        columns = {d.key: i for i, d in enumerate([*uniform, *extra.values()])}
+        notes = [
+            f"seeded sample of {len(uniform):,} documents"
+            + (f" plus the {len(extra):,} judged documents of the queries" if extra else "")
+        ]
+        if skipped:
+            notes.append(f"{skipped} empty document(s) skipped")
+        query_set = queries.sample(
+            settings, uniform, columns, compared=rev.old is not None or bool(rev.gates)
+        )
+        covered = read.coverage(live)
+        return cls(
+            fc.SampleDocs(uniform, list(extra.values()), population),
+            columns,
+            query_set,
+            notes + covered.notes,
+            covered,
+        )
+
+    def forecast(
+        self,
+        env: Environment,
+        rev: Revision,
+        new: LoadedEmbedder,
+        live: catalog.IndexRecord | None,
+        settings: EvalSettings,
+    ) -> Report:
+        """The report the upgrade would write, forecast for the full corpus: the old side exact
+        from the live index, the new side estimated from the sample."""
+        old_side = None
+        if live is not None and rev.old is not None:
+            keys = set(self.columns) | {q.key for q in self.queries.docs}
+            with env.engine.connect() as conn:
+                live_ids = catalog.lookup_ids(conn, rev.alias, keys)
+            old_side = fc.LiveSide(
+                env.load_embedder(rev.old), files.load(env.file_of(live), live.sha256), live_ids
+            )
+        return fc.run(
+            alias=rev.alias,
+            revision=rev.revision,
+            new=new,
+            old=old_side,
+            sample=self.sample,
+            columns=self.columns,
+            queries=self.queries,
+            settings=settings.metrics(rev.gates.thresholds),
+            resamples=settings.forecast_resamples,
+            pair_docs=settings.pair_docs,
+            batch_size=env.batch_size,
+            notes=self.notes,
+        )
+
+
+class _CorpusRead:
+    """A dry run's read of the whole corpus as (doc id, text hash), for the coverage forecast.
+
+    Keys embedmig never saw are new documents: the corpus adds them, which coverage never
+    questions, so only known keys are kept (16 bytes each).
+    """
+
+    _CHUNK = 500
+
+    def __init__(self, env: Environment, alias: str) -> None:
+        self.env = env
+        self.alias = alias
+        self._pending: dict[str, int] = {}
+        self._ids: list[int] = []
+        self._sha: list[int] = []
+
+    def add(self, doc: Document) -> None:
+        self._pending[doc.key] = manifest.content_hash(doc.text)
+        if len(self._pending) >= self._CHUNK:
+            self._resolve()
+
+    def _resolve(self) -> None:
+        with self.env.engine.connect() as conn:
+            found = catalog.lookup_ids(conn, self.alias, self._pending)
+        for key, sha in self._pending.items():
+            if key in found:
+                self._ids.append(found[key])
+                self._sha.append(sha)
+        self._pending.clear()
+
+    def coverage(self, live: catalog.IndexRecord | None) -> carryover.Result:
+        self._resolve()
+        now = Docs.of(np.array(self._ids, dtype=np.int64), np.array(self._sha, dtype=np.int64))
+        with self.env.engine.connect() as conn:
+            plan = carryover.plan(conn, self.alias, live, now)
+            if plan is None:
+                assert live is not None
+                return carryover.unknown(live)
+            found = coverage.compare(plan.target.docs, plan.feasible(now))
+            return carryover.result(conn, self.alias, found, plan, "would be carried over")

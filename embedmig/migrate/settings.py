@@ -1,0 +1,101 @@
+"""What a migration reads from the configuration, typed, built once at the start of a command.
+
+Building them is the validation: ``upgrade`` builds them before it locks or embeds anything, so a
+bad value fails at once, and nothing further down reads an option again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from embedmig.config import Config, share
+from embedmig.errors import ConfigError
+from embedmig.metrics import report as rpt
+from embedmig.migrate import executors
+from embedmig.migrate.executors import RaySettings
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """``eval.*``: the query sample, the depth compared, the seeds and resamples."""
+
+    sample: int
+    k: int
+    seed: int
+    rbo_p: float
+    resamples: int
+    pair_docs: int
+    forecast_resamples: int
+
+    @classmethod
+    def of(cls, config: Config) -> EvalSettings:
+        rbo_p = config.get_float("eval.rbo_p")
+        if not 0 < rbo_p < 1:
+            raise ConfigError(f"option 'eval.rbo_p' must be between 0 and 1, got {rbo_p:g}")
+        return cls(
+            sample=config.get_int("eval.sample"),
+            k=config.get_int("eval.k"),
+            seed=config.get_int("eval.seed"),
+            rbo_p=rbo_p,
+            resamples=config.get_int("eval.resamples"),
+            pair_docs=config.get_int("eval.pair_docs"),
+            forecast_resamples=config.get_int("eval.forecast_resamples"),
+        )
+
+    def metrics(self, thresholds: Sequence[float] = (), k: int | None = None) -> rpt.Settings:
+        """What the report's figures need, with a revision's ``thresholds`` (and another depth
+        ``k``, for a canary whose indexes hold fewer documents)."""
+        return rpt.Settings(
+            k=self.k if k is None else k,
+            rbo_p=self.rbo_p,
+            thresholds=tuple(thresholds),
+            seed=self.seed,
+            resamples=self.resamples,
+        )
+
+
+@dataclass(frozen=True)
+class CanarySettings:
+    """``canary.*``: the defaults of ``ctx.canary()``."""
+
+    fraction: float
+    min_queries: int
+
+    @classmethod
+    def of(cls, config: Config) -> CanarySettings:
+        return cls(config.get_share("canary.fraction"), config.get_int("canary.min_queries"))
+
+    def with_arguments(self, fraction: object, min_queries: object) -> CanarySettings:
+        """These settings with what a revision passed to ``ctx.canary()``, checked."""
+        fraction = (
+            self.fraction if fraction is None else share(fraction, "ctx.canary(fraction=...)")
+        )
+        needed = self.min_queries if min_queries is None else min_queries
+        if isinstance(needed, bool) or not isinstance(needed, int) or needed < 1:
+            raise ConfigError(
+                f"ctx.canary(min_queries=...) must be a positive integer, got {needed!r}"
+            )
+        return CanarySettings(fraction, needed)
+
+
+@dataclass(frozen=True)
+class MigrationSettings:
+    """Everything an upgrade reads besides what the environment does (``EnvSettings``)."""
+
+    checkpoint_every: int
+    eval: EvalSettings
+    canary: CanarySettings
+    executor: str  # inprocess or ray
+    ray: RaySettings | None  # with executor = ray
+
+    @classmethod
+    def of(cls, config: Config) -> MigrationSettings:
+        executor = executors.check(config)
+        return cls(
+            checkpoint_every=config.get_int("checkpoint_every"),
+            eval=EvalSettings.of(config),
+            canary=CanarySettings.of(config),
+            executor=executor,
+            ray=RaySettings.of(config) if executor == "ray" else None,
+        )
