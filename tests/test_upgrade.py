@@ -11,7 +11,7 @@ import pytest
 
 from embedmig import Config, GateFailed, ScriptError, StateError, command
 from embedmig.store import files
-from tests.support import index_file, snapshot
+from tests.support import embedmig, index_file, snapshot
 
 
 def set_gates(config: Config, rev_id: str, gates: str) -> None:
@@ -243,3 +243,20 @@ def test_a_rerun_that_fails_to_start_keeps_the_kept_shadow_and_its_file(config: 
     assert {k: v for k, v in after.items() if k != "versions"} == {
         k: v for k, v in before.items() if k != "versions"
     }
+
+
+def test_a_second_swap_in_one_upgrade_changes_nothing_and_the_exit_code_tells_the_truth(
+    config: Config,
+) -> None:
+    two_revisions(config)
+    path = next((config.script_location / "versions").glob("r2_*.py"))
+    path.write_text(path.read_text().replace("    ctx.swap()", "    ctx.swap()\n    ctx.swap()"))
+    command.upgrade(config, "r1")
+    done = embedmig(config.root, "upgrade", "head")
+    assert done.returncode == 0, done.stderr
+    assert "ctx.swap() called again in r2: already swapped" in done.stderr
+    assert live(config).revision == "r2"
+    upgrades = [e for e in command.history(config, "docs") if e.action == "upgrade"]
+    assert [(e.revision, e.status) for e in upgrades] == [("r2", "ok"), ("r1", "ok")]
+    again = embedmig(config.root, "upgrade", "head")  # and later runs are at head, not failing
+    assert again.returncode == 0, again.stderr
