@@ -15,6 +15,7 @@ from embedmig import cli, gates
 from embedmig.config import DEFAULTS, KNOWN
 from embedmig.metrics import report
 from embedmig.metrics.kernels import Judgements
+from tests.support import with_judged_queries
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -112,6 +113,31 @@ def test_gates_metrics_are_exactly_what_the_report_fills() -> None:
     for name in thresholds:
         assert gates.is_metric(name), name
         gates.Gates(**{f"min_{name}": 0.0})  # type: ignore[arg-type]
+
+
+def test_a_dry_run_forecasts_exactly_the_metrics_the_upgrade_measures(
+    config: embedmig.Config, project: Path
+) -> None:
+    config = with_judged_queries(project, 40, words=12)
+    embedmig.command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    embedmig.command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
+    embedmig.command.upgrade(config, "r1")
+    (forecast,) = embedmig.command.upgrade(config, "head", dry_run=True, sample=150)
+    (measured,) = embedmig.command.upgrade(config, "head", force=True)
+
+    def names(found: report.Report) -> set[str]:
+        return {n for n in found.metrics if not n.endswith(("_ci_low", "_ci_high"))}
+
+    assert forecast.forecast and not measured.forecast
+    assert names(forecast) == names(measured)
+    assert "recall_ratio" in names(measured) and "overlap_at_10_p5" in names(measured)
+    # Every forecast figure carries its interval, but the exact ones: coverage is counted on the
+    # whole corpus, and random document pairs need no extrapolation from a uniform sample.
+    exact = ("coverage_", "pair_score_")
+    assert {f"{n}_ci_low" for n in names(forecast) if not n.startswith(exact)} <= set(
+        forecast.metrics
+    )
+    assert set(forecast.distributions["qrels"]) == set(measured.distributions["qrels"])
 
 
 def test_canary_metrics_are_exactly_what_a_canary_fills() -> None:

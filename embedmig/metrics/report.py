@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS, Check, Verdict, threshold_metric
-from embedmig.metrics import kernels
+from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS, Check, Verdict
+from embedmig.metrics import figures, kernels
+from embedmig.metrics.figures import QRELS_METRICS
 from embedmig.metrics.kernels import Judgements
 
 SCHEMA_VERSION = 5
@@ -37,7 +38,6 @@ HEADLINE = (
     "score_wasserstein",
     "pair_score_delta_mean",
 )
-QRELS_METRICS = ("recall_at_10", "recall_at_100", "mrr_at_10", "ndcg_at_10")
 # The report's lists of most affected queries (Report.worst keys), with their titles.
 WORST_KINDS = (
     ("by_overlap", "lowest overlap"),
@@ -189,147 +189,91 @@ def compute(
     ``candidates`` is how many documents a query can retrieve (its own row excluded): overlap at a
     k beyond it would count missing hits as changes, so it is not reported.
     """
-    computed = _change_metrics(old, new, candidates, settings, pairs_old, pairs_new)
-    if judged is not None:
-        found, computed.distributions["qrels"] = _qrels_metrics(old, new, judged, settings)
-        computed.metrics.update(found)
-    return computed
-
-
-def _change_metrics(
-    old: Results | None,
-    new: Results,
-    candidates: int,
-    settings: Settings,
-    pairs_old: np.ndarray | None,
-    pairs_new: np.ndarray | None,
-) -> Computed:
-    """Everything but the judgements: score distributions, overlaps, shifts, threshold map."""
     k = settings.k
     metrics: dict[str, float | None] = {}
     dist: dict[str, Any] = {}
     # Each distribution is sorted once; summaries, histograms, shifts and the map all read it.
     new_top = kernels.Sample.of(new.scores[:, :k])
     old_top = kernels.Sample.of(old.scores[:, :k]) if old is not None else None
-    dist["scores"] = _described(old_top, new_top)
-    new_pairs = kernels.Sample.of(pairs_new) if pairs_new is not None else None
-    old_pairs = kernels.Sample.of(pairs_old) if pairs_old is not None else None
-    if new_pairs is not None:
-        dist["pair_scores"] = _described(old_pairs, new_pairs)
+    dist["scores"] = figures.described(old_top, new_top)
+    metrics.update(figures.shift("score", old_top, new_top))
+    if pairs_new is not None:
+        new_pairs = kernels.Sample.of(pairs_new)
+        old_pairs = kernels.Sample.of(pairs_old) if pairs_old is not None else None
+        dist["pair_scores"] = figures.described(old_pairs, new_pairs)
+        if old_pairs is not None:
+            metrics.update(figures.shift("pair_score", old_pairs, new_pairs))
     overlap_at_k = None
     if old is not None and old_top is not None:
-        overlap_at_k = _overlap_metrics(old, new, candidates, settings, metrics, dist)
-        _shift_metrics("score", old_top, new_top, dist["scores"], metrics)
-        if old_pairs is not None and new_pairs is not None:
-            _shift_metrics("pair_score", old_pairs, new_pairs, dist["pair_scores"], metrics)
-        thresholds = sorted({*DEFAULT_THRESHOLDS, *settings.thresholds})
-        share, mapped = kernels.threshold_map(old_top, new_top, np.array(thresholds))
-        dist["threshold_map"] = [
-            {"old": t, "share": _num(s), "new": _num(m)}
-            for t, s, m in zip(thresholds, share, mapped, strict=True)
-        ]
-        for t, m in zip(thresholds, mapped, strict=True):
-            metrics[threshold_metric(t)] = _num(m)
+        per_query, depth = _agreement(old, new, candidates, settings)
+        metrics.update(figures.agreement(per_query))
+        dist["overlap"] = figures.overlap_table(per_query)
+        if depth:
+            dist["rbo"] = {"p": settings.rbo_p, "depth": depth}
+        overlap_at_k = per_query.get(f"overlap_at_{k}")
+        mapped = sorted({*DEFAULT_THRESHOLDS, *settings.thresholds})
+        metrics.update(figures.thresholds(old_top, new_top, mapped))
+        dist["threshold_map"] = figures.threshold_table(old_top, mapped, metrics)
+    if judged is not None:
+        found, dist["qrels"] = _qrels_metrics(old, new, judged, settings)
+        metrics.update(found)
     return Computed(metrics, dist, overlap_at_k)
 
 
-def _described(old: kernels.Sample | None, new: kernels.Sample) -> dict[str, Any]:
-    """Summaries of both distributions and their histograms on shared bins."""
-    return {
-        "old": old.summary() if old is not None else None,
-        "new": new.summary(),
-        "histogram": kernels.histogram_pair(old or kernels.Sample.of(np.empty(0)), new),
-    }
-
-
-def _overlap_metrics(
-    old: Results,
-    new: Results,
-    candidates: int,
-    settings: Settings,
-    metrics: dict[str, float | None],
-    dist: dict[str, Any],
-) -> np.ndarray | None:
-    """Fills the overlap metrics; returns the per-query overlap at ``settings.k`` (None when k
-    exceeds the candidates)."""
+def _agreement(
+    old: Results, new: Results, candidates: int, settings: Settings
+) -> tuple[dict[str, np.ndarray], int]:
+    """Per-query overlap and Jaccard at every k the results reach, and rank-biased overlap;
+    with the depth compared (0: none)."""
     depth = min(old.ids.shape[1], new.ids.shape[1], candidates)
-    dist["overlap"] = {}
     if depth < 1:
-        return None
+        return {}, 0
     ks = [k for k in OVERLAP_KS if k <= depth]
     wanted = sorted({*ks, settings.k}) if settings.k <= depth else ks
     agree = kernels.agreement(old.ids[:, :depth], new.ids[:, :depth], wanted, settings.rbo_p)
-    for k in ks:
-        overlap = agree.overlap[k]
-        stats = kernels.summary(overlap)
-        metrics[f"overlap_at_{k}"] = stats["mean"]
-        metrics[f"overlap_at_{k}_p5"] = stats["p5"]
-        metrics[f"overlap_at_{k}_p50"] = stats["p50"]
-        metrics[f"overlap_at_{k}_p95"] = stats["p95"]
-        metrics[f"overlap_at_{k}_below_half"] = _mean(overlap < 0.5)
-        metrics[f"jaccard_at_{k}"] = _mean(agree.jaccard[k])
-        dist["overlap"][str(k)] = {**stats, "histogram": kernels.histogram(overlap)}
-    metrics["rbo"] = _mean(agree.rbo) if agree.rbo is not None else None
-    dist["rbo"] = {"p": settings.rbo_p, "depth": depth}
-    return agree.overlap.get(settings.k)
-
-
-def _shift_metrics(
-    prefix: str,
-    old: kernels.Sample,
-    new: kernels.Sample,
-    summaries: Mapping[str, Any],
-    metrics: dict[str, float | None],
-) -> None:
-    """Shift of ``new`` against ``old``; ``summaries`` holds their summaries (already computed)."""
-    old_mean, new_mean = summaries["old"]["mean"], summaries["new"]["mean"]
-    if prefix == "score":
-        metrics["score_old_mean"], metrics["score_new_mean"] = old_mean, new_mean
-    if old_mean is not None and new_mean is not None:
-        metrics[f"{prefix}_delta_mean"] = new_mean - old_mean
-        if prefix == "score":
-            metrics["score_shift"] = abs(new_mean - old_mean)
-    metrics[f"{prefix}_ks"], metrics[f"{prefix}_wasserstein"] = kernels.distribution_shift(old, new)
+    per_query = {f"overlap_at_{k}": agree.overlap[k] for k in wanted}
+    per_query.update({f"jaccard_at_{k}": agree.jaccard[k] for k in wanted})
+    if agree.rbo is not None:
+        per_query["rbo"] = agree.rbo
+    return per_query, depth
 
 
 def _qrels_metrics(
     old: Results | None, new: Results, judged: Judgements, settings: Settings
 ) -> tuple[dict[str, float | None], dict[str, dict[str, Any]]]:
-    """The metrics against the judgements, and their table for the report."""
-    metrics: dict[str, float | None] = {}
-    n = new.ids.shape[0]
-    n_relevant, ideal = kernels.ideal_grades(judged, n, 10)
-    per_query: dict[str, dict[str, np.ndarray]] = {}
-    for side, results in (("old", old), ("new", new)):
-        if results is None:
-            continue
-        rel = kernels.relevance_matrix(results.ids, judged)
-        per_query[side] = {
-            "recall_at_10": kernels.recall_at_k(rel, n_relevant, 10),
-            "recall_at_100": kernels.recall_at_k(rel, n_relevant, 100),
-            "mrr_at_10": kernels.mrr_at_k(rel, 10),
-            "ndcg_at_10": kernels.ndcg_at_k(rel, ideal, 10),
-        }
-    table: dict[str, dict[str, Any]] = {}
-    for name in QRELS_METRICS:
-        table[name] = {"old": None, "new": None, "delta": None, "ci": None}
-        for side, values in per_query.items():
-            table[name][side] = metrics[f"{name}_{side}"] = _mean(values[name])
-    if "old" in per_query:
-        compared = [name for name in QRELS_METRICS if name != "recall_at_100"]
-        deltas = np.stack([per_query["new"][name] - per_query["old"][name] for name in compared])
+    """The metrics against the judgements, with bootstrap intervals of the deltas, and their
+    table for the report."""
+    new_per_query = figures.judged_per_query(new.ids, judged)
+    old_per_query = figures.judged_per_query(old.ids, judged) if old is not None else None
+    metrics = figures.judged(new_per_query, old_per_query)
+    if old_per_query is not None:
+        compared = figures.COMPARED_QRELS
+        deltas = np.stack([new_per_query[name] - old_per_query[name] for name in compared])
         # One set of resamples for all metrics: cheaper, and their intervals are comparable.
         interval = kernels.bootstrap_mean_ci(deltas, settings.resamples, settings.seed)
         for i, name in enumerate(compared):
-            table[name]["delta"] = metrics[f"{name}_delta"] = _mean(deltas[i])
             low = float(interval[0][i]) if interval else None
             high = float(interval[1][i]) if interval else None
-            table[name]["ci"] = [low, high] if interval else None
             metrics[f"{name}_delta_ci_low"], metrics[f"{name}_delta_ci_high"] = low, high
-    old_recall, new_recall = metrics.get("recall_at_10_old"), metrics.get("recall_at_10_new")
-    if old_recall and new_recall is not None:
-        metrics["recall_ratio"] = new_recall / old_recall
-    return metrics, table
+    return metrics, qrels_table(metrics)
+
+
+def qrels_table(metrics: Mapping[str, float | None]) -> dict[str, dict[str, Any]]:
+    """The judged metrics as the report's table: old, new, delta and its interval per metric
+    (with ``new_ci`` where the new side has an interval, as in a forecast)."""
+    table: dict[str, dict[str, Any]] = {}
+    for name in QRELS_METRICS:
+        low, high = metrics.get(f"{name}_delta_ci_low"), metrics.get(f"{name}_delta_ci_high")
+        row: dict[str, Any] = {
+            "old": metrics.get(f"{name}_old"),
+            "new": metrics.get(f"{name}_new"),
+            "delta": metrics.get(f"{name}_delta"),
+            "ci": [low, high] if low is not None or high is not None else None,
+        }
+        if f"{name}_new_ci_low" in metrics:
+            row["new_ci"] = [metrics[f"{name}_new_ci_low"], metrics[f"{name}_new_ci_high"]]
+        table[name] = row
+    return table
 
 
 def worst_queries(
@@ -390,14 +334,6 @@ def worst_queries(
             for row, doc, r_old, r_new in drops
         ],
     }
-
-
-def _mean(values: np.ndarray) -> float | None:
-    return float(np.mean(values)) if np.size(values) else None
-
-
-def _num(value: Any) -> float | None:
-    return float(value) if value is not None and math.isfinite(float(value)) else None
 
 
 def _json_safe(value: Any) -> Any:

@@ -17,16 +17,13 @@ from typing import Any
 import numpy as np
 
 from embedmig.embedders import LoadedEmbedder
-from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS, threshold_metric
+from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS
+from embedmig.metrics import figures, kernels
 from embedmig.metrics import forecast as fc
-from embedmig.metrics import kernels
 from embedmig.metrics import report as rpt
 from embedmig.migrate import evaluate as ev
 from embedmig.sources import Document
 from embedmig.store import files
-
-# Figures a sample cannot forecast per query with any confidence are left out of the report.
-_PER_QUERY_QUANTILES = (("p5", 0.05), ("p50", 0.5), ("p95", 0.95))
 
 
 @dataclass(frozen=True)
@@ -101,22 +98,21 @@ def run(
         )
     )
     thresholds = sorted({*DEFAULT_THRESHOLDS, *settings.thresholds})
-    estimate, figures = fc.with_intervals(
+    estimate, intervals = fc.with_intervals(
         forecaster,
         lambda est, weights: _figures(est, weights, exact, k, thresholds),
         resamples,
         settings.seed,
     )
-    figures = {name: _within_range(name, interval) for name, interval in figures.items()}
+    intervals = {name: _within_range(name, interval) for name, interval in intervals.items()}
     metrics: dict[str, float | None] = {}
-    for name, interval in figures.items():
-        metrics[name] = _num(interval.value)
+    for name, interval in intervals.items():
+        metrics[name] = figures.num(interval.value)
         metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = (
-            _num(interval.low),
-            _num(interval.high),
+            figures.num(interval.low),
+            figures.num(interval.high),
         )
-    old_top = exact.scores if exact else None
-    distributions = _distributions(estimate, exact, old_top, figures, thresholds, len(texts))
+    distributions = _distributions(estimate, exact, metrics, intervals, thresholds)
     pair_new = doc_vectors[: min(pair_docs, len(sample.uniform))]
     pair_old = _reconstruct(old, sample.uniform[: len(pair_new)]) if old else None
     _pair_metrics(pair_old, pair_new, metrics, distributions)
@@ -169,16 +165,7 @@ def _exact_old(
         dropped = ev.drop_self(rpt.Results(ids=cols, scores=scores), queries.self_ids)
         cols, scores = dropped.ids, dropped.scores
     cols, scores = cols[:, :depth], scores[:, :depth]
-    per_query: dict[str, np.ndarray] = {}
-    if queries.judged is not None:
-        rel = kernels.relevance_matrix(cols, queries.judged)
-        n_relevant, ideal = kernels.ideal_grades(queries.judged, len(cols), 10)
-        per_query = {
-            "recall_at_10": kernels.recall_at_k(rel, n_relevant, 10),
-            "recall_at_100": kernels.recall_at_k(rel, n_relevant, 100),
-            "mrr_at_10": kernels.mrr_at_k(rel, 10),
-            "ndcg_at_10": kernels.ndcg_at_k(rel, ideal, 10),
-        }
+    per_query = figures.judged_per_query(cols, queries.judged) if queries.judged is not None else {}
     return _Exact(cols, scores[:, :k], per_query)
 
 
@@ -189,116 +176,46 @@ def _figures(
     k: int,
     thresholds: Sequence[float],
 ) -> dict[str, float]:
-    """The report's metrics from one estimate, each query counted ``weights`` times."""
-    total = weights.sum()
-
-    def mean(values: np.ndarray) -> float:
-        return float(values @ weights / total) if total else math.nan
-
-    out: dict[str, float] = {}
+    """The report's metrics from one estimate, each query counted ``weights`` times: the
+    builders a measurement uses (``metrics.figures``), on forecast per-query values."""
+    counted = figures.Weights(weights)
     per_query = est.per_query
-    for name in rpt.QRELS_METRICS:
-        if name not in per_query:
-            continue
-        out[f"{name}_new"] = mean(per_query[name])
-        if exact is not None and name in exact.per_query:
-            out[f"{name}_old"] = mean(exact.per_query[name])
-            if name != "recall_at_100":
-                out[f"{name}_delta"] = out[f"{name}_new"] - out[f"{name}_old"]
-    if out.get("recall_at_10_old"):
-        out["recall_ratio"] = out["recall_at_10_new"] / out["recall_at_10_old"]
-    for at in OVERLAP_KS:
-        overlap = per_query.get(f"overlap_at_{at}")
-        if overlap is None:
-            continue
-        out[f"overlap_at_{at}"] = mean(overlap)
-        out[f"jaccard_at_{at}"] = mean(per_query[f"jaccard_at_{at}"])
-        repeated = np.clip(np.repeat(overlap, weights.astype(np.int64)), 0.0, 1.0)
-        for label, q in _PER_QUERY_QUANTILES:
-            out[f"overlap_at_{at}_{label}"] = float(np.quantile(repeated, q))
-        out[f"overlap_at_{at}_below_half"] = float(np.mean(repeated < 0.5))
-    if "rbo" in per_query:
-        out["rbo"] = mean(per_query["rbo"])
-    new_top = kernels.Sample.of(_new_top(est, weights))
-    out["score_new_mean"] = _mean(new_top)
+    out: figures.Figures = {}
+    if "recall_at_10" in per_query:
+        out.update(figures.judged(per_query, exact.per_query if exact else None, counted))
     if exact is not None:
-        old_top = kernels.Sample.of(np.repeat(exact.scores, weights.astype(np.int64), axis=0))
-        out["score_old_mean"] = _mean(old_top)
-        out["score_delta_mean"] = out["score_new_mean"] - out["score_old_mean"]
-        out["score_shift"] = abs(out["score_delta_mean"])
-        ks, w1 = kernels.distribution_shift(old_top, new_top)
-        out["score_ks"] = math.nan if ks is None else ks
-        out["score_wasserstein"] = math.nan if w1 is None else w1
-        _, mapped = kernels.threshold_map(old_top, new_top, np.array(thresholds))
-        for threshold, value in zip(thresholds, mapped, strict=True):
-            out[threshold_metric(threshold)] = float(value)
-    return out
-
-
-def _new_top(est: fc.Estimate, weights: np.ndarray) -> np.ndarray:
-    top: np.ndarray = np.repeat(est.top_scores, weights.astype(np.int64), axis=0)
-    return top
+        out.update(figures.agreement(per_query, counted))
+    new_top = kernels.Sample.of(counted.repeat(est.top_scores))
+    old_top = kernels.Sample.of(counted.repeat(exact.scores)) if exact is not None else None
+    out.update(figures.shift("score", old_top, new_top))
+    if old_top is not None:
+        out.update(figures.thresholds(old_top, new_top, thresholds))
+    # The bootstrap needs a number for every figure of every replicate.
+    return {name: math.nan if value is None else value for name, value in out.items()}
 
 
 def _distributions(
     est: fc.Estimate,
     exact: _Exact | None,
-    old_top: np.ndarray | None,
-    figures: Mapping[str, fc.Interval],
+    metrics: Mapping[str, float | None],
+    intervals: Mapping[str, fc.Interval],
     thresholds: Sequence[float],
-    n_queries: int,
 ) -> dict[str, Any]:
-    new_top = kernels.Sample.of(_new_top(est, np.ones(n_queries)))
-    old_sample = kernels.Sample.of(old_top) if old_top is not None else None
+    new_top = kernels.Sample.of(est.top_scores)
+    old_top = kernels.Sample.of(exact.scores) if exact is not None else None
     dist: dict[str, Any] = {
-        "scores": {
-            "old": old_sample.summary() if old_sample is not None else None,
-            "new": new_top.summary(),
-            "histogram": kernels.histogram_pair(
-                old_sample or kernels.Sample.of(np.empty(0)), new_top
-            ),
-        },
+        "scores": figures.described(old_top, new_top),
         "intervals": {
-            name: [_num(i.low), _num(i.high)] for name, i in figures.items() if math.isfinite(i.low)
+            name: [figures.num(i.low), figures.num(i.high)]
+            for name, i in intervals.items()
+            if math.isfinite(i.low)
         },
     }
     if exact is not None:
-        dist["overlap"] = {
-            str(at): {
-                **kernels.summary(est.per_query[f"overlap_at_{at}"]),
-                "histogram": kernels.histogram(est.per_query[f"overlap_at_{at}"]),
-            }
-            for at in OVERLAP_KS
-            if f"overlap_at_{at}" in est.per_query
-        }
-        dist["threshold_map"] = [
-            {
-                "old": t,
-                "share": None,
-                "new": _num(figures[threshold_metric(t)].value),
-            }
-            for t in thresholds
-            if threshold_metric(t) in figures
-        ]
-        if old_sample is not None and old_sample.size:
-            for row in dist["threshold_map"]:
-                row["share"] = float(
-                    np.searchsorted(old_sample.values, row["old"], side="right") / old_sample.size
-                )
+        dist["overlap"] = figures.overlap_table(est.per_query)
+        dist["threshold_map"] = figures.threshold_table(old_top, thresholds, metrics)
     if "recall_at_10" in est.per_query:
-        table: dict[str, dict[str, Any]] = {}
-        for name in rpt.QRELS_METRICS:
-            new = figures.get(f"{name}_new")
-            old = figures.get(f"{name}_old")
-            delta = figures.get(f"{name}_delta")
-            table[name] = {
-                "old": _num(old.value) if old else None,
-                "new": _num(new.value) if new else None,
-                "delta": _num(delta.value) if delta else None,
-                "ci": [_num(delta.low), _num(delta.high)] if delta else None,
-                "new_ci": [_num(new.low), _num(new.high)] if new else None,
-            }
-        dist["qrels"] = table
+        dist["qrels"] = rpt.qrels_table(metrics)
     return dist
 
 
@@ -313,18 +230,9 @@ def _pair_metrics(
         return
     new_pairs = kernels.Sample.of(kernels.pair_cosines(new))
     old_pairs = kernels.Sample.of(kernels.pair_cosines(old)) if old is not None else None
-    dist["pair_scores"] = {
-        "old": old_pairs.summary() if old_pairs is not None else None,
-        "new": new_pairs.summary(),
-        "histogram": kernels.histogram_pair(old_pairs or kernels.Sample.of(np.empty(0)), new_pairs),
-    }
+    dist["pair_scores"] = figures.described(old_pairs, new_pairs)
     if old_pairs is not None:
-        old_mean, new_mean = dist["pair_scores"]["old"]["mean"], dist["pair_scores"]["new"]["mean"]
-        if old_mean is not None and new_mean is not None:
-            metrics["pair_score_delta_mean"] = new_mean - old_mean
-        metrics["pair_score_ks"], metrics["pair_score_wasserstein"] = kernels.distribution_shift(
-            old_pairs, new_pairs
-        )
+        metrics.update(figures.shift("pair_score", old_pairs, new_pairs))
 
 
 def _reconstruct(old: LiveSide, docs: Sequence[Document]) -> np.ndarray | None:
@@ -353,11 +261,3 @@ def _within_range(name: str, interval: fc.Interval) -> fc.Interval:
     else:
         return interval
     return fc.Interval(interval.value, max(interval.low, low), min(interval.high, high))
-
-
-def _mean(sample: kernels.Sample) -> float:
-    return float(sample.values.mean(dtype=np.float64)) if sample.size else math.nan
-
-
-def _num(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
