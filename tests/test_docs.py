@@ -17,7 +17,9 @@ from embedmig.metrics import report
 from embedmig.metrics.kernels import Judgements
 from tests.support import with_judged_queries
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 
 def section(title: str) -> str:
@@ -168,9 +170,10 @@ def test_the_public_names_are_the_documented_ones() -> None:
         assert getattr(embedmig, name) is not None
 
 
-def test_every_name_the_readme_imports_from_embedmig_exists() -> None:
+def test_every_name_the_readme_and_the_docs_import_from_embedmig_exists() -> None:
     imported: set[str] = set()
-    for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S):
+    pages = "".join(page.read_text() for page in (README, *DOCS.glob("*.md")))
+    for block in re.findall(r"```python\n(.*?)```", pages, re.S):
         for node in ast.walk(ast.parse(block)):
             if isinstance(node, ast.ImportFrom) and node.module == "embedmig":
                 imported |= {alias.name for alias in node.names}
@@ -201,3 +204,38 @@ def test_the_schema_head_embedmig_opens_without_alembic_is_alembics_head() -> No
     from embedmig.history import db
 
     assert ScriptDirectory(str(db._MIGRATIONS)).get_heads() == [db.SCHEMA_HEAD]
+
+
+def test_every_relative_link_of_the_readme_and_the_docs_leads_to_a_file() -> None:
+    broken = []
+    for page in (README, *DOCS.glob("*.md")):
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            remote = target.startswith(("http://", "https://"))
+            if not remote and not (page.parent / target).exists():
+                broken.append(f"{page.name}: {target}")
+    assert broken == []
+
+
+def test_the_architecture_page_names_every_module_and_nothing_else() -> None:
+    """Its layout block names each file of the package, or each folder with every module of it."""
+    text = (DOCS / "architecture.md").read_text()
+    layout = re.search(r"## Layout\n\n```\n(.*?)```", text, re.S)
+    assert layout
+    named = set(re.findall(r"^(embedmig/\S+)", layout.group(1), re.M))
+    package = ROOT / "embedmig"
+    for path in package.rglob("*.py"):
+        relative = path.relative_to(ROOT).as_posix()
+        if "/history/migrations/" in relative or (
+            path.name == "__init__.py" and path.parent != package
+        ):
+            continue
+        folder = relative.rsplit("/", 1)[0] + "/"
+        if relative in named:
+            continue
+        assert folder in named, f"{relative} is not in docs/architecture.md"
+        described = layout.group(1).split(folder, 1)[1].split("\nembedmig/", 1)[0]
+        if folder.endswith(("history/", "render/")):
+            continue  # described as a whole
+        assert path.stem in described, f"{relative} is not described under {folder}"
+    for name in named:
+        assert (ROOT / name).exists(), f"docs/architecture.md names {name}, which does not exist"
