@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test demo bench
+.PHONY: install test test-fast demo bench
 
 install: $(VENV)/.installed
 
@@ -20,7 +20,11 @@ test: install
 	$(VENV)/bin/ruff check embedmig tests benchmarks demo
 	$(VENV)/bin/ruff format --check embedmig tests benchmarks demo
 	$(VENV)/bin/mypy
-	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	HF_HUB_OFFLINE=1 $(PY) -m pytest --durations=15
+
+# Between commits: everything but the specs about processes, Ray and the real models (see README).
+test-fast: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not process and not ray and not minilm and not scifact"
 
 demo:
 	./demo/run.sh

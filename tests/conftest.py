@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +11,14 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from embedmig import Config, command
-from tests.support import POSTGRES_ADMIN_URL, CrashRunner, build_static_model, corpus_rows
+from embedmig import Config
+from tests.support import (
+    POSTGRES_ADMIN_URL,
+    CrashRunner,
+    build_static_model,
+    corpus_rows,
+    new_project,
+)
 
 
 @pytest.fixture(scope="session")
@@ -39,14 +44,7 @@ def project(
 ) -> Iterator[Path]:
     """A fresh project folder with an environment and a 300-document JSONL corpus."""
     monkeypatch.chdir(tmp_path)
-    command.init("migrations")
-    with (tmp_path / "corpus.jsonl").open("w") as fh:
-        for row in corpus_rows(300):
-            fh.write(json.dumps(row) + "\n")
-    for name, path in models.items():
-        (tmp_path / "models").mkdir(exist_ok=True)
-        (tmp_path / "models" / name).symlink_to(path)
-    yield tmp_path
+    yield new_project(tmp_path, models)
 
 
 @pytest.fixture

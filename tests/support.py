@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -55,6 +56,28 @@ def embedmig_process(project: Path, *args: str) -> Ran:
         [*CLI, *args], cwd=project, capture_output=True, text=True, timeout=600, check=False
     )
     return Ran(done.returncode, done.stdout, done.stderr)
+
+
+def new_project(folder: Path, models: dict[str, Path]) -> Path:
+    """A project in ``folder``: an environment, a 300-document JSONL corpus, the test models."""
+    from embedmig import command
+
+    folder.mkdir(parents=True, exist_ok=True)
+    command.init(folder / "migrations", folder / "embedmig.ini")
+    with (folder / "corpus.jsonl").open("w") as fh:
+        for row in corpus_rows(300):
+            fh.write(json.dumps(row) + "\n")
+    (folder / "models").mkdir()
+    for name, path in models.items():
+        (folder / "models" / name).symlink_to(path)
+    return folder
+
+
+def copy_project(built: Path, folder: Path) -> Path:
+    """A copy of a project a session fixture built once: its history database, index files and
+    revisions (paths in a project are relative, and the models stay links)."""
+    shutil.copytree(built, folder, symlinks=True)
+    return folder
 
 
 def corpus_rows(n: int) -> list[dict[str, str]]:

@@ -99,6 +99,7 @@ def offline(config: Config, canary: traffic.Canary, texts: list[str]) -> dict[st
     ).metrics
 
 
+@pytest.mark.process
 def test_a_canary_holds_the_swap_until_live_queries_were_compared(config: Config) -> None:
     canary_revisions(config, min_queries=30)
     opened = embedmig(config.root, "-q", "upgrade", "head")
@@ -128,6 +129,7 @@ def test_a_canary_holds_the_swap_until_live_queries_were_compared(config: Config
     assert statuses == [traffic.PASSED]
 
 
+@pytest.mark.process
 def test_mirrored_comparisons_equal_an_offline_comparison_of_the_same_queries(
     any_db: Config,
 ) -> None:
@@ -150,6 +152,7 @@ def test_mirrored_comparisons_equal_an_offline_comparison_of_the_same_queries(
     assert "canary, live traffic" in text.stdout and "live traffic, 60 queries" in text.stdout
 
 
+@pytest.mark.process
 def test_a_failing_canary_gate_keeps_the_alias_until_forced(config: Config) -> None:
     canary_revisions(config, gates="Gates(min_canary_overlap_at_10=1.01)", min_queries=10)
     assert embedmig(config.root, "upgrade", "head").returncode == 4
@@ -185,6 +188,7 @@ def test_a_canary_on_one_alias_leaves_another_alone(config: Config) -> None:
     )
 
 
+@pytest.mark.process
 def test_killing_a_searcher_mid_mirror_loses_no_recorded_comparison(config: Config) -> None:
     canary_revisions(config)
     assert embedmig(config.root, "upgrade", "head").returncode == 4
@@ -232,6 +236,7 @@ def test_killing_a_searcher_mid_mirror_loses_no_recorded_comparison(config: Conf
     assert shown["n_queries"] == len(kept) + 10
 
 
+@pytest.mark.process
 def test_closing_a_canary_keeps_the_alias_and_stops_the_mirroring(config: Config) -> None:
     canary_revisions(config)
     assert embedmig(config.root, "upgrade", "head").returncode == 4
@@ -263,6 +268,7 @@ def test_a_downgrade_abandons_the_open_canary(config: Config) -> None:
     assert statuses == [traffic.ABANDONED]
 
 
+@pytest.mark.process
 def test_prune_keeps_the_shadow_a_canary_mirrors_to(config: Config) -> None:
     canary_revisions(config)
     assert embedmig(config.root, "upgrade", "head").returncode == 4

@@ -117,6 +117,7 @@ def test_unreachable_database_is_a_clear_error(
     assert code == 1 and "cannot open history database" in err
 
 
+@pytest.mark.process
 def test_console_script_runs(project: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-c", "from embedmig.cli import run; run()", "--help"],
@@ -127,6 +128,7 @@ def test_console_script_runs(project: Path) -> None:
     assert result.returncode == 0 and "upgrade" in result.stdout
 
 
+@pytest.mark.process
 def test_the_process_the_specs_start_exits_with_the_commands_code(project: Path) -> None:
     failed = embedmig_process(project, "downgrade", "no-such-revision")
     assert failed.returncode == 1
@@ -134,6 +136,7 @@ def test_the_process_the_specs_start_exits_with_the_commands_code(project: Path)
     assert embedmig_process(project, "current").returncode == 0
 
 
+@pytest.mark.process
 def test_the_in_process_runner_gives_the_same_code_and_lines_as_the_process(project: Path) -> None:
     for args in (("downgrade", "no-such-revision"), ("search", "docs", "x", "-k", "0"), ("heads",)):
         here, there = embedmig(project, *args), embedmig_process(project, *args)

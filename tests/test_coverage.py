@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import sqlalchemy as sa
 
 from embedmig import Config, command, open_writer
@@ -163,6 +164,7 @@ def test_an_explicit_coverage_gate_accepts_what_it_names(config: Config) -> None
     assert last_upgrade(config)["metrics"]["coverage_missing"] == 20  # type: ignore[index]
 
 
+@pytest.mark.process
 def test_writes_before_during_and_after_the_backfill_all_hold(any_db: Config) -> None:
     config = any_db
     project = config.root

@@ -63,6 +63,7 @@ def assert_correct_final_state(config: Config, models: dict[str, Path]) -> None:
     assert leftovers == []
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("point", sorted(POINTS))
 def test_an_upgrade_killed_anywhere_ends_correct_after_a_rerun(
     project: Path, models: dict[str, Path], point: str, crash_runner: CrashRunner
@@ -77,6 +78,7 @@ def test_an_upgrade_killed_anywhere_ends_correct_after_a_rerun(
     assert_correct_final_state(config, models)
 
 
+@pytest.mark.process
 def test_a_rerun_after_a_kill_embeds_only_what_was_not_checkpointed(
     project: Path, monkeypatch: pytest.MonkeyPatch, crash_runner: CrashRunner
 ) -> None:
@@ -142,6 +144,7 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_the_alias_alone(
     assert_correct_final_state(config, models)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("point", sorted(ROLLBACK_POINTS))
 def test_a_downgrade_killed_anywhere_ends_on_the_previous_index_after_a_rerun(
     project: Path, point: str, crash_runner: CrashRunner

@@ -11,10 +11,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from embedmig import Config, command, open_searcher
 from embedmig.environment import Environment
 from embedmig.store import journal
 from tests.support import assert_serves, corpus_rows, embedmig_process
+
+pytestmark = pytest.mark.process
 
 WRITER = Path(__file__).with_name("live_writer.py")
 WORKERS = 3

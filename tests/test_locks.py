@@ -63,6 +63,7 @@ def two_revisions(config: Config) -> None:
     command.upgrade(config, "r1")
 
 
+@pytest.mark.process
 def test_a_locked_alias_is_refused_at_once_naming_the_holder(
     config: Config, sleeper: subprocess.Popen[bytes]
 ) -> None:
@@ -78,6 +79,7 @@ def test_a_locked_alias_is_refused_at_once_naming_the_holder(
     assert snapshot(config) == before
 
 
+@pytest.mark.process
 def test_wait_takes_the_lock_once_its_holder_exits(config: Config) -> None:
     two_revisions(config)
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
@@ -88,6 +90,7 @@ def test_wait_takes_the_lock_once_its_holder_exits(config: Config) -> None:
     assert locks_held(config) == []
 
 
+@pytest.mark.process
 def test_a_dead_holder_on_this_host_is_taken_over(config: Config) -> None:
     two_revisions(config)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -109,6 +112,7 @@ def test_a_remote_holder_is_dead_once_its_heartbeat_is_older_than_the_lease(conf
     assert command.current(config)[0].revision == "r2"
 
 
+@pytest.mark.process
 def test_other_aliases_are_not_blocked(config: Config, sleeper: subprocess.Popen[bytes]) -> None:
     command.revision(config, "docs", alias="docs", new="models/a", rev_id="d1")
     command.revision(config, "faq", alias="faq", new="models/a", rev_id="f1")
@@ -127,6 +131,7 @@ def test_the_lock_is_released_after_a_failure(config: Config) -> None:
     assert locks_held(config) == []
 
 
+@pytest.mark.process
 def test_unlock_refuses_a_live_holder_unless_forced(
     config: Config, sleeper: subprocess.Popen[bytes]
 ) -> None:
@@ -176,6 +181,7 @@ def wait_for_lock(config: Config, alias: str, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.process
 def test_a_running_upgrade_blocks_a_second_one_on_the_same_alias(
     config: Config, project: Path
 ) -> None:
@@ -194,6 +200,7 @@ def test_a_running_upgrade_blocks_a_second_one_on_the_same_alias(
     assert command.current(config)[0].revision == "r2" and locks_held(config) == []
 
 
+@pytest.mark.process
 def test_migrations_of_different_aliases_run_at_the_same_time(
     config: Config, project: Path
 ) -> None:

@@ -52,6 +52,7 @@ def test_failing_gate_leaves_alias_unchanged_on_postgres(postgres_config: Config
     assert command.current(config)[0].revision == "r1"
 
 
+@pytest.mark.process
 def test_locks_on_postgres(postgres_config: Config) -> None:
     config = postgres_config
     revisions(config)
@@ -70,6 +71,7 @@ def test_locks_on_postgres(postgres_config: Config) -> None:
     assert command.current(config)[0].revision == "r2"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("point", ["before-checkpoint", "after-index-rename", "before-swap-commit"])
 def test_killed_upgrade_recovers_on_postgres(
     postgres_config: Config,

@@ -3,12 +3,14 @@ instance (CI installs the `ray` extra)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +23,20 @@ from embedmig.migrate import executors
 from tests.support import CLI, assert_serves, corpus_rows, embedmig, indexed, snapshot
 
 pytest.importorskip("ray.data", reason='the Ray executor needs pip install "embedmig[ray]"')
+pytestmark = pytest.mark.ray
 
 RAY_OPTIONS = "ray.num_actors = 2\nray.batch_size = 32\nray.window = 100\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_ray() -> Iterator[None]:
+    """One local Ray instance for the module (it takes seconds to start); the executor uses a
+    running instance rather than starting its own."""
+    import ray
+
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
 
 
 def on_ray(config: Config, alias: str = "docs", rev: str = "r1") -> Config:

@@ -10,7 +10,8 @@ import pytest
 
 from demo.models import ModelUnavailable, distilled, minilm
 from embedmig import Config, command
-from tests.support import corpus_rows
+from embedmig.metrics.report import Report
+from tests.support import copy_project, corpus_rows, new_project
 
 pytestmark = pytest.mark.minilm
 
@@ -24,8 +25,7 @@ def real_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"minilm": folder, "static": distilled(tmp_path_factory.mktemp("real") / "static")}
 
 
-@pytest.fixture
-def real_project(config: Config, project: Path, real_models: dict[str, Path]) -> Config:
+def real_project_at(project: Path, real_models: dict[str, Path]) -> Config:
     for name, path in real_models.items():
         (project / "models" / name).symlink_to(path)
     ini = project / "embedmig.ini"
@@ -33,10 +33,33 @@ def real_project(config: Config, project: Path, real_models: dict[str, Path]) ->
     return Config(ini)
 
 
-def test_minilm_builds_an_index_that_finds_a_document_by_its_title(real_project: Config) -> None:
-    command.revision(real_project, "first", alias="papers", new="models/minilm", rev_id="m1")
-    (report,) = command.upgrade(real_project, "head")
-    (state,) = command.current(real_project)
+@pytest.fixture(scope="session")
+def on_minilm(
+    tmp_path_factory: pytest.TempPathFactory,
+    models: dict[str, Path],
+    real_models: dict[str, Path],
+) -> tuple[Path, Report]:
+    """A project whose alias `papers` is live on MiniLM (m1), with m2 (static) pending: built
+    once, since embedding 300 abstracts with MiniLM is most of these specs' time."""
+    project = new_project(tmp_path_factory.mktemp("on-minilm"), models)
+    config = real_project_at(project, real_models)
+    command.revision(config, "first", alias="papers", new="models/minilm", rev_id="m1")
+    command.revision(config, "static", alias="papers", new="models/static", rev_id="m2")
+    (report,) = command.upgrade(config, "m1")
+    return project, report
+
+
+@pytest.fixture
+def minilm_project(on_minilm: tuple[Path, Report], tmp_path: Path) -> tuple[Config, Report]:
+    project = copy_project(on_minilm[0], tmp_path / "project")
+    return Config(project / "embedmig.ini"), on_minilm[1]
+
+
+def test_minilm_builds_an_index_that_finds_a_document_by_its_title(
+    minilm_project: tuple[Config, Report],
+) -> None:
+    config, report = minilm_project
+    (state,) = command.current(config)
     assert state.live is not None and state.live.dim == 384 and state.live.ntotal == 300
     # SciFact abstracts often exceed MiniLM's 256 tokens: the report counts the truncated ones.
     assert any(
@@ -44,19 +67,19 @@ def test_minilm_builds_an_index_that_finds_a_document_by_its_title(real_project:
     )
     row = corpus_rows(300)[123]
     title = row["text"].split(". ")[0]
-    assert command.search(real_project, "papers", title, k=3)[0].key == row["id"]
+    assert command.search(config, "papers", title, k=3)[0].key == row["id"]
 
 
-def test_minilm_to_distilled_static_measures_a_real_shift(real_project: Config) -> None:
-    command.revision(real_project, "first", alias="papers", new="models/minilm", rev_id="m1")
-    command.revision(real_project, "static", alias="papers", new="models/static", rev_id="m2")
-    command.upgrade(real_project, "m1")
-    (report,) = command.upgrade(real_project, "head", force=True)
+def test_minilm_to_distilled_static_measures_a_real_shift(
+    minilm_project: tuple[Config, Report],
+) -> None:
+    config, _ = minilm_project
+    (report,) = command.upgrade(config, "head", force=True)
     overlap = report.metrics["overlap_at_10"]
     assert overlap is not None and 0.1 < overlap < 0.9  # related spaces, clearly not the same
     assert report.metrics["score_ks"] is not None and report.metrics["score_ks"] > 0.1
-    (state,) = command.current(real_project)
+    (state,) = command.current(config)
     assert state.live is not None and state.live.dim == 256
-    command.downgrade(real_project, "-1")
-    (state,) = command.current(real_project)
+    command.downgrade(config, "-1")
+    (state,) = command.current(config)
     assert state.live is not None and state.live.dim == 384
