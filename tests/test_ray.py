@@ -20,7 +20,17 @@ import sqlalchemy as sa
 from embedmig import Config, ConfigError, command, open_searcher
 from embedmig.history import schema
 from embedmig.migrate import executors
-from tests.support import CLI, assert_serves, corpus_rows, embedmig, indexed, snapshot
+from tests.support import (
+    CLI,
+    assert_serves,
+    copy_project,
+    corpus_rows,
+    count_encodes,
+    embedmig,
+    indexed,
+    new_project,
+    snapshot,
+)
 
 pytest.importorskip("ray.data", reason='the Ray executor needs pip install "embedmig[ray]"')
 pytestmark = pytest.mark.ray
@@ -89,17 +99,19 @@ def test_a_ray_backfill_equals_the_in_process_backfill(config: Config) -> None:
             np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-6)
 
 
-@pytest.mark.parametrize("rerun", ["inprocess", "ray"])
-def test_a_killed_driver_resumes_without_re_embedding_checkpointed_documents(
-    config: Config, monkeypatch: pytest.MonkeyPatch, rerun: str
-) -> None:
-    config = on_ray(config)
-    ini = config.root / "embedmig.ini"
-    ini.write_text(ini.read_text().replace("ray.window = 100", "ray.window = 40"))
-    config = Config(ini)
+@pytest.fixture(scope="module")
+def killed_on_ray(
+    tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]
+) -> tuple[Path, int]:
+    """A project whose Ray backfill's driver was SIGKILLed after at least 120 checkpointed
+    documents (windows of 60), with how many it checkpointed: built once, copied per rerun."""
+    project = new_project(tmp_path_factory.mktemp("killed-on-ray"), models)
+    config = on_ray(Config(project / "embedmig.ini"))
+    ini = project / "embedmig.ini"
+    ini.write_text(ini.read_text().replace("ray.window = 100", "ray.window = 60"))
     driver = subprocess.Popen(
         [*CLI, "upgrade", "r1", "--executor", "ray"],
-        cwd=config.root,
+        cwd=project,
         start_new_session=True,  # its Ray processes too, to clean up after the kill
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -129,19 +141,29 @@ def test_a_killed_driver_resumes_without_re_embedding_checkpointed_documents(
         kept = conn.execute(sa.select(schema.checkpoint.c.docs_consumed)).scalar()
     engine.dispose()
     assert kept is not None and 120 <= kept < 300
+    return project, kept
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("rerun", ["inprocess", "ray"])
+def test_a_killed_driver_resumes_without_re_embedding_checkpointed_documents(
+    killed_on_ray: tuple[Path, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rerun: str
+) -> None:
+    project = copy_project(killed_on_ray[0], tmp_path / "project")
+    kept = killed_on_ray[1]
+    ini = project / "embedmig.ini"
+    # The rerun in one window: a window is an actor pool's start.
+    ini.write_text(ini.read_text().replace("ray.window = 60", "ray.window = 300"))
+    config = Config(ini)
     if rerun == "ray":
         sent = windows_sent(monkeypatch)
         command.upgrade(config, "r1", executor="ray")
         assert sum(sent) == 300 - kept
     else:
-        from tests.support import count_encodes
-
         encoded = count_encodes(monkeypatch)
         command.upgrade(config, "r1")
         assert sum(encoded) == 300 - kept
-    assert_serves(
-        config, config.root / "models" / "a", {r["id"]: r["text"] for r in corpus_rows(300)}
-    )
+    assert_serves(config, project / "models" / "a", {r["id"]: r["text"] for r in corpus_rows(300)})
 
 
 def test_a_failing_worker_is_one_line_and_loses_no_checkpoint(config: Config) -> None:
