@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from embedmig.config import MAX_K, Config
+from embedmig.config import MAX_K, Config, sample_size
 from embedmig.errors import CanaryOpen, EmbedmigError, GateFailed, HistoryError
 
 if TYPE_CHECKING:
@@ -32,27 +32,15 @@ EXIT_ERROR, EXIT_GATE, EXIT_CANARY = 1, 3, 4
 
 
 class SampleSize(click.ParamType):  # type: ignore[type-arg]  # generic only in newer Click
-    """``1000`` (documents) or ``10%`` (a share of the corpus, as a float)."""
+    """``1000`` (documents) or ``10%`` (a share of the corpus, as a float); a bad value is a
+    ConfigError (exit 1) with the rule, as the Python API gives it."""
 
     name = "N|P%"
 
     def convert(
         self, value: object, param: click.Parameter | None, ctx: click.Context | None
     ) -> int | float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return value
-        text = str(value).strip()
-        try:
-            if text.endswith("%"):
-                share = float(text[:-1]) / 100
-                if not 0 < share <= 1:
-                    raise ValueError
-                return share
-            return int(text)
-        except ValueError:
-            self.fail(
-                f"{value!r} is neither a number of documents nor a share like 10%", param, ctx
-            )
+        return sample_size(value)
 
 
 SAMPLE = SampleSize()
@@ -169,9 +157,8 @@ def revision(
 @click.option(
     "--sample",
     type=SAMPLE,
-    default="1000",
-    show_default=True,
-    help="A dry run's sample: documents (1000) or a share of the corpus (10%).",
+    default=None,
+    help="A dry run's sample: documents (default 1000) or a share of the corpus (10%).",
 )
 @click.option("--force", is_flag=True, help="Swap even if a gate fails (recorded as forced).")
 @click.option(
@@ -191,7 +178,7 @@ def upgrade(
     state: State,
     target: str,
     dry_run: bool,
-    sample: int | float,
+    sample: int | float | None,
     force: bool,
     report_path: str | None,
     wait: float,

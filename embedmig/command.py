@@ -6,6 +6,7 @@ printing is the CLI's business. Errors are :mod:`embedmig.errors` exceptions.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
@@ -16,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from embedmig.config import Config, share
+from embedmig.config import DEFAULT_SAMPLE, Config, sample_size, share
 from embedmig.environment import Environment
 from embedmig.errors import ConfigError, ScriptError, StateError
 from embedmig.store import catalog, locks
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from embedmig.migrate.compaction import Compaction
     from embedmig.script import Revision
     from embedmig.serve.searcher import Hit
+
+log = logging.getLogger("embedmig")
 
 # Commands that only read history (current, history, heads, show) start without FAISS, numpy's
 # heavy users or the models: the modules behind the others load inside them.
@@ -42,8 +45,9 @@ class AliasState:
 
 
 @contextmanager
-def _opened(config: Config) -> Iterator[Environment]:
-    env = Environment(config)
+def _opened(config: Config, *, create: bool = False) -> Iterator[Environment]:
+    """The environment of one command; only ``create`` ones may create the history database."""
+    env = Environment(config, create=create)
     try:
         yield env
     finally:
@@ -67,6 +71,10 @@ def init(directory: str | Path, config_path: str | Path = "embedmig.ini") -> Pat
         location = directory.resolve()
     text = (template / _INI_TEMPLATE).read_text(encoding="utf-8")
     ini.write_text(text.replace("{script_location}", location.as_posix()), encoding="utf-8")
+    # The history database too: writers and searchers never create one (a missing database is
+    # one deleted under them), so writes before the first upgrade need it to exist now.
+    with _opened(Config(ini), create=True) as env:
+        env.engine  # noqa: B018
     return ini
 
 
@@ -97,7 +105,7 @@ def upgrade(
     target: str = "head",
     *,
     dry_run: bool = False,
-    sample: int | float = 1000,
+    sample: int | float | None = None,
     force: bool = False,
     report_path: str | Path | None = None,
     on_report: Callable[[Report], None] | None = None,
@@ -108,13 +116,17 @@ def upgrade(
     """Migrate to ``target``: backfill, evaluate, gate and swap each revision on the way.
 
     With ``dry_run`` every revision is forecast for the full corpus from a seeded sample (``sample``
-    documents, or a share of the corpus when a float in (0, 1]) and nothing but a history row
-    changes. ``report_path`` receives the last report (``.json``: JSON, ``.html``:
+    documents, default 1000, or a share of the corpus when a float in (0, 1]) and nothing but a
+    history row changes; an upgrade embeds the whole corpus and refuses a ``sample``. ``report_path`` receives the last report (``.json``: JSON, ``.html``:
     HTML, else text). A migration of an alias that another run holds fails at once, or after
     waiting up to ``wait`` seconds for it. ``executor`` (``inprocess`` or ``ray``) overrides the
     option of that name; ``progress`` draws progress bars (on stderr) instead of log lines.
     """
-    _check_sample(sample)
+    if sample is not None and not dry_run:
+        raise ConfigError(
+            "--sample is for a dry run (add --dry-run): an upgrade embeds the whole corpus"
+        )
+    sample = DEFAULT_SAMPLE if sample is None else sample_size(sample)
     if report_path is not None:
         check_writable(Path(report_path))
     written: list[Report] = []
@@ -130,7 +142,7 @@ def upgrade(
 
     if executor is not None:
         config = config.with_options(executor=executor)
-    with _opened(config) as env:
+    with _opened(config, create=True) as env:
         env.progress = progress
         return runner.upgrade(
             env, target, dry_run=dry_run, sample=sample, force=force, on_report=keep, wait=wait
@@ -183,11 +195,18 @@ def unlock(config: Config, alias: str, *, force: bool = False) -> locks.Holder:
 
 def current(config: Config) -> list[AliasState]:
     """Every alias with a revision or a live index: where it is and what it serves."""
-    with _opened(config) as env, env.engine.connect() as conn:
-        versions = catalog.versions(conn)
-        records = catalog.indexes(conn)
+    with _opened(config) as env:
+        if not env.has_history():
+            return []
+        with env.engine.connect() as conn:
+            versions = catalog.versions(conn)
+            records = catalog.indexes(conn)
     live = {r.alias: r for r in records if r.state == catalog.LIVE}
-    heads = {rev.alias: rev.revision for rev in env.scripts.heads()}
+    try:
+        heads = {rev.alias: rev.revision for rev in env.scripts.heads()}
+    except ScriptError as exc:  # what is live is in SQL: show it, and name what is broken
+        log.warning("%s; shown without knowing the heads", exc)
+        heads = {}
     aliases = sorted(set(versions) | {r.alias for r in records})
     return [
         AliasState(
@@ -202,8 +221,11 @@ def current(config: Config) -> list[AliasState]:
 
 def history(config: Config, alias: str | None = None) -> list[catalog.HistoryRecord]:
     """Recorded upgrades, downgrades, dry runs and stamps, newest first."""
-    with _opened(config) as env, env.engine.connect() as conn:
-        return catalog.history(conn, alias)
+    with _opened(config) as env:
+        if not env.has_history():
+            return []
+        with env.engine.connect() as conn:
+            return catalog.history(conn, alias)
 
 
 def heads(config: Config) -> list[Revision]:
@@ -216,6 +238,8 @@ def show(config: Config, rev: str) -> tuple[Revision, list[catalog.HistoryRecord
         found = env.scripts.resolve(rev)
         if len(found) != 1:
             raise ScriptError(f"{rev!r} names {len(found)} revisions; name one")
+        if not env.has_history():
+            return found[0], []
         with env.engine.connect() as conn:
             return found[0], catalog.history(conn, found[0].alias, found[0].revision)
 
@@ -227,7 +251,7 @@ def stamp(config: Config, target: str, *, wait: float = 0.0) -> list[tuple[str, 
     """
     from embedmig.migrate import maintenance
 
-    with _opened(config) as env:
+    with _opened(config, create=True) as env:
         return maintenance.stamp(env, target, wait=wait)
 
 
@@ -290,8 +314,11 @@ def report(config: Config, rev: str, *, event: int | None = None) -> Report:
     """The report recorded for a revision's latest upgrade or dry run (or history event ``event``)."""
     if event is None and not rev.strip():
         raise ScriptError("name a revision (or a history event with --event)")
-    with _opened(config) as env, env.engine.connect() as conn:
-        events = [e for e in catalog.history(conn) if e.metrics is not None]
+    with _opened(config) as env:
+        if not env.has_history():
+            raise StateError("no upgrade or dry run was recorded yet (no history database)")
+        with env.engine.connect() as conn:
+            events = [e for e in catalog.history(conn) if e.metrics is not None]
     if event is not None:
         chosen = [e for e in events if e.id == event]
         if not chosen:
@@ -314,20 +341,11 @@ def report(config: Config, rev: str, *, event: int | None = None) -> Report:
         ) from None
 
 
-def _check_sample(sample: int | float) -> None:
-    if isinstance(sample, bool) or not isinstance(sample, (int, float)):
-        raise ConfigError(f"--sample must be a number of documents or a share, got {sample!r}")
-    if isinstance(sample, float) and not 0 < sample <= 1:
-        raise ConfigError(f"--sample as a share must be in (0, 1], got {sample:g}")
-    if isinstance(sample, int) and sample < 1:
-        raise ConfigError("--sample must be at least 1")
-
-
 def check(
     config: Config,
     target: str = "heads",
     *,
-    sample: int | float = 1000,
+    sample: int | float = DEFAULT_SAMPLE,
     on_report: Callable[[Report], None] | None = None,
 ) -> list[Report]:
     """A dry run of every pending revision up to ``target``: for CI, fails on a failed gate."""

@@ -229,6 +229,29 @@ class Config:
         return f"Config({str(self.path) if self.path else None!r}, root={str(self.root)!r})"
 
 
+DEFAULT_SAMPLE = 1000
+_SAMPLE_RULE = (
+    "a number of documents (1 or more) or a share of the corpus like 10% (above 0%, at most 100%)"
+)
+
+
+def sample_size(value: object) -> int | float:
+    """A dry run's sample: an int count of documents, or a float share of the corpus in (0, 1]
+    (``"10%"`` from the command line). One rule, one message, whatever the spelling."""
+    given = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text[:-1]) / 100 if text.endswith("%") else int(text)
+        except ValueError:
+            value = None
+    if isinstance(value, float) and 0 < value <= 1:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ConfigError(f"--sample must be {_SAMPLE_RULE}, got {given!r}")
+
+
 def share(value: object, name: str) -> float:
     """``value`` as a share from 0 to 1; ``name`` says where it came from in the error."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
@@ -258,8 +281,6 @@ class EnvSettings:
 
 
 def _read(path: Path) -> dict[str, str]:
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
     if path.name == "pyproject.toml":
         section = _pyproject_section(path)
         if section is None:
@@ -267,18 +288,38 @@ def _read(path: Path) -> dict[str, str]:
         return section
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        parser.read(path, encoding="utf-8")
-    except (configparser.Error, UnicodeDecodeError) as exc:
+        parser.read_string(_text(path), source=str(path))
+    except configparser.Error as exc:
         raise ConfigError(f"cannot parse {path}: {exc}") from None
     if not parser.has_section(SECTION):
         raise ConfigError(f"{path} has no [{SECTION}] section")
     return dict(parser.items(SECTION))
 
 
+def _text(path: Path) -> str:
+    """A configuration file's text: UTF-8, with or without a byte-order mark (as editors on
+    Windows write it); a file that is not readable text says why, naming the line."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory, not a file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"cannot parse {path}: line {line} is not UTF-8 (byte 0x{data[exc.start]:02x})"
+        ) from None
+
+
 def _pyproject_section(path: Path) -> dict[str, str] | None:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = tomllib.loads(_text(path))
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"cannot parse {path}: {exc}") from None
     table = data.get("tool", {}).get(SECTION)
     if table is None:

@@ -124,7 +124,6 @@ class LoadedEmbedder:
                 list(texts),
                 prompt=prompt or None,
                 batch_size=batch_size,
-                normalize_embeddings=self.spec.normalize,
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
@@ -134,6 +133,17 @@ class LoadedEmbedder:
         if not np.isfinite(vectors).all():
             bad = int((~np.isfinite(vectors).all(axis=1)).sum())
             raise EmbedderError(f"{self.spec.model} produced {bad} vector(s) with NaN or inf")
+        if self.spec.normalize:
+            # Here, in float32, after any truncate_dim: a model that normalizes in its own
+            # precision (float16 weights) or before truncating leaves vectors off unit length,
+            # and inner products above 1.
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            if not norms.all():
+                bad = int((norms == 0).sum())
+                raise EmbedderError(
+                    f"{self.spec.model} produced {bad} zero vector(s), which have no direction"
+                )
+            vectors /= norms
         return vectors
 
 

@@ -29,14 +29,24 @@ if TYPE_CHECKING:
 
 
 class Environment:
-    def __init__(self, config: Config) -> None:
+    """``create``: this command may create or upgrade the history database (an upgrade, a
+    stamp); every other one needs it there already."""
+
+    def __init__(self, config: Config, *, create: bool = False) -> None:
         self.config = config
+        self.create = create
         self.progress = False  # long steps draw progress bars (the CLI, on a terminal)
         self._logged: dict[str, list[Document]] = {}
 
     @cached_property
     def engine(self) -> sa.Engine:
-        return db.connect(self.config.url)
+        return db.connect(self.config.url, create=self.create)
+
+    def has_history(self) -> bool:
+        """Whether there is a history database yet (a SQLite file is created by the first
+        upgrade; a read-only command finds nothing recorded before then)."""
+        path = db.sqlite_file(self.config.url)
+        return path is None or path.exists()
 
     @cached_property
     def scripts(self) -> ScriptDir:

@@ -16,6 +16,13 @@ _COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REVISION_ID = re.compile(r"^[0-9a-zA-Z_]{1,32}$")
 
 
+def blank(text: str) -> bool:
+    """Whether ``text`` has nothing a model could read: only white space and invisible format
+    characters (zero-width space and joiners, byte-order marks, soft hyphens). A model given
+    nothing returns a zero vector, which no normalization makes a direction."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cf", "Cc") for ch in text)
+
+
 def safe_component(value: str, what: str) -> str:
     """``value`` if it can be one path component inside the index folder, else a StoreError."""
     if not isinstance(value, str) or not _COMPONENT.match(value) or ".." in value:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import re
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -306,6 +307,18 @@ def _alembic_errors() -> Iterator[None]:
     except ScriptError:
         raise
     except Exception as exc:  # a revision module's own code raised while alembic imported it
+        where = _raising_script(exc)
         raise ScriptError(
-            f"a revision script failed to load: {exc.__class__.__name__}: {exc}"
+            f"revision script {where or '(unknown)'} failed to load: "
+            f"{exc.__class__.__name__}: {exc}"
         ) from exc
+
+
+def _raising_script(exc: BaseException) -> str | None:
+    """The file and line of the revision script whose own code raised ``exc``."""
+    found = None
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        path = Path(frame.f_code.co_filename)
+        if path.parent.name == "versions":
+            found = f"{path.name}:{line}"
+    return found

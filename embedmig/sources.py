@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,8 +262,15 @@ def _existing(config: Config, key: str) -> Path:
     path = config.path_option(key)
     if path is None:
         raise SourceError(f"option {key!r} is not set: point it at a file in {config.path}")
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode  # follows links: a loop raises ELOOP, a dangling one ENOENT
+    except FileNotFoundError:
+        raise SourceError(f"{key} file {path} does not exist") from None
+    except OSError as exc:
+        raise SourceError(f"{key} file {path} cannot be opened: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
         raise SourceError(f"{key} {path} is a directory; name a file")
-    if not path.is_file():
-        raise SourceError(f"{key} file {path} does not exist")
+    if not stat.S_ISREG(mode):
+        # A FIFO or a device would block or never end; a backfill must be able to read again.
+        raise SourceError(f"{key} {path} is not a regular file (a pipe or a device); name a file")
     return path

@@ -16,6 +16,7 @@ from tests.support import (
     POSTGRES_ADMIN_URL,
     CrashRunner,
     build_static_model,
+    copy_project,
     corpus_rows,
     new_project,
 )
@@ -38,13 +39,17 @@ def models(tmp_path_factory: pytest.TempPathFactory, corpus_texts: list[str]) ->
     }
 
 
+@pytest.fixture(scope="session")
+def blank_project(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]) -> Path:
+    return new_project(tmp_path_factory.mktemp("blank") / "project", models)
+
+
 @pytest.fixture
-def project(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models: dict[str, Path]
-) -> Iterator[Path]:
-    """A fresh project folder with an environment and a 300-document JSONL corpus."""
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blank_project: Path) -> Iterator[Path]:
+    """A fresh project folder: `embedmig init`'s environment, history database and config, a
+    300-document JSONL corpus and the test models (made once, copied for each spec)."""
     monkeypatch.chdir(tmp_path)
-    yield new_project(tmp_path, models)
+    yield copy_project(blank_project, tmp_path)
 
 
 @pytest.fixture

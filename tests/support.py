@@ -76,7 +76,7 @@ def new_project(folder: Path, models: dict[str, Path]) -> Path:
 def copy_project(built: Path, folder: Path) -> Path:
     """A copy of a project a session fixture built once: its history database, index files and
     revisions (paths in a project are relative, and the models stay links)."""
-    shutil.copytree(built, folder, symlinks=True)
+    shutil.copytree(built, folder, symlinks=True, dirs_exist_ok=True)
     return folder
 
 

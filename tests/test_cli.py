@@ -113,7 +113,7 @@ def test_unreachable_database_is_a_clear_error(
     ini.write_text(
         ini.read_text().replace("sqlite:///embedmig.db", "sqlite:////nonexistent/dir/x.db")
     )
-    code, _, err = run(capsys, "current")
+    code, _, err = run(capsys, "upgrade")
     assert code == 1 and "cannot open history database" in err
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +19,69 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 _VERSIONS = sa.table(VERSION_TABLE, sa.column("version_num"))
 
 
-def connect(url: str) -> sa.Engine:
-    """An engine on ``url`` whose schema is current; created or upgraded on first use."""
+def connect(url: str, *, create: bool = True) -> sa.Engine:
+    """An engine on ``url`` whose schema is current.
+
+    With ``create`` (an upgrade, a stamp), a missing database is created and an older schema
+    upgraded. Without it (searchers, writers, every other command) the database must be there
+    at this schema, and a SQLite file must stay the one opened: one deleted or replaced under
+    an open engine is refused at the next connection, never silently recreated empty.
+    """
+    path = sqlite_file(url)
+    if path is not None and not create and not path.exists():
+        raise HistoryError(
+            f"history database {path} does not exist (an `embedmig upgrade` creates it)"
+        )
     try:
-        engine = sa.create_engine(url, **_engine_options(url))
+        engine = sa.create_engine(url, **_engine_options(url, path, create))
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
         raise HistoryError(f"invalid history database URL {_safe(url)}: {exc}") from None
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     try:
-        _ensure_schema(engine)
+        _ensure_schema(engine, create)
     except sa.exc.DBAPIError as exc:  # unreachable, not a database, read-only, ...
         engine.dispose()
         raise HistoryError(f"cannot open history database {_safe(url)}: {reason(exc)}") from None
+    if path is not None:
+        _keep_identity(engine, path)
     return engine
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for another database, memory or a ``file:`` URI)."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return None if database.startswith("file:") else Path(database)
+
+
+def _keep_identity(engine: sa.Engine, path: Path) -> None:
+    """Refuse a connection once ``path`` is no longer the file the engine opened: deleted,
+    replaced or moved away. SQLite would otherwise go on with the unlinked file, or create an
+    empty one, and writes acknowledged there would be lost to everyone else."""
+    opened = _identity(path)
+
+    def check(*_args: Any) -> None:
+        if _identity(path) != opened:
+            raise HistoryError(
+                f"history database {path} was deleted or replaced while in use; "
+                "reopen it (nothing was written)"
+            )
+
+    sa.event.listen(engine, "checkout", check)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def reason(exc: sa.exc.DBAPIError) -> str:
@@ -39,7 +89,15 @@ def reason(exc: sa.exc.DBAPIError) -> str:
     return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
 
 
-def _engine_options(url: str) -> dict[str, Any]:
+def _engine_options(url: str, path: Path | None, create: bool) -> dict[str, Any]:
+    if path is not None and not create:
+        # Opened read-write only: SQLite then never creates a missing file.
+        uri = f"file:{path.resolve().as_posix()}?mode=rw"
+        return {
+            "creator": lambda: sqlite3.connect(
+                uri, uri=True, timeout=30, check_same_thread=False  # pooled across threads
+            )
+        }
     if url.startswith("sqlite"):
         # Writers, searchers and the runner share the file; wait for a lock instead of failing.
         return {"connect_args": {"timeout": 30}}
@@ -55,7 +113,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _ensure_schema(engine: sa.Engine) -> None:
+def _ensure_schema(engine: sa.Engine, create: bool) -> None:
     if _at_head(engine):
         return
     from alembic import command as alembic_command
@@ -78,6 +136,11 @@ def _ensure_schema(engine: sa.Engine) -> None:
         raise HistoryError(
             f"history schema {', '.join(unknown)} is newer than this embedmig knows; "
             "upgrade embedmig to use this database"
+        )
+    if not create:
+        raise HistoryError(
+            f"history database {_safe(str(engine.url))} has no embedmig schema at "
+            f"{SCHEMA_HEAD} (an `embedmig upgrade` creates or upgrades it)"
         )
     with engine.begin() as conn:
         cfg = AlembicConfig()

@@ -23,6 +23,7 @@ from embedmig.metrics.coverage import Docs
 from embedmig.migrate import carryover, executors
 from embedmig.migrate.progress import Meter
 from embedmig.migrate.settings import MigrationSettings
+from embedmig.names import blank
 from embedmig.script import Revision
 from embedmig.sources import Document
 from embedmig.store import catalog, files, journal, manifest
@@ -158,7 +159,7 @@ def batches(
             if consumed == skip:
                 progress.verify()
             continue
-        if not doc.text.strip():
+        if blank(doc.text):
             stats.skipped_empty += 1
             continue
         batch.append(doc)

@@ -18,6 +18,7 @@ from embedmig.migrate import evaluate as ev
 from embedmig.migrate import forecast as fc
 from embedmig.migrate.backfill import Sampler
 from embedmig.migrate.settings import EvalSettings
+from embedmig.names import blank
 from embedmig.script import Revision
 from embedmig.sources import Document
 from embedmig.store import catalog, files, manifest
@@ -58,7 +59,7 @@ class DryRun:
         skipped = population = 0
         read = _CorpusRead(env, rev.alias)
         for doc in env.corpus(rev.alias):
-            if not doc.text.strip():
+            if blank(doc.text):
                 skipped += 1
                 continue
             population += 1

@@ -21,6 +21,7 @@ from embedmig.metrics.kernels import Judgements
 from embedmig.migrate.backfill import Sampler, Shadow
 from embedmig.migrate.progress import Meter
 from embedmig.migrate.settings import EvalSettings
+from embedmig.names import blank
 from embedmig.script import Revision
 from embedmig.sources import Document, Qrels
 from embedmig.store import catalog, files
@@ -98,7 +99,7 @@ class QuerySource:
             return QuerySet(docs, "sampled corpus documents", self_ids=self_ids)
         sampler = Sampler(settings.sample, settings.seed)
         for doc in self.docs:
-            if self.qrels is None or doc.key in self.qrels:
+            if not blank(doc.text) and (self.qrels is None or doc.key in self.qrels):
                 sampler.offer(doc)
         docs = sampler.documents()
         if self.from_log:

@@ -8,6 +8,7 @@ from typing import Any
 from embedmig.config import MAX_K, Config
 from embedmig.environment import Environment
 from embedmig.errors import ConfigError, StateError, StoreError
+from embedmig.names import blank
 from embedmig.serve.mirror import Mirror, TrafficStats
 from embedmig.serve.view import IndexView, follow
 from embedmig.store import catalog
@@ -69,7 +70,7 @@ class Searcher:
         """The top ``k`` documents for ``text`` (fewer when the alias holds fewer)."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ConfigError(f"k must be an integer from 1 to {MAX_K:,}, got {k!r}")
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or blank(text):
             raise ConfigError("the query is empty: give a text to search for")
         view = self._refresh()
         vectors = view.embedder.encode_queries([text], self.env.batch_size)
@@ -124,4 +125,10 @@ class Searcher:
 
 def open_searcher(config: Config, alias: str) -> Searcher:
     """A searcher on ``alias`` for pipelines and services: ``open_searcher(cfg, "docs").search(q)``."""
-    return Searcher(Environment(config), alias)
+    env = Environment(config)
+    try:
+        env.engine  # noqa: B018  # the history database must be there: a searcher never creates one
+        return Searcher(env, alias)
+    except BaseException:
+        env.dispose()
+        raise

@@ -18,7 +18,7 @@ from embedmig.config import Config
 from embedmig.embedders import LoadedEmbedder
 from embedmig.environment import Environment
 from embedmig.errors import ConfigError, SourceError, StateError
-from embedmig.names import check_alias, check_key
+from embedmig.names import blank, check_alias, check_key
 from embedmig.store import catalog, journal
 
 # How often a write is re-embedded because a migration started between embedding and journaling.
@@ -157,7 +157,7 @@ def _upsert(item: object) -> journal.Change:
         raise SourceError(f"upsert_many() takes (key, text[, metadata]) tuples, got {item!r:.60}")
     key, text, *rest = item
     key = check_key(key)
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or blank(text):
         raise SourceError(f"document {key!r} has no text; delete() it instead")
     metadata = rest[0] if rest else None
     if metadata is not None and not isinstance(metadata, Mapping):
