@@ -95,7 +95,10 @@ def _engine_options(url: str, path: Path | None, create: bool) -> dict[str, Any]
         uri = f"file:{path.resolve().as_posix()}?mode=rw"
         return {
             "creator": lambda: sqlite3.connect(
-                uri, uri=True, timeout=30, check_same_thread=False  # pooled across threads
+                uri,
+                uri=True,
+                timeout=30,
+                check_same_thread=False,  # pooled across threads
             )
         }
     if url.startswith("sqlite"):
