@@ -12,7 +12,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -178,11 +178,7 @@ def compact(config: Config, alias: str, *, wait: float = 0.0) -> Compaction:
     from embedmig.migrate import compaction
 
     with _opened(config) as env:
-        with env.engine.connect() as conn:
-            if not catalog.indexes(conn, alias):
-                raise StateError(f"alias {alias!r} has no indexes")
-        with env.lock([alias], "compact", wait):
-            return compaction.compact(env, alias)
+        return compaction.compact(env, alias, wait=wait)
 
 
 def unlock(config: Config, alias: str, *, force: bool = False) -> locks.Holder:
@@ -278,36 +274,10 @@ def canary(
         fraction = share(fraction, "--fraction")
     from embedmig.migrate import canary as live_traffic
     from embedmig.migrate.settings import EvalSettings
-    from embedmig.store import traffic
 
     settings = EvalSettings.of(config)
-
     with _opened(config) as env:
-        with env.engine.connect() as conn:
-            opened = traffic.open_canary(conn, alias)
-        if opened is None:
-            raise StateError(
-                f"no canary is open on alias {alias!r}; a revision opens one with ctx.canary()"
-            )
-        found = env.scripts.resolve(opened.revision)
-        gates = found[0].gates if len(found) == 1 else None
-        if gates is None:
-            raise ScriptError(f"the canary's revision {opened.revision} has no script")
-        if fraction is not None:
-            with env.engine.begin() as conn:
-                traffic.set_fraction(conn, opened.id, fraction)
-            opened = replace(opened, fraction=fraction)
-        measured = live_traffic.measure(env, opened, gates, settings)
-        if close:
-            with env.lock([alias], "canary", wait), env.engine.begin() as conn:
-                live_traffic.end(
-                    conn,
-                    opened,
-                    traffic.CLOSED,
-                    started_at=opened.opened_at,
-                    report=measured.report,
-                )
-        return measured.report
+        return live_traffic.show(env, alias, settings, fraction=fraction, close=close, wait=wait)
 
 
 def report(config: Config, rev: str, *, event: int | None = None) -> Report:

@@ -7,13 +7,13 @@ mirror to it (``embedmig.serve.mirror``); this module reads what they recorded.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from embedmig.embedders import Embedder
 from embedmig.environment import Environment
-from embedmig.errors import CanaryOpen, StateError
+from embedmig.errors import CanaryOpen, ScriptError, StateError
 from embedmig.gates import CANARY_PREFIX, LIVE, Check, Gates, Verdict
 from embedmig.metrics import report as rpt
 from embedmig.migrate.settings import CanarySettings, EvalSettings
@@ -253,3 +253,36 @@ def hold(
         needed=canary.min_queries,
         report=report,
     )
+
+
+def show(
+    env: Environment,
+    alias: str,
+    settings: EvalSettings,
+    *,
+    fraction: float | None = None,
+    close: bool = False,
+    wait: float = 0.0,
+) -> rpt.Report:
+    """``embedmig canary``: the open canary's comparison so far, judged by its revision's gates;
+    with ``fraction``, searchers mirror that share from now on; with ``close``, it ends without
+    a swap (under the alias's lock, recorded in history)."""
+    with env.engine.connect() as conn:
+        opened = traffic.open_canary(conn, alias)
+    if opened is None:
+        raise StateError(
+            f"no canary is open on alias {alias!r}; a revision opens one with ctx.canary()"
+        )
+    found = env.scripts.resolve(opened.revision)
+    if len(found) != 1:
+        raise ScriptError(f"the canary's revision {opened.revision} has no script")
+    gates = found[0].gates
+    if fraction is not None:
+        with env.engine.begin() as conn:
+            traffic.set_fraction(conn, opened.id, fraction)
+        opened = replace(opened, fraction=fraction)
+    measured = measure(env, opened, gates, settings)
+    if close:
+        with env.lock([alias], "canary", wait), env.engine.begin() as conn:
+            end(conn, opened, traffic.CLOSED, started_at=opened.opened_at, report=measured.report)
+    return measured.report

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from embedmig.environment import Environment, remove_file
+from embedmig.errors import StateError
 from embedmig.serve.view import IndexView
 from embedmig.store import catalog, files, journal, manifest
 
@@ -28,12 +29,21 @@ class Compaction:
     journal_removed: int
 
 
-def compact(env: Environment, alias: str) -> Compaction:
-    """Write a snapshot of each live, ready or retired index of ``alias`` that has a tail.
+def compact(env: Environment, alias: str, *, wait: float = 0.0) -> Compaction:
+    """Write a snapshot of each live, ready or retired index of ``alias`` that has a tail,
+    holding the alias's lock (waiting up to ``wait`` seconds for a running migration).
 
     Each new file is saved atomically under a new name before its row points at it, so a reader
     sees the old file and its tail or the new file and the rest of the tail, never a gap.
     """
+    with env.engine.connect() as conn:
+        if not catalog.indexes(conn, alias):
+            raise StateError(f"alias {alias!r} has no indexes")
+    with env.lock([alias], "compact", wait):
+        return _compact(env, alias)
+
+
+def _compact(env: Environment, alias: str) -> Compaction:
     with env.engine.connect() as conn:
         records = [r for r in catalog.indexes(conn, alias) if r.state in _COMPACTED and r.path]
     folded = [_fold(env, record) for record in records]
