@@ -1,6 +1,7 @@
 """An application process writing documents of alias `docs` (for tests/test_live_writes.py).
 
-    python tests/live_writer.py churn PROJECT WORKER WORKERS OPS SEED
+    python tests/live_writer.py churn PROJECT WORKER WORKERS OPS SEED   (stops early once the
+                                                             file PROJECT/stop-writers exists)
     python tests/live_writer.py once PROJECT KEY TEXT
     python tests/live_writer.py once-then-die PROJECT KEY TEXT   (SIGKILLs itself after the ack)
     python tests/live_writer.py delete PROJECT KEY
@@ -44,8 +45,9 @@ def churn(project: Path, worker: int, workers: int, ops: int, seed: int) -> None
     # Keys at the end of the corpus order: deleted before a backfill can have reached them.
     early_deletes = mine[-20:]
     done = 0
+    stop = project / "stop-writers"
     with open_writer(Config(project / "embedmig.ini"), "docs") as writer:
-        while done < ops:
+        while done < ops and not stop.exists():
             if early_deletes:
                 keys = [early_deletes.pop()]
                 delete = True

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.process
 
 WRITER = Path(__file__).with_name("live_writer.py")
 WORKERS = 3
-OPS = 5000  # per writer process
+OPS = 5000  # per writer process, at most: they stop once 300 writes followed the swap
 
 
 def with_source_table(project: Path, config: Config) -> Config:
@@ -93,8 +93,12 @@ def run_live_migration(project: Path, config: Config) -> None:
     upgrade = embedmig_process(project, "upgrade", "r2", "--force")  # beside the writers
     assert upgrade.returncode == 0, upgrade.stderr
     at_swap = journal_position(config)
+    while journal_position(config) < at_swap + 300:  # writes go on after the swap, too
+        assert all(w.poll() is None for w in writers), "a writer ended before the swap's end"
+        time.sleep(0.05)
+    (project / "stop-writers").touch()
     finish(writers)
-    assert journal_position(config) > at_swap  # writes went on after the swap, too
+    (project / "stop-writers").unlink()
     (event,) = [e for e in command.history(config) if e.action == "upgrade" and e.revision == "r2"]
     assert event.metrics is not None
     assert any("written during the backfill were replayed" in n for n in event.metrics["notes"])
