@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -91,20 +92,22 @@ def test_read_only_commands_create_no_history_database(config: Config) -> None:
 # ---- 3. messages that mislead -----------------------------------------------------------------
 
 
-def test_a_corpus_path_that_is_a_symlink_loop_says_so(config: Config) -> None:
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: path.symlink_to(path), "cannot be opened: Too many levels of symbolic links"),
+        (os.mkfifo, "is not a regular file (a pipe or a device)"),
+    ],
+    ids=["symlink-loop", "fifo"],
+)
+def test_a_corpus_path_that_is_no_readable_file_says_what_it_is(
+    config: Config, make: Callable[[Path], None], message: str
+) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     corpus = config.root / "corpus.jsonl"
     corpus.unlink()
-    corpus.symlink_to(corpus)
-    one_line(config, "upgrade", "r1", match="cannot be opened: Too many levels of symbolic links")
-
-
-def test_a_corpus_path_that_is_a_fifo_says_so(config: Config) -> None:
-    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
-    corpus = config.root / "corpus.jsonl"
-    corpus.unlink()
-    os.mkfifo(corpus)
-    one_line(config, "upgrade", "r1", match="is not a regular file (a pipe or a device)")
+    make(corpus)
+    one_line(config, "upgrade", "r1", match=message)
 
 
 def test_an_ini_file_with_a_byte_order_mark_is_read(config: Config) -> None:
