@@ -260,3 +260,33 @@ def test_a_second_swap_in_one_upgrade_changes_nothing_and_the_exit_code_tells_th
     assert [(e.revision, e.status) for e in upgrades] == [("r2", "ok"), ("r1", "ok")]
     again = embedmig(config.root, "upgrade", "head")  # and later runs are at head, not failing
     assert again.returncode == 0, again.stderr
+
+
+def test_a_second_backfill_in_one_upgrade_is_refused_and_the_alias_stays(config: Config) -> None:
+    two_revisions(config)
+    path = next((config.script_location / "versions").glob("r2_*.py"))
+    path.write_text(
+        path.read_text().replace("    ctx.backfill()", "    ctx.backfill()\n    ctx.backfill()")
+    )
+    command.upgrade(config, "r1")
+    done = embedmig(config.root, "upgrade", "head")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "embedmig: error: ctx.backfill() was called twice in one upgrade()"
+    )
+    assert live(config).revision == "r1"
+
+
+def test_a_second_rollback_in_one_downgrade_changes_nothing(config: Config) -> None:
+    two_revisions(config)
+    path = next((config.script_location / "versions").glob("r2_*.py"))
+    path.write_text(
+        path.read_text().replace("    ctx.rollback()", "    ctx.rollback()\n    ctx.rollback()")
+    )
+    command.upgrade(config, "head")
+    done = embedmig(config.root, "downgrade", "-1")
+    assert done.returncode == 0, done.stderr
+    assert "ctx.rollback() called again in r2: already rolled back" in done.stderr
+    assert live(config).revision == "r1"
+    downgrades = [e for e in command.history(config, "docs") if e.action == "downgrade"]
+    assert len(downgrades) == 1
