@@ -13,6 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from embedmig import Config
 from tests.support import (
+    FEW_RESAMPLES,
     POSTGRES_ADMIN_URL,
     CrashRunner,
     build_static_model,
@@ -41,7 +42,12 @@ def models(tmp_path_factory: pytest.TempPathFactory, corpus_texts: list[str]) ->
 
 @pytest.fixture(scope="session")
 def blank_project(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]) -> Path:
-    return new_project(tmp_path_factory.mktemp("blank") / "project", models)
+    project = new_project(tmp_path_factory.mktemp("blank") / "project", models)
+    with (project / "embedmig.ini").open("a") as fh:
+        # A dry run's intervals from 20 bootstrap replicates, not 100: specs that judge how well
+        # the intervals cover what an upgrade measures keep the default (tests/test_forecast.py).
+        fh.write(FEW_RESAMPLES)
+    return project
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ DEMO_DATA = ROOT / "demo" / "data"
 POSTGRES_ADMIN_URL = os.environ.get("EMBEDMIG_TEST_POSTGRES")
 CLI = (sys.executable, "-c", "from embedmig.cli import main; raise SystemExit(main())")
 CRASH_RUNNER = Path(__file__).with_name("crash_runner.py")
+FEW_RESAMPLES = "eval.forecast_resamples = 20\n"
 
 
 @dataclass(frozen=True)

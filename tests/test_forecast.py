@@ -16,7 +16,13 @@ from embedmig.metrics import report as rpt
 from embedmig.metrics.kernels import Judgements
 from embedmig.render.html import render_html
 from embedmig.render.text import render_text
-from tests.support import DEMO_DATA, build_static_model, encode, with_judged_queries
+from tests.support import (
+    DEMO_DATA,
+    FEW_RESAMPLES,
+    build_static_model,
+    encode,
+    with_judged_queries,
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,15 @@ class Subset:
     old_d: np.ndarray
     new_q: np.ndarray
     new_d: np.ndarray
+
+
+@pytest.fixture
+def project(project: Path) -> Path:
+    """The shared project with the default bootstrap (100 replicates): these specs judge how well
+    a forecast's intervals cover what the upgrade then measures."""
+    ini = project / "embedmig.ini"
+    ini.write_text(ini.read_text().replace(FEW_RESAMPLES, ""))
+    return project
 
 
 @pytest.fixture(scope="module")
