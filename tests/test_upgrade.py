@@ -27,6 +27,14 @@ def two_revisions(config: Config, second: str = "models/near", gates: str | None
         set_gates(config, "r2", gates)
 
 
+def call_twice(config: Config, rev_id: str, call: str) -> None:
+    """Make the revision script call ``call`` twice in a row."""
+    path = next((config.script_location / "versions").glob(f"{rev_id}_*.py"))
+    text = path.read_text()
+    assert f"    {call}" in text
+    path.write_text(text.replace(f"    {call}", f"    {call}\n    {call}", 1))
+
+
 def live(config: Config):  # type: ignore[no-untyped-def]
     (state,) = command.current(config)
     return state
@@ -249,8 +257,7 @@ def test_a_second_swap_in_one_upgrade_changes_nothing_and_the_exit_code_tells_th
     config: Config,
 ) -> None:
     two_revisions(config)
-    path = next((config.script_location / "versions").glob("r2_*.py"))
-    path.write_text(path.read_text().replace("    ctx.swap()", "    ctx.swap()\n    ctx.swap()"))
+    call_twice(config, "r2", "ctx.swap()")
     command.upgrade(config, "r1")
     done = embedmig(config.root, "upgrade", "head")
     assert done.returncode == 0, done.stderr
@@ -264,10 +271,7 @@ def test_a_second_swap_in_one_upgrade_changes_nothing_and_the_exit_code_tells_th
 
 def test_a_second_backfill_in_one_upgrade_is_refused_and_the_alias_stays(config: Config) -> None:
     two_revisions(config)
-    path = next((config.script_location / "versions").glob("r2_*.py"))
-    path.write_text(
-        path.read_text().replace("    ctx.backfill()", "    ctx.backfill()\n    ctx.backfill()")
-    )
+    call_twice(config, "r2", "ctx.backfill()")
     command.upgrade(config, "r1")
     done = embedmig(config.root, "upgrade", "head")
     assert done.returncode == 1
@@ -279,10 +283,7 @@ def test_a_second_backfill_in_one_upgrade_is_refused_and_the_alias_stays(config:
 
 def test_a_second_rollback_in_one_downgrade_changes_nothing(config: Config) -> None:
     two_revisions(config)
-    path = next((config.script_location / "versions").glob("r2_*.py"))
-    path.write_text(
-        path.read_text().replace("    ctx.rollback()", "    ctx.rollback()\n    ctx.rollback()")
-    )
+    call_twice(config, "r2", "ctx.rollback()")
     command.upgrade(config, "head")
     done = embedmig(config.root, "downgrade", "-1")
     assert done.returncode == 0, done.stderr
