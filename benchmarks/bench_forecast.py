@@ -112,7 +112,7 @@ class CachedEmbedder:
         self._row = {text: i for i, text in enumerate(texts)}
         self._vectors = vectors
 
-    def encode_documents(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         return self._vectors[[self._row[t] for t in texts]]
 
     encode_queries = encode_documents
@@ -197,8 +197,8 @@ def realized(
     judged = judgements(data, queries, {d.key: i for i, d in enumerate(data.docs)})
     results = []
     for side in (old, new):
-        index = files.build(side.encode_documents(texts, 32), ids, "Flat")
-        scores, found = files.search(index, side.encode_queries([q.text for q in queries], 32), 100)
+        index = files.build(side.encode_documents(texts), ids, "Flat")
+        scores, found = files.search(index, side.encode_queries([q.text for q in queries]), 100)
         results.append(rpt.Results(ids=found, scores=scores))
     return rpt.compute(
         results[0], results[1], candidates=len(ids), settings=rpt.Settings(), judged=judged
@@ -235,7 +235,6 @@ def forecast(
         settings=rpt.Settings(seed=seed),
         resamples=resamples,
         pair_docs=200,
-        batch_size=32,
         notes=(),
     )
     return report.metrics
@@ -251,7 +250,7 @@ def accuracy(args: argparse.Namespace, models: dict[str, Path]) -> None:
         for old_name, new_name in directions:
             old, new = cached[old_name], cached[new_name]
             live = files.build(
-                old.encode_documents([d.text for d in data.docs], 32),
+                old.encode_documents([d.text for d in data.docs]),
                 np.arange(len(data.docs), dtype=np.int64),
                 "Flat",
             )

@@ -92,7 +92,7 @@ def main() -> None:
     import faiss
     from sentence_transformers import SentenceTransformer
 
-    from embedmig import Config, Embedder, command, embedders, open_searcher, open_writer
+    from embedmig import Config, Embedder, command, open_searcher, open_writer
     from embedmig.environment import Environment
     from embedmig.store import catalog
 
@@ -135,13 +135,12 @@ def main() -> None:
     # A migration in progress: the shadow a backfill registers, with a model of the same cost.
     env = Environment(config)
     spec = Embedder(str(model), truncate_dim=dim // 2)
-    location = embedders.resolve_location(spec, config.root)
     with env.engine.begin() as conn:
         catalog.register_index(
             conn,
             alias="docs",
             revision="r1",
-            fingerprint=embedders.fingerprint(spec, location),
+            fingerprint=env.load_embedder(spec).fingerprint,
             model=spec.to_json(),
             dim=dim // 2,
             factory="Flat",

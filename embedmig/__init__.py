@@ -20,7 +20,9 @@ _EXPORTS = {
     "ConfigError": "embedmig.errors",
     "Document": "embedmig.sources",
     "Embedder": "embedmig.embedders",
+    "EmbedderDrift": "embedmig.errors",
     "EmbedderError": "embedmig.errors",
+    "Encoder": "embedmig.embedders",
     "EmbedmigError": "embedmig.errors",
     "GateFailed": "embedmig.errors",
     "Gates": "embedmig.gates",
@@ -31,6 +33,8 @@ _EXPORTS = {
     "JsonlSource": "embedmig.sources",
     "Locked": "embedmig.errors",
     "MigrationContext": "embedmig.migrate.context",
+    "ProbeResult": "embedmig.command",
+    "Pruned": "embedmig.migrate.maintenance",
     "Report": "embedmig.metrics.report",
     "Revision": "embedmig.script",
     "ScriptError": "embedmig.errors",
@@ -69,14 +73,17 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from embedmig import command as command
     from embedmig.command import AliasState as AliasState
+    from embedmig.command import ProbeResult as ProbeResult
     from embedmig.config import Config as Config
     from embedmig.embedders import Embedder as Embedder
+    from embedmig.embedders import Encoder as Encoder
     from embedmig.errors import (
         CanaryOpen as CanaryOpen,
     )
     from embedmig.errors import (
         ConfigError as ConfigError,
     )
+    from embedmig.errors import EmbedderDrift as EmbedderDrift
     from embedmig.errors import (
         EmbedderError as EmbedderError,
     )
@@ -109,6 +116,7 @@ if TYPE_CHECKING:
     from embedmig.gates import Verdict as Verdict
     from embedmig.metrics.report import Report as Report
     from embedmig.migrate.context import MigrationContext as MigrationContext
+    from embedmig.migrate.maintenance import Pruned as Pruned
     from embedmig.render import render as render
     from embedmig.script import Revision as Revision
     from embedmig.serve.mirror import TrafficStats as TrafficStats

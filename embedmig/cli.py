@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from embedmig.config import MAX_K, Config, sample_size
-from embedmig.errors import CanaryOpen, EmbedmigError, GateFailed, HistoryError
+from embedmig.embedders.spec import BACKENDS, LOCAL, Embedder
+from embedmig.errors import CanaryOpen, EmbedderDrift, EmbedmigError, GateFailed, HistoryError
 
 if TYPE_CHECKING:
     from embedmig.metrics.report import Report
@@ -101,6 +102,8 @@ def cli(state: State, config_path: str | None, verbose: bool, quiet: bool) -> No
             "huggingface_hub",
             "alembic",
             "faiss",
+            "httpx",  # a line per request
+            "httpcore",
         ):
             logging.getLogger(noisy).setLevel(logging.WARNING if not quiet else logging.ERROR)
 
@@ -120,7 +123,29 @@ def init(state: State, directory: str) -> None:
 @cli.command()
 @click.option("-m", "--message", required=True, help="What this revision does.")
 @click.option("--alias", required=True, help="The alias the revision migrates.")
-@click.option("--new", "new", required=True, help="Model to move to: hub name or local folder.")
+@click.option(
+    "--new",
+    "new",
+    required=True,
+    help="Model to move to: a hub name or local folder; with --backend, an endpoint's model name "
+    "or an import path.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default=LOCAL,
+    show_default=True,
+    help="How --new is reached.",
+)
+@click.option(
+    "--base-url", default=None, help="--backend openai: the endpoint, like https://host/v1."
+)
+@click.option(
+    "--api-key-env", default=None, help="--backend openai: the environment variable with the key."
+)
+@click.option(
+    "--dimensions", type=click.IntRange(1), default=None, help="--backend openai: shorter vectors."
+)
 @click.option("--old", default=None, help="Model the alias is on now (default: its head's new).")
 @click.option("--rev-id", default=None, help="Revision id to use instead of a random one.")
 @click.option(
@@ -132,6 +157,10 @@ def revision(
     message: str,
     alias: str,
     new: str,
+    backend: str,
+    base_url: str | None,
+    api_key_env: str | None,
+    dimensions: int | None,
     old: str | None,
     rev_id: str | None,
     index_factory: str,
@@ -141,7 +170,9 @@ def revision(
         state.config(),
         message,
         alias=alias,
-        new=new,
+        new=Embedder(
+            new, backend=backend, base_url=base_url, api_key_env=api_key_env, dimensions=dimensions
+        ),
         old=old,
         rev_id=rev_id,
         index_factory=index_factory,
@@ -336,6 +367,33 @@ def current(state: State) -> None:
 
 
 @cli.command()
+@click.argument("alias", required=False)
+@pass_state
+def probe(state: State, alias: str | None) -> None:
+    """Re-embed the probe texts with each live index's embedder (or ALIAS's); exit 1 when one
+    drifted below probe.min_cosine, for cron and CI."""
+    results = _command().probe(state.config(), alias)
+    if not results:
+        click.echo("no live index to probe")
+    for r in results:
+        if r.lowest is None:
+            measured, status = "no probe recorded (built before probes)", "unknown"
+        else:
+            measured = f"lowest probe cosine {r.lowest:.6f} (min {r.min_cosine:g})"
+            status = "DRIFTED" if r.drifted else "ok"
+        click.echo(f"{r.alias}: index #{r.index.id}, {measured}: {status}; {r.embedder}")
+    drifted = [r for r in results if r.drifted]
+    if drifted:
+        lowest = min(r.lowest for r in drifted if r.lowest is not None)
+        raise EmbedderDrift(
+            f"{len(drifted)} alias(es) drifted: {', '.join(r.alias for r in drifted)} "
+            f"(lowest probe cosine {lowest:.4f} < probe.min_cosine {drifted[0].min_cosine:g})",
+            lowest=lowest,
+            threshold=drifted[0].min_cosine,
+        )
+
+
+@cli.command()
 @click.option("--alias", default=None, help="Only this alias.")
 @click.option("-v", "--verbose", "detail", is_flag=True, help="Show verdicts, gates and metrics.")
 @pass_state
@@ -412,11 +470,16 @@ def stamp(state: State, target: str, wait: float) -> None:
 @pass_state
 def prune(state: State, alias: str, keep: int, wait: float) -> None:
     """Delete ALIAS's old retired indexes and unswapped shadows (rollback needs the kept ones)."""
-    dropped = _command().prune(state.config(), alias, keep=keep, wait=wait)
-    for record in dropped:
+    pruned = _command().prune(state.config(), alias, keep=keep, wait=wait)
+    for record in pruned.dropped:
         click.echo(f"dropped index #{record.id} ({record.revision}, was {record.state})")
-    if not dropped:
+    if not pruned.dropped and not pruned.cache.removed:
         click.echo("nothing to prune")
+    if pruned.cache.removed:
+        click.echo(
+            f"embedding cache: {pruned.cache.removed} embedder(s) removed, "
+            f"{pruned.cache.freed_bytes / 2**20:,.1f} MB freed"
+        )
 
 
 @cli.command()

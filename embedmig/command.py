@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from embedmig.config import DEFAULT_SAMPLE, Config, sample_size, share
+from embedmig.embedders import Embedder
 from embedmig.environment import Environment
 from embedmig.errors import ConfigError, ScriptError, StateError
 from embedmig.store import catalog, locks
@@ -25,6 +26,7 @@ from embedmig.store import catalog, locks
 if TYPE_CHECKING:
     from embedmig.metrics.report import Report
     from embedmig.migrate.compaction import Compaction
+    from embedmig.migrate.maintenance import Pruned
     from embedmig.script import Revision
     from embedmig.serve.searcher import Hit
 
@@ -83,19 +85,23 @@ def revision(
     message: str,
     *,
     alias: str,
-    new: str,
-    old: str | None = None,
+    new: str | Embedder,
+    old: str | Embedder | None = None,
     rev_id: str | None = None,
     index_factory: str = "Flat",
 ) -> Revision:
-    """Write a revision script moving ``alias`` to ``new`` on top of the alias's current head."""
+    """Write a revision script moving ``alias`` to ``new`` on top of the alias's current head.
+
+    A string is a sentence-transformers model; an :class:`Embedder` may name any backend.
+    ``old`` defaults to the head's ``new``.
+    """
     scripts = Environment(config).scripts
     return scripts.generate(
         rev_id=rev_id or uuid.uuid4().hex[-12:],
         message=message,
         alias=alias,
-        old=old,
-        new=new,
+        old=Embedder(old) if isinstance(old, str) else old,
+        new=Embedder(new) if isinstance(new, str) else new,
         index_factory=index_factory,
     )
 
@@ -157,12 +163,11 @@ def downgrade(config: Config, target: str, *, wait: float = 0.0) -> list[Revisio
         return runner.downgrade(env, target, wait=wait)
 
 
-def prune(
-    config: Config, alias: str, *, keep: int = 1, wait: float = 0.0
-) -> list[catalog.IndexRecord]:
+def prune(config: Config, alias: str, *, keep: int = 1, wait: float = 0.0) -> Pruned:
     """Drop ``alias``'s retired indexes but the ``keep`` most recent (each is one rollback step),
-    and any shadow never swapped in. Files go after the drop commits: a crash in between leaves
-    an orphan file, never a catalog row pointing at a missing one."""
+    and any shadow never swapped in (``.dropped``); bound the embedding cache to ``cache.max_mb``
+    (``.cache``). Files go after the drop commits: a crash in between leaves an orphan file,
+    never a catalog row pointing at a missing one."""
     from embedmig.migrate import maintenance
 
     with _opened(config) as env:
@@ -213,6 +218,46 @@ def current(config: Config) -> list[AliasState]:
         )
         for alias in aliases
     ]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One live index's embedder, measured now against the probe vectors it was built with."""
+
+    alias: str
+    index: catalog.IndexRecord
+    embedder: str  # its description (no key: keys are never stored)
+    lowest: float | None  # the lowest probe cosine; None: the index predates probes
+    min_cosine: float
+
+    @property
+    def drifted(self) -> bool:
+        return self.lowest is not None and self.lowest < self.min_cosine
+
+
+def probe(config: Config, alias: str | None = None) -> list[ProbeResult]:
+    """Re-embed the probe texts with the embedder of each live index (or ``alias``'s) and compare
+    them with the vectors recorded when the index was built; changes nothing."""
+    from embedmig.embedders import probes
+
+    with _opened(config) as env:
+        if not env.has_history():
+            records = []
+        else:
+            with env.engine.connect() as conn:
+                records = [r for r in catalog.indexes(conn, alias) if r.state == catalog.LIVE]
+        if alias is not None and not records:
+            raise StateError(f"alias {alias!r} has no live index to probe")
+        results = []
+        for record in records:
+            embedder = env.load_embedder(Embedder.from_json(record.model))
+            lowest = None
+            if record.probe is not None:
+                recorded = probes.from_bytes(record.probe, record.dim)
+                lowest = probes.lowest_cosine(recorded, probes.of(embedder))
+            minimum = env.settings.probe_min_cosine
+            results.append(ProbeResult(record.alias, record, embedder.describe(), lowest, minimum))
+        return results
 
 
 def history(config: Config, alias: str | None = None) -> list[catalog.HistoryRecord]:

@@ -10,6 +10,7 @@ import configparser
 import copy
 import difflib
 import logging
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,7 +36,10 @@ BOUNDS: Mapping[str, tuple[int, int | None]] = {
     "canary.min_queries": (1, 100_000_000),
     "ray.num_actors": (1, 10_000),
     "ray.batch_size": (1, 65_536),
-    "ray.window": (1, 10_000_000),  # a window's texts and vectors are held by the driver
+    "ray.window": (1, 10_000_000),
+    "embedder.concurrency": (1, 256),  # requests in flight, each a thread and a connection
+    "embedder.max_batch_tokens": (1, 100_000_000),
+    "cache.max_mb": (0, None),  # a window's texts and vectors are held by the driver
 }
 log = logging.getLogger("embedmig")
 
@@ -66,6 +70,14 @@ DEFAULTS: Mapping[str, str] = {
     "ray.num_gpus_per_actor": "0",
     "ray.batch_size": "256",
     "ray.window": "65536",
+    "embedder.concurrency": "4",
+    "embedder.timeout": "60",
+    "embedder.retry_seconds": "120",
+    "embedder.max_batch_tokens": "100000",
+    "probe.min_cosine": "0.999",
+    "cache": "true",
+    "cache.dir": "embedding-cache",
+    "cache.max_mb": "4096",
     "corpus.id_field": "id",
     "corpus.text_field": "text",
     "queries.id_field": "_id",
@@ -84,6 +96,7 @@ OPTIONAL = frozenset(
         "device",
         "allow_remote_code",
         "ray.address",
+        "embedder.price_per_million_tokens",
     )
 )
 KNOWN = frozenset(DEFAULTS) | OPTIONAL
@@ -184,6 +197,14 @@ class Config:
         except ValueError:
             raise ConfigError(f"option {key!r} must be a number, got {raw!r}") from None
 
+    def get_range(self, key: str, low: float, high: float = math.inf) -> float:
+        """A finite float option from ``low`` to ``high``."""
+        value = self.get_float(key)
+        if not math.isfinite(value) or not low <= value <= high:
+            upper = f" to {high:g}" if math.isfinite(high) else " or more"
+            raise ConfigError(f"option {key!r} must be a number from {low:g}{upper}, got {value:g}")
+        return value
+
     def get_share(self, key: str) -> float:
         """A float option from 0 to 1 (a fraction of queries, say)."""
         return share(self.get_float(key), f"option {key!r}")
@@ -261,22 +282,59 @@ def share(value: object, name: str) -> float:
 
 
 @dataclass(frozen=True)
-class EnvSettings:
-    """What every command that embeds reads, migrating or serving; built once per environment
-    (``Environment.settings``), which checks them."""
+class EmbedderSettings:
+    """How embedders run here (not what they are): batch size, device, and an endpoint's
+    concurrency, timeout, retry budget and batch token budget. Picklable, for Ray's actors."""
 
     batch_size: int
     device: str | None
     allow_remote_code: bool
-    lock_lease: float
+    concurrency: int
+    timeout: float
+    retry_seconds: float
+    max_batch_tokens: int
 
     @classmethod
-    def of(cls, config: Config) -> EnvSettings:
+    def of(cls, config: Config) -> EmbedderSettings:
         return cls(
             batch_size=config.get_int("batch_size"),
             device=config.get("device"),
             allow_remote_code=config.get_bool("allow_remote_code"),
+            concurrency=config.get_int("embedder.concurrency"),
+            timeout=config.get_range("embedder.timeout", 0.001),
+            retry_seconds=config.get_range("embedder.retry_seconds", 0),
+            max_batch_tokens=config.get_int("embedder.max_batch_tokens"),
+        )
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """What every command that embeds reads, migrating or serving; built once per environment
+    (``Environment.settings``), which checks them."""
+
+    embedder: EmbedderSettings
+    lock_lease: float
+    probe_min_cosine: float
+    cache_dir: Path | None  # None: no embedding cache
+    cache_max_bytes: int
+    price_per_million_tokens: float | None
+
+    @property
+    def batch_size(self) -> int:
+        return self.embedder.batch_size
+
+    @classmethod
+    def of(cls, config: Config) -> EnvSettings:
+        price = config.get("embedder.price_per_million_tokens")
+        return cls(
+            embedder=EmbedderSettings.of(config),
             lock_lease=config.get_float("lock.lease_seconds"),
+            probe_min_cosine=config.get_range("probe.min_cosine", -1.0, 1.0),
+            cache_dir=config.path_option("cache.dir") if config.get_bool("cache", True) else None,
+            cache_max_bytes=config.get_int("cache.max_mb") * 2**20,
+            price_per_million_tokens=(
+                None if price is None else config.get_range("embedder.price_per_million_tokens", 0)
+            ),
         )
 
 

@@ -37,6 +37,7 @@ class Environment:
         self.create = create
         self.progress = False  # long steps draw progress bars (the CLI, on a terminal)
         self._logged: dict[str, list[Document]] = {}
+        self._embedders: list[LoadedEmbedder] = []
 
     @cached_property
     def engine(self) -> sa.Engine:
@@ -137,12 +138,32 @@ class Environment:
         except Exception as exc:  # user glue code: any failure becomes one clear line
             raise SourceError(f"env.py {name}() failed: {exc.__class__.__name__}: {exc}") from exc
 
-    def load_embedder(self, spec: Embedder) -> LoadedEmbedder:
-        return embedders.load(
-            spec,
-            self.config.root,
-            allow_remote_code=self.settings.allow_remote_code,
-            device=self.settings.device,
+    def load_embedder(self, spec: Embedder, *, cache: bool = False) -> LoadedEmbedder:
+        """``spec`` loaded; with ``cache`` (migrations), through the embedding cache when the
+        configuration keeps one. Closed with the environment."""
+        embedder = embedders.load(spec, self.config.root, self.settings.embedder)
+        self._embedders.append(embedder)
+        if cache and self.settings.cache_dir is not None:
+            from embedmig.embedders.cache import EmbeddingCache
+
+            embedder.cache = EmbeddingCache(
+                self.settings.cache_dir, embedder, self.settings.probe_min_cosine
+            )
+        return embedder
+
+    def check_drift(self, embedder: LoadedEmbedder, record: IndexRecord) -> float:
+        """The lowest probe cosine of ``embedder`` against what ``record`` was built with;
+        raises EmbedderDrift below ``probe.min_cosine``."""
+        from embedmig.embedders import probes
+
+        if record.probe is None:
+            return 1.0
+        return probes.check(
+            record.probe,
+            record.dim,
+            probes.of(embedder),
+            self.settings.probe_min_cosine,
+            f"{embedder.describe()}, the embedder of index #{record.id} of {record.alias!r},",
         )
 
     def lock(
@@ -151,14 +172,17 @@ class Environment:
         """Hold the migration locks of ``aliases`` (see ``store.locks``) with the configured lease."""
         return locks.hold(self.engine, aliases, command, wait=wait, lease=self.settings.lock_lease)
 
-    def embedder_of(self, record: IndexRecord) -> LoadedEmbedder:
-        """The model an index was built with, refusing model files that changed since."""
-        embedder = self.load_embedder(Embedder.from_json(record.model))
+    def embedder_of(self, record: IndexRecord, *, cache: bool = False) -> LoadedEmbedder:
+        """The embedder an index was built with, refusing one whose files or options changed
+        since (StateError) or whose probes drifted (EmbedderDrift)."""
+        embedder = self.load_embedder(Embedder.from_json(record.model), cache=cache)
         if embedder.fingerprint != record.fingerprint:
             raise StateError(
-                f"model files of {embedder.spec.model} changed since index #{record.id} was "
-                "built; its vectors would not match new ones"
+                f"{embedder.describe()} is not what index #{record.id} of {record.alias!r} was "
+                "built with (its files, options or dimension changed); its vectors would not "
+                "match new ones"
             )
+        self.check_drift(embedder, record)
         return embedder
 
     def index_path(self, alias: str, index_id: int, revision: str, generation: int = 0) -> Path:
@@ -195,6 +219,9 @@ class Environment:
             remove_file(stale)
 
     def dispose(self) -> None:
+        for embedder in self._embedders:
+            embedder.close()
+        self._embedders.clear()
         if "engine" in self.__dict__:
             self.engine.dispose()
 

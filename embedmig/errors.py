@@ -8,6 +8,7 @@ a caller needs to act on it without parsing the message::
     ├── ConfigError          bad or missing configuration or argument, unusable environment folder
     ├── ScriptError          a revision script or the revision graph is broken, a target is unknown
     ├── EmbedderError        a model cannot be loaded offline or yields unusable vectors
+    │   └── EmbedderDrift    its probes moved away from an index's          .lowest, .threshold
     ├── SourceError          the corpus, queries or qrels cannot be read        .path, .line
     ├── StoreError           an index file cannot be written, is missing or fails its checksum
     ├── HistoryError         the history database is unreachable, unusable or of an unknown schema
@@ -45,7 +46,22 @@ class ScriptError(EmbedmigError):
 
 class EmbedderError(EmbedmigError):
     """A model cannot be loaded offline, needs ``trust_remote_code`` that is not allowed, has
-    options of the wrong type, or produces vectors that cannot be indexed (NaN, wrong shape)."""
+    options of the wrong type, or produces vectors that cannot be indexed (NaN, wrong shape); an
+    endpoint refuses, keeps failing past ``embedder.retry_seconds``, or answers malformed; an API
+    key's environment variable is not set; a ``backend="python"`` factory cannot be imported."""
+
+
+class EmbedderDrift(EmbedderError):
+    """An embedder no longer returns what it returned when an index was built: its probe vectors
+    fell below ``probe.min_cosine`` of the recorded ones. Nothing was served, migrated or changed.
+
+    ``lowest``: the lowest probe cosine measured; ``threshold``: ``probe.min_cosine``.
+    """
+
+    def __init__(self, message: str, *, lowest: float, threshold: float) -> None:
+        super().__init__(message)
+        self.lowest = lowest
+        self.threshold = threshold
 
 
 class SourceError(EmbedmigError):

@@ -153,11 +153,12 @@ class ScriptDir:
         rev_id: str,
         message: str,
         alias: str,
-        old: str | None,
-        new: str,
+        old: Embedder | None,
+        new: Embedder,
         index_factory: str,
     ) -> Revision:
-        """Write a revision for ``alias`` on top of its head, from script.py.mako."""
+        """Write a revision for ``alias`` on top of its head, from script.py.mako (``old``
+        defaults to the head's ``new``)."""
         check_alias(alias)
         check_revision_id(rev_id)
         if rev_id in self._all_ids():
@@ -169,7 +170,7 @@ class ScriptDir:
                 "and takes no --old"
             )
         if head is not None and old is None:
-            old = head.new.model
+            old = head.new
         with _alembic_errors():
             script = self._scripts.generate_revision(
                 rev_id,
@@ -177,8 +178,11 @@ class ScriptDir:
                 head=f"{alias}@head" if head else "base",
                 branch_labels=None if head else [alias],
                 alias=alias,
-                old=old,
-                new=new,
+                # Templates of projects made before the remote backends use the model names.
+                old=old.model if old else None,
+                new=new.model,
+                old_embedder=old.source() if old else "None",
+                new_embedder=new.source(),
                 index_factory=index_factory,
             )
         if script is None:

@@ -12,8 +12,8 @@ down_revision = ${repr(down_revision)}
 branch_labels = ${repr(branch_labels)}
 alias = ${repr(alias)}
 
-old = ${"Embedder(%r)" % old if old else "None"}
-new = Embedder(${repr(new)})
+old = ${old_embedder}
+new = ${new_embedder}
 % if old:
 # Every gate is min_<metric> or max_<metric>; metric names: embedmig.gates.METRICS.
 gates = Gates(min_overlap_at_10=0.5, max_score_shift=0.2)

@@ -86,14 +86,15 @@ ROLLBACK_POINTS: dict[str, Callable[[], None]] = {
 }
 
 
-def run_child(cwd: str, point: str, args: list[str], stderr_path: str) -> None:
-    """In the forked child: never returns."""
+def run_child(cwd: str, point: str, args: list[str], env: dict[str, str], stderr_path: str) -> None:
+    """In the forked child: never returns. ``env`` is added to its environment (an API key)."""
     code = 70
     try:
         fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(fd, 2)
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115  # the process's own stderr
         os.chdir(cwd)
+        os.environ.update(env)
         {**POINTS, **ROLLBACK_POINTS}[point]()
         code = cli.main(args)
     except BaseException as exc:  # the child must never return into the server's loop
@@ -116,7 +117,8 @@ def serve() -> None:
         stderr_path = os.path.join(request["cwd"], ".crash-runner-stderr")
         pid = os.fork()
         if pid == 0:
-            run_child(request["cwd"], request["point"], request["args"], stderr_path)
+            env = request.get("env", {})
+            run_child(request["cwd"], request["point"], request["args"], env, stderr_path)
         _, status = os.waitpid(pid, 0)
         with open(stderr_path, encoding="utf-8", errors="replace") as fh:
             stderr = fh.read()

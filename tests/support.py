@@ -256,9 +256,9 @@ def count_encodes(monkeypatch: Any) -> list[int]:
     encoded: list[int] = []
     real = LoadedEmbedder.encode_documents
 
-    def counting(self: LoadedEmbedder, texts: list[str], batch_size: int) -> np.ndarray:
+    def counting(self: LoadedEmbedder, texts: list[str]) -> np.ndarray:
         encoded.append(len(texts))
-        return real(self, texts, batch_size)
+        return real(self, texts)
 
     monkeypatch.setattr(LoadedEmbedder, "encode_documents", counting)
     return encoded
@@ -277,9 +277,15 @@ class CrashRunner:
         assert self.proc.stdout is not None and self.proc.stdin is not None
         assert json.loads(self.proc.stdout.readline()) == {"ready": True}
 
-    def run(self, project: Path, point: str, args: tuple[str, ...]) -> dict[str, Any]:
+    def run(
+        self,
+        project: Path,
+        point: str,
+        args: tuple[str, ...],
+        env: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        request = {"cwd": str(project), "point": point, "args": list(args)}
+        request = {"cwd": str(project), "point": point, "args": list(args), "env": env or {}}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         answer: dict[str, Any] = json.loads(self.proc.stdout.readline())

@@ -89,7 +89,7 @@ def offline(config: Config, canary: traffic.Canary, texts: list[str]) -> dict[st
         records = [catalog.get_index(conn, i) for i in (canary.live_id, canary.index_id)]
     for record in records:
         overlay = Overlay(files.load(env.file_of(record), record.sha256), record.base_seq)
-        vectors = env.embedder_of(record).encode_queries(texts, 32)
+        vectors = env.embedder_of(record).encode_queries(texts)
         scores, ids = overlay.search(vectors, canary.k)
         results.append(rpt.Results(ids=ids, scores=scores))
     env.dispose()
@@ -226,7 +226,7 @@ def test_killing_a_searcher_mid_mirror_loses_no_recorded_comparison(config: Conf
     with env.engine.connect() as conn:
         shadow = catalog.get_index(conn, canary.index_id)
     index = files.load(env.file_of(shadow), shadow.sha256)
-    vectors = env.embedder_of(shadow).encode_queries(texts, 32)
+    vectors = env.embedder_of(shadow).encode_queries(texts)
     _, ids = index.search(vectors, canary.k)
     np.testing.assert_array_equal(ids, kept.new_ids)
     env.dispose()
@@ -272,7 +272,7 @@ def test_a_downgrade_abandons_the_open_canary(config: Config) -> None:
 def test_prune_keeps_the_shadow_a_canary_mirrors_to(config: Config) -> None:
     canary_revisions(config)
     assert embedmig(config.root, "upgrade", "head").returncode == 4
-    assert command.prune(config, "docs") == []
+    assert command.prune(config, "docs").dropped == []
     serve(config.root, queries_file(config.root, 5))
 
 

@@ -112,7 +112,7 @@ def test_an_embedder_that_fails_mid_backfill_is_a_one_line_error(
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(SentenceTransformer, "encode", flaky)
-    with pytest.raises(EmbedderError, match="failed to encode a batch: CUDA error"):
+    with pytest.raises(EmbedderError, match="failed to encode a batch: RuntimeError: CUDA error"):
         command.upgrade(config, "head")
     assert command.current(config)[0].revision == "r1"
     monkeypatch.setattr(SentenceTransformer, "encode", real)

@@ -185,7 +185,7 @@ def three_applied(config: Config) -> list[int]:
 
 def test_prune_keeps_one_rollback_step_by_default(config: Config) -> None:
     first, second, third = three_applied(config)
-    dropped = command.prune(config, "docs")
+    dropped = command.prune(config, "docs").dropped
     assert [r.id for r in dropped] == [first]
     assert not any(p.name.startswith(f"{first:06d}-") for p in config.index_dir.rglob("*"))
     assert command.history(config)[0].action == "prune"
@@ -207,7 +207,7 @@ def test_prune_drops_shadows_that_were_never_swapped(config: Config) -> None:
     command.upgrade(config, "r1")
     with pytest.raises(Exception, match="gate failed"):
         command.upgrade(config, "head")
-    dropped = command.prune(config, "docs", keep=0)
+    dropped = command.prune(config, "docs", keep=0).dropped
     assert [(r.revision, r.state) for r in dropped] == [("r2", "ready")]
-    assert command.prune(config, "docs") == []
+    assert command.prune(config, "docs").dropped == []
     assert command.search(config, "docs", QUERY, k=1)  # the live index is untouched

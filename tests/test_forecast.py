@@ -218,9 +218,9 @@ def test_a_dry_run_embeds_no_document_with_the_old_model_and_reports_a_forecast(
     encoded: list[tuple[str, int]] = []
     original = LoadedEmbedder.encode_documents
 
-    def counting(self: LoadedEmbedder, texts: list[str], batch_size: int) -> np.ndarray:
+    def counting(self: LoadedEmbedder, texts: list[str]) -> np.ndarray:
         encoded.append((self.spec.model, len(texts)))
-        return original(self, texts, batch_size)
+        return original(self, texts)
 
     monkeypatch.setattr(LoadedEmbedder, "encode_documents", counting)
     (report,) = command.upgrade(config, "head", dry_run=True, sample=60)

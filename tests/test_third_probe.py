@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from embedmig import Config, HistoryError, command, open_searcher, open_writer
+from embedmig.config import EnvSettings
 from embedmig.embedders import Embedder, load
 from tests.support import corpus_rows, embedmig, indexed, snapshot
 
@@ -191,9 +192,10 @@ def test_the_key_limit_is_documented() -> None:
 def test_every_vector_of_a_normalized_embedder_has_norm_one(
     models: dict[str, Path], options: dict[str, int]
 ) -> None:
-    embedder = load(Embedder(str(models["a"]), **options), Path("."))  # type: ignore[arg-type]
+    settings = EnvSettings.of(Config(None)).embedder
+    embedder = load(Embedder(str(models["a"]), **options), Path("."), settings)  # type: ignore[arg-type]
     texts = [row["text"] for row in corpus_rows(100)]
-    for vectors in (embedder.encode_documents(texts, 32), embedder.encode_queries(texts, 7)):
+    for vectors in (embedder.encode_documents(texts), embedder.encode_queries(texts)):
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 

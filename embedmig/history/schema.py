@@ -32,6 +32,9 @@ index = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     # The journal position the file reflects: changes after it are the index's tail.
     sa.Column("base_seq", sa.BigInteger, nullable=False, server_default="0"),
+    # The embedder's probe vectors when the index was built (embedders.probes): drift is measured
+    # against them. Null for indexes built before probes.
+    sa.Column("probe", sa.LargeBinary, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_embedmig_index_alias_state", "alias", "state"),

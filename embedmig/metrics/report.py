@@ -91,6 +91,8 @@ class Report:
     sample_size: int | None = None
     # A canary's comparison on live traffic (``embedmig canary``), not an offline evaluation.
     live: bool = False
+    # What embedding cost (requests, tokens, cache hits, money) and, in a dry run, its forecast.
+    embedding: dict[str, Any] = field(default_factory=dict)
 
     # ---- JSON ---------------------------------------------------------------------------------
 
@@ -133,6 +135,7 @@ class Report:
                 "worst_queries": self.worst,
                 "notes": self.notes,
                 "timings": self.timings,
+                "embedding": self.embedding,
             }
         )
         return data
@@ -171,6 +174,7 @@ class Report:
             forecast=bool(data.get("forecast", False)),
             sample_size=data.get("sample_size"),
             live=bool(data.get("live", False)),
+            embedding=dict(data.get("embedding") or {}),
         )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from embedmig.embedders import LoadedEmbedder
+from embedmig.embedders import LoadedEmbedder, Usage, probes
 from embedmig.environment import Environment
 from embedmig.errors import SourceError, StoreError
 from embedmig.metrics import coverage
@@ -76,6 +76,7 @@ class CorpusStats:
     skipped_empty: int = 0
     duplicates: int = 0
     truncated: int = 0
+    usage: Usage = field(default_factory=Usage)  # what this run's embedding cost
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # backfill_s, build_s
 
@@ -203,6 +204,7 @@ def _backfill(
 ) -> Shadow:
     engine = env.engine
     docs = env.corpus(rev.alias)  # first: a corpus that cannot be opened registers nothing
+    probes.of(embedder)  # before writers are locked out below: an endpoint may take its time
     with engine.begin() as conn:
         index_id, point, dropped = _start(conn, env, rev, embedder, restart=restart)
     for record in dropped:  # after the commit, as prune does: a rollback keeps file and row
@@ -223,7 +225,8 @@ def _backfill(
         chunks = batches(docs, settings.checkpoint_every, progress, sampler, skip)
         for chunk, encoded in executor.map(chunks, Chunk.texts):
             texts = chunk.texts()
-            stats.truncated += encoded.truncated
+            stats.truncated += encoded.usage.truncated
+            stats.usage += encoded.usage
             hashes = [manifest.content_hash(text) for text in texts]
             # As it was when the chunk was read, with the truncations counted up to it.
             state = {**chunk.state, "truncated": stats.truncated}
@@ -239,7 +242,9 @@ def _backfill(
         if rows == 0:
             raise SourceError(f"the corpus of alias {rev.alias!r} has no non-empty documents")
         streamed = rows
+        before = embedder.usage
         merged = _reconcile(env, rev.alias, index_id, embedder, spool, settings.checkpoint_every)
+        stats.usage += embedder.usage - before
     except BaseException:
         # Keep a checkpointed build for the next run to resume; one with nothing durable in it
         # is removed, so a failure on the first batch leaves no trace.
@@ -312,6 +317,8 @@ def _start(
     _, start_seq = catalog.lock_alias(conn, rev.alias, create=False)
     building = catalog.find_index(conn, rev.alias, rev.revision, [catalog.BUILDING])
     if not restart and building is not None and building.fingerprint == embedder.fingerprint:
+        # The checkpointed vectors came from this model: refuse to add others to them.
+        env.check_drift(embedder, building)
         return building.id, catalog.checkpoint(conn, building.id), []
     # An unswapped shadow of an earlier run may be stale (the corpus moved on): rebuild it.
     dropped = [
@@ -333,6 +340,7 @@ def _start(
         factory=rev.index_factory,
         metric=files.METRIC,
         base_seq=start_seq,
+        probe=probes.to_bytes(probes.of(embedder)),
     )
     # Fail now, not after hours of encoding, if the factory string is not valid for this model.
     files.new_index(embedder.dim, rev.index_factory)
@@ -403,12 +411,10 @@ def _reconcile(
         )
     # Writers add this shadow's vectors as they journal; only writes of a writer that had not yet
     # seen the shadow started lack one.
-    tail.fill(lambda batch: embedder.encode_documents(batch, env.batch_size))
+    tail.fill(embedder.encode_documents)
     for start in range(0, len(carried), step):
         chunk = [text for text, _ in texts[start : start + step]]
-        spool.append(
-            carried[start : start + step], embedder.encode_documents(chunk, env.batch_size)
-        )
+        spool.append(carried[start : start + step], embedder.encode_documents(chunk))
     if len(tail.upsert_ids):
         spool.append(tail.upsert_ids, tail.vectors)
     hashes = [manifest.content_hash(text) for text in [t for t, _ in texts] + tail.texts]

@@ -113,7 +113,7 @@ class MigrationContext:
         it instead); an open canary of this revision is continued, without re-embedding."""
         if self._new is not None:
             raise StateError("ctx.backfill() was called twice in one upgrade()")
-        self._new = new = self.env.load_embedder(self.new)
+        self._new = new = self.env.load_embedder(self.new, cache=True)
         if self._live is not None and self._live.dim != new.dim:
             # Legal (the shadow is a new index), but worth saying: vectors are not comparable.
             log.info("dimension changes from %d to %d", self._live.dim, new.dim)

@@ -112,7 +112,9 @@ class DryRun:
             with env.engine.connect() as conn:
                 live_ids = catalog.lookup_ids(conn, rev.alias, keys)
             old_side = fc.LiveSide(
-                env.load_embedder(rev.old), files.load(env.file_of(live), live.sha256), live_ids
+                env.load_embedder(rev.old, cache=True),
+                files.load(env.file_of(live), live.sha256),
+                live_ids,
             )
         return fc.run(
             alias=rev.alias,
@@ -125,8 +127,8 @@ class DryRun:
             settings=settings.metrics(rev.gates.thresholds),
             resamples=settings.forecast_resamples,
             pair_docs=settings.pair_docs,
-            batch_size=env.batch_size,
             notes=self.notes,
+            price=env.settings.price_per_million_tokens,
         )
 
 

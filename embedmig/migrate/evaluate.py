@@ -18,6 +18,7 @@ from embedmig.gates import OVERLAP_KS
 from embedmig.metrics import kernels
 from embedmig.metrics import report as rpt
 from embedmig.metrics.kernels import Judgements
+from embedmig.migrate import cost
 from embedmig.migrate.backfill import Sampler, Shadow
 from embedmig.migrate.progress import Meter
 from embedmig.migrate.settings import EvalSettings
@@ -142,7 +143,9 @@ def evaluate_shadow(
     )
     old = None
     if live is not None and rev.old is not None:
-        old = Side(env.load_embedder(rev.old), files.load(env.file_of(live), live.sha256))
+        old = Side(
+            env.load_embedder(rev.old, cache=True), files.load(env.file_of(live), live.sha256)
+        )
     index = shadow.index
     if index is None:  # evaluated before (a canary's shadow): read it back, verified
         index = files.load(env.file_of(shadow.record), shadow.record.sha256)
@@ -162,12 +165,12 @@ def evaluate_shadow(
         queries=query_set,
         background=background,
         settings=settings.metrics(rev.gates.thresholds),
-        batch_size=env.batch_size,
         keys_of=keys_of,
         notes=shadow.stats.notes,
         progress=env.progress,
     )
     report.timings.update(shadow.stats.seconds)
+    report.embedding = cost.spent(shadow.stats.usage, env.settings.price_per_million_tokens)
     # The swap needs only the saved file: free the index now rather than inside the swap.
     shadow.index = None
     return report
@@ -182,7 +185,6 @@ def run(
     queries: QuerySet,
     background: Sequence[str],
     settings: rpt.Settings,
-    batch_size: int,
     keys_of: Callable[[set[int]], Mapping[int, str]],
     notes: Sequence[str] = (),
     progress: bool = False,
@@ -196,12 +198,12 @@ def run(
     texts = [doc.text for doc in queries.docs]
     meter = Meter(f"evaluate {alias}", len(texts) * (2 if old else 1), bar=progress, unit="queries")
     try:
-        new_results = _search(clock, new, texts, depth, batch_size, meter)
-        old_results = _search(clock, old, texts, depth, batch_size, meter) if old else None
+        new_results = _search(clock, new, texts, depth, meter)
+        old_results = _search(clock, old, texts, depth, meter) if old else None
     finally:
         meter.close()
-    background_new = _encode_background(clock, new, background, batch_size)
-    background_old = _encode_background(clock, old, background, batch_size) if old else None
+    background_new = _encode_background(clock, new, background)
+    background_old = _encode_background(clock, old, background) if old else None
     worst: dict[str, list[dict[str, Any]]] = {}
     with clock.phase("metrics"), _one_blas_thread():
         if queries.self_ids is not None:
@@ -242,14 +244,14 @@ def run(
 
 
 def _search(
-    clock: _Clock, side: Side, texts: Sequence[str], depth: int, batch_size: int, meter: Meter
+    clock: _Clock, side: Side, texts: Sequence[str], depth: int, meter: Meter
 ) -> rpt.Results:
     found = []
     # In slices, so the meter moves; each slice is one encode and one FAISS search.
     for start in range(0, max(len(texts), 1), _SLICE):
         part = texts[start : start + _SLICE]
         with clock.phase("encode"):
-            vectors = side.embedder.encode_queries(part, batch_size)
+            vectors = side.embedder.encode_queries(part)
         with clock.phase("search"):
             found.append(files.search(side.index, vectors, depth))
         meter.update(len(part))
@@ -259,15 +261,13 @@ def _search(
     )
 
 
-def _encode_background(
-    clock: _Clock, side: Side, texts: Sequence[str], batch_size: int
-) -> np.ndarray | None:
+def _encode_background(clock: _Clock, side: Side, texts: Sequence[str]) -> np.ndarray | None:
     """The sampled documents under one model: their pair cosines show how alike unrelated
     documents look to it. None when there are fewer than two."""
     if len(texts) < 2:
         return None
     with clock.phase("encode"):
-        vectors: np.ndarray = side.embedder.encode_documents(texts, batch_size)
+        vectors: np.ndarray = side.embedder.encode_documents(texts)
     return vectors
 
 

@@ -13,12 +13,12 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
-from embedmig.config import Config, EnvSettings
-from embedmig.embedders import Embedder, LoadedEmbedder
+from embedmig.config import Config, EmbedderSettings, EnvSettings
+from embedmig.embedders import Embedder, LoadedEmbedder, Usage
 from embedmig.errors import ConfigError, EmbedderError
 
 log = logging.getLogger("embedmig")
@@ -30,7 +30,7 @@ Chunk = TypeVar("Chunk")
 @dataclass(frozen=True)
 class Encoded:
     vectors: np.ndarray
-    truncated: int  # texts longer than the model's token limit (the model cut them)
+    usage: Usage  # what these texts cost: requests, tokens, cache hits, truncated texts
 
 
 class Executor(Protocol):
@@ -46,15 +46,14 @@ class Executor(Protocol):
 @dataclass(frozen=True)
 class InProcess:
     embedder: LoadedEmbedder
-    batch_size: int
 
     def map(
         self, chunks: Iterable[Chunk], texts: Callable[[Chunk], list[str]]
     ) -> Iterator[tuple[Chunk, Encoded]]:
         for chunk in chunks:
-            batch = texts(chunk)
-            truncated = int(count_truncated(self.embedder, batch, self.batch_size).sum())
-            yield chunk, Encoded(self.embedder.encode_documents(batch, self.batch_size), truncated)
+            before = self.embedder.usage
+            vectors = self.embedder.encode_documents(texts(chunk))
+            yield chunk, Encoded(vectors, self.embedder.usage - before)
 
     def close(self) -> None:
         pass
@@ -84,7 +83,7 @@ def open_executor(
     process. ``root`` is where relative model paths start, on every worker."""
     if ray is not None:
         return RayExecutor(embedder, settings, root, ray)
-    return InProcess(embedder, settings.batch_size)
+    return InProcess(embedder)
 
 
 @dataclass(frozen=True)
@@ -110,26 +109,36 @@ class RaySettings:
 
 
 class _Encoder:
-    """One Ray actor: loads the model once, encodes the batches Ray Data hands it."""
+    """One Ray actor: loads the embedder once (for an endpoint: one more concurrent client),
+    encodes the batches Ray Data hands it. A batch's usage rides on its first row."""
 
     def __init__(
-        self, spec_json: str, root: str, fingerprint: str, options: dict[str, Any]
+        self, spec_json: str, root: str, fingerprint: str, settings: EmbedderSettings
     ) -> None:
         from embedmig import embedders
 
-        self.embedder = embedders.load(Embedder.from_json(spec_json), Path(root), **options)
+        self.embedder = embedders.load(Embedder.from_json(spec_json), Path(root), settings)
         if self.embedder.fingerprint != fingerprint:
             # Another machine's copy of the model would put vectors in another space.
             raise EmbedderError(
-                f"the model files of {self.embedder.spec.model} on this Ray worker differ from "
-                "the driver's (fingerprints differ)"
+                f"{self.embedder.describe()} on this Ray worker is not the driver's "
+                "(fingerprints differ)"
             )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = [str(text) for text in batch["text"]]
-        vectors = self.embedder.encode_documents(texts, len(texts))
-        truncated = count_truncated(self.embedder, texts, len(texts))
-        return {"row": batch["row"], "vector": vectors, "truncated": truncated}
+        before = self.embedder.usage
+        vectors = self.embedder.encode_uncached(texts, "document")
+        spent = self.embedder.usage - before
+        out: dict[str, np.ndarray] = {"row": batch["row"], "vector": vectors}
+        for name in _USAGE_COLUMNS:
+            column = np.zeros(len(texts), dtype=np.int64)
+            column[:1] = getattr(spent, name)
+            out[name] = column
+        return out
+
+
+_USAGE_COLUMNS = ("requests", "tokens", "truncated", "estimated")
 
 
 class RayExecutor:
@@ -153,7 +162,7 @@ class RayExecutor:
         self.settings = settings
         self.embedder = embedder
         self.root = str(root)
-        self.options = {"allow_remote_code": env.allow_remote_code, "device": env.device}
+        self.embedder_settings = env.embedder
         if not ray.is_initialized():
             ray.init(
                 address=self.settings.address,
@@ -184,9 +193,43 @@ class RayExecutor:
             yield from self._run(window)
 
     def _run(self, window: list[tuple[Chunk, list[str]]]) -> Iterator[tuple[Chunk, Encoded]]:
+        """The window's texts the cache lacks go to the actors; the driver keeps the cache."""
+        cache = self.embedder.cache
+        found = [
+            cache.lookup("document", batch) if cache else _nothing(batch, self.embedder.dim)
+            for _, batch in window
+        ]
+        missing = [
+            [text for text, hit in zip(batch, hits, strict=True) if not hit]
+            for (_, batch), (_, hits) in zip(window, found, strict=True)
+        ]
+        rows = [text for texts in missing for text in texts]
+        vectors, spent = self._encode(rows) if rows else (None, {})
+        start = 0
+        for (chunk, _), (cached, hits), texts in zip(window, found, missing, strict=True):
+            stop = start + len(texts)
+            if texts:
+                assert vectors is not None
+                fresh = vectors[start:stop]
+                cached[~hits] = fresh
+                if cache:
+                    cache.store("document", texts, fresh)
+            usage = Usage(
+                texts=len(texts),
+                cached=int(hits.sum()),
+                **{
+                    name: int(spent[name][start:stop].sum())
+                    for name in spent
+                    if name != "estimated"
+                },
+                estimated=bool(spent and spent["estimated"][start:stop].any()),
+            )
+            yield chunk, Encoded(cached, usage)
+            start = stop
+
+    def _encode(self, rows: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         import ray
 
-        rows = [text for _, batch in window for text in batch]
         dataset = ray.data.from_items(
             [{"row": i, "text": text} for i, text in enumerate(rows)],
             # Enough blocks for every actor, each at most a few batches (Ray's default block
@@ -201,7 +244,7 @@ class RayExecutor:
                 self.embedder.spec_json,
                 self.root,
                 self.embedder.fingerprint,
-                self.options,
+                self.embedder_settings,
             ),
             batch_size=self.settings.batch_size,
             compute=ray.data.ActorPoolStrategy(size=self.settings.num_actors),
@@ -209,18 +252,15 @@ class RayExecutor:
             batch_format="numpy",
         )
         vectors = np.empty((len(rows), self.embedder.dim), dtype=np.float32)
-        truncated = np.zeros(len(rows), dtype=bool)
+        spent = {name: np.zeros(len(rows), dtype=np.int64) for name in _USAGE_COLUMNS}
         try:
             for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
                 vectors[batch["row"]] = np.stack(list(batch["vector"])).astype(np.float32)
-                truncated[batch["row"]] = batch["truncated"]
+                for name in _USAGE_COLUMNS:
+                    spent[name][batch["row"]] = batch[name]
         except Exception as exc:  # a worker's failure reaches the driver as a Ray exception
             raise EmbedderError(f"a Ray worker failed to encode: {_first_line(exc)}") from exc
-        start = 0
-        for chunk, batch in window:
-            stop = start + len(batch)
-            yield chunk, Encoded(vectors[start:stop], int(truncated[start:stop].sum()))
-            start = stop
+        return vectors, spent
 
     def close(self) -> None:
         import ray
@@ -251,23 +291,5 @@ def _first_line(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def count_truncated(embedder: LoadedEmbedder, texts: list[str], step: int) -> np.ndarray:
-    """Which texts exceed the model's token limit (the model truncates them silently).
-
-    Counted where the texts are encoded: under Ray, tokenizing every document on the driver would
-    cap the whole cluster at one core's tokenizer speed.
-    """
-    flags = np.zeros(len(texts), dtype=bool)
-    limit = embedder.max_seq_length
-    tokenizer = getattr(embedder.model, "tokenizer", None)
-    if limit is None or tokenizer is None or not callable(tokenizer):
-        return flags
-    # In slices, so the token lists of a whole chunk never sit in memory at once.
-    for start in range(0, len(texts), step):
-        try:
-            encoded = tokenizer(texts[start : start + step], truncation=False)["input_ids"]
-        except Exception:  # static and custom tokenizers differ; counting is a courtesy, not a must
-            return np.zeros(len(texts), dtype=bool)
-        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        flags[start : start + len(encoded)] = lengths > limit
-    return flags
+def _nothing(texts: list[str], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((len(texts), dim), dtype=np.float32), np.zeros(len(texts), dtype=bool)

@@ -21,6 +21,7 @@ from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS
 from embedmig.metrics import figures, kernels
 from embedmig.metrics import forecast as fc
 from embedmig.metrics import report as rpt
+from embedmig.migrate import cost
 from embedmig.migrate import evaluate as ev
 from embedmig.sources import Document
 from embedmig.store import files
@@ -57,8 +58,8 @@ def run(
     settings: rpt.Settings,
     resamples: int,
     pair_docs: int,
-    batch_size: int,
     notes: Sequence[str],
+    price: float | None = None,
 ) -> rpt.Report:
     """``columns`` maps each embedded document's key to its position (uniform ones first);
     ``queries.judged`` and ``queries.self_ids`` use those positions."""
@@ -74,10 +75,13 @@ def run(
     certain = np.zeros(len(docs), bool)
     certain[len(sample.uniform) :] = True
     t = time.perf_counter()
-    doc_vectors = new.encode_documents([d.text for d in docs], batch_size)
+    doc_texts = [d.text for d in docs]
+    before = new.usage
+    doc_vectors = new.encode_documents(doc_texts)
+    embedding = cost.forecast(new.usage - before, doc_texts, sample.population, price)
     texts = [q.text for q in queries.docs]
-    new_queries = new.encode_queries(texts, batch_size)
-    old_queries = old.embedder.encode_queries(texts, batch_size) if old else None
+    new_queries = new.encode_queries(texts)
+    old_queries = old.embedder.encode_queries(texts) if old else None
     t = timed("encode", t)
     scores = (new_queries @ doc_vectors.T).astype(np.float32)
     if queries.self_ids is not None:
@@ -134,6 +138,7 @@ def run(
         timings=timings,
         forecast=True,
         sample_size=len(docs),
+        embedding=embedding,
     )
 
 

@@ -6,16 +6,25 @@ commits its catalog changes with their history row in one transaction.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from embedmig.embedders import cache
 from embedmig.environment import Environment
 from embedmig.errors import ConfigError, ScriptError, StateError
 from embedmig.store import catalog, journal, manifest, traffic
 
 
-def prune(env: Environment, alias: str, *, keep: int, wait: float) -> list[catalog.IndexRecord]:
+@dataclass(frozen=True)
+class Pruned:
+    dropped: list[catalog.IndexRecord]
+    cache: cache.Pruned  # the embedding cache, bounded to cache.max_mb
+
+
+def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
     """Drop ``alias``'s retired indexes but the ``keep`` most recent (each is one rollback step),
     and any shadow never swapped in but one under an open canary. Files go after the drop
     commits: a crash in between leaves an orphan file, never a catalog row pointing at a missing
-    one."""
+    one. Then bound the embedding cache, least recently used first."""
     if keep < 0:
         raise ConfigError("--keep must be 0 or more")
     with env.lock([alias], "prune", wait):
@@ -50,7 +59,9 @@ def prune(env: Environment, alias: str, *, keep: int, wait: float) -> list[catal
                 )
         for record in doomed:
             env.remove_index_files(record)
-    return doomed
+    folder = env.settings.cache_dir
+    bounded = cache.prune(folder, env.settings.cache_max_bytes) if folder else cache.Pruned(0, 0, 0)
+    return Pruned(doomed, bounded)
 
 
 def stamp(env: Environment, target: str, *, wait: float) -> list[tuple[str, str | None]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from embedmig import embedders
 from embedmig.environment import Environment
 from embedmig.errors import EmbedmigError, ScriptError, StateError
 from embedmig.metrics.report import Report
@@ -71,7 +70,7 @@ def _apply(
     expected = {alias: record.fingerprint for alias, record in live.items() if record is not None}
     reports: list[Report] = []
     for rev in path:
-        _check_old(env, rev, expected.get(rev.alias))
+        _check_old(env, rev, expected.get(rev.alias), live.get(rev.alias))
         ctx = MigrationContext(
             env,
             rev,
@@ -122,8 +121,14 @@ def _undo(env: Environment, path: list[Revision]) -> None:
             )
 
 
-def _check_old(env: Environment, rev: Revision, live_fingerprint: str | None) -> None:
-    """The revision's ``old`` must describe the index the alias is live on, exactly."""
+def _check_old(
+    env: Environment,
+    rev: Revision,
+    live_fingerprint: str | None,
+    live: catalog.IndexRecord | None,
+) -> None:
+    """The revision's ``old`` must describe the index the alias is live on, exactly, and still
+    return what it returned when that index was built (its probes), before anything is embedded."""
     if rev.old is None:
         if live_fingerprint is not None:
             raise StateError(
@@ -136,12 +141,14 @@ def _check_old(env: Environment, rev: Revision, live_fingerprint: str | None) ->
             f"revision {rev.revision} migrates {rev.alias!r} from {rev.old.model}, "
             "but the alias has no live index"
         )
-    location = embedders.resolve_location(rev.old, env.config.root)
-    if embedders.fingerprint(rev.old, location) != live_fingerprint:
+    old = env.load_embedder(rev.old)
+    if old.fingerprint != live_fingerprint:
         raise StateError(
             f"revision {rev.revision}: old = {rev.old.describe()} does not match the model and "
             f"options the live index of {rev.alias!r} was built with (fingerprints differ)"
         )
+    if live is not None and live.fingerprint == live_fingerprint:
+        env.check_drift(old, live)
 
 
 def _call(

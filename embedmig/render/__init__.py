@@ -7,6 +7,7 @@ render through ``render``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from embedmig.errors import ConfigError
 from embedmig.metrics.report import Report
@@ -32,3 +33,42 @@ def render(report: Report, fmt: str = "text", *, styled: bool = False) -> str:
 def format_of(path: Path) -> str:
     """The format a report file's name asks for: ``.json``, ``.html``/``.htm``, else text."""
     return {".json": "json", ".html": "html", ".htm": "html"}.get(path.suffix.lower(), "text")
+
+
+def embedding_lines(embedding: dict[str, Any]) -> list[str]:
+    """The report's lines about embedding cost (text and HTML)."""
+    if not embedding:
+        return []
+    cached = f" ({embedding['cached']:,} from the cache)" if embedding.get("cached") else ""
+    estimated = " (estimated)" if embedding.get("estimated") else ""
+    line = (
+        f"embedding: {embedding['texts']:,} text(s) embedded{cached}, "
+        f"{embedding['requests']:,} request(s), {embedding['tokens']:,} input tokens{estimated}"
+    )
+    if embedding.get("cost") is not None:
+        line += f", cost {_format_money(embedding['cost'])}"
+    lines = [line]
+    if "forecast_tokens" in embedding:
+        estimated = " (estimated)" if embedding.get("forecast_tokens_estimated") else ""
+        upgrade = f"the upgrade: about {embedding['forecast_tokens']:,} input tokens{estimated}"
+        if embedding.get("forecast_cost") is not None:
+            upgrade += f", {_format_money(embedding['forecast_cost'])}"
+        if embedding.get("forecast_seconds") is not None:
+            upgrade += f", {_format_seconds(embedding['forecast_seconds'])} of embedding"
+            upgrade += f" at {embedding['texts_per_second']:,.1f} documents/s"
+        else:
+            upgrade += ", time unknown (the cache served the whole sample)"
+        lines.append(upgrade)
+    return lines
+
+
+def _format_money(value: float) -> str:
+    return f"${value:,.2f}" if value >= 0.01 or value == 0 else f"${value:.6f}"
+
+
+def _format_seconds(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -14,6 +14,7 @@ from typing import Any
 
 from embedmig.errors import ConfigError
 from embedmig.metrics.report import HEADLINE, SCHEMA_VERSION, WORST_KINDS, Report
+from embedmig.render import embedding_lines
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
@@ -190,9 +191,10 @@ def _worst(report: Report) -> list[str]:
 
 
 def _notes(report: Report) -> list[str]:
-    if not report.notes:
+    notes = [*embedding_lines(report.embedding), *report.notes]
+    if not notes:
         return []
-    return ["<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in report.notes) + "</ul>"]
+    return ["<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>"]
 
 
 def _plots(report: Report, plt: Any) -> list[tuple[str, str]]:

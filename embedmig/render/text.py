@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from embedmig.metrics.report import HEADLINE, WORST_KINDS, Report
+from embedmig.render import embedding_lines
 
 Style = Callable[..., str]
 
@@ -138,7 +139,9 @@ def _worst(report: Report, style: Style) -> list[str]:
 
 
 def _notes(report: Report, style: Style) -> list[str]:
-    return [f"  note: {note}" for note in report.notes]
+    return [f"  {line}" for line in embedding_lines(report.embedding)] + [
+        f"  note: {note}" for note in report.notes
+    ]
 
 
 def _rank(rank: int | None) -> str:

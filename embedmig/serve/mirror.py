@@ -240,7 +240,7 @@ class Mirror:
         shadow.catch_up()
         if shadow.overlay.size < k:
             return []  # too few documents to compare top-k lists
-        vectors = shadow.embedder.encode_queries([i.text for i in items], self.env.batch_size)
+        vectors = shadow.embedder.encode_queries([i.text for i in items])
         scores, ids = shadow.overlay.search(vectors, k)
         return [
             traffic.Comparison(

@@ -73,7 +73,7 @@ class Searcher:
         if not isinstance(text, str) or blank(text):
             raise ConfigError("the query is empty: give a text to search for")
         view = self._refresh()
-        vectors = view.embedder.encode_queries([text], self.env.batch_size)
+        vectors = view.embedder.encode_queries([text])
         # A mirrored query's live answer is read to the canary's depth in the same search.
         target = self._mirror.plan()
         depth = max(k, target.k) if target is not None else k

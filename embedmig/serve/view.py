@@ -35,7 +35,7 @@ class IndexView:
             )
         # Changes journaled while this index received no writes (after its holdover) carry no
         # vector for it: embed their text now, so the view is still the latest document state.
-        tail.fill(lambda texts: self.embedder.encode_documents(texts, self.env.batch_size))
+        tail.fill(self.embedder.encode_documents)
         self.overlay.apply(tail)
         return tail
 

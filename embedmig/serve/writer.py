@@ -115,7 +115,7 @@ class Writer:
         for target in targets:
             if target.fingerprint not in by_model:
                 model = self._model(target)
-                by_model[target.fingerprint] = model.encode_documents(texts, self.env.batch_size)
+                by_model[target.fingerprint] = model.encode_documents(texts)
             vectors[target.id] = by_model[target.fingerprint]
         return vectors
 

@@ -10,7 +10,7 @@ import getpass
 import json
 import socket
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -50,6 +50,7 @@ class IndexRecord:
     base_seq: int
     created_at: datetime
     updated_at: datetime
+    probe: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_row(cls, row: Any) -> IndexRecord:
@@ -163,6 +164,7 @@ def register_index(
     factory: str,
     metric: str,
     base_seq: int = 0,
+    probe: bytes | None = None,
 ) -> int:
     stamp = now()
     result = conn.execute(
@@ -176,6 +178,7 @@ def register_index(
             factory=factory,
             ntotal=0,
             base_seq=base_seq,
+            probe=probe,
             state=BUILDING,
             created_at=stamp,
             updated_at=stamp,

@@ -1,0 +1,165 @@
+"""The embedding cache: a text embedded once by one embedder is never sent again.
+
+Keyed by (fingerprint, prompt and text hash): one SQLite file per fingerprint under ``cache.dir``
+(a query and a document with the same prompt are the same input), so a
+resumed or retried backfill, a roll-forward to a retired revision's model and an upgrade after its
+own dry run embed only the texts they have not embedded yet. Each file keeps the probe vectors of
+the embedder that filled it: if the model behind a fingerprint drifts, its file is emptied rather
+than mixed with new vectors. ``prune`` bounds the folder to ``cache.max_mb``, least recently used
+first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from embedmig.embedders import probes
+from embedmig.errors import EmbedderError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from embedmig.embedders.base import LoadedEmbedder
+
+log = logging.getLogger("embedmig")
+
+_SUFFIX = ".sqlite"
+_SQL_VARIABLES = 900  # under SQLite's oldest limit of 999 parameters a statement
+
+
+def _key(prompt: str | None, text: str) -> bytes:
+    data = (prompt or "").encode("utf-8", "surrogatepass") + b"\0"
+    return hashlib.blake2b(data + text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+class EmbeddingCache:
+    """The cached vectors of one embedder (checked and normalized as it returned them)."""
+
+    def __init__(self, folder: Path, embedder: LoadedEmbedder, min_cosine: float) -> None:
+        probe = probes.of(embedder)  # first: for an endpoint, it tells the dimension too
+        self.spec = embedder.spec
+        self.dim = embedder.dim
+        self.path = folder / f"{embedder.fingerprint}{_SUFFIX}"
+        self._lock = threading.Lock()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=60, check_same_thread=False, isolation_level=None
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vector BLOB NOT NULL)"
+                " WITHOUT ROWID"
+            )
+            self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB)")
+            os.utime(self.path)  # least recently used goes first when prune bounds the folder
+        except (OSError, sqlite3.Error) as exc:
+            raise EmbedderError(f"cannot open the embedding cache {self.path}: {exc}") from None
+        self._guard(probe, min_cosine, embedder.describe())
+
+    def _guard(self, probe: np.ndarray, min_cosine: float, what: str) -> None:
+        """Empty the file if its vectors came from a model that has since drifted."""
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'probe'").fetchone()
+        if row is not None:
+            recorded = probes.from_bytes(row[0], self.dim)
+            if probes.lowest_cosine(recorded, probe) >= min_cosine:
+                return
+            log.warning("the embedding cache of %s was emptied: the model drifted", what)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM vectors")
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (probes.to_bytes(probe),)
+            )
+            self._db.execute("COMMIT")
+
+    def _prompt(self, kind: str) -> str | None:
+        return self.spec.query_prompt if kind == "query" else self.spec.document_prompt
+
+    def lookup(self, kind: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors of ``texts`` found (zero rows elsewhere) and which were found."""
+        import numpy as np
+
+        prompt = self._prompt(kind)
+        keys = [_key(prompt, text) for text in texts]
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        found = np.zeros(len(texts), dtype=bool)
+        where: dict[bytes, list[int]] = {}
+        for i, key in enumerate(keys):
+            where.setdefault(key, []).append(i)
+        unique = list(where)
+        with self._lock:
+            for start in range(0, len(unique), _SQL_VARIABLES):
+                part = unique[start : start + _SQL_VARIABLES]
+                marks = ",".join("?" * len(part))
+                for key, blob in self._db.execute(
+                    f"SELECT key, vector FROM vectors WHERE key IN ({marks})", part
+                ):
+                    rows = where[key]
+                    vectors[rows] = np.frombuffer(blob, dtype="<f4")
+                    found[rows] = True
+        return vectors, found
+
+    def store(self, kind: str, texts: list[str], vectors: np.ndarray) -> None:
+        prompt = self._prompt(kind)
+        rows = [
+            (_key(prompt, text), probes.to_bytes(vector))
+            for text, vector in zip(texts, vectors, strict=True)
+        ]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
+            self._db.execute("COMMIT")
+
+    def through(self, embedder: LoadedEmbedder, texts: list[str], kind: str) -> np.ndarray:
+        """``texts`` embedded, asking the embedder only for those not cached."""
+        vectors, found = self.lookup(kind, texts)
+        missing = [text for text, hit in zip(texts, found, strict=True) if not hit]
+        if missing:
+            fresh = embedder.encode_uncached(missing, kind)
+            self.store(kind, missing, fresh)
+            vectors[~found] = fresh
+        embedder.meter.add(cached=int(found.sum()))
+        return vectors
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+@dataclass(frozen=True)
+class Pruned:
+    removed: int  # files (one per embedder)
+    freed_bytes: int
+    kept_bytes: int
+
+
+def prune(folder: Path, max_bytes: int) -> Pruned:
+    """Remove the least recently used cache files until the folder holds at most ``max_bytes``."""
+    if not folder.is_dir():
+        return Pruned(0, 0, 0)
+    entries = []
+    for path in folder.glob(f"*{_SUFFIX}"):
+        parts = [path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))]
+        size = sum(p.stat().st_size for p in parts if p.exists())
+        entries.append((path.stat().st_mtime, size, parts))
+    entries.sort()
+    total = sum(size for _, size, _ in entries)
+    removed = freed = 0
+    for _, size, parts in entries:
+        if total <= max_bytes:
+            break
+        for part in parts:
+            part.unlink(missing_ok=True)
+        total -= size
+        removed += 1
+        freed += size
+    return Pruned(removed, freed, total)
