@@ -466,3 +466,34 @@ def records(config: Config) -> list[catalog.IndexRecord]:
             return catalog.indexes(conn, "docs")
     finally:
         env.dispose()
+
+
+def test_an_endpoint_model_to_a_local_one_and_back_through_the_cli(
+    project: Path, server: EmbeddingServer
+) -> None:
+    configure(project, FAST)
+    url = server.url
+    steps = [
+        ("revision", "-m", "api", "--alias", "docs", "--new", "tiny", "--backend", "openai",
+         "--base-url", url, "--api-key-env", KEY_ENV, "--rev-id", "r1"),
+        ("upgrade",),
+        ("revision", "-m", "local", "--alias", "docs", "--new", "models/near", "--rev-id", "r2"),
+        ("upgrade", "--dry-run"),
+        ("upgrade",),
+        ("search", "docs", "vitamin D"),
+        ("downgrade", "-1"),
+        ("search", "docs", "vitamin D"),
+        ("upgrade",),
+        ("revision", "-m", "back", "--alias", "docs", "--new", "tiny", "--backend", "openai",
+         "--base-url", url, "--api-key-env", KEY_ENV, "--rev-id", "r3"),
+        ("upgrade",),
+        ("probe",),
+        ("current",),
+    ]  # fmt: skip
+    for step in steps:
+        ran = embedmig(project, *step)
+        assert ran.returncode == 0, (step, ran.stderr)
+    assert "docs: r3 (head); index #" in ran.stdout
+    # Back on the endpoint's model: every document came from the cache of r1's backfill.
+    (report,) = [command.report(Config(project / "embedmig.ini"), "r3")]
+    assert report.embedding["cached"] == 300 and report.embedding["requests"] == 0

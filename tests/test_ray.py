@@ -192,7 +192,7 @@ def corpus(config, alias):
     assert failed.returncode == 1
     line = failed.stderr.strip().splitlines()[-1]
     assert line.startswith("embedmig: error: a Ray worker failed to encode: ")
-    assert "differ from the driver's" in line
+    assert "is not the driver's (fingerprints differ)" in line
     engine = sa.create_engine(config.url)
     with engine.connect() as conn:
         kept = conn.execute(sa.select(schema.checkpoint.c.docs_consumed)).scalar()
@@ -233,3 +233,37 @@ def test_the_ray_extra_is_declared() -> None:
     assert any(
         dep.startswith("ray[data]") for dep in project["project"]["optional-dependencies"]["ray"]
     )
+
+
+def test_a_ray_backfill_through_an_endpoint_equals_the_in_process_one(
+    config: Config, models: dict[str, Path]
+) -> None:
+    """Each actor is one more client of the endpoint; the driver keeps the cache, so a rerun
+    from scratch sends the endpoint nothing but the probes."""
+    from embedmig import Embedder
+    from embedmig.embedders import probes
+    from tests.embedding_server import EmbeddingServer
+
+    server = EmbeddingServer({"tiny": models["a"]}).start()
+    try:
+        config = on_ray(config)
+        api = Embedder("tiny", backend="openai", base_url=server.url)
+        command.revision(config, "api", alias="api", new=api, rev_id="h1")
+        report = command.upgrade(config, "h1", executor="ray")[0]
+        assert report.embedding["texts"] == 300 and report.embedding["requests"] >= 300 // 32
+        command.upgrade(config, "r1")  # models/a, in-process
+        through_ray, in_process = indexed(config, "api"), indexed(config, "docs")
+        keys = sorted(in_process)
+        assert sorted(through_ray) == keys
+        np.testing.assert_allclose(
+            np.stack([through_ray[k] for k in keys]),
+            np.stack([in_process[k] for k in keys]),
+            atol=1e-5,
+        )
+        command.downgrade(config, "api@base")
+        server.reset()
+        again = command.upgrade(config, "h1", executor="ray")[0]
+        assert again.embedding["cached"] == 300 and again.embedding["requests"] == 0
+        assert set(server.requested) <= set(probes.PROBES)
+    finally:
+        server.stop()
