@@ -71,6 +71,7 @@ class EmbeddingServer:
         self.requested: list[str] = []
         self.requests = 0
         self.lock = threading.Lock()
+        self._model_lock = threading.Lock()
         self._server = _Quiet(("127.0.0.1", port), _handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -109,12 +110,17 @@ class EmbeddingServer:
             self.requests = 0
 
     def embed(self, name: str, texts: list[str], dimensions: int | None) -> tuple[Any, int]:
+        """One request's vectors and tokens. One model call at a time, as a serving stack's
+        batcher does (a fast tokenizer is not safe to share between threads); requests still
+        overlap their network and JSON work with it."""
         model = self._models[name]
-        vectors = model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
+        with self._model_lock:
+            vectors = model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
+            tokens = sum(map(len, token_ids(model, texts)))
         if dimensions is not None:  # as OpenAI's text-embedding-3: shortened, then unit length
             vectors = vectors[:, :dimensions]
             vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors, sum(map(len, token_ids(model, texts)))
+        return vectors, tokens
 
 
 def token_ids(model: Any, texts: list[str]) -> list[list[int]]:

@@ -83,3 +83,33 @@ def test_minilm_to_distilled_static_measures_a_real_shift(
     command.downgrade(config, "-1")
     (state,) = command.current(config)
     assert state.live is not None and state.live.dim == 384
+
+
+def test_minilm_through_an_openai_compatible_endpoint_equals_minilm_in_process(
+    real_models: dict[str, Path],
+) -> None:
+    """The same model behind tests/embedding_server.py: vectors within 1e-5, and the probes of
+    one are the probes of the other (no drift is seen where there is none)."""
+    import numpy as np
+
+    from embedmig import Embedder
+    from embedmig.config import Config, EnvSettings
+    from embedmig.embedders import load, probes
+    from tests.embedding_server import EmbeddingServer
+
+    settings = EnvSettings.of(Config(None)).embedder
+    server = EmbeddingServer({"all-MiniLM-L6-v2": real_models["minilm"]}).start()
+    try:
+        local = load(Embedder(str(real_models["minilm"])), Path("."), settings)
+        http = load(
+            Embedder("all-MiniLM-L6-v2", backend="openai", base_url=server.url), Path("."), settings
+        )
+        texts = [row["text"] for row in corpus_rows(64)]
+        for kind in ("encode_documents", "encode_queries"):
+            np.testing.assert_allclose(
+                getattr(http, kind)(texts), getattr(local, kind)(texts), atol=1e-5
+            )
+        assert probes.lowest_cosine(probes.of(local), probes.of(http)) > 0.99999
+        http.close()
+    finally:
+        server.stop()

@@ -94,7 +94,10 @@ class OpenAIBackend:
     def _embed(self, texts: list[str]) -> np.ndarray:
         import numpy as np
 
-        batches = list(self._batches(texts))
+        # Longest first, as sentence-transformers orders a batch: texts of a length share a
+        # request, and a server that pads a request to its longest text pads little.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        batches = list(self._batches([texts[i] for i in order]))
         if len(batches) == 1 or self.settings.concurrency == 1:
             parts = [self._request(batch) for batch in batches]
         else:
@@ -103,7 +106,11 @@ class OpenAIBackend:
                     self.settings.concurrency, thread_name_prefix="embedmig-http"
                 )
             parts = list(self._pool.map(self._request, batches))
-        return np.concatenate(parts) if parts else np.empty((0, self.dimension), np.float32)
+        if not parts:
+            return np.empty((0, self.dimension), np.float32)
+        vectors = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
+        vectors[order] = np.concatenate(parts)
+        return vectors
 
     def _batches(self, texts: list[str]) -> Iterator[list[str]]:
         """Consecutive batches of at most ``batch_size`` texts and ``max_batch_tokens`` estimated
