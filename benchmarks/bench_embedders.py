@@ -17,6 +17,12 @@ On BEIR SciFact abstracts (../shared/data/scifact), with all-MiniLM-L6-v2 (pyduc
 glibc is kept from trimming the heap between iterations, so page faults do not decide the result.
 
     python benchmarks/bench_embedders.py [--rounds 5] [--texts 512]
+
+Measured 2026-12-04 (2 cores, 512 texts, 5 rounds): in-process 21.1 texts/s; HTTP concurrency 1
+19.9 (0.946 x), concurrency 4 18.5 (0.877 x). Before requests went out longest text first: 0.725 x
+and 0.758 x (the server padded each request of 32 texts in corpus order to its longest). Cache:
+100% hits, 0 requests, 6 ms. Probes: 32.8 ms median (8 texts; the first set of 16, one of them
+long: 99-120 ms).
 """
 
 from __future__ import annotations
