@@ -215,7 +215,7 @@ def test_a_revision_for_an_endpoint_is_written_with_its_options(
     [
         Fault("429", retry_after=0.3),
         Fault("500"),
-        Fault("timeout", seconds=2.0),
+        Fault("timeout", seconds=1.0),
         "drop",
         "truncate",
     ],
@@ -224,7 +224,7 @@ def test_a_revision_for_an_endpoint_is_written_with_its_options(
 def test_a_transient_fault_is_retried_to_success(
     server: EmbeddingServer, models: dict[str, Path], fault: Fault | str
 ) -> None:
-    http = load(remote(server, dimensions=32), Path("."), settings(timeout=0.5))
+    http = load(remote(server, dimensions=32), Path("."), settings(timeout=0.3))
     expected = load(Embedder(str(models["a"])), Path("."), settings()).encode_documents(texts(5))
     server.inject(fault)
     np.testing.assert_allclose(http.encode_documents(texts(5)), expected, atol=1e-5)
@@ -236,10 +236,10 @@ def test_retry_after_is_honoured_in_seconds_and_as_a_date(server: EmbeddingServe
     from embedmig.embedders.http import _retry_after
 
     http = load(remote(server, dimensions=32), Path("."), settings())
-    server.inject(Fault("429", retry_after=1.0))
+    server.inject(Fault("429", retry_after=0.6))
     started = time.monotonic()
     http.encode_documents(texts(2))
-    assert time.monotonic() - started >= 1.0
+    assert time.monotonic() - started >= 0.6
     http.close()
 
     later = format_datetime(datetime.now(UTC) + timedelta(seconds=30))

@@ -247,6 +247,9 @@ def test_a_ray_backfill_through_an_endpoint_equals_the_in_process_one(
     server = EmbeddingServer({"tiny": models["a"]}).start()
     try:
         config = on_ray(config)
+        ini = config.root / "embedmig.ini"  # one Ray Data dataset per upgrade: one pool start
+        ini.write_text(ini.read_text().replace("ray.window = 100", "ray.window = 300"))
+        config = Config(ini)
         api = Embedder("tiny", backend="openai", base_url=server.url)
         command.revision(config, "api", alias="api", new=api, rev_id="h1")
         report = command.upgrade(config, "h1", executor="ray")[0]

@@ -104,11 +104,11 @@ def test_minilm_through_an_openai_compatible_endpoint_equals_minilm_in_process(
         http = load(
             Embedder("all-MiniLM-L6-v2", backend="openai", base_url=server.url), Path("."), settings
         )
-        texts = [row["text"] for row in corpus_rows(64)]
-        for kind in ("encode_documents", "encode_queries"):
-            np.testing.assert_allclose(
-                getattr(http, kind)(texts), getattr(local, kind)(texts), atol=1e-5
-            )
+        texts = [row["text"] for row in corpus_rows(16)]
+        np.testing.assert_allclose(
+            http.encode_documents(texts), local.encode_documents(texts), atol=1e-5
+        )
+        # The probes, as queries and as documents: no drift is seen where there is none.
         assert probes.lowest_cosine(probes.of(local), probes.of(http)) > 0.99999
         http.close()
     finally:
