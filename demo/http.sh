@@ -35,19 +35,7 @@ trap 'kill $SERVER 2>/dev/null' EXIT
 until grep -q serving server.log 2>/dev/null; do sleep 0.5; done
 
 embedmig init migrations
-python - <<'PY'
-import re
-from pathlib import Path
-ini = Path("embedmig.ini")
-text = ini.read_text()
-for key, value in {
-    "corpus": "../data/corpus.jsonl", "corpus.id_field": "_id",
-    "# corpus.title_field": "title", "# queries": "../data/queries.jsonl", "# qrels": "../data/qrels.tsv",
-}.items():
-    text = re.sub(rf"^{re.escape(key)} = .*$", f"{key.lstrip('# ')} = {value}", text, flags=re.M)
-text = text.replace("# queries.id_field", "queries.id_field").replace("# queries.text_field", "queries.text_field")
-ini.write_text(text + "embedder.price_per_million_tokens = 0.02\n")
-PY
+python "$HERE/configure.py" embedmig.ini embedder.price_per_million_tokens=0.02
 
 say "first revision: 'papers' on MiniLM behind the endpoint"
 embedmig revision -m "papers on the MiniLM endpoint" --alias papers --new all-MiniLM-L6-v2 \

@@ -29,19 +29,7 @@ PY
 say "embedmig init"
 embedmig init migrations
 # Point the environment at 1,000 SciFact abstracts, 300 claims as queries and their judgements.
-python - <<'PY'
-import re
-from pathlib import Path
-ini = Path("embedmig.ini")
-text = ini.read_text()
-for key, value in {
-    "corpus": "../data/corpus.jsonl", "corpus.id_field": "_id",
-    "# corpus.title_field": "title", "# queries": "../data/queries.jsonl", "# qrels": "../data/qrels.tsv",
-}.items():
-    text = re.sub(rf"^{re.escape(key)} = .*$", f"{key.lstrip('# ')} = {value}", text, flags=re.M)
-text = text.replace("# queries.id_field", "queries.id_field").replace("# queries.text_field", "queries.text_field")
-ini.write_text(text)
-PY
+python "$HERE/configure.py" embedmig.ini
 grep -E "^(corpus|queries|qrels)" embedmig.ini
 
 say "first revision: the alias 'papers' gets its first index, built with MiniLM"
