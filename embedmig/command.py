@@ -251,10 +251,7 @@ def probe(config: Config, alias: str | None = None) -> list[ProbeResult]:
         results = []
         for record in records:
             embedder = env.load_embedder(Embedder.from_json(record.model))
-            lowest = None
-            if record.probe is not None:
-                recorded = probes.from_bytes(record.probe, record.dim)
-                lowest = probes.lowest_cosine(recorded, probes.of(embedder))
+            lowest = probes.against(record.probe, record.dim, embedder)
             minimum = env.settings.probe_min_cosine
             results.append(ProbeResult(record.alias, record, embedder.describe(), lowest, minimum))
         return results

@@ -151,17 +151,15 @@ class Environment:
             )
         return embedder
 
-    def check_drift(self, embedder: LoadedEmbedder, record: IndexRecord) -> float:
-        """The lowest probe cosine of ``embedder`` against what ``record`` was built with;
-        raises EmbedderDrift below ``probe.min_cosine``."""
+    def check_drift(self, embedder: LoadedEmbedder, record: IndexRecord) -> None:
+        """Raise EmbedderDrift if ``embedder``'s probes fell below ``probe.min_cosine`` of what
+        ``record`` was built with."""
         from embedmig.embedders import probes
 
-        if record.probe is None:
-            return 1.0
-        return probes.check(
+        probes.check(
             record.probe,
             record.dim,
-            probes.of(embedder),
+            embedder,
             self.settings.probe_min_cosine,
             f"{embedder.describe()}, the embedder of index #{record.id} of {record.alias!r},",
         )

@@ -106,8 +106,6 @@ class OpenAIBackend:
                     self.settings.concurrency, thread_name_prefix="embedmig-http"
                 )
             parts = list(self._pool.map(self._request, batches))
-        if not parts:
-            return np.empty((0, self.dimension), np.float32)
         vectors = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
         vectors[order] = np.concatenate(parts)
         return vectors

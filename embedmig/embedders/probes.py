@@ -68,20 +68,26 @@ def lowest_cosine(recorded: np.ndarray, now: np.ndarray) -> float:
     return float(np.einsum("ij,ij->i", a, b).min())
 
 
-def check(recorded: bytes | None, dim: int, now: np.ndarray, min_cosine: float, what: str) -> float:
-    """The lowest probe cosine of ``now`` against ``recorded``; raises EmbedderDrift below
-    ``min_cosine``. An index built before probes (``recorded`` None) passes with 1.0."""
+def against(recorded: bytes | None, dim: int, embedder: LoadedEmbedder) -> float | None:
+    """The lowest cosine of ``embedder``'s probe vectors now against ``recorded`` (an index's);
+    None for an index built before probes."""
     if recorded is None:
-        return 1.0
-    lowest = lowest_cosine(from_bytes(recorded, dim), now)
-    if lowest < min_cosine:
+        return None
+    return lowest_cosine(from_bytes(recorded, dim), of(embedder))
+
+
+def check(
+    recorded: bytes | None, dim: int, embedder: LoadedEmbedder, min_cosine: float, what: str
+) -> None:
+    """Raise EmbedderDrift when ``embedder`` drifted below ``min_cosine`` from ``recorded``."""
+    lowest = against(recorded, dim, embedder)
+    if lowest is not None and lowest < min_cosine:
         raise EmbedderDrift(
             f"{what} drifted: lowest probe cosine {lowest:.4f} is below probe.min_cosine "
             f"{min_cosine:g} (the model behind it changed; its vectors no longer match the index)",
             lowest=lowest,
             threshold=min_cosine,
         )
-    return lowest
 
 
 _MEASURED: weakref.WeakKeyDictionary[LoadedEmbedder, np.ndarray] = weakref.WeakKeyDictionary()

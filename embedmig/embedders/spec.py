@@ -83,13 +83,11 @@ class Embedder:
                 raise EmbedderError(f"Embedder {name} must be True or False")
         if self.backend == LOCAL:
             self._refuse(("base_url", "api_key_env", "dimensions", "params"), "truncate_dim")
-        else:
-            self._refuse(_LOCAL_ONLY, "dimensions" if self.backend == OPENAI else "the encoder")
-        if self.backend == OPENAI:
+        elif self.backend == OPENAI:
+            self._refuse((*_LOCAL_ONLY, "params"), "dimensions")
             self._check_endpoint()
         else:
-            self._refuse(("base_url", "api_key_env", "dimensions"), "params")
-        if self.backend == PYTHON:
+            self._refuse((*_LOCAL_ONLY, "base_url", "api_key_env", "dimensions"), "params")
             if not _IMPORT_PATH.match(self.model):
                 raise EmbedderError(
                     f"backend='python' needs model='package.module:factory', got {self.model!r}"
