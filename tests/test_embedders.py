@@ -271,7 +271,8 @@ def test_a_fault_that_persists_fails_in_one_line_naming_status_and_endpoint(
 def test_a_malformed_answer_stops_the_backfill_in_one_line_keeping_its_checkpoints(
     project: Path, server: EmbeddingServer, fault: str, message: str
 ) -> None:
-    config = configure(project, "checkpoint_every = 100\ncache = false\n")
+    # One request at a time, so the fault meets a known request: the first of the second chunk.
+    config = configure(project, "checkpoint_every = 100\ncache = false\nembedder.concurrency = 1")
     command.revision(config, "api", alias="docs", new=remote(server), rev_id="r1")
     # The probes (they tell the dimension too), the 100 documents of the first checkpoint.
     server.inject(fault, after=1 + 4)
