@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from embedmig.config import MAX_K, Config, sample_size
-from embedmig.embedders.spec import BACKENDS, LOCAL, Embedder
+from embedmig.embedders.spec import BACKENDS, LOCAL, MAP_KINDS, Embedder
 from embedmig.errors import CanaryOpen, EmbedderDrift, EmbedmigError, GateFailed, HistoryError
 
 if TYPE_CHECKING:
@@ -151,6 +151,12 @@ def init(state: State, directory: str) -> None:
 @click.option(
     "--index-factory", default="Flat", show_default=True, help="faiss.index_factory string."
 )
+@click.option(
+    "--adapter",
+    type=click.Choice(MAP_KINDS),
+    default=None,
+    help="An adapter revision: serve the live index to --new through a map of this kind.",
+)
 @pass_state
 def revision(
     state: State,
@@ -164,6 +170,7 @@ def revision(
     old: str | None,
     rev_id: str | None,
     index_factory: str,
+    adapter: str | None,
 ) -> None:
     """Write a new revision script for an alias."""
     rev = _command().revision(
@@ -176,6 +183,7 @@ def revision(
         old=old,
         rev_id=rev_id,
         index_factory=index_factory,
+        adapter=adapter,
     )
     click.echo(f"wrote {rev.path} ({rev.revision}, alias {rev.alias})")
 
@@ -363,7 +371,11 @@ def current(state: State) -> None:
             if s.live
             else "no live index"
         )
-        click.echo(f"{s.alias}: {s.revision or 'base'}{head}; {live}")
+        through = ""
+        if s.adapter is not None:
+            model = Embedder.from_json(s.adapter.model).describe()
+            through = f"; through adapter #{s.adapter.id} ({s.adapter.kind} map from {model})"
+        click.echo(f"{s.alias}: {s.revision or 'base'}{head}; {live}{through}")
 
 
 @cli.command()
@@ -403,9 +415,10 @@ def history(state: State, alias: str | None, detail: bool) -> None:
         when = event.finished_at.strftime("%Y-%m-%d %H:%M:%S")
         move = f"#{event.from_index or '-'} -> #{event.to_index or '-'}"
         verdict = f" gates:{event.verdict}" if event.verdict else ""
+        message = f"  ({event.message})" if event.message else ""
         click.echo(
             f"#{event.id:<4} {when}  {event.alias:<12} {event.action:<9} {event.revision or 'base':<14} "
-            f"{event.status:<11} {move}{verdict}  {event.user}@{event.host}"
+            f"{event.status:<11} {move}{verdict}  {event.user}@{event.host}{message}"
         )
         if detail and event.metrics:
             verdict_detail = event.metrics.get("verdict") or {}
@@ -450,7 +463,10 @@ def show(state: State, rev: str) -> None:
     click.echo("")
     click.echo("    " + script.message.replace("\n", "\n    "))
     for event in events:
-        click.echo(f"  {event.finished_at:%Y-%m-%d %H:%M:%S} {event.action} {event.status}")
+        message = f" ({event.message})" if event.message else ""
+        click.echo(
+            f"  {event.finished_at:%Y-%m-%d %H:%M:%S} {event.action} {event.status}{message}"
+        )
 
 
 @cli.command()
@@ -473,7 +489,9 @@ def prune(state: State, alias: str, keep: int, wait: float) -> None:
     pruned = _command().prune(state.config(), alias, keep=keep, wait=wait)
     for record in pruned.dropped:
         click.echo(f"dropped index #{record.id} ({record.revision}, was {record.state})")
-    if not pruned.dropped and not pruned.cache.removed:
+    for adapter in pruned.adapters:
+        click.echo(f"dropped adapter #{adapter.id} ({adapter.revision}, was {adapter.state})")
+    if not pruned.dropped and not pruned.adapters and not pruned.cache.removed:
         click.echo("nothing to prune")
     if pruned.cache.removed:
         click.echo(

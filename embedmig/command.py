@@ -44,6 +44,7 @@ class AliasState:
     revision: str | None
     live: catalog.IndexRecord | None
     is_head: bool
+    adapter: catalog.AdapterRecord | None = None  # the map the live index is served through
 
 
 @contextmanager
@@ -89,11 +90,13 @@ def revision(
     old: str | Embedder | None = None,
     rev_id: str | None = None,
     index_factory: str = "Flat",
+    adapter: str | None = None,
 ) -> Revision:
     """Write a revision script moving ``alias`` to ``new`` on top of the alias's current head.
 
     A string is a sentence-transformers model; an :class:`Embedder` may name any backend.
-    ``old`` defaults to the head's ``new``.
+    ``old`` defaults to the head's ``new``. ``adapter`` (``"procrustes"``, ``"affine"``,
+    ``"mlp"``) writes an adapter revision: ``ctx.adapt(adapter)`` in place of a backfill.
     """
     scripts = Environment(config).scripts
     return scripts.generate(
@@ -103,6 +106,7 @@ def revision(
         old=Embedder(old) if isinstance(old, str) else old,
         new=Embedder(new) if isinstance(new, str) else new,
         index_factory=index_factory,
+        adapter=adapter,
     )
 
 
@@ -202,6 +206,7 @@ def current(config: Config) -> list[AliasState]:
         with env.engine.connect() as conn:
             versions = catalog.versions(conn)
             records = catalog.indexes(conn)
+            adapters = {a.alias: a for a in catalog.adapters(conn, states=[catalog.LIVE])}
     live = {r.alias: r for r in records if r.state == catalog.LIVE}
     try:
         heads = {rev.alias: rev.revision for rev in env.scripts.heads()}
@@ -215,6 +220,7 @@ def current(config: Config) -> list[AliasState]:
             revision=versions.get(alias),
             live=live.get(alias),
             is_head=alias in versions and heads.get(alias) == versions[alias],
+            adapter=adapters.get(alias),
         )
         for alias in aliases
     ]

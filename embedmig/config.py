@@ -40,6 +40,7 @@ BOUNDS: Mapping[str, tuple[int, int | None]] = {
     "embedder.concurrency": (1, 256),  # requests in flight, each a thread and a connection
     "embedder.max_batch_tokens": (1, 100_000_000),
     "cache.max_mb": (0, None),  # a window's texts and vectors are held by the driver
+    "adapter.pairs": (2, 1_000_000),  # both models' vectors of every pair are held at once
 }
 log = logging.getLogger("embedmig")
 
@@ -78,6 +79,7 @@ DEFAULTS: Mapping[str, str] = {
     "cache": "true",
     "cache.dir": "embedding-cache",
     "cache.max_mb": "4096",
+    "adapter.pairs": "5000",
     "corpus.id_field": "id",
     "corpus.text_field": "text",
     "queries.id_field": "_id",

@@ -22,9 +22,10 @@ from embedmig.history import db
 from embedmig.names import safe_component
 from embedmig.sources import Corpus, Document, Qrels
 from embedmig.store import locks
-from embedmig.store.catalog import IndexRecord
+from embedmig.store.catalog import AdapterRecord, IndexRecord
 
 if TYPE_CHECKING:
+    from embedmig.embedders.adapted import AdaptedEmbedder
     from embedmig.script import ScriptDir
 
 
@@ -151,17 +152,18 @@ class Environment:
             )
         return embedder
 
-    def check_drift(self, embedder: LoadedEmbedder, record: IndexRecord) -> None:
+    def check_drift(self, embedder: LoadedEmbedder, record: IndexRecord | AdapterRecord) -> None:
         """Raise EmbedderDrift if ``embedder``'s probes fell below ``probe.min_cosine`` of what
-        ``record`` was built with."""
+        ``record`` (an index, or the querying model of an adapter) was built with."""
         from embedmig.embedders import probes
 
+        what = "index" if isinstance(record, IndexRecord) else "adapter"
         probes.check(
             record.probe,
             record.dim,
             embedder,
             self.settings.probe_min_cosine,
-            f"{embedder.describe()}, the embedder of index #{record.id} of {record.alias!r},",
+            f"{embedder.describe()}, the embedder of {what} #{record.id} of {record.alias!r},",
         )
 
     def lock(
@@ -183,6 +185,38 @@ class Environment:
         self.check_drift(embedder, record)
         return embedder
 
+    def serving_embedder(
+        self, record: IndexRecord, adapter: AdapterRecord | None, *, cache: bool = False
+    ) -> LoadedEmbedder:
+        """What embeds for ``record`` as its alias serves it: through ``adapter`` when an adapter
+        revision is current, else the model that built it."""
+        if adapter is None:
+            return self.embedder_of(record, cache=cache)
+        return self.adapted(adapter, cache=cache)
+
+    def adapted(self, adapter: AdapterRecord, *, cache: bool = False) -> AdaptedEmbedder:
+        """The querying model of ``adapter`` through its map (verified by its sha256), refusing
+        a model whose files, options or probes changed since the map was fitted."""
+        from embedmig.embedders.adapted import AdaptedEmbedder, Map
+        from embedmig.store import files
+
+        inner = self.load_embedder(Embedder.from_json(adapter.model), cache=cache)
+        if inner.fingerprint != adapter.fingerprint:
+            raise StateError(
+                f"{inner.describe()} is not the model adapter #{adapter.id} of "
+                f"{adapter.alias!r} was fitted for (its files, options or dimension changed)"
+            )
+        self.check_drift(inner, adapter)
+        path = self.file_of(adapter)
+        data = files.read_bytes(path, adapter.sha256, "adapter file")
+        assert adapter.sha256 is not None
+        return AdaptedEmbedder(inner, Map.from_bytes(data, str(path)), adapter.sha256)
+
+    def adapter_path(self, alias: str, revision: str, sha256: str) -> Path:
+        """Where an adapter's map lives: named by its content, so no rerun overwrites another."""
+        folder = self.config.index_dir / safe_component(alias, "alias")
+        return folder / f"{safe_component(revision, 'revision')}-{sha256[:16]}.map.npz"
+
     def index_path(self, alias: str, index_id: int, revision: str, generation: int = 0) -> Path:
         """Where an index file lives; compaction writes generation N (the journal position)."""
         folder = self.config.index_dir / safe_component(alias, "alias")
@@ -196,10 +230,11 @@ class Environment:
         except ValueError:
             return str(path)
 
-    def file_of(self, record: IndexRecord) -> Path:
-        """Where the file of an index is now (a recorded path is relative to ``index_dir``)."""
+    def file_of(self, record: IndexRecord | AdapterRecord) -> Path:
+        """Where the file of an index (or an adapter's map) is now (a recorded path is relative
+        to ``index_dir``)."""
         if record.path is None:
-            raise StoreError(f"index #{record.id} of {record.alias!r} has no file")
+            raise StoreError(f"#{record.id} of {record.alias!r} has no file")
         path = Path(record.path)
         if not path.is_absolute():
             return self.config.index_dir / path

@@ -62,6 +62,13 @@ METRICS: dict[str, str] = {
         )
     },
     "recall_ratio": f"recall@10 new / old {_QRELS}",
+    "adapter_recall_ratio": (
+        f"an adapter's recall@10 over a full re-embed's, forecast, with its interval {_QRELS}"
+    ),
+    "adapter_overlap_at_10": (
+        "share of a full re-embed's top-10 (forecast) that an adapter's search finds"
+    ),
+    "reembed_recall_at_10": f"recall@10 a full re-embed would reach, forecast for an adapter {_QRELS}",
     "coverage_missing": "documents the alias serves that the new index lacks",
     "coverage_resurrected": "documents the new index holds that the alias had deleted",
     "coverage_stale": "documents the new index holds with another text than the alias serves",
@@ -82,6 +89,11 @@ METRICS.update(
 )
 # Gated at 0 unless a revision bounds them itself: a swap must not silently drop documents.
 COVERAGE = ("coverage_missing", "coverage_resurrected", "coverage_stale")
+# What an adapter revision's evaluation adds (embedmig.migrate.adapter), each with its interval.
+ADAPTER = ("adapter_recall_ratio", "adapter_overlap_at_10", "reembed_recall_at_10")
+# An adapter revision's map must reach this share of a full re-embed's recall@10 unless the
+# revision bounds an adapter_* metric itself; unmeasured (no qrels), the gate fails closed.
+ADAPTER_MIN_RECALL_RATIO = 0.95
 # The threshold map adds one metric per old-model threshold t: new_threshold_for_<t>, e.g.
 # new_threshold_for_0_62, the new-model score at the quantile where the old one had t
 # (new_threshold_for_1, new_threshold_for_minus_0_2).
@@ -189,9 +201,11 @@ class Gates:
         *,
         forced: bool = False,
         canary: bool | None = None,
+        adapter: bool = False,
     ) -> Verdict:
         """The verdict of every gate; with ``canary=False`` only of those on offline metrics, with
-        ``canary=True`` only of those on ``canary_*`` metrics (measured on live traffic)."""
+        ``canary=True`` only of those on ``canary_*`` metrics (measured on live traffic). An
+        ``adapter`` revision also gets the default adapter gate."""
         checks = []
         for key, (metric, limit) in self._bounds.items():
             if canary is not None and metric.startswith(CANARY_PREFIX) != canary:
@@ -206,6 +220,11 @@ class Gates:
             value = metrics.get(metric)
             if metric not in bounded and value is not None:
                 checks.append(Check(metric, "max", 0.0, value))
+        if adapter and not canary and not any(m.startswith("adapter_") for m in bounded):
+            metric, end = "adapter_recall_ratio", "adapter_recall_ratio_ci_low"
+            pessimistic = self.conservative and metrics.get(end) is not None
+            value = metrics.get(end if pessimistic else metric)
+            checks.append(Check(metric, "min", ADAPTER_MIN_RECALL_RATIO, value, pessimistic))
         return Verdict(tuple(checks), forced=forced)
 
     def __bool__(self) -> bool:

@@ -156,14 +156,24 @@ class ScriptDir:
         old: Embedder | None,
         new: Embedder,
         index_factory: str,
+        adapter: str | None = None,
     ) -> Revision:
         """Write a revision for ``alias`` on top of its head, from script.py.mako (``old``
-        defaults to the head's ``new``)."""
+        defaults to the head's ``new``); with ``adapter`` (a map kind), an adapter revision."""
         check_alias(alias)
         check_revision_id(rev_id)
         if rev_id in self._all_ids():
             raise ScriptError(f"revision {rev_id!r} already exists")
         head = self.alias_head(alias)
+        if adapter is not None:
+            from embedmig.migrate.fit import MapSpec
+
+            MapSpec(adapter)  # a kind the upgrade could not fit fails here
+            if head is None:
+                raise ScriptError(
+                    f"alias {alias!r} has no index yet: an adapter revision maps a new model into "
+                    "a live index, so its first revision must build one (no --adapter)"
+                )
         if head is None and old is not None:
             raise ScriptError(
                 f"alias {alias!r} has no revision yet: its first revision builds its first index "
@@ -184,6 +194,7 @@ class ScriptDir:
                 old_embedder=old.source() if old else "None",
                 new_embedder=new.source(),
                 index_factory=index_factory,
+                adapter=adapter,
             )
         if script is None:
             raise ScriptError(f"alembic wrote no script for {rev_id}")

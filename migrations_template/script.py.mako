@@ -14,7 +14,11 @@ alias = ${repr(alias)}
 
 old = ${old_embedder}
 new = ${new_embedder}
-% if old:
+% if adapter:
+# An adapter revision is also held to adapter_recall_ratio >= 0.95 (its recall@10 over a full
+# re-embed's) unless a gate here bounds an adapter_* metric. Metric names: embedmig.gates.METRICS.
+gates = Gates()
+% elif old:
 # Every gate is min_<metric> or max_<metric>; metric names: embedmig.gates.METRICS.
 gates = Gates(min_overlap_at_10=0.5, max_score_shift=0.2)
 % else:
@@ -25,6 +29,15 @@ index_factory = ${repr(index_factory)}  # any faiss.index_factory string: "HNSW3
 
 
 def upgrade(ctx):
+% if adapter:
+    ctx.adapt(${repr(adapter)})  # a map from `new` into the live index's space; no re-embedding
+    ctx.evaluate()  # the map against a full re-embed (forecast); raises GateFailed below 0.95
+    ctx.swap()  # the alias serves its index to `new` through the map, recorded in history
+
+
+def downgrade(ctx):
+    ctx.rollback()  # the alias serves its index to `old` again; nothing re-embedded
+% else:
     ctx.backfill()  # shadow index with `new`; resumes after a kill
     ctx.evaluate()  # old vs new on the query sample; raises GateFailed when a gate fails
     ctx.swap()  # atomic alias swap, recorded in history
@@ -32,3 +45,4 @@ def upgrade(ctx):
 
 def downgrade(ctx):
     ctx.rollback()  # alias back to the index live before this revision; no re-embedding
+% endif

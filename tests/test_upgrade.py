@@ -276,7 +276,7 @@ def test_a_second_backfill_in_one_upgrade_is_refused_and_the_alias_stays(config:
     done = embedmig(config.root, "upgrade", "head")
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
-        "embedmig: error: ctx.backfill() was called twice in one upgrade()"
+        "embedmig: error: ctx.backfill() or ctx.adapt() was called twice in one upgrade()"
     )
     assert live(config).revision == "r1"
 

@@ -15,6 +15,8 @@ LOCAL = "sentence-transformers"
 OPENAI = "openai"
 PYTHON = "python"
 BACKENDS = (LOCAL, OPENAI, PYTHON)
+# The kinds of map an adapter revision can fit (embedmig.migrate.fit), named here for the CLI.
+MAP_KINDS = ("procrustes", "affine", "mlp")
 
 OPENAI_URL = "https://api.openai.com/v1"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -208,3 +208,34 @@ canary_result = sa.Table(
     sa.Column("new_scores", sa.LargeBinary, nullable=False),
     sa.Index("ix_embedmig_canary_result_canary", "canary_id", "id"),
 )
+
+# A learned map that lets a model query an index another model built: an adapter revision's
+# (live while the alias serves through it) or a bridge during a backfill. Its file is verified by
+# its sha256 like an index's; ``fingerprint``, ``model`` and ``probe`` are the querying model's.
+adapter = sa.Table(
+    "embedmig_adapter",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("revision", sa.String(64), nullable=False),
+    sa.Column("index_id", sa.Integer, sa.ForeignKey("embedmig_index.id"), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("path", sa.String(1024), nullable=True),
+    sa.Column("sha256", sa.String(64), nullable=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("pairs", sa.Integer, nullable=False),
+    sa.Column("probe", sa.LargeBinary, nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_embedmig_adapter_alias_state", "alias", "state"),
+    sa.Index(
+        "uq_embedmig_adapter_live",
+        "alias",
+        unique=True,
+        sqlite_where=sa.text("state = 'live'"),
+        postgresql_where=sa.text("state = 'live'"),
+    ),
+)

@@ -17,11 +17,13 @@ from embedmig.environment import Environment
 from embedmig.errors import GateFailed, ScriptError, StateError
 from embedmig.gates import Gates, Verdict
 from embedmig.metrics.report import Report
+from embedmig.migrate import adapter as adapters
 from embedmig.migrate import canary as live_traffic
 from embedmig.migrate import carryover
 from embedmig.migrate import evaluate as ev
 from embedmig.migrate.backfill import CorpusStats, Shadow, backfill
 from embedmig.migrate.dryrun import DryRun
+from embedmig.migrate.fit import MapSpec
 from embedmig.migrate.settings import MigrationSettings
 from embedmig.script import Revision
 from embedmig.store import catalog, files, traffic
@@ -32,7 +34,8 @@ log = logging.getLogger("embedmig")
 class MigrationContext:
     """One revision being applied or undone, with explicit access to everything it needs.
 
-    ``live`` is the index the alias served when the run started (read once, by the runner);
+    ``live`` is the index the alias served when the run started (read once, by the runner), and
+    ``adapter`` the map it served that index through, if an adapter revision was current;
     ``settings`` what an upgrade read from the configuration (a downgrade reads none).
     """
 
@@ -43,6 +46,7 @@ class MigrationContext:
         settings: MigrationSettings | None = None,
         *,
         live: catalog.IndexRecord | None = None,
+        adapter: catalog.AdapterRecord | None = None,
         dry_run: bool = False,
         sample: int | float = 1000,
         force: bool = False,
@@ -57,6 +61,8 @@ class MigrationContext:
         self.swapped = False
         self.rolled_back = False
         self._live = live
+        self._adapter = adapter
+        self._fitted: adapters.Fitted | None = None  # ctx.adapt()'s map
         self._started = catalog.now()
         self._new: LoadedEmbedder | None = None
         self._shadow: Shadow | None = None
@@ -98,6 +104,13 @@ class MigrationContext:
         return self._live
 
     @property
+    def serving_adapter(self) -> catalog.AdapterRecord | None:
+        """The map the alias serves ``serving`` through once this context is done."""
+        if not self.swapped or self.dry_run:
+            return self._adapter
+        return self._fitted.record if self._fitted is not None else None
+
+    @property
     def new_fingerprint(self) -> str | None:
         """The new model's fingerprint, once ``backfill`` loaded it."""
         return self._new.fingerprint if self._new is not None else None
@@ -108,12 +121,19 @@ class MigrationContext:
 
     # ---- upgrade steps -----------------------------------------------------------------------
 
-    def backfill(self) -> None:
+    def backfill(self, bridge: str | None = None) -> None:
         """Embed the corpus with the new model into a shadow index (a dry run reads a sample of
-        it instead); an open canary of this revision is continued, without re-embedding."""
+        it instead); an open canary of this revision is continued, without re-embedding.
+
+        ``bridge`` (a map kind, ``"procrustes"``) first fits a map from the new model into the
+        live index, so searchers opened with the new model get adapted results from the live
+        index while the shadow builds; the swap drops it."""
         if self._new is not None:
-            raise StateError("ctx.backfill() was called twice in one upgrade()")
+            raise StateError("ctx.backfill() or ctx.adapt() was called twice in one upgrade()")
+        spec = MapSpec(bridge) if bridge is not None else None
         self._new = new = self.env.load_embedder(self.new, cache=True)
+        if spec is not None and not self.dry_run:
+            self._bridge(new, spec)
         if self._live is not None and self._live.dim != new.dim:
             # Legal (the shadow is a new index), but worth saying: vectors are not comparable.
             log.info("dimension changes from %d to %d", self._live.dim, new.dim)
@@ -142,6 +162,74 @@ class MigrationContext:
         else:
             self._shadow = backfill(self.env, self.revision, new, self.settings)
 
+    def adapt(
+        self,
+        kind: str = "procrustes",
+        *,
+        rank: int | None = None,
+        hidden: int = 512,
+        epochs: int = 40,
+    ) -> None:
+        """In place of ``backfill()``: fit a map from the new model into the live index's space
+        on ``adapter.pairs`` sampled documents (``kind``: ``"procrustes"``, ``"affine"`` with an
+        optional ``rank``, or ``"mlp"``). After ``evaluate()`` (which measures the map against a
+        full re-embed) and ``swap()``, the alias serves its live index to the new model through
+        the map; writers embed with the new model and store through it. A dry run stores nothing.
+        """
+        if self._new is not None:
+            raise StateError("ctx.backfill() or ctx.adapt() was called twice in one upgrade()")
+        spec = MapSpec(kind, rank, hidden, epochs)
+        live = self._require_live("ctx.adapt()")
+        self._new = new = self.env.load_embedder(self.new, cache=True)
+        self._fitted = adapters.fit_on_live(
+            self.env,
+            self.revision,
+            new,
+            live,
+            self.settings,
+            spec,
+            old=self._old_side,
+            state=None if self.dry_run else catalog.READY,
+        )
+
+    def _bridge(self, new: LoadedEmbedder, spec: MapSpec) -> None:
+        live = self._require_live("ctx.backfill(bridge=...)")
+        fitted = adapters.fit_on_live(
+            self.env,
+            self.revision,
+            new,
+            live,
+            self.settings,
+            spec,
+            old=self._old_side,
+            state=catalog.BRIDGE,
+        )
+        assert fitted.record is not None
+        with self.env.engine.begin() as conn:
+            self._record(
+                conn,
+                "bridge",
+                "ok",
+                from_index=live.id,
+                to_index=live.id,
+                message=f"adapter #{fitted.record.id}: {spec.describe()} map on {fitted.pairs:,} pairs",
+            )
+
+    def _require_live(self, verb: str) -> catalog.IndexRecord:
+        if self._live is None or self.old is None:
+            raise StateError(
+                f"{verb} maps the new model into the live index of {self.alias!r}, and it has "
+                "none yet (its first revision): use ctx.backfill()"
+            )
+        return self._live
+
+    def _old_side(self) -> LoadedEmbedder | None:
+        """What embedded for the live index as the alias served it (through its adapter, if an
+        adapter revision was current): the old side of every comparison."""
+        if self._live is None or self.old is None:
+            return None
+        return self.env.serving_embedder(self._live, self._adapter, cache=True)
+
     def evaluate(self) -> Report:
         """Compare old and new on the query sample (a dry run: forecast the comparison), check the
         gates, keep the report.
@@ -151,14 +239,20 @@ class MigrationContext:
         new = self._new
         if new is None:
             raise StateError("ctx.evaluate() needs ctx.backfill() first")
-        if self._canary is not None and self._canary.report is not None:
+        if self._fitted is not None:
+            old = self._old_side()
+            assert old is not None and self._live is not None
+            report = adapters.evaluate(
+                self.env, self.revision, self._fitted, old, self._live, self.settings
+            )
+        elif self._canary is not None and self._canary.report is not None:
             # The shadow was evaluated when its canary opened; writers kept it current since.
             report = Report.from_dict(self._canary.report)
         else:
             if self._dry is not None:
                 covered = self._dry.coverage
                 report = self._dry.forecast(
-                    self.env, self.revision, new, self._live, self.settings.eval
+                    self.env, self.revision, new, self._live, self._old_side(), self.settings.eval
                 )
             else:
                 assert self._shadow is not None
@@ -169,6 +263,7 @@ class MigrationContext:
                     self._shadow,
                     new,
                     self._live,
+                    self._old_side(),
                     self._queries,
                     self.settings.eval,
                 )
@@ -176,7 +271,9 @@ class MigrationContext:
             if covered.examples:
                 report.distributions["coverage"] = covered.examples
         # Canary gates are judged on live traffic, by ctx.canary().
-        report.verdict = self.gates.check(report.metrics, forced=self.force, canary=False)
+        report.verdict = self.gates.check(
+            report.metrics, forced=self.force, canary=False, adapter=self._fitted is not None
+        )
         if self.dry_run and self.gates.on_canary:
             report.notes.append(
                 "canary_* gates are judged on live traffic during the canary, not by a dry run"
@@ -207,6 +304,11 @@ class MigrationContext:
             raise StateError(
                 f"ctx.canary() compares the shadow with the live index, and {self.alias!r} has "
                 "none yet (its first revision)"
+            )
+        if self._fitted is not None:
+            raise StateError(
+                "ctx.canary() mirrors queries to a shadow index, and an adapter revision builds "
+                "none: its map is measured by ctx.evaluate()"
             )
         wanted = self.settings.canary.with_arguments(fraction, min_queries)
         if self.dry_run:
@@ -246,6 +348,9 @@ class MigrationContext:
                 )
             self.swapped = True
             return
+        if self._fitted is not None:
+            self._swap_to_adapter(verdict)
+            return
         shadow = self._shadow
         assert shadow is not None
         if self._canary is not None:
@@ -279,6 +384,35 @@ class MigrationContext:
             "swapped %s to index #%d (%s)", self.alias, shadow.record.id, self.revision.revision
         )
 
+    def _swap_to_adapter(self, verdict: Verdict) -> None:
+        """The alias keeps its live index and serves it through the fitted map from now on."""
+        fitted = self._fitted
+        assert fitted is not None and fitted.record is not None and self._live is not None
+        record = fitted.record
+        with self.env.engine.begin() as conn:
+            live = catalog.live_index(conn, self.alias)
+            if live is None or live.id != self._live.id:
+                raise StateError(
+                    f"the live index of {self.alias} changed during this migration; re-run the "
+                    "upgrade"
+                )
+            catalog.retire_adapters(conn, self.alias)
+            catalog.update_adapter(conn, record.id, state=catalog.LIVE)
+            catalog.set_version(conn, self.alias, self.revision.revision)
+            self._record(
+                conn,
+                "adapter",
+                "forced" if not verdict.passed else "ok",
+                from_index=live.id,
+                to_index=live.id,
+                verdict=_label(verdict),
+                forced=not verdict.passed,
+                metrics=self._metrics(),
+                message=f"adapter #{record.id}: {fitted.spec.describe()} map",
+            )
+        self.swapped = True
+        log.info("%s serves index #%d through adapter #%d", self.alias, live.id, record.id)
+
     # ---- downgrade ---------------------------------------------------------------------------
 
     def rollback(self) -> None:
@@ -291,19 +425,32 @@ class MigrationContext:
         rev = self.revision
         with self.env.engine.begin() as conn:
             live = catalog.live_index(conn, self.alias)
-            if live is None or live.revision != rev.revision:
-                raise StateError(
-                    f"alias {self.alias} is not live on an index of revision {rev.revision}; "
-                    "nothing to roll back"
+            current = catalog.live_adapter(conn, self.alias)
+            notes = []
+            if live is not None and current is not None and current.revision == rev.revision:
+                # An adapter revision: the index stays live, its map stops serving.
+                catalog.retire_adapters(conn, self.alias)
+                catalog.set_version(conn, self.alias, rev.down_revision)
+                notes.append(f"adapter #{current.id} retired")
+                previous: catalog.IndexRecord | None = live
+            else:
+                if live is None or live.revision != rev.revision:
+                    raise StateError(
+                        f"alias {self.alias} is not live on an index or adapter of revision "
+                        f"{rev.revision}; nothing to roll back"
+                    )
+                previous = None
+                if rev.down_revision is not None:
+                    previous = catalog.previous_index(conn, live, rev.down_revision)
+                    # Readers must find a working index once the pointer moves: check it first.
+                    files.verify(self.env.file_of(previous), previous.sha256)
+                catalog.point_alias(
+                    conn, self.alias, rev.down_revision, previous.id if previous else None
                 )
-            previous: catalog.IndexRecord | None = None
-            if rev.down_revision is not None:
-                previous = catalog.previous_index(conn, live, rev.down_revision)
-                # Readers must find a working index once the pointer moves: check it first.
-                files.verify(self.env.file_of(previous), previous.sha256)
-            catalog.point_alias(
-                conn, self.alias, rev.down_revision, previous.id if previous else None
-            )
+            if previous is not None and rev.down_revision is not None:
+                restored = self._restore_adapter(conn, rev.down_revision, previous.id)
+                if restored is not None:
+                    notes.append(f"adapter #{restored.id} serves again")
             opened = traffic.open_canary(conn, self.alias)
             if opened is not None:  # it compares against the index that stops being live
                 live_traffic.end(conn, opened, traffic.ABANDONED, started_at=self._started)
@@ -313,8 +460,21 @@ class MigrationContext:
                 "ok",
                 from_index=live.id,
                 to_index=previous.id if previous else None,
+                message="; ".join(notes) or None,
             )
         self.rolled_back = True
+
+    def _restore_adapter(
+        self, conn: Any, revision: str, index_id: int
+    ) -> catalog.AdapterRecord | None:
+        """The map ``revision`` served ``index_id`` through, if it was an adapter revision: it
+        serves again (checked first, as an index is)."""
+        for found in catalog.adapters(conn, self.alias, [catalog.RETIRED]):
+            if (found.revision, found.index_id) == (revision, index_id):
+                files.verify(self.env.file_of(found), found.sha256)
+                catalog.update_adapter(conn, found.id, state=catalog.LIVE)
+                return found
+        return None
 
     # ---- history -----------------------------------------------------------------------------
 
@@ -352,6 +512,11 @@ class MigrationContext:
             for check in report.verdict.failures()
         )
         where = "" if self.dry_run else f"; shadow index #{shadow_id} kept for inspection"
+        if self._fitted is not None:
+            where = (
+                f"; the {self._fitted.spec.kind} map is not good enough to stand in for a full "
+                "re-embed: a revision whose upgrade() calls ctx.backfill() is the way"
+            )
         raise GateFailed(
             f"gate failed for {self.alias} @ {self.revision.revision}: {failures}{where}"
             " (alias unchanged; --force overrides)",

@@ -102,17 +102,19 @@ class DryRun:
         rev: Revision,
         new: LoadedEmbedder,
         live: catalog.IndexRecord | None,
+        old: LoadedEmbedder | None,
         settings: EvalSettings,
     ) -> Report:
         """The report the upgrade would write, forecast for the full corpus: the old side exact
-        from the live index, the new side estimated from the sample."""
+        from the live index (``old`` embeds for it as the alias serves it), the new side
+        estimated from the sample."""
         old_side = None
-        if live is not None and rev.old is not None:
+        if live is not None and old is not None:
             keys = set(self.columns) | {q.key for q in self.queries.docs}
             with env.engine.connect() as conn:
                 live_ids = catalog.lookup_ids(conn, rev.alias, keys)
             old_side = fc.LiveSide(
-                env.load_embedder(rev.old, cache=True),
+                old,
                 files.load(env.file_of(live), live.sha256),
                 live_ids,
             )

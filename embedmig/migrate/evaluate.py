@@ -128,11 +128,12 @@ def evaluate_shadow(
     shadow: Shadow,
     new: LoadedEmbedder,
     live: catalog.IndexRecord | None,
+    old_embedder: LoadedEmbedder | None,
     queries: QuerySource,
     settings: EvalSettings,
 ) -> rpt.Report:
     """An upgrade's evaluation: the query sample searched in the live index with the old model
-    and in the shadow with the new one."""
+    (``old_embedder``: as the alias serves it) and in the shadow with the new one."""
     alias = rev.alias
     with env.engine.connect() as conn:
         ids_of = catalog.lookup_ids(
@@ -142,10 +143,8 @@ def evaluate_shadow(
         settings, shadow.sample, ids_of, compared=rev.old is not None or bool(rev.gates)
     )
     old = None
-    if live is not None and rev.old is not None:
-        old = Side(
-            env.load_embedder(rev.old, cache=True), files.load(env.file_of(live), live.sha256)
-        )
+    if live is not None and old_embedder is not None:
+        old = Side(old_embedder, files.load(env.file_of(live), live.sha256))
     index = shadow.index
     if index is None:  # evaluated before (a canary's shadow): read it back, verified
         index = files.load(env.file_of(shadow.record), shadow.record.sha256)

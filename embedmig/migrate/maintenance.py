@@ -6,10 +6,10 @@ commits its catalog changes with their history row in one transaction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from embedmig.embedders import cache
-from embedmig.environment import Environment
+from embedmig.environment import Environment, remove_file
 from embedmig.errors import ConfigError, ScriptError, StateError
 from embedmig.store import catalog, journal, manifest, traffic
 
@@ -18,6 +18,8 @@ from embedmig.store import catalog, journal, manifest, traffic
 class Pruned:
     dropped: list[catalog.IndexRecord]
     cache: cache.Pruned  # the embedding cache, bounded to cache.max_mb
+    # Adapters' maps dropped with them: those into a dropped index, and those never swapped in.
+    adapters: list[catalog.AdapterRecord] = field(default_factory=list)
 
 
 def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
@@ -46,8 +48,16 @@ def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
                 catalog.update_index(conn, record.id, state=catalog.DROPPED)
                 catalog.clear_checkpoint(conn, record.id)
                 manifest.drop(conn, record.id)
+            gone = {r.id for r in doomed}
+            maps = [
+                a
+                for a in catalog.adapters(conn, alias)
+                if a.state == catalog.READY or (a.index_id in gone and a.state != catalog.DROPPED)
+            ]
+            for adapter in maps:
+                catalog.update_adapter(conn, adapter.id, state=catalog.DROPPED)
             journal.collect(conn, alias)  # changes only the dropped indexes still needed
-            if doomed:
+            if doomed or maps:
                 catalog.record(
                     conn,
                     alias=alias,
@@ -55,13 +65,19 @@ def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
                     action="prune",
                     status="ok",
                     started_at=started,
-                    message="dropped " + ", ".join(f"#{r.id} ({r.revision})" for r in doomed),
+                    message="dropped "
+                    + ", ".join(
+                        [f"#{r.id} ({r.revision})" for r in doomed]
+                        + [f"adapter #{a.id} ({a.revision})" for a in maps]
+                    ),
                 )
         for record in doomed:
             env.remove_index_files(record)
+        for adapter in maps:
+            remove_file(env.file_of(adapter))
     folder = env.settings.cache_dir
     bounded = cache.prune(folder, env.settings.cache_max_bytes) if folder else cache.Pruned(0, 0, 0)
-    return Pruned(doomed, bounded)
+    return Pruned(doomed, bounded, maps)
 
 
 def stamp(env: Environment, target: str, *, wait: float) -> list[tuple[str, str | None]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from embedmig.environment import Environment
 from embedmig.errors import EmbedmigError, ScriptError, StateError
@@ -39,6 +40,21 @@ def upgrade(
     return _apply(env, path, live, settings, dry_run, sample, force, on_report)
 
 
+@dataclass(frozen=True)
+class _Serving:
+    """What an alias serves: its live index, through an adapter's map if one is current."""
+
+    index: catalog.IndexRecord | None
+    adapter: catalog.AdapterRecord | None = None
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The fingerprint of the model its queries are embedded with."""
+        if self.adapter is not None:
+            return self.adapter.fingerprint
+        return self.index.fingerprint if self.index is not None else None
+
+
 def _check_logged_queries(env: Environment, path: list[Revision]) -> None:
     """With ``queries = log``, an empty or hash-only log fails before anything is embedded."""
     if not env.uses_query_log():
@@ -47,19 +63,20 @@ def _check_logged_queries(env: Environment, path: list[Revision]) -> None:
         env.logged_queries(alias)
 
 
-def _upgrade_path(
-    env: Environment, target: str
-) -> tuple[list[Revision], dict[str, catalog.IndexRecord | None]]:
+def _upgrade_path(env: Environment, target: str) -> tuple[list[Revision], dict[str, _Serving]]:
     with env.engine.connect() as conn:
         current = catalog.versions(conn)
-        live = {alias: catalog.live_index(conn, alias) for alias in current}
+        live = {
+            alias: _Serving(catalog.live_index(conn, alias), catalog.live_adapter(conn, alias))
+            for alias in current
+        }
     return env.scripts.upgrade_path(target, list(current.values())), live
 
 
 def _apply(
     env: Environment,
     path: list[Revision],
-    live: dict[str, catalog.IndexRecord | None],
+    live: dict[str, _Serving],
     settings: MigrationSettings,
     dry_run: bool,
     sample: int | float,
@@ -67,15 +84,17 @@ def _apply(
     on_report: Callable[[Report], None] | None,
 ) -> list[Report]:
     # Fingerprint each alias is expected to be live on; a dry run advances it without swapping.
-    expected = {alias: record.fingerprint for alias, record in live.items() if record is not None}
+    expected = {alias: s.fingerprint for alias, s in live.items() if s.fingerprint is not None}
     reports: list[Report] = []
     for rev in path:
-        _check_old(env, rev, expected.get(rev.alias), live.get(rev.alias))
+        serving = live.get(rev.alias, _Serving(None))
+        _check_old(env, rev, expected.get(rev.alias), serving)
         ctx = MigrationContext(
             env,
             rev,
             settings,
-            live=live.get(rev.alias),
+            live=serving.index,
+            adapter=serving.adapter,
             dry_run=dry_run,
             sample=sample,
             force=force,
@@ -90,7 +109,7 @@ def _apply(
         assert ctx.report is not None and ctx.new_fingerprint is not None
         reports.append(ctx.report)
         expected[rev.alias] = ctx.new_fingerprint
-        live[rev.alias] = ctx.serving
+        live[rev.alias] = _Serving(ctx.serving, ctx.serving_adapter)
     return reports
 
 
@@ -125,7 +144,7 @@ def _check_old(
     env: Environment,
     rev: Revision,
     live_fingerprint: str | None,
-    live: catalog.IndexRecord | None,
+    live: _Serving,
 ) -> None:
     """The revision's ``old`` must describe the index the alias is live on, exactly, and still
     return what it returned when that index was built (its probes), before anything is embedded."""
@@ -147,8 +166,10 @@ def _check_old(
             f"revision {rev.revision}: old = {rev.old.describe()} does not match the model and "
             f"options the live index of {rev.alias!r} was built with (fingerprints differ)"
         )
-    if live is not None and live.fingerprint == live_fingerprint:
-        env.check_drift(old, live)
+    if live.fingerprint == live_fingerprint:  # else a dry run moved on: nothing recorded to check
+        record = live.adapter or live.index
+        assert record is not None
+        env.check_drift(old, record)
 
 
 def _call(

@@ -88,6 +88,7 @@ class MigrationSettings:
     canary: CanarySettings
     executor: str  # inprocess or ray
     ray: RaySettings | None  # with executor = ray
+    adapter_pairs: int  # documents a map is fitted on (ctx.adapt, a bridge)
 
     @classmethod
     def of(cls, config: Config) -> MigrationSettings:
@@ -98,4 +99,5 @@ class MigrationSettings:
             canary=CanarySettings.of(config),
             executor=executor,
             ray=RaySettings.of(config) if executor == "ray" else None,
+            adapter_pairs=config.get_int("adapter.pairs"),
         )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedmig.config import MAX_K, Config
+from embedmig.embedders import Embedder
 from embedmig.environment import Environment
 from embedmig.errors import ConfigError, StateError, StoreError
 from embedmig.names import blank
@@ -34,11 +35,17 @@ class Searcher:
     With ``searcher.log_queries`` it logs a share of the queries it serves, and while a canary is
     open on the alias it mirrors a share of them to the shadow (see ``embedmig.serve.mirror``):
     both off the request path. ``close()`` records what is still queued.
+
+    When an adapter revision is current, queries are embedded with its new model and mapped
+    into the live index's space. ``model`` asks for one model's queries: the live index's own,
+    an adapter's, or, while a backfill with a bridge runs, the new model through the bridge.
     """
 
-    def __init__(self, env: Environment, alias: str) -> None:
+    def __init__(self, env: Environment, alias: str, model: Embedder | None = None) -> None:
         self.env = env
         self.alias = alias
+        self.model = model
+        self._model_fingerprint: str | None = None
         self._view: IndexView | None = None
         self._mirror = Mirror(env, alias)  # reads its options now: a bad one fails here
 
@@ -97,25 +104,47 @@ class Searcher:
         return self._mirror.flush(timeout)
 
     def _refresh(self) -> IndexView:
-        live = self._live()
+        live, adapter = self._live()
         try:
-            view = follow(self.env, self._view, live)
+            view = follow(self.env, self._view, live, adapter)
         except StoreError:
             # Compaction may have replaced the file between reading its row and opening it.
-            newer = self._live()
+            newer, adapter = self._live()
             if (newer.id, newer.sha256) == (live.id, live.sha256):
                 raise
-            view = follow(self.env, self._view, newer)
+            view = follow(self.env, self._view, newer, adapter)
         self._view = view
         view.catch_up()
         return view
 
-    def _live(self) -> catalog.IndexRecord:
+    def _live(self) -> tuple[catalog.IndexRecord, catalog.AdapterRecord | None]:
         with self.env.engine.connect() as conn:
             live = catalog.live_index(conn, self.alias)
+            maps = catalog.adapters(conn, self.alias, [catalog.LIVE, catalog.BRIDGE])
         if live is None:
             raise StateError(f"alias {self.alias!r} has no live index; run `embedmig upgrade`")
-        return live
+        maps = [m for m in maps if m.index_id == live.id]
+        current = next((m for m in maps if m.state == catalog.LIVE), None)
+        if self.model is None:
+            return live, current
+        wanted = self._wanted()
+        if current is not None and current.fingerprint == wanted:
+            return live, current
+        if live.fingerprint == wanted:
+            return live, None
+        bridge = next((m for m in maps if m.fingerprint == wanted), None)
+        if bridge is None:
+            raise StateError(
+                f"alias {self.alias!r} serves no index or map for {self.model.describe()}: its "
+                "live index was built by another model and no adapter or bridge maps this one"
+            )
+        return live, bridge
+
+    def _wanted(self) -> str:
+        if self._model_fingerprint is None:
+            assert self.model is not None
+            self._model_fingerprint = self.env.load_embedder(self.model).fingerprint
+        return self._model_fingerprint
 
     def close(self) -> None:
         self._mirror.close()
@@ -123,12 +152,15 @@ class Searcher:
         self.env.dispose()
 
 
-def open_searcher(config: Config, alias: str) -> Searcher:
-    """A searcher on ``alias`` for pipelines and services: ``open_searcher(cfg, "docs").search(q)``."""
+def open_searcher(config: Config, alias: str, model: Embedder | None = None) -> Searcher:
+    """A searcher on ``alias`` for pipelines and services: ``open_searcher(cfg, "docs").search(q)``.
+
+    ``model``: search with this model's queries (see ``Searcher``); by default the model the
+    alias serves."""
     env = Environment(config)
     try:
         env.engine  # noqa: B018  # the history database must be there: a searcher never creates one
-        return Searcher(env, alias)
+        return Searcher(env, alias, model)
     except BaseException:
         env.dispose()
         raise

@@ -9,14 +9,18 @@ from embedmig.store.overlay import Overlay
 
 
 class IndexView:
+    """``record`` as readers see it, embedded for through ``adapter`` when one serves it."""
+
     def __init__(
         self,
         env: Environment,
         record: catalog.IndexRecord,
         embedder: LoadedEmbedder | None = None,
+        adapter: catalog.AdapterRecord | None = None,
     ) -> None:
         self.env = env
         self.record = record
+        self.adapter = adapter
         self.overlay = Overlay(files.load(env.file_of(record), record.sha256), record.base_seq)
         self._embedder = embedder
 
@@ -24,7 +28,7 @@ class IndexView:
     def embedder(self) -> LoadedEmbedder:
         # Loaded on demand: folding a tail whose vectors were all journaled needs no model.
         if self._embedder is None:
-            self._embedder = self.env.embedder_of(self.record)
+            self._embedder = self.env.serving_embedder(self.record, self.adapter)
         return self._embedder
 
     def catch_up(self) -> journal.Tail:
@@ -40,12 +44,28 @@ class IndexView:
         return tail
 
 
-def follow(env: Environment, view: IndexView | None, record: catalog.IndexRecord) -> IndexView:
-    """``view`` while it still shows ``record``'s file; else a view of the file ``record`` names
-    now (a compaction writes a new one), keeping the model when the index is the same."""
-    if view is not None and (view.record.id, view.record.sha256) == (record.id, record.sha256):
+def follow(
+    env: Environment,
+    view: IndexView | None,
+    record: catalog.IndexRecord,
+    adapter: catalog.AdapterRecord | None = None,
+) -> IndexView:
+    """``view`` while it still shows ``record``'s file through ``adapter``; else a view of the
+    file ``record`` names now (a compaction writes a new one), keeping the model when the index
+    and adapter are the same."""
+    adapter_id = adapter.id if adapter is not None else None
+    same_model = view is not None and (view.adapter.id if view.adapter else None) == adapter_id
+    if (
+        view is not None
+        and same_model
+        and (view.record.id, view.record.sha256)
+        == (
+            record.id,
+            record.sha256,
+        )
+    ):
         return view
-    same_index = view is not None and view.record.id == record.id
-    fresh = IndexView(env, record, view.embedder if view is not None and same_index else None)
+    keep = view is not None and same_model and view.record.id == record.id
+    fresh = IndexView(env, record, view.embedder if view is not None and keep else None, adapter)
     _ = fresh.embedder  # a changed model fails now, not in the middle of a search
     return fresh

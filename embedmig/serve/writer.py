@@ -43,10 +43,11 @@ class Writer:
         self.env = env
         self.alias = alias
         self.holdover = holdover(env.config)
-        self._models: dict[str, LoadedEmbedder] = {}
+        self._models: dict[tuple[str, int | None], LoadedEmbedder] = {}
         # Read now: a database that cannot be used fails here rather than at the first write.
         with env.engine.connect() as conn:
             self._targets = journal.targets(conn, alias, self.holdover)
+            self._adapter = catalog.live_adapter(conn, alias)
             known = bool(self._targets) or journal.position(conn, alias) > 0
         # An alias with indexes needs no revision script: a pending script's syntax error must not
         # stop production writes. Only a brand-new alias is checked against the revisions.
@@ -91,13 +92,18 @@ class Writer:
         for _ in range(_ATTEMPTS):
             # Embed for the targets the last write found (they change once per migration); the
             # transaction checks them again under the lock before anything is journaled.
-            vectors = self._embed(self._targets, texts)
+            adapter = self._adapter
+            vectors = self._embed(self._targets, adapter, texts)
             try:
                 with self.env.engine.begin() as conn:
                     # First statement: see lock_alias. Reserves the ids and sequence numbers.
                     counters = catalog.lock_alias(conn, self.alias, reserve=len(changes))
                     self._targets = journal.targets(conn, self.alias, self.holdover)
-                    if texts and any(target.id not in vectors for target in self._targets):
+                    self._adapter = catalog.live_adapter(conn, self.alias)
+                    if texts and (
+                        any(target.id not in vectors for target in self._targets)
+                        or _id(self._adapter) != _id(adapter)
+                    ):
                         raise _TargetsChanged
                     kept = {target.id: vectors[target.id] for target in self._targets if texts}
                     return journal.append(conn, self.alias, counters, changes, kept)
@@ -106,24 +112,27 @@ class Writer:
         raise StateError(f"the indexes of alias {self.alias!r} kept changing; write not applied")
 
     def _embed(
-        self, targets: Sequence[catalog.IndexRecord], texts: Sequence[str]
+        self,
+        targets: Sequence[catalog.IndexRecord],
+        adapter: catalog.AdapterRecord | None,
+        texts: Sequence[str],
     ) -> dict[int, np.ndarray]:
+        """Each target's vectors; the index an adapter serves gets the new model's through the
+        map (the model its readers query with), not the old model's."""
         if not texts:
             return {}
-        by_model: dict[str, np.ndarray] = {}
+        by_model: dict[tuple[str, int | None], np.ndarray] = {}
         vectors = {}
         for target in targets:
-            if target.fingerprint not in by_model:
-                model = self._model(target)
-                by_model[target.fingerprint] = model.encode_documents(texts)
-            vectors[target.id] = by_model[target.fingerprint]
+            through = adapter if adapter is not None and adapter.index_id == target.id else None
+            key = (target.fingerprint, _id(through))
+            if key not in by_model:
+                model = self._models.get(key)
+                if model is None:
+                    model = self._models[key] = self.env.serving_embedder(target, through)
+                by_model[key] = model.encode_documents(texts)
+            vectors[target.id] = by_model[key]
         return vectors
-
-    def _model(self, record: catalog.IndexRecord) -> LoadedEmbedder:
-        model = self._models.get(record.fingerprint)
-        if model is None:
-            model = self._models[record.fingerprint] = self.env.embedder_of(record)
-        return model
 
 
 def open_writer(config: Config, alias: str) -> Writer:
@@ -134,6 +143,10 @@ def open_writer(config: Config, alias: str) -> Writer:
     except BaseException:
         env.dispose()
         raise
+
+
+def _id(adapter: catalog.AdapterRecord | None) -> int | None:
+    return adapter.id if adapter is not None else None
 
 
 def holdover(config: Config) -> timedelta | None:

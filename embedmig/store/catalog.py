@@ -207,12 +207,84 @@ def point_alias(
     The caller's transaction makes this atomic: readers see the old index or the new, never none.
     """
     previous = live_index(conn, alias)
+    retire_adapters(conn, alias)  # the alias now serves an index as its own model built it
     if previous is not None:
         update_index(conn, previous.id, state=RETIRED)
     if index_id is not None:
         update_index(conn, index_id, state=LIVE)
     set_version(conn, alias, revision)
     return previous
+
+
+# ---- adapters --------------------------------------------------------------------------------
+
+# An adapter is "live" while its alias serves through it, a "bridge" while a backfill builds the
+# index it stands in for; "ready" between its fit and its swap.
+BRIDGE = "bridge"
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    id: int
+    alias: str
+    revision: str
+    index_id: int
+    kind: str
+    path: str | None
+    sha256: str | None
+    fingerprint: str
+    model: str
+    dim: int
+    pairs: int
+    state: str
+    created_at: datetime
+    updated_at: datetime
+    probe: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_row(cls, row: Any) -> AdapterRecord:
+        return cls(**dict(row._mapping))
+
+
+def register_adapter(conn: sa.Connection, **values: Any) -> int:
+    stamp = now()
+    result = conn.execute(t.adapter.insert().values(created_at=stamp, updated_at=stamp, **values))
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def update_adapter(conn: sa.Connection, adapter_id: int, **values: Any) -> None:
+    conn.execute(
+        t.adapter.update().where(t.adapter.c.id == adapter_id).values(updated_at=now(), **values)
+    )
+
+
+def adapters(
+    conn: sa.Connection, alias: str | None = None, states: Sequence[str] | None = None
+) -> list[AdapterRecord]:
+    """Adapters, newest first."""
+    query = sa.select(t.adapter).order_by(t.adapter.c.id.desc())
+    if alias is not None:
+        query = query.where(t.adapter.c.alias == alias)
+    if states is not None:
+        query = query.where(t.adapter.c.state.in_(states))
+    return [AdapterRecord.from_row(row) for row in conn.execute(query)]
+
+
+def live_adapter(conn: sa.Connection, alias: str) -> AdapterRecord | None:
+    """The map the alias serves its live index through, if an adapter revision is current."""
+    found = adapters(conn, alias, [LIVE])
+    return found[0] if found else None
+
+
+def retire_adapters(conn: sa.Connection, alias: str) -> None:
+    """The alias stops serving through any map: its live adapter and bridges are retired."""
+    conn.execute(
+        t.adapter.update()
+        .where(t.adapter.c.alias == alias, t.adapter.c.state.in_([LIVE, BRIDGE]))
+        .values(state=RETIRED, updated_at=now())
+    )
 
 
 # ---- document ids ----------------------------------------------------------------------------

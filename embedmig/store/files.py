@@ -134,6 +134,19 @@ class Spool:
 
 def save(index: Any, path: Path) -> str:
     """Write ``index`` to ``path`` atomically and durably; return the file's sha256."""
+
+    def produce(write: Callable[[bytes], int]) -> None:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(write))  # type: ignore[attr-defined]
+
+    return _write(path, "index file", produce)
+
+
+def save_bytes(data: bytes, path: Path, what: str) -> str:
+    """``data`` to ``path`` as ``save`` writes an index (an adapter's map); its sha256."""
+    return _write(path, what, lambda write: write(data))
+
+
+def _write(path: Path, what: str, produce: Callable[[Callable[[bytes], int]], object]) -> str:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # A run killed while saving leaves its temp file behind; it is never read, only replaced.
@@ -150,14 +163,14 @@ def save(index: Any, path: Path) -> str:
                 digest.update(block)
                 return fh.write(block)
 
-            faiss.write_index(index, faiss.PyCallbackIOWriter(write))  # type: ignore[attr-defined]
+            produce(write)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise StoreError(f"cannot write index file {path}: {exc.strerror or exc}") from None
+        raise StoreError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
     return digest.hexdigest()
 
 
@@ -176,8 +189,19 @@ def verify(path: Path, sha256: str | None) -> None:
         pass
 
 
+def read_bytes(path: Path, sha256: str | None, what: str) -> bytes:
+    """A whole small file (an adapter's map), refused unless it is the one recorded."""
+    blocks: list[bytes] = []
+    with _checked(path, sha256, what) as read:
+        while block := read(1 << 20):
+            blocks.append(block)
+    return b"".join(blocks)
+
+
 @contextmanager
-def _checked(path: Path, sha256: str | None) -> Iterator[Callable[[int], bytes]]:
+def _checked(
+    path: Path, sha256: str | None, what: str = "index file"
+) -> Iterator[Callable[[int], bytes]]:
     """A reader of ``path`` whose bytes feed a digest; on leaving, the rest is read and the whole
     file must match ``sha256``. A missing or unreadable file is a StoreError."""
     digest = hashlib.sha256()
@@ -193,11 +217,11 @@ def _checked(path: Path, sha256: str | None) -> Iterator[Callable[[int], bytes]]
             while read(1 << 20):
                 pass
     except FileNotFoundError:
-        raise StoreError(f"index file {path} is missing") from None
+        raise StoreError(f"{what} {path} is missing") from None
     except OSError as exc:
-        raise StoreError(f"cannot read index file {path}: {exc.strerror}") from None
+        raise StoreError(f"cannot read {what} {path}: {exc.strerror}") from None
     if sha256 is not None and digest.hexdigest() != sha256:
-        raise StoreError(f"index file {path} does not match its recorded sha256; refusing it")
+        raise StoreError(f"{what} {path} does not match its recorded sha256; refusing it")
 
 
 def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
