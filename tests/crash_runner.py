@@ -25,7 +25,7 @@ from typing import Any
 
 from embedmig import cli
 from embedmig.embedders import LoadedEmbedder
-from embedmig.migrate import context, evaluate
+from embedmig.migrate import adapter, context, evaluate
 from embedmig.store import catalog, files
 
 
@@ -85,6 +85,15 @@ ROLLBACK_POINTS: dict[str, Callable[[], None]] = {
     "after-rollback-commit": lambda: kill_on_call(context.MigrationContext, "rollback", after=True),
 }
 
+# Points of an adapter revision's upgrade (its upgrade() calls ctx.adapt()).
+ADAPTER_POINTS: dict[str, Callable[[], None]] = {
+    "during-fit": lambda: kill_on_call(adapter, "fit"),
+    "after-map-write": lambda: kill_on_call(files, "save_bytes", after=True),
+    "before-adapter-commit": lambda: kill_on_call(
+        catalog, "record", when=lambda conn, **kw: kw.get("action") == "adapter"
+    ),
+}
+
 
 def run_child(cwd: str, point: str, args: list[str], env: dict[str, str], stderr_path: str) -> None:
     """In the forked child: never returns. ``env`` is added to its environment (an API key)."""
@@ -95,7 +104,7 @@ def run_child(cwd: str, point: str, args: list[str], env: dict[str, str], stderr
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115  # the process's own stderr
         os.chdir(cwd)
         os.environ.update(env)
-        {**POINTS, **ROLLBACK_POINTS}[point]()
+        {**POINTS, **ROLLBACK_POINTS, **ADAPTER_POINTS}[point]()
         code = cli.main(args)
     except BaseException as exc:  # the child must never return into the server's loop
         print(f"crash runner child failed: {exc!r}", file=sys.stderr)

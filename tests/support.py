@@ -295,3 +295,31 @@ class CrashRunner:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
+
+
+# A new model that has nothing to do with any other: a seeded random unit vector per text (no map
+# can carry it into another model's space). Written into a project as random_vectors.py.
+RANDOM_ENCODER = """
+import hashlib
+import numpy as np
+
+class Random:
+    dimension = 32
+    def encode_documents(self, texts):
+        seeds = [int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little") for t in texts]
+        return np.stack([np.random.default_rng(s).standard_normal(32) for s in seeds])
+    encode_queries = encode_documents
+    def fingerprint(self):
+        return "random-vectors-v1"
+
+def make():
+    return Random()
+"""
+
+
+def random_model(project: Path) -> Any:
+    """An Embedder of random vectors (``RANDOM_ENCODER``), importable from ``project``."""
+    from embedmig import Embedder
+
+    (project / "random_vectors.py").write_text(RANDOM_ENCODER)
+    return Embedder("random_vectors:make", backend="python")

@@ -15,7 +15,7 @@ import pytest
 from embedmig import Config, EmbedderError, StoreError, command
 from embedmig.environment import Environment
 from embedmig.store import catalog, files
-from tests.crash_runner import POINTS, ROLLBACK_POINTS
+from tests.crash_runner import ADAPTER_POINTS, POINTS, ROLLBACK_POINTS
 from tests.support import CrashRunner, corpus_rows, count_encodes, index_file, snapshot
 
 
@@ -76,6 +76,36 @@ def test_an_upgrade_killed_anywhere_ends_correct_after_a_rerun(
         assert state.revision == "r1" and state.live is not None and state.live.revision == "r1"
     command.upgrade(config, "head")
     assert_correct_final_state(config, models)
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("point", sorted(ADAPTER_POINTS))
+def test_an_adapter_upgrade_killed_anywhere_ends_on_one_verified_map_after_a_rerun(
+    project: Path, point: str, crash_runner: CrashRunner
+) -> None:
+    config = Config(project / "embedmig.ini")
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    rev = command.revision(
+        config, "adapt", alias="docs", new="models/near", rev_id="r2", adapter="procrustes"
+    )
+    path = Path(rev.path)
+    path.write_text(path.read_text().replace("Gates()", "Gates(min_adapter_overlap_at_10=0.0)"))
+    command.upgrade(config, "r1")
+    kill_upgrade_at(crash_runner, project, point)
+    (state,) = command.current(config)
+    assert state.revision == "r1" and state.adapter is None
+    command.upgrade(config, "head")
+    (state,) = command.current(config)
+    assert state.revision == "r2" and state.adapter is not None and state.live is not None
+    env = Environment(config)
+    with env.engine.connect() as conn:
+        maps = catalog.adapters(conn, "docs")
+        events = [e for e in catalog.history(conn, "docs", "r2") if e.action == "adapter"]
+    stored = env.file_of(state.adapter)
+    env.dispose()
+    assert [m.state for m in maps] == ["live"] and [e.status for e in events] == ["ok"]
+    assert files.read_bytes(stored, state.adapter.sha256, "map")  # the file its row names
+    assert [p.name for p in stored.parent.iterdir() if ".tmp-" in p.name] == []
 
 
 @pytest.mark.process

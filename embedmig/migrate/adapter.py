@@ -277,4 +277,8 @@ def _adapter_metrics(forecast: dict[str, float | None]) -> dict[str, float | Non
     out["adapter_recall_ratio"] = 1.0 / ratio if ratio else None
     out["adapter_recall_ratio_ci_low"] = 1.0 / high if high else None
     out["adapter_recall_ratio_ci_high"] = 1.0 / low if low else None
+    if forecast.get("recall_at_10_old") == 0 and forecast.get("recall_at_10_new"):
+        # The adapted search found nothing relevant (measured, not forecast): 0 in every replicate.
+        for suffix in ("", "_ci_low", "_ci_high"):
+            out["adapter_recall_ratio" + suffix] = 0.0
     return out

@@ -194,6 +194,17 @@ class MigrationContext:
 
     def _bridge(self, new: LoadedEmbedder, spec: MapSpec) -> None:
         live = self._require_live("ctx.backfill(bridge=...)")
+        with self.env.engine.connect() as conn:
+            up = [
+                a
+                for a in catalog.adapters(conn, self.alias, [catalog.BRIDGE])
+                if (a.revision, a.index_id, a.fingerprint, a.kind)
+                == (self.revision.revision, live.id, new.fingerprint, spec.kind)
+            ]
+        if up:
+            # A rerun (after a failed gate or a kill) finds its bridge up: the backfill resumes.
+            log.info("bridge adapter #%d is up", up[0].id)
+            return
         fitted = adapters.fit_on_live(
             self.env,
             self.revision,

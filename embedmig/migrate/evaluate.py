@@ -227,8 +227,8 @@ def run(
     return rpt.Report(
         alias=alias,
         revision=revision,
-        old_model=old.embedder.spec.describe() if old else None,
-        new_model=new.embedder.spec.describe(),
+        old_model=old.embedder.describe() if old else None,
+        new_model=new.embedder.describe(),
         dry_run=False,
         corpus_size=ntotal,
         query_source=queries.source,

@@ -125,8 +125,8 @@ def run(
     return rpt.Report(
         alias=alias,
         revision=revision,
-        old_model=old.embedder.spec.describe() if old else None,
-        new_model=new.spec.describe(),
+        old_model=old.embedder.describe() if old else None,
+        new_model=new.describe(),
         dry_run=True,
         corpus_size=sample.population,
         query_source=queries.source,
