@@ -11,7 +11,7 @@ import pytest
 from demo.models import ModelUnavailable, distilled, minilm
 from embedmig import Config, command
 from embedmig.metrics.report import Report
-from tests.support import copy_project, corpus_rows, new_project
+from tests.support import copy_project, corpus_rows, new_project, with_judged_queries
 
 pytestmark = pytest.mark.minilm
 
@@ -113,3 +113,31 @@ def test_minilm_through_an_openai_compatible_endpoint_equals_minilm_in_process(
         http.close()
     finally:
         server.stop()
+
+
+def test_a_map_from_static_into_minilm_is_measured_against_the_real_re_embed(
+    minilm_project: tuple[Config, Report], tmp_path: Path
+) -> None:
+    """The adapter revision's forecast of the full re-embed it stands in for holds the re-embed's
+    real recall@10, and the map brings the static model's queries to MiniLM's documents."""
+    config, _ = minilm_project
+    project = copy_project(config.root, tmp_path / "re-embedded")
+    config = with_judged_queries(config.root, 120, words=5)
+    with_judged_queries(project, 120, words=5)
+    ini = config.root / "embedmig.ini"
+    # The map is fitted on half the corpus, so the forecast is one, not a reading of it all.
+    ini.write_text(ini.read_text() + "\nadapter.pairs = 150\n")
+    revision = next((config.root / "migrations" / "versions").glob("m2_*.py"))
+    revision.write_text(revision.read_text().replace("ctx.backfill()", "ctx.adapt('procrustes')"))
+    (adapted,) = command.upgrade(config, "head", force=True)
+    (reembedded,) = command.upgrade(Config(project / "embedmig.ini"), "head", force=True)
+    real = reembedded.metrics["recall_at_10_new"]
+    low, high = (adapted.metrics[f"reembed_recall_at_10_ci_{e}"] for e in ("low", "high"))
+    assert real is not None and low is not None and high is not None
+    assert low <= real <= high, (low, real, high)
+    via_map = adapted.metrics["recall_at_10_new"]  # exact: every query on the whole live index
+    assert via_map is not None and via_map > 0.5 * real  # a real map, not noise
+    ratio = adapted.metrics["adapter_recall_ratio"]
+    assert ratio is not None and ratio == pytest.approx(via_map / real, abs=0.1)
+    (state,) = command.current(config)
+    assert state.adapter is not None and state.live is not None and state.live.dim == 384
