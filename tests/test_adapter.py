@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from embedmig import (
+    CanaryOpen,
     Config,
     Embedder,
     GateFailed,
@@ -232,6 +233,39 @@ def test_a_revision_after_an_adapter_revision_starts_from_the_adapted_search(
     assert state.revision == "r2" and state.adapter is not None
     assert state.live is not None and state.live.revision == "r1"
     assert command.search(config, "docs", QUERY) == adapted_hits
+
+
+def test_a_canary_after_an_adapter_revision_compares_the_adapted_search_with_the_shadow(
+    config: Config,
+) -> None:
+    adapter_revision(config, gates="min_adapter_overlap_at_10=0.0")
+    command.upgrade(config, "head")
+    ini = config.root / "embedmig.ini"
+    ini.write_text(
+        ini.read_text()
+        + "canary.fraction = 1\ncanary.min_queries = 20\nsearcher.poll_seconds = 0.05\n"
+    )
+    config = Config(ini)
+    rev = command.revision(config, "re-embed", alias="docs", new="models/near", rev_id="r3")
+    path = Path(rev.path)
+    text = path.read_text().replace("    ctx.swap()", "    ctx.canary()\n    ctx.swap()", 1)
+    path.write_text(text.replace("min_overlap_at_10=0.5", "min_overlap_at_10=0.0"))
+    with pytest.raises(CanaryOpen):
+        command.upgrade(config, "head")
+    texts = [" ".join(row["text"].split()[:6]) for row in corpus_rows(20)]
+    with open_searcher(config, "docs") as searcher:  # the alias's searcher: through the map
+        served = [searcher.search(t) for t in texts]  # before it mirrors: the warm-up
+        while not searcher.mirroring:
+            searcher.search(QUERY)
+        assert [searcher.search(t) for t in texts] == served
+        assert searcher.flush(30)
+    (report,) = command.upgrade(config, "head")
+    assert report.metrics["canary_queries"] == 20
+    assert report.old_model == "models/near through a procrustes map"
+    # The same model on both sides of the canary, one through the map: close, not the same.
+    overlap = report.metrics["canary_overlap_at_10"]
+    assert overlap is not None and 0.3 < overlap < 1.0
+    assert command.current(config)[0].revision == "r3"
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from it. Marked `minilm`; skipped with the reason when the wheel is not installe
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -115,22 +116,46 @@ def test_minilm_through_an_openai_compatible_endpoint_equals_minilm_in_process(
         server.stop()
 
 
-def test_a_map_from_static_into_minilm_is_measured_against_the_real_re_embed(
-    minilm_project: tuple[Config, Report], tmp_path: Path
+@pytest.fixture(scope="session")
+def on_static(
+    tmp_path_factory: pytest.TempPathFactory,
+    models: dict[str, Path],
+    real_models: dict[str, Path],
+) -> Path:
+    """A project whose alias `papers` is live on the static model (s1), with MiniLM (s2) pending."""
+    project = new_project(tmp_path_factory.mktemp("on-static"), models)
+    config = real_project_at(project, real_models)
+    command.revision(config, "first", alias="papers", new="models/static", rev_id="s1")
+    command.revision(config, "minilm", alias="papers", new="models/minilm", rev_id="s2")
+    command.upgrade(config, "s1")
+    return project
+
+
+@pytest.mark.parametrize("old", ["minilm", "static"])
+def test_a_map_into_the_old_index_is_measured_against_the_real_re_embed(
+    old: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """The adapter revision's forecast of the full re-embed it stands in for holds the re-embed's
-    real recall@10, and the map brings the static model's queries to MiniLM's documents."""
-    config, _ = minilm_project
-    project = copy_project(config.root, tmp_path / "re-embedded")
-    config = with_judged_queries(config.root, 120, words=5)
-    with_judged_queries(project, 120, words=5)
-    ini = config.root / "embedmig.ini"
+    real recall@10, and the map brings the new model's queries to the old model's documents."""
+    built = (
+        request.getfixturevalue("on_minilm")[0]
+        if old == "minilm"
+        else request.getfixturevalue("on_static")
+    )
+    project = copy_project(built, tmp_path / "adapted")
+    other = copy_project(built, tmp_path / "re-embedded")
+    # One cache: the re-embed embeds only what the fit and its forecast did not.
+    shutil.rmtree(other / "embedding-cache")
+    (other / "embedding-cache").symlink_to(project / "embedding-cache")
+    config = with_judged_queries(project, 120, words=5)
+    with_judged_queries(other, 120, words=5)
+    ini = project / "embedmig.ini"
     # The map is fitted on half the corpus, so the forecast is one, not a reading of it all.
     ini.write_text(ini.read_text() + "\nadapter.pairs = 150\n")
-    revision = next((config.root / "migrations" / "versions").glob("m2_*.py"))
+    (revision,) = (project / "migrations" / "versions").glob("[ms]2_*.py")
     revision.write_text(revision.read_text().replace("ctx.backfill()", "ctx.adapt('procrustes')"))
     (adapted,) = command.upgrade(config, "head", force=True)
-    (reembedded,) = command.upgrade(Config(project / "embedmig.ini"), "head", force=True)
+    (reembedded,) = command.upgrade(Config(other / "embedmig.ini"), "head", force=True)
     real = reembedded.metrics["recall_at_10_new"]
     low, high = (adapted.metrics[f"reembed_recall_at_10_ci_{e}"] for e in ("low", "high"))
     assert real is not None and low is not None and high is not None
@@ -140,4 +165,8 @@ def test_a_map_from_static_into_minilm_is_measured_against_the_real_re_embed(
     ratio = adapted.metrics["adapter_recall_ratio"]
     assert ratio is not None and ratio == pytest.approx(via_map / real, abs=0.1)
     (state,) = command.current(config)
-    assert state.adapter is not None and state.live is not None and state.live.dim == 384
+    assert state.adapter is not None and state.live is not None
+    assert state.live.dim == {"minilm": 384, "static": 256}[old]
+    command.downgrade(config, "-1")  # the alias serves the old model's queries again
+    (state,) = command.current(config)
+    assert state.adapter is None and state.revision == f"{old[0]}1"

@@ -8,9 +8,11 @@ searcher or writer needs no torch and adds one small matrix product per query.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,16 +43,28 @@ class Map:
         return int(self.weight.shape[1])
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
+        # On a search's path, one query at a time: few numpy calls, each in place where it can be.
         x = np.ascontiguousarray(vectors, dtype=np.float32)
-        y = x @ self.weight + self.bias
-        if self.hidden is not None:
-            w1, b1, w2 = self.hidden
-            y += np.maximum(x @ w1 + b1, 0.0) @ w2
+        if self.hidden is None:
+            y = x @ self.weight
+        else:
+            _, b1, w2 = self.hidden
+            both = x @ self._stacked  # the linear part and the hidden layer in one BLAS call
+            y, h = both[:, : self.out_dim], both[:, self.out_dim :]
+            h += b1
+            np.maximum(h, 0.0, out=h)
+            y += h @ w2
+        y += self.bias
         if self.normalize:
-            norms = np.linalg.norm(y, axis=1, keepdims=True)
-            y /= np.where(norms > 0, norms, 1.0)
-        out: np.ndarray = y.astype(np.float32, copy=False)
+            norms = np.sqrt(np.einsum("ij,ij->i", y, y))[:, None]
+            y /= np.maximum(norms, np.finfo(np.float32).tiny)
+        out: np.ndarray = y
         return out
+
+    @functools.cached_property
+    def _stacked(self) -> np.ndarray:
+        assert self.hidden is not None
+        return np.ascontiguousarray(np.hstack([self.weight, self.hidden[0]]), dtype=np.float32)
 
     def to_bytes(self) -> bytes:
         """An ``.npz`` of the arrays and a JSON header; the same map gives the same bytes."""
@@ -76,9 +90,14 @@ class Map:
                 found = cls(
                     header["kind"], npz["weight"], npz["bias"], bool(header["normalize"]), hidden
                 )
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise StoreError(f"adapter file {where} is not a map: {exc}") from None
-        if found.kind not in MAP_KINDS or found.bias.shape != (found.out_dim,):
+        shapes = [found.bias.shape == (found.out_dim,)]
+        if hidden is not None:
+            w1, b1, w2 = hidden
+            width = b1.shape[0] if b1.ndim == 1 else -1
+            shapes += [w1.shape == (found.in_dim, width), w2.shape == (width, found.out_dim)]
+        if found.kind not in MAP_KINDS or not all(shapes):
             raise StoreError(f"adapter file {where} is not a map embedmig wrote")
         return found
 
