@@ -18,7 +18,17 @@ medians: the map's share of a query.
 
     python benchmarks/bench_adapter.py [--seeds 5] [--pairs 300 1000 5000] [--cache DIR]
 
-Measured 2026-12-05, 2 cores, 5 seeds (see the README's "Adapters" for the table):
+Measured 2026-12-05, 2 cores, 5 seeds (the README's "Adapters" has the table of every kind):
+  MiniLM index, static queries: re-embed recall@10 0.535 (MiniLM itself 0.783); procrustes at
+    300 / 1,000 / 5,000 pairs 0.500 / 0.597 / 0.630 (0.93 / 1.12 / 1.18 of the re-embed), affine
+    0.674 (1.26), affine rank 64 0.551 (1.03), mlp 0.689 (1.29) at 5,000; overlap@10 with the
+    re-embed 0.27-0.37. Fits: 0.01-0.17 s, mlp 3.9 s.
+  static index, MiniLM queries: re-embed 0.783 (static itself 0.535); procrustes 0.551 / 0.631 /
+    0.669 (0.70 / 0.81 / 0.85), affine 0.487 (0.62), rank 64 0.350 (0.45), mlp 0.505 (0.65);
+    overlap@10 0.20-0.42. Every map fails the default 0.95 gate in this direction.
+  Query path: the map alone 11.6 us (procrustes, 256->384), 11.7 us (384->256); mlp 34.4 and
+    36.5 us. Through the map / after a re-embed: 1.004 and 1.022 behind MiniLM's encode (13.6 ms),
+    1.297 and 1.419 behind the static model's (0.4 ms; the old index searched is 384-d, not 256).
 """
 
 from __future__ import annotations

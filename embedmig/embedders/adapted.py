@@ -120,6 +120,7 @@ class AdaptedEmbedder(LoadedEmbedder):
         self.map = mapping
         self.meter = inner.meter
         self._dim = mapping.out_dim
+        self.map_sha256 = sha256  # of the map's file
         self._fingerprint = hashlib.sha256(f"{inner.fingerprint}\0{sha256}".encode()).hexdigest()
 
     def describe(self) -> str:

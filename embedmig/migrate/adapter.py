@@ -16,14 +16,15 @@ the adapted search finds).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 
 from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.embedders.adapted import AdaptedEmbedder, Map
@@ -52,13 +53,13 @@ class Fitted:
 
     spec: MapSpec
     adapted: AdaptedEmbedder
+    live: catalog.IndexRecord
     dry: DryRun
     index: Any  # the live index file, loaded and verified once
     pairs: int
     reconstructed: bool  # old vectors read back from the index (else embedded by the old model)
     usage: Any
     seconds: float
-    record: catalog.AdapterRecord | None  # None in a dry run: nothing is stored
 
     @property
     def map(self) -> Map:
@@ -74,10 +75,10 @@ def fit_on_live(
     spec: MapSpec,
     *,
     old: Callable[[], LoadedEmbedder | None],
-    state: str | None,
 ) -> Fitted:
-    """Fit ``spec`` from ``new`` into ``live``'s space; store and register it in ``state``
-    (``ready`` for ``ctx.adapt()``, ``bridge``), or nothing with ``state=None`` (a dry run)."""
+    """Fit ``spec`` from ``new`` into ``live``'s space, in memory: ``store`` keeps it (when it
+    serves: a failed gate or a script error leaves nothing behind, and the rerun's fit is seeded
+    and reads its documents from the embedding cache)."""
     started = time.perf_counter()
     queries = ev.QuerySource.of(env, rev.alias)
     dry = DryRun.read(env, rev, new, live, queries, settings.eval, settings.adapter_pairs)
@@ -99,23 +100,17 @@ def fit_on_live(
     targets, reconstructed = _old_vectors(index, ids, [uniform[i] for i in rows], old)
     normalize = Embedder.from_json(live.model).normalize
     mapping = fit(spec, vectors[rows], targets, normalize=normalize, seed=settings.eval.seed)
-    data = mapping.to_bytes()
-    record = None
-    sha = mapping.sha256()
-    if state is not None:
-        record = _store(env, rev, new, live, spec, data, len(rows), state)
-        sha = record.sha256 or sha
     log.info("fitted a %s map on %d pairs", spec.describe(), len(rows))
     return Fitted(
         spec,
-        AdaptedEmbedder(new, mapping, sha),
+        AdaptedEmbedder(new, mapping, mapping.sha256()),
+        live,
         dry,
         index,
         len(rows),
         reconstructed,
         usage,
         time.perf_counter() - started,
-        record,
     )
 
 
@@ -133,44 +128,38 @@ def _old_vectors(
         return embedder.encode_documents([d.text for d in docs]), False
 
 
-def _store(
-    env: Environment,
-    rev: Revision,
-    new: LoadedEmbedder,
-    live: catalog.IndexRecord,
-    spec: MapSpec,
-    data: bytes,
-    pairs: int,
-    state: str,
+def write(env: Environment, rev: Revision, fitted: Fitted) -> Path:
+    """The map's file, written before the row that names it commits: a run killed in between
+    leaves a file that the rerun's identical fit (seeded) writes again at the same path."""
+    path = env.adapter_path(rev.alias, rev.revision, fitted.adapted.map_sha256)
+    files.save_bytes(fitted.map.to_bytes(), path, _FILE)
+    return path
+
+
+def register(
+    conn: sa.Connection, env: Environment, rev: Revision, fitted: Fitted, path: Path, state: str
 ) -> catalog.AdapterRecord:
-    """Write the map's file, then register it: a run killed in between leaves a file that the
-    rerun's identical fit (seeded) writes again."""
+    """The row of a map ``write`` stored, in ``state`` (``live``, ``bridge``), in the caller's
+    transaction."""
     from embedmig.embedders import probes
 
-    sha = hashlib.sha256(data).hexdigest()
-    with env.engine.connect() as conn:
-        for found in catalog.adapters(conn, rev.alias, [catalog.READY, catalog.BRIDGE]):
-            if (found.revision, found.index_id, found.sha256) == (rev.revision, live.id, sha):
-                return found  # a rerun after a kill: the seeded fit made the same map
-    path = env.adapter_path(rev.alias, rev.revision, sha)
-    files.save_bytes(data, path, _FILE)
-    with env.engine.begin() as conn:
-        adapter_id = catalog.register_adapter(
-            conn,
-            alias=rev.alias,
-            revision=rev.revision,
-            index_id=live.id,
-            kind=spec.kind,
-            path=env.stored_path(path),
-            sha256=sha,
-            fingerprint=new.fingerprint,
-            model=new.spec_json,
-            dim=new.dim,
-            pairs=pairs,
-            probe=probes.to_bytes(probes.of(new)),
-            state=state,
-        )
-        (record,) = [a for a in catalog.adapters(conn, rev.alias) if a.id == adapter_id]
+    new = fitted.adapted.inner
+    adapter_id = catalog.register_adapter(
+        conn,
+        alias=rev.alias,
+        revision=rev.revision,
+        index_id=fitted.live.id,
+        kind=fitted.spec.kind,
+        path=env.stored_path(path),
+        sha256=fitted.adapted.map_sha256,
+        fingerprint=new.fingerprint,
+        model=new.spec_json,
+        dim=new.dim,
+        pairs=fitted.pairs,
+        probe=probes.to_bytes(probes.of(new)),
+        state=state,
+    )
+    (record,) = [a for a in catalog.adapters(conn, rev.alias) if a.id == adapter_id]
     return record
 
 

@@ -63,6 +63,7 @@ class MigrationContext:
         self._live = live
         self._adapter = adapter
         self._fitted: adapters.Fitted | None = None  # ctx.adapt()'s map
+        self._swapped_adapter: catalog.AdapterRecord | None = None  # its row, once it serves
         self._started = catalog.now()
         self._new: LoadedEmbedder | None = None
         self._shadow: Shadow | None = None
@@ -108,7 +109,7 @@ class MigrationContext:
         """The map the alias serves ``serving`` through once this context is done."""
         if not self.swapped or self.dry_run:
             return self._adapter
-        return self._fitted.record if self._fitted is not None else None
+        return self._swapped_adapter
 
     @property
     def new_fingerprint(self) -> str | None:
@@ -189,7 +190,6 @@ class MigrationContext:
             self.settings,
             spec,
             old=self._old_side,
-            state=None if self.dry_run else catalog.READY,
         )
 
     def _bridge(self, new: LoadedEmbedder, spec: MapSpec) -> None:
@@ -213,17 +213,17 @@ class MigrationContext:
             self.settings,
             spec,
             old=self._old_side,
-            state=catalog.BRIDGE,
         )
-        assert fitted.record is not None
+        path = adapters.write(self.env, self.revision, fitted)
         with self.env.engine.begin() as conn:
+            record = adapters.register(conn, self.env, self.revision, fitted, path, catalog.BRIDGE)
             self._record(
                 conn,
                 "bridge",
                 "ok",
                 from_index=live.id,
                 to_index=live.id,
-                message=f"adapter #{fitted.record.id}: {spec.describe()} map on {fitted.pairs:,} pairs",
+                message=f"adapter #{record.id}: {spec.describe()} map on {fitted.pairs:,} pairs",
             )
 
     def _require_live(self, verb: str) -> catalog.IndexRecord:
@@ -398,8 +398,8 @@ class MigrationContext:
     def _swap_to_adapter(self, verdict: Verdict) -> None:
         """The alias keeps its live index and serves it through the fitted map from now on."""
         fitted = self._fitted
-        assert fitted is not None and fitted.record is not None and self._live is not None
-        record = fitted.record
+        assert fitted is not None and self._live is not None
+        path = adapters.write(self.env, self.revision, fitted)
         with self.env.engine.begin() as conn:
             live = catalog.live_index(conn, self.alias)
             if live is None or live.id != self._live.id:
@@ -408,7 +408,7 @@ class MigrationContext:
                     "upgrade"
                 )
             catalog.retire_adapters(conn, self.alias)
-            catalog.update_adapter(conn, record.id, state=catalog.LIVE)
+            record = adapters.register(conn, self.env, self.revision, fitted, path, catalog.LIVE)
             catalog.set_version(conn, self.alias, self.revision.revision)
             self._record(
                 conn,
@@ -422,6 +422,7 @@ class MigrationContext:
                 message=f"adapter #{record.id}: {fitted.spec.describe()} map",
             )
         self.swapped = True
+        self._swapped_adapter = record
         log.info("%s serves index #%d through adapter #%d", self.alias, live.id, record.id)
 
     # ---- downgrade ---------------------------------------------------------------------------

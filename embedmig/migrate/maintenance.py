@@ -49,10 +49,13 @@ def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
                 catalog.clear_checkpoint(conn, record.id)
                 manifest.drop(conn, record.id)
             gone = {r.id for r in doomed}
+            abandoned = {r.revision for r in unswapped}
             maps = [
                 a
                 for a in catalog.adapters(conn, alias)
-                if a.state == catalog.READY or (a.index_id in gone and a.state != catalog.DROPPED)
+                if (a.index_id in gone and a.state != catalog.DROPPED)
+                # A bridge stands in for a shadow: it goes with it.
+                or (a.state == catalog.BRIDGE and a.revision in abandoned)
             ]
             for adapter in maps:
                 catalog.update_adapter(conn, adapter.id, state=catalog.DROPPED)

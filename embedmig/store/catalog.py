@@ -219,7 +219,8 @@ def point_alias(
 # ---- adapters --------------------------------------------------------------------------------
 
 # An adapter is "live" while its alias serves through it, a "bridge" while a backfill builds the
-# index it stands in for; "ready" between its fit and its swap.
+# index it stands in for; then "retired" (a rollback may restore it) or "dropped" by prune. A map
+# is stored only once it serves: a fit whose gate failed leaves no row.
 BRIDGE = "bridge"
 
 
