@@ -222,6 +222,26 @@ def test_a_bridge_lets_searchers_use_the_new_model_until_the_swap(config: Config
         searcher.search(QUERY)
 
 
+def test_prune_drops_a_bridge_with_the_shadow_it_stood_in_for(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    rev = command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
+    path = Path(rev.path)
+    text = path.read_text().replace("ctx.backfill()", 'ctx.backfill(bridge="procrustes")')
+    path.write_text(text.replace("min_overlap_at_10=0.5", "min_overlap_at_10=1.1"))
+    command.upgrade(config, "r1")
+    with pytest.raises(GateFailed):
+        command.upgrade(config, "head")
+    pruned = command.prune(config, "docs")
+    assert [i.revision for i in pruned.dropped] == ["r2"]
+    assert [(a.revision, a.state) for a in pruned.adapters] == [("r2", "bridge")]
+    assert list(config.index_dir.rglob("*.map.npz")) == []
+    with (
+        pytest.raises(StateError, match="serves no index or map for models/near"),
+        open_searcher(config, "docs", Embedder("models/near")) as searcher,
+    ):
+        searcher.search(QUERY)
+
+
 def test_a_revision_after_an_adapter_revision_starts_from_the_adapted_search(
     config: Config,
 ) -> None:
