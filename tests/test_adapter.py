@@ -57,6 +57,19 @@ def adapter_record(config: Config) -> catalog.AdapterRecord | None:
     return state.adapter
 
 
+def bridge_up(config: Config) -> None:
+    """r1 builds `docs` on model a; r2 backfills model near with a bridge, behind a gate no
+    shadow passes: the upgrade stops with the shadow built and the bridge up."""
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    rev = command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
+    path = Path(rev.path)
+    text = path.read_text().replace("ctx.backfill()", 'ctx.backfill(bridge="procrustes")')
+    path.write_text(text.replace("min_overlap_at_10=0.5", "min_overlap_at_10=1.1"))
+    command.upgrade(config, "r1")
+    with pytest.raises(GateFailed):
+        command.upgrade(config, "head")
+
+
 def test_an_adapter_revision_serves_the_live_index_to_the_new_model(
     config: Config, models: dict[str, Path]
 ) -> None:
@@ -193,15 +206,7 @@ def test_a_dry_run_of_an_adapter_revision_stores_nothing(config: Config) -> None
 
 
 def test_a_bridge_lets_searchers_use_the_new_model_until_the_swap(config: Config) -> None:
-    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
-    rev = command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
-    path = Path(rev.path)
-    text = path.read_text().replace("ctx.backfill()", 'ctx.backfill(bridge="procrustes")')
-    # A gate no shadow passes: the upgrade stops with the shadow built and the bridge up.
-    path.write_text(text.replace("min_overlap_at_10=0.5", "min_overlap_at_10=1.1"))
-    command.upgrade(config, "r1")
-    with pytest.raises(GateFailed):
-        command.upgrade(config, "head")
+    bridge_up(config)
     (state,) = command.current(config)
     assert state.revision == "r1" and state.adapter is None  # the alias still serves model a
     assert state.live is not None
@@ -223,14 +228,7 @@ def test_a_bridge_lets_searchers_use_the_new_model_until_the_swap(config: Config
 
 
 def test_prune_drops_a_bridge_with_the_shadow_it_stood_in_for(config: Config) -> None:
-    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
-    rev = command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
-    path = Path(rev.path)
-    text = path.read_text().replace("ctx.backfill()", 'ctx.backfill(bridge="procrustes")')
-    path.write_text(text.replace("min_overlap_at_10=0.5", "min_overlap_at_10=1.1"))
-    command.upgrade(config, "r1")
-    with pytest.raises(GateFailed):
-        command.upgrade(config, "head")
+    bridge_up(config)
     pruned = command.prune(config, "docs")
     assert [i.revision for i in pruned.dropped] == ["r2"]
     assert [(a.revision, a.state) for a in pruned.adapters] == [("r2", "bridge")]
