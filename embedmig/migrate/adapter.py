@@ -60,6 +60,7 @@ class Fitted:
     reconstructed: bool  # old vectors read back from the index (else embedded by the old model)
     usage: Any
     seconds: float
+    probe: bytes  # the new model's probe vectors, measured outside any transaction
 
     @property
     def map(self) -> Map:
@@ -76,9 +77,11 @@ def fit_on_live(
     *,
     old: Callable[[], LoadedEmbedder | None],
 ) -> Fitted:
-    """Fit ``spec`` from ``new`` into ``live``'s space, in memory: ``store`` keeps it (when it
-    serves: a failed gate or a script error leaves nothing behind, and the rerun's fit is seeded
-    and reads its documents from the embedding cache)."""
+    """Fit ``spec`` from ``new`` into ``live``'s space, in memory: ``write`` and ``register``
+    keep it once it serves (a failed gate or a script error leaves nothing behind, and the rerun's
+    fit is seeded and reads its documents from the embedding cache)."""
+    from embedmig.embedders import probes
+
     started = time.perf_counter()
     queries = ev.QuerySource.of(env, rev.alias)
     dry = DryRun.read(env, rev, new, live, queries, settings.eval, settings.adapter_pairs)
@@ -111,6 +114,7 @@ def fit_on_live(
         reconstructed,
         usage,
         time.perf_counter() - started,
+        probes.to_bytes(probes.of(new)),
     )
 
 
@@ -141,8 +145,6 @@ def register(
 ) -> catalog.AdapterRecord:
     """The row of a map ``write`` stored, in ``state`` (``live``, ``bridge``), in the caller's
     transaction."""
-    from embedmig.embedders import probes
-
     new = fitted.adapted.inner
     adapter_id = catalog.register_adapter(
         conn,
@@ -156,7 +158,7 @@ def register(
         model=new.spec_json,
         dim=new.dim,
         pairs=fitted.pairs,
-        probe=probes.to_bytes(probes.of(new)),
+        probe=fitted.probe,
         state=state,
     )
     (record,) = [a for a in catalog.adapters(conn, rev.alias) if a.id == adapter_id]
