@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 # name -> module that defines it
 _EXPORTS = {
+    "AliasReaders": "embedmig.serve.heartbeat",
     "AliasState": "embedmig.command",
     "CanaryOpen": "embedmig.errors",
     "Check": "embedmig.gates",
@@ -35,6 +36,8 @@ _EXPORTS = {
     "MigrationContext": "embedmig.migrate.context",
     "ProbeResult": "embedmig.command",
     "Pruned": "embedmig.migrate.maintenance",
+    "ReaderState": "embedmig.serve.heartbeat",
+    "ReadersBehind": "embedmig.errors",
     "Report": "embedmig.metrics.report",
     "Revision": "embedmig.script",
     "ScriptError": "embedmig.errors",
@@ -99,6 +102,7 @@ if TYPE_CHECKING:
     from embedmig.errors import (
         Locked as Locked,
     )
+    from embedmig.errors import ReadersBehind as ReadersBehind
     from embedmig.errors import (
         ScriptError as ScriptError,
     )
@@ -119,6 +123,8 @@ if TYPE_CHECKING:
     from embedmig.migrate.maintenance import Pruned as Pruned
     from embedmig.render import render as render
     from embedmig.script import Revision as Revision
+    from embedmig.serve.heartbeat import AliasReaders as AliasReaders
+    from embedmig.serve.heartbeat import ReaderState as ReaderState
     from embedmig.serve.mirror import TrafficStats as TrafficStats
     from embedmig.serve.searcher import Hit as Hit
     from embedmig.serve.searcher import Searcher as Searcher

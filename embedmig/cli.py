@@ -21,7 +21,14 @@ import click
 
 from embedmig.config import MAX_K, Config, sample_size
 from embedmig.embedders.spec import BACKENDS, LOCAL, MAP_KINDS, Embedder
-from embedmig.errors import CanaryOpen, EmbedderDrift, EmbedmigError, GateFailed, HistoryError
+from embedmig.errors import (
+    CanaryOpen,
+    EmbedderDrift,
+    EmbedmigError,
+    GateFailed,
+    HistoryError,
+    ReadersBehind,
+)
 
 if TYPE_CHECKING:
     from embedmig.metrics.report import Report
@@ -212,6 +219,12 @@ def revision(
     default=None,
     help="Where the backfill embeds: inprocess or ray (default: config).",
 )
+@click.option(
+    "--wait-readers",
+    type=float,
+    default=None,
+    help="After the swap, wait up to this many seconds for every reader to serve the new index.",
+)
 @pass_state
 def upgrade(
     state: State,
@@ -222,6 +235,7 @@ def upgrade(
     report_path: str | None,
     wait: float,
     executor: str | None,
+    wait_readers: float | None,
 ) -> None:
     """Migrate to TARGET (head, heads, ALIAS@head, +N, a revision)."""
     reports = _command().upgrade(
@@ -235,7 +249,12 @@ def upgrade(
         wait=wait,
         executor=executor,
         progress=state.bars,
+        wait_readers=wait_readers,
     )
+    for report in reports:
+        if "readers_converged_s" in report.timings:
+            seconds = report.timings["readers_converged_s"]
+            click.echo(f"{report.alias}: every reader serves the new index ({seconds:.1f} s)")
     if not reports:
         click.echo(f"nothing to do: already at {target}")
 
@@ -406,6 +425,34 @@ def probe(state: State, alias: str | None) -> None:
 
 
 @cli.command()
+@click.argument("alias", required=False)
+@pass_state
+def status(state: State, alias: str | None) -> None:
+    """List the readers of each alias (or ALIAS) and the index each serves; exit 1 on skew (a
+    reader on another index past readers.skew_seconds), a reader gone silent or refusing."""
+    from embedmig.serve.heartbeat import describe
+
+    found = _command().status(state.config(), alias)
+    if not found:
+        click.echo("no alias has a live index or a reader")
+    for aliased in found:
+        live = f"index #{aliased.live.id}" if aliased.live else "no live index"
+        since = f" since {aliased.live_since:%Y-%m-%d %H:%M:%S} UTC" if aliased.live_since else ""
+        click.echo(f"{aliased.alias}: {live}{since}; {len(aliased.readers)} reader(s)")
+        for r in aliased.readers:
+            beat = f"{r.reader.served:,} queries, heartbeat {r.reader.heartbeat_at:%H:%M:%S}"
+            click.echo(f"  {describe(r)}; {beat}")
+    flagged = [(a.alias, r) for a in found for r in a.flagged]
+    if flagged:
+        raise ReadersBehind(
+            f"{len(flagged)} reader(s) flagged: "
+            + "; ".join(f"{name}: {describe(r)}" for name, r in flagged[:5]),
+            alias=flagged[0][0],
+            readers=[r for _, r in flagged],
+        )
+
+
+@cli.command()
 @click.option("--alias", default=None, help="Only this alias.")
 @click.option("-v", "--verbose", "detail", is_flag=True, help="Show verdicts, gates and metrics.")
 @pass_state
@@ -491,7 +538,11 @@ def prune(state: State, alias: str, keep: int, wait: float) -> None:
         click.echo(f"dropped index #{record.id} ({record.revision}, was {record.state})")
     for adapter in pruned.adapters:
         click.echo(f"dropped adapter #{adapter.id} ({adapter.revision}, was {adapter.state})")
-    if not pruned.dropped and not pruned.adapters and not pruned.cache.removed:
+    for record in pruned.held:
+        click.echo(f"kept index #{record.id} ({record.revision}): a reader still serves it")
+    if pruned.forgotten:
+        click.echo(f"forgot {pruned.forgotten} reader(s) gone silent")
+    if not pruned.dropped and not pruned.adapters and not pruned.cache.removed and not pruned.held:
         click.echo("nothing to prune")
     if pruned.cache.removed:
         click.echo(

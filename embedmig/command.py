@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING
 from embedmig.config import DEFAULT_SAMPLE, Config, sample_size, share
 from embedmig.embedders import Embedder
 from embedmig.environment import Environment
-from embedmig.errors import ConfigError, ScriptError, StateError
-from embedmig.store import catalog, locks
+from embedmig.errors import ConfigError, ReadersBehind, ScriptError, StateError
+from embedmig.store import catalog, locks, readers
 
 if TYPE_CHECKING:
     from embedmig.metrics.report import Report
     from embedmig.migrate.compaction import Compaction
     from embedmig.migrate.maintenance import Pruned
     from embedmig.script import Revision
+    from embedmig.serve.heartbeat import AliasReaders
     from embedmig.serve.searcher import Hit
 
 log = logging.getLogger("embedmig")
@@ -122,6 +123,7 @@ def upgrade(
     wait: float = 0.0,
     executor: str | None = None,
     progress: bool = False,
+    wait_readers: float | None = None,
 ) -> list[Report]:
     """Migrate to ``target``: backfill, evaluate, gate and swap each revision on the way.
 
@@ -131,10 +133,19 @@ def upgrade(
     HTML, else text). A migration of an alias that another run holds fails at once, or after
     waiting up to ``wait`` seconds for it. ``executor`` (``inprocess`` or ``ray``) overrides the
     option of that name; ``progress`` draws progress bars (on stderr) instead of log lines.
+    ``wait_readers`` seconds: after the swaps, wait until every reader still reporting serves
+    the new live index (each report's ``timings["readers_converged_s"]``), or raise
+    :class:`~embedmig.errors.ReadersBehind` naming those that do not (the swaps stay done).
     """
     if sample is not None and not dry_run:
         raise ConfigError(
             "--sample is for a dry run (add --dry-run): an upgrade embeds the whole corpus"
+        )
+    if wait_readers is not None and (dry_run or not 0 <= wait_readers <= _MAX_WAIT):
+        raise ConfigError(
+            "--wait-readers is for an upgrade (a dry run swaps nothing)"
+            if dry_run
+            else f"--wait-readers must be 0 to {_MAX_WAIT:g} seconds, got {wait_readers:g}"
         )
     sample = DEFAULT_SAMPLE if sample is None else sample_size(sample)
     if report_path is not None:
@@ -154,8 +165,40 @@ def upgrade(
         config = config.with_options(executor=executor)
     with _opened(config, create=True) as env:
         env.progress = progress
-        return runner.upgrade(
+        reports = runner.upgrade(
             env, target, dry_run=dry_run, sample=sample, force=force, on_report=keep, wait=wait
+        )
+        if wait_readers is not None:
+            _wait_for_readers(env, reports, wait_readers)
+        return reports
+
+
+_MAX_WAIT = 86_400.0  # a day: longer is a typo, not a rollout
+
+
+def _wait_for_readers(env: Environment, reports: list[Report], timeout: float) -> None:
+    """Each swapped alias's readers onto its live index, or ReadersBehind."""
+    from embedmig.serve import heartbeat
+
+    settings = heartbeat.ReaderSettings.of(env.config)
+    last = {report.alias: report for report in reports}  # the final swap of each alias
+    for alias, report in last.items():
+        waited, seen = heartbeat.converge(env.engine, alias, settings, timeout)
+        behind = [r for r in seen.readers if r.state not in heartbeat.SETTLED]
+        if behind:
+            raise ReadersBehind(
+                f"{alias} swapped, but after {waited:.1f} s {len(behind)} reader(s) still serve "
+                f"another index: {', '.join(heartbeat.describe(r) for r in behind[:5])}",
+                alias=alias,
+                readers=behind,
+            )
+        report.timings["readers_converged_s"] = waited
+        log.info(
+            "%s: %d reader(s) serve index #%s, %.1f s after the swap",
+            alias,
+            sum(r.state == heartbeat.LIVE for r in seen.readers),
+            seen.live.id if seen.live else "-",
+            waited,
         )
 
 
@@ -261,6 +304,32 @@ def probe(config: Config, alias: str | None = None) -> list[ProbeResult]:
             minimum = env.settings.probe_min_cosine
             results.append(ProbeResult(record.alias, record, embedder.describe(), lowest, minimum))
         return results
+
+
+def status(config: Config, alias: str | None = None) -> list[AliasReaders]:
+    """Every reader of each alias (or of ``alias``), from its heartbeat: the index it serves, since
+    when, its queries, and whether it is on the live index, behind it, past
+    ``readers.skew_seconds`` behind it (skew), silent or refusing to serve."""
+    from embedmig.serve import heartbeat
+
+    settings = heartbeat.ReaderSettings.of(config)
+    with _opened(config) as env:
+        if not env.has_history():
+            if alias is not None:
+                raise StateError(f"alias {alias!r} has no live index and no readers")
+            return []
+        with env.engine.connect() as conn:
+            if alias is not None:
+                aliases = [alias]
+            else:
+                aliases = sorted(
+                    {r.alias for r in catalog.indexes(conn) if r.state == catalog.LIVE}
+                    | {r.alias for r in readers.of(conn)}
+                )
+            found = [heartbeat.survey(conn, name, settings) for name in aliases]
+    if alias is not None and found[0].live is None and not found[0].readers:
+        raise StateError(f"alias {alias!r} has no live index and no readers")
+    return found
 
 
 def history(config: Config, alias: str | None = None) -> list[catalog.HistoryRecord]:

@@ -13,19 +13,22 @@ a caller needs to act on it without parsing the message::
     ├── StoreError           an index file cannot be written, is missing or fails its checksum
     ├── HistoryError         the history database is unreachable, unusable or of an unknown schema
     ├── StateError           the alias is not in a state that allows the operation
-    │   └── Locked           another run holds the alias's migration lock        .holder
+    │   ├── Locked           another run holds the alias's migration lock        .holder
+    │   └── ReadersBehind    readers still serve another index than the live one  .alias, .readers
     ├── GateFailed           a quality gate failed; the alias is untouched    .report, .checks
     └── CanaryOpen           the swap waits for the canary on live traffic    .alias, .compared
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from embedmig.gates import Check
     from embedmig.metrics.report import Report
+    from embedmig.serve.heartbeat import ReaderState
     from embedmig.store.locks import Holder
 
 
@@ -103,6 +106,20 @@ class Locked(StateError):
     def __init__(self, message: str, holder: Holder) -> None:
         super().__init__(message)
         self.holder = holder
+
+
+class ReadersBehind(StateError):
+    """Readers of an alias are not all on its live index: ``embedmig status`` found a reader on
+    another index past ``readers.skew_seconds``, gone silent or refusing to serve (a drifted
+    embedder), or ``upgrade --wait-readers`` ran out of time (the swap itself is done).
+
+    ``alias``; ``readers``: the flagged readers (``embedmig.serve.heartbeat.ReaderState``).
+    """
+
+    def __init__(self, message: str, *, alias: str, readers: Sequence[ReaderState]) -> None:
+        super().__init__(message)
+        self.alias = alias
+        self.readers = list(readers)
 
 
 class GateFailed(EmbedmigError):

@@ -61,6 +61,7 @@ def test_migrate_and_serve_are_the_two_halves_of_the_runtime() -> None:
         "writer",
         "mirror",
         "view",
+        "heartbeat",
     }
     assert {p.stem for p in (PACKAGE / "migrate").glob("*.py")} >= {
         "runner",

@@ -239,3 +239,23 @@ adapter = sa.Table(
         postgresql_where=sa.text("state = 'live'"),
     ),
 )
+
+# One row per running searcher, written by its heartbeat off the request path: the index it
+# served last and since when. ``drift``: why it could not serve the live index (a drifted
+# embedder, say), NULL while it can. A clean close deletes the row; a crashed reader's row goes
+# silent and is forgotten by ``prune``.
+reader = sa.Table(
+    "embedmig_reader",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("index_id", sa.Integer, nullable=True),
+    sa.Column("since", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("served", sa.BigInteger, nullable=False),
+    sa.Column("drift", sa.Text, nullable=True),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_embedmig_reader_alias", "alias"),
+)

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from embedmig.embedders import cache
 from embedmig.environment import Environment, remove_file
 from embedmig.errors import ConfigError, ScriptError, StateError
-from embedmig.store import catalog, journal, manifest, traffic
+from embedmig.serve.heartbeat import ReaderSettings
+from embedmig.store import catalog, journal, manifest, readers, traffic
 
 
 @dataclass(frozen=True)
@@ -20,15 +21,20 @@ class Pruned:
     cache: cache.Pruned  # the embedding cache, bounded to cache.max_mb
     # Adapters' maps dropped with them: those into a dropped index, and those never swapped in.
     adapters: list[catalog.AdapterRecord] = field(default_factory=list)
+    # Indexes that would have gone but a reader still reporting serves: kept for now.
+    held: list[catalog.IndexRecord] = field(default_factory=list)
+    forgotten: int = 0  # heartbeat rows of readers gone silent, removed
 
 
 def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
     """Drop ``alias``'s retired indexes but the ``keep`` most recent (each is one rollback step),
     and any shadow never swapped in but one under an open canary. Files go after the drop
     commits: a crash in between leaves an orphan file, never a catalog row pointing at a missing
-    one. Then bound the embedding cache, least recently used first."""
+    one. An index a reader still serves stays (``.held``); readers gone silent are forgotten.
+    Then bound the embedding cache, least recently used first."""
     if keep < 0:
         raise ConfigError("--keep must be 0 or more")
+    silent_after = ReaderSettings.of(env.config).silent_after
     with env.lock([alias], "prune", wait):
         started = catalog.now()
         with env.engine.begin() as conn:
@@ -43,7 +49,13 @@ def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
                 if r.state in (catalog.BUILDING, catalog.READY)
                 and (canary is None or r.id != canary.index_id)  # searchers mirror to it
             ]
-            doomed = retired[: max(0, len(retired) - keep)] + unswapped
+            candidates = retired[: max(0, len(retired) - keep)] + unswapped
+            serving = readers.held(conn, alias, silent_after)
+            doomed = [r for r in candidates if r.id not in serving]
+            held = [r for r in candidates if r.id in serving]
+            at = catalog.now()
+            gone_silent = [r.id for r in readers.of(conn, alias) if r.silent(silent_after, at)]
+            readers.forget(conn, gone_silent)
             for record in doomed:
                 catalog.update_index(conn, record.id, state=catalog.DROPPED)
                 catalog.clear_checkpoint(conn, record.id)
@@ -80,7 +92,7 @@ def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
             remove_file(env.file_of(adapter))
     folder = env.settings.cache_dir
     bounded = cache.prune(folder, env.settings.cache_max_bytes) if folder else cache.Pruned(0, 0, 0)
-    return Pruned(doomed, bounded, maps)
+    return Pruned(doomed, bounded, maps, held, len(gone_silent))
 
 
 def stamp(env: Environment, target: str, *, wait: float) -> list[tuple[str, str | None]]:

@@ -21,6 +21,7 @@ from datetime import datetime
 import numpy as np
 
 from embedmig.environment import Environment
+from embedmig.serve.heartbeat import Heartbeat
 from embedmig.serve.view import IndexView, follow
 from embedmig.store import catalog, manifest, traffic
 
@@ -76,6 +77,7 @@ class Mirror:
         self.log_max = config.get_int("searcher.log_max")
         self.log_text = config.get_bool("searcher.log_text", True)
         self.poll_seconds = config.get_float("searcher.poll_seconds")
+        self.heartbeat = Heartbeat(alias, config.get_range("readers.heartbeat_seconds", 0))
         self.stats = TrafficStats()
         self.target: Target | None = None  # set by the worker, read by the request path
         self._queue: queue.Queue[object] = queue.Queue(config.get_int("searcher.queue_size"))
@@ -91,8 +93,7 @@ class Mirror:
 
     def plan(self) -> Target | None:
         """Whether the query about to be answered is mirrored: the canary, or None."""
-        if self._thread is None:
-            self._start()
+        self.start()
         target = self.target
         if target is not None and self._rng.random() < target.fraction:
             return target
@@ -116,7 +117,10 @@ class Mirror:
 
     # ---- worker ------------------------------------------------------------------------------
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the worker (once): at a searcher's first search, served or refused."""
+        if self._thread is not None:
+            return
         self._thread = threading.Thread(
             target=self._run, name=f"embedmig-mirror-{self.alias}", daemon=True
         )
@@ -138,6 +142,10 @@ class Mirror:
             self._queue.put(_STOP, timeout=timeout)
         thread.join(timeout)
         self._thread = None
+        try:
+            self.heartbeat.leave(self.env.engine)
+        except Exception as exc:  # its row goes silent instead, and prune forgets it
+            self._warn(f"cannot remove the heartbeat of this reader of {self.alias}: {exc}")
 
     def _run(self) -> None:
         # The first poll waits a period too: a one-shot search (`embedmig search`) then ends
@@ -145,8 +153,12 @@ class Mirror:
         next_poll = time.monotonic() + self.poll_seconds
         stopping = False
         while not stopping:
+            wait = next_poll - time.monotonic()
+            beat = self.heartbeat.due()
+            if beat is not None:
+                wait = min(wait, beat)
             try:
-                first = self._queue.get(timeout=max(0.0, next_poll - time.monotonic()))
+                first = self._queue.get(timeout=max(0.0, wait))
             except queue.Empty:
                 first = None
             items: list[_Item] = []
@@ -165,6 +177,14 @@ class Mirror:
                 self._poll()
                 self.stats.polls += 1
                 next_poll = time.monotonic() + self.poll_seconds
+            if not stopping and self.heartbeat.due() == 0:
+                self._beat()
+
+    def _beat(self) -> None:
+        try:
+            self.heartbeat.send(self.env.engine)
+        except Exception as exc:  # a searcher serves on whether or not its row is written
+            self._warn(f"cannot write the heartbeat of this reader of {self.alias}: {exc}")
 
     def _drain(self, first: object) -> list[object]:
         if first is None:

@@ -8,7 +8,7 @@ from typing import Any
 from embedmig.config import MAX_K, Config
 from embedmig.embedders import Embedder
 from embedmig.environment import Environment
-from embedmig.errors import ConfigError, StateError, StoreError
+from embedmig.errors import ConfigError, EmbedmigError, StateError, StoreError
 from embedmig.names import blank
 from embedmig.serve.mirror import Mirror, TrafficStats
 from embedmig.serve.view import IndexView, follow
@@ -35,6 +35,9 @@ class Searcher:
     With ``searcher.log_queries`` it logs a share of the queries it serves, and while a canary is
     open on the alias it mirrors a share of them to the shadow (see ``embedmig.serve.mirror``):
     both off the request path. ``close()`` records what is still queued.
+
+    Every ``readers.heartbeat_seconds`` it reports, off the request path too, the index it served
+    last (``embedmig status``); ``close()`` removes that report.
 
     When an adapter revision is current, queries are embedded with its new model and mapped
     into the live index's space. ``model`` asks for one model's queries: the live index's own,
@@ -79,7 +82,13 @@ class Searcher:
             raise ConfigError(f"k must be an integer from 1 to {MAX_K:,}, got {k!r}")
         if not isinstance(text, str) or blank(text):
             raise ConfigError("the query is empty: give a text to search for")
-        view = self._refresh()
+        try:
+            view = self._refresh()
+        except EmbedmigError as exc:
+            self._mirror.heartbeat.refused(str(exc))
+            self._mirror.start()
+            raise
+        self._mirror.heartbeat.served(view.record.id)
         vectors = view.embedder.encode_queries([text])
         # A mirrored query's live answer is read to the canary's depth in the same search.
         target = self._mirror.plan()

@@ -33,6 +33,12 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def utc(moment: datetime) -> datetime:
+    """``moment`` as read back from SQL, timezone-aware: SQLite hands timezone-aware columns
+    back naive (they were stored as UTC)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class IndexRecord:
     id: int
@@ -566,6 +572,20 @@ def history(
     if revision is not None:
         query = query.where(t.history.c.revision == revision)
     return [HistoryRecord.from_row(row) for row in conn.execute(query)]
+
+
+def went_live(conn: sa.Connection, alias: str, index_id: int) -> datetime | None:
+    """When ``index_id`` last became the live index of ``alias`` (a swap or a rollback)."""
+    h = t.history.c
+    found = conn.execute(
+        sa.select(sa.func.max(h.finished_at)).where(
+            h.alias == alias,
+            h.to_index == index_id,
+            h.status == "ok",
+            h.action.in_(("upgrade", "downgrade")),
+        )
+    ).scalar()
+    return utc(found) if found is not None else None
 
 
 def _user() -> str:

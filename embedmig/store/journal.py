@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -86,7 +86,7 @@ def targets(
     swap = conn.execute(_LAST_SWAP, params).first()
     if live is None or swap is None or swap.to_index != live.id:
         return found
-    if holdover is not None and _aware(swap.finished_at) + holdover <= catalog.now():
+    if holdover is not None and catalog.utc(swap.finished_at) + holdover <= catalog.now():
         return found
     # Retired, so neither pruned (dropped) nor restored by a downgrade since.
     previous = [r for r in records if r.id == swap.from_index and r.state == catalog.RETIRED]
@@ -332,8 +332,3 @@ def _written_only(conn: sa.Connection, retained: Sequence[int], rows: Sequence[A
 
 def encode_meta(meta: Mapping[str, Any] | None) -> str | None:
     return None if meta is None else json.dumps(dict(meta), allow_nan=False, sort_keys=True)
-
-
-def _aware(stamp: datetime) -> datetime:
-    # SQLite hands timezone-aware columns back naive (they were stored as UTC).
-    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from embedmig.errors import Locked, StateError
 from embedmig.history import schema as t
+from embedmig.store import catalog
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,13 @@ class Holder:
     def describe(self) -> str:
         return (
             f"{self.command} by pid {self.pid} on {self.host} since "
-            f"{_utc(self.acquired_at):%Y-%m-%d %H:%M:%S} UTC"
+            f"{catalog.utc(self.acquired_at):%Y-%m-%d %H:%M:%S} UTC"
         )
 
     def alive(self, lease: timedelta) -> bool:
         if self.host == socket.gethostname():
-            return _pid_alive(self.pid)
-        return datetime.now(UTC) - _utc(self.heartbeat_at) < lease
+            return pid_alive(self.pid)
+        return datetime.now(UTC) - catalog.utc(self.heartbeat_at) < lease
 
 
 def holder(engine: sa.Engine, alias: str) -> Holder | None:
@@ -161,7 +162,7 @@ def _heartbeat(engine: sa.Engine, owner: str, stop: threading.Event, every: floa
             continue  # a missed beat is retried; the lease allows several
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -169,8 +170,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
