@@ -23,6 +23,7 @@ from embedmig.config import MAX_K, Config, sample_size
 from embedmig.embedders.spec import BACKENDS, LOCAL, MAP_KINDS, Embedder
 from embedmig.errors import (
     CanaryOpen,
+    ContractBroken,
     EmbedderDrift,
     EmbedmigError,
     GateFailed,
@@ -427,6 +428,44 @@ def probe(state: State, alias: str | None) -> None:
 @cli.command()
 @click.argument("alias", required=False)
 @pass_state
+def verify(state: State, alias: str | None) -> None:
+    """Check the golden queries (contracts = FILE) against what each alias (or ALIAS) serves
+    now; exit 3 when one lost a document it must keep, for CI and cron."""
+    results = _command().verify(state.config(), alias)
+    if not results:
+        click.echo("no alias with a live index has golden queries")
+    for v in results:
+        failures = int(v.metrics["contract_failures"] or 0)
+        ndcg = v.metrics["contract_ndcg_at_10"]
+        shown = f"; nDCG@10 {ndcg:.4f}" if ndcg is not None else ""
+        if v.baseline is not None and v.baseline.get("contract_ndcg_at_10") is not None:
+            shown += f" (at the swap {v.baseline['contract_ndcg_at_10']:.4f})"
+        queries = v.section["queries"]
+        click.echo(
+            f"{v.alias}: index #{v.index.id}, {queries} golden queries, {failures} broken{shown}"
+        )
+        for c in v.broken:
+            lost = ", ".join(
+                f"{m['document']} ({'rank ' + str(m['rank']) if m['rank'] else 'not found'})"
+                for m in c["missing"]
+            )
+            click.echo(f"  BROKEN {c['id']}: {c['query'][:60]!r} lost {lost} (top {c['k']})")
+    broken = [(v.alias, c) for v in results for c in v.broken]
+    if broken:
+        raise ContractBroken(
+            f"{len(broken)} golden queries broken: "
+            + "; ".join(
+                f"{name}: {c['id']} lost {', '.join(m['document'] for m in c['missing'])}"
+                for name, c in broken[:5]
+            ),
+            alias=broken[0][0],
+            broken=[c for _, c in broken],
+        )
+
+
+@cli.command()
+@click.argument("alias", required=False)
+@pass_state
 def status(state: State, alias: str | None) -> None:
     """List the readers of each alias (or ALIAS) and the index each serves; exit 1 on skew (a
     reader on another index past readers.skew_seconds), a reader gone silent or refusing."""
@@ -601,7 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             obj=state,
             standalone_mode=False,
         )
-    except GateFailed as exc:
+    except (GateFailed, ContractBroken) as exc:
         return _fail(state, exc, EXIT_GATE)
     except CanaryOpen as exc:  # not a failure: the swap waits for live traffic
         click.echo(f"embedmig: {exc}", err=True)

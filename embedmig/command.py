@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from embedmig.migrate.compaction import Compaction
     from embedmig.migrate.maintenance import Pruned
     from embedmig.script import Revision
+    from embedmig.serve.golden import Verified
     from embedmig.serve.heartbeat import AliasReaders
     from embedmig.serve.searcher import Hit
 
@@ -330,6 +331,34 @@ def status(config: Config, alias: str | None = None) -> list[AliasReaders]:
     if alias is not None and found[0].live is None and not found[0].readers:
         raise StateError(f"alias {alias!r} has no live index and no readers")
     return found
+
+
+def verify(config: Config, alias: str | None = None) -> list[Verified]:
+    """Search the golden queries (``contracts = FILE``) on what each alias (or ``alias``) serves
+    now and judge them as the upgrade did; with the baseline its swap recorded. Changes nothing."""
+    from embedmig.serve import golden
+
+    with _opened(config) as env:
+        if env.golden_queries() is None:
+            raise ConfigError(
+                "no golden queries: set contracts = FILE (JSONL) in the configuration"
+            )
+        if not env.has_history():
+            live: list[str] = []
+        else:
+            with env.engine.connect() as conn:
+                live = sorted({r.alias for r in catalog.indexes(conn) if r.state == catalog.LIVE})
+        if alias is not None and alias not in live:
+            raise StateError(f"alias {alias!r} has no live index to verify")
+        found = []
+        for name in [alias] if alias is not None else live:
+            contracts = env.contracts(name)
+            if contracts is None:
+                if alias is not None:
+                    raise ConfigError(f"no line of the contracts file applies to alias {alias!r}")
+                continue
+            found.append(golden.verify(env, name, contracts))
+        return found
 
 
 def history(config: Config, alias: str | None = None) -> list[catalog.HistoryRecord]:

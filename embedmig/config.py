@@ -96,6 +96,7 @@ OPTIONAL = frozenset(
     (
         "corpus",
         "corpus.title_field",
+        "contracts",
         "queries",
         "qrels",
         "device",

@@ -16,6 +16,8 @@ import sqlalchemy as sa
 
 from embedmig import embedders
 from embedmig.config import Config, EnvSettings
+from embedmig.contracts import Contract, of_alias
+from embedmig.contracts import read as read_contracts
 from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.errors import ConfigError, ScriptError, SourceError, StateError, StoreError
 from embedmig.history import db
@@ -38,6 +40,7 @@ class Environment:
         self.create = create
         self.progress = False  # long steps draw progress bars (the CLI, on a terminal)
         self._logged: dict[str, list[Document]] = {}
+        self._contracts: list[Contract] | None = None
         self._embedders: list[LoadedEmbedder] = []
 
     @cached_property
@@ -81,6 +84,21 @@ class Environment:
             return self.logged_queries(alias)
         queries: Iterable[Document] | None = self._call_env("queries", alias, required=False)
         return queries
+
+    def contracts(self, alias: str) -> list[Contract] | None:
+        """The golden queries of ``alias`` (``contracts = FILE``), read and checked once per
+        command; None without a contracts file or when none of its lines applies to ``alias``."""
+        every = self.golden_queries()
+        return of_alias(every, alias) or None if every is not None else None
+
+    def golden_queries(self) -> list[Contract] | None:
+        """Every line of the contracts file, read and checked once; None without one."""
+        path = self.config.path_option("contracts")
+        if path is None:
+            return None
+        if self._contracts is None:
+            self._contracts = read_contracts(path)
+        return self._contracts
 
     def uses_query_log(self) -> bool:
         """``queries = log`` (every logged query) or ``queries = log:N`` (the latest N)."""

@@ -16,14 +16,15 @@ a caller needs to act on it without parsing the message::
     │   ├── Locked           another run holds the alias's migration lock        .holder
     │   └── ReadersBehind    readers still serve another index than the live one  .alias, .readers
     ├── GateFailed           a quality gate failed; the alias is untouched    .report, .checks
+├── ContractBroken       the live alias lost a document a golden query must keep  .alias, .broken
     └── CanaryOpen           the swap waits for the canary on live traffic    .alias, .compared
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from embedmig.gates import Check
@@ -136,6 +137,20 @@ class GateFailed(EmbedmigError):
     @property
     def checks(self) -> list[Check]:
         return self.report.verdict.failures() if self.report.verdict else []
+
+
+class ContractBroken(EmbedmigError):
+    """``embedmig verify`` found golden queries (``contracts = FILE``) whose ``must_contain``
+    documents are no longer in their top k on what the alias serves now. Nothing was changed.
+
+    ``alias``; ``broken``: each broken contract as the report lists it (``id``, ``query``,
+    ``k``, ``missing``: the documents lost with their rank now, None beyond the search).
+    """
+
+    def __init__(self, message: str, *, alias: str, broken: Sequence[Mapping[str, Any]]) -> None:
+        super().__init__(message)
+        self.alias = alias
+        self.broken = list(broken)
 
 
 class CanaryOpen(EmbedmigError):

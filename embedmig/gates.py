@@ -72,6 +72,10 @@ METRICS: dict[str, str] = {
     "coverage_missing": "documents the alias serves that the new index lacks",
     "coverage_resurrected": "documents the new index holds that the alias had deleted",
     "coverage_stale": "documents the new index holds with another text than the alias serves",
+    "contract_failures": "golden queries (contracts) whose must_contain documents left their top k",
+    "contract_failures_old": "golden queries the old index already breaks",
+    "contract_ndcg_at_10": "mean nDCG@10 of the golden queries by their ratings, new model",
+    "contract_ndcg_at_10_old": "mean nDCG@10 of the golden queries by their ratings, old model",
 }
 # The metrics a canary measures again on live queries, as canary_<metric>: those that compare the
 # two top-k lists (live traffic has no judgements, and the random-pair background is offline).
@@ -87,8 +91,17 @@ METRICS.update(
         },
     }
 )
-# Gated at 0 unless a revision bounds them itself: a swap must not silently drop documents.
 COVERAGE = ("coverage_missing", "coverage_resurrected", "coverage_stale")
+# What the golden queries (contracts = FILE) add to a report (embedmig.metrics.contracts).
+CONTRACT = (
+    "contract_failures",
+    "contract_failures_old",
+    "contract_ndcg_at_10",
+    "contract_ndcg_at_10_old",
+)
+# Gated at 0 unless a revision bounds them itself: a swap must not silently drop documents, nor
+# a document a golden query must keep.
+ZERO_BY_DEFAULT = (*COVERAGE, "contract_failures")
 # What an adapter revision's evaluation adds (embedmig.migrate.adapter), each with its interval.
 ADAPTER = ("adapter_recall_ratio", "adapter_overlap_at_10", "reembed_recall_at_10")
 # An adapter revision's map must reach this share of a full re-embed's recall@10 unless the
@@ -162,8 +175,9 @@ class Gates:
     (or ``new_threshold_for_<t>``). ``thresholds=[0.62]`` adds old-model score cut-offs your
     application uses to the report's threshold map.
 
-    The coverage metrics are bounded at 0 unless named (``max_coverage_missing=20`` accepts up
-    to 20 documents the new index cannot carry over); a measured value above it fails.
+    The coverage metrics and ``contract_failures`` are bounded at 0 unless named
+    (``max_coverage_missing=20`` accepts up to 20 documents the new index cannot carry over); a
+    measured value above it fails.
 
     A dry run forecasts each metric with a 95% interval. By default a gate judges the forecast
     itself; ``conservative=True`` judges the pessimistic end of the interval instead (the low end
@@ -216,7 +230,7 @@ class Gates:
             value = metrics.get(end if pessimistic else metric)
             checks.append(Check(metric, bound, limit, value, pessimistic))
         bounded = {check.metric for check in checks}
-        for metric in COVERAGE if not canary else ():
+        for metric in ZERO_BY_DEFAULT if not canary else ():
             value = metrics.get(metric)
             if metric not in bounded and value is not None:
                 checks.append(Check(metric, "max", 0.0, value))

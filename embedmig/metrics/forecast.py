@@ -122,7 +122,9 @@ class Ranks:
         sampled = self.sampled
         seen = self.seen_above(multiplicity)
         grid = (
-            _grid(sampled.population) if sampled.rate < 1.0 else np.arange(seen.max(initial=0) + 1)
+            rank_grid(sampled.population)
+            if sampled.rate < 1.0
+            else np.arange(seen.max(initial=0) + 1)
         )
         # Ranks past the horizon weigh nothing in any metric: their columns are dropped.
         kept = grid[grid < self.horizon]
@@ -517,7 +519,8 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def _grid(population: int) -> np.ndarray:
+def rank_grid(population: int) -> np.ndarray:
+    """The values of B (population documents above a pair) a rank posterior is held on."""
     if population < _DENSE_GRID:
         return np.arange(population + 1)
     tail = np.geomspace(_DENSE_GRID, max(population, _DENSE_GRID), 48).round().astype(np.int64)

@@ -518,9 +518,8 @@ class MigrationContext:
                 verdict="fail",
                 metrics=report.to_dict(),
             )
-        examples = report.distributions.get("coverage") or {}
         failures = "; ".join(
-            check.describe() + _examples(examples, check.metric)
+            check.describe() + _examples(report.distributions, check.metric)
             for check in report.verdict.failures()
         )
         where = "" if self.dry_run else f"; shadow index #{shadow_id} kept for inspection"
@@ -536,9 +535,18 @@ class MigrationContext:
         )
 
 
-def _examples(examples: Mapping[str, list[str]], metric: str) -> str:
-    """A coverage gate's failure names the first documents concerned."""
-    keys = examples.get(metric.removeprefix("coverage_"))
+def _examples(distributions: Mapping[str, Any], metric: str) -> str:
+    """A coverage gate's failure names the first documents concerned, a contract gate's the
+    golden queries broken and what each lost."""
+    if metric == "contract_failures":
+        broken = (distributions.get("contracts") or {}).get("broken") or []
+        named = [
+            f"{c['id']} lost {', '.join(m['document'] for m in c['missing'])}"
+            for c in broken[: carryover.EXAMPLES]
+        ]
+        more = ", ..." if len(broken) > len(named) else ""
+        return f" ({', '.join(named)}{more})" if named else ""
+    keys = (distributions.get("coverage") or {}).get(metric.removeprefix("coverage_"))
     return (
         f" ({', '.join(keys)}{', ...' if len(keys) >= carryover.EXAMPLES else ''})" if keys else ""
     )

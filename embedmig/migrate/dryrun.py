@@ -3,13 +3,16 @@ seeded sample (nothing durable is built), then forecast the upgrade's report fro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from embedmig.contracts import Contract
 from embedmig.embedders import LoadedEmbedder
 from embedmig.environment import Environment
 from embedmig.errors import ConfigError, SourceError
+from embedmig.metrics import contracts as golden
 from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
 from embedmig.metrics.report import Report
@@ -34,6 +37,7 @@ class DryRun:
     queries: ev.QuerySet
     notes: list[str]
     coverage: carryover.Result
+    contracts: Sequence[Contract] | None = None
 
     @classmethod
     def read(
@@ -94,6 +98,7 @@ class DryRun:
             query_set,
             notes + covered.notes,
             covered,
+            queries.contracts,
         )
 
     def forecast(
@@ -131,7 +136,27 @@ class DryRun:
             pair_docs=settings.pair_docs,
             notes=self.notes,
             price=env.settings.price_per_million_tokens,
+            contracts=self._contracts(env, rev.alias, old_side),
         )
+
+    def _contracts(
+        self, env: Environment, alias: str, old: fc.LiveSide | None
+    ) -> fc.Contracts | None:
+        """The golden queries as the forecast reads them: their documents as sample columns,
+        and the old side judged exactly on the live index."""
+        if not self.contracts:
+            return None
+        on_old = None
+        if old is not None:
+            with env.engine.connect() as conn:
+                live_ids = catalog.lookup_ids(
+                    conn, alias, set().union(*(c.keys for c in self.contracts))
+                )
+            compiled = golden.compile_(self.contracts, live_ids)
+            vectors = old.embedder.encode_queries([c.query for c in self.contracts])
+            _, ids = files.search(old.index, vectors, compiled.depth)
+            on_old = golden.judge(ids, compiled)
+        return fc.Contracts(golden.compile_(self.contracts, self.columns), on_old)
 
 
 class _CorpusRead:

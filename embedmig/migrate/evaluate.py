@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from embedmig.contracts import Contract
 from embedmig.embedders import LoadedEmbedder
 from embedmig.environment import Environment
 from embedmig.gates import OVERLAP_KS
+from embedmig.metrics import contracts as golden
 from embedmig.metrics import kernels
 from embedmig.metrics import report as rpt
 from embedmig.metrics.kernels import Judgements
@@ -69,17 +71,19 @@ class QuerySource:
     docs: Iterable[Document] | None
     qrels: Qrels | None
     from_log: bool
+    contracts: Sequence[Contract] | None = None  # golden queries, checked beside the sample
 
     @classmethod
     def of(cls, env: Environment, alias: str) -> QuerySource:
         docs = env.queries(alias)
         # Judgements apply only to configured queries.
         qrels = env.qrels(alias) if docs is not None else None
-        return cls(docs, qrels, env.uses_query_log())
+        return cls(docs, qrels, env.uses_query_log(), env.contracts(alias))
 
     def judged_keys(self) -> set[str]:
-        """The documents the judgements name: a dry run embeds each of them."""
-        return {key for judged in (self.qrels or {}).values() for key in judged}
+        """The documents the judgements and the contracts name: a dry run embeds each of them."""
+        keys = {key for judged in (self.qrels or {}).values() for key in judged}
+        return keys.union(*(c.keys for c in self.contracts or ()))
 
     def sample(
         self,
@@ -168,11 +172,36 @@ def evaluate_shadow(
         notes=shadow.stats.notes,
         progress=env.progress,
     )
+    if queries.contracts:
+        check_contracts(env, alias, report, queries.contracts, Side(new, index), old)
     report.timings.update(shadow.stats.seconds)
     report.embedding = cost.spent(shadow.stats.usage, env.settings.price_per_million_tokens)
     # The swap needs only the saved file: free the index now rather than inside the swap.
     shadow.index = None
     return report
+
+
+def check_contracts(
+    env: Environment,
+    alias: str,
+    report: rpt.Report,
+    contracts: Sequence[Contract],
+    new: Side,
+    old: Side | None,
+) -> None:
+    """The golden queries searched on both sides: their metrics and broken ones in ``report``."""
+    with env.engine.connect() as conn:
+        ids_of = catalog.lookup_ids(conn, alias, set().union(*(c.keys for c in contracts)))
+    compiled = golden.compile_(contracts, ids_of)
+    texts = [c.query for c in contracts]
+
+    def judged(side: Side) -> golden.Judged:
+        _, ids = files.search(side.index, side.embedder.encode_queries(texts), compiled.depth)
+        return golden.judge(ids, compiled)
+
+    on_new, on_old = judged(new), judged(old) if old is not None else None
+    report.metrics.update(golden.metrics(on_new, on_old))
+    report.distributions["contracts"] = golden.section(compiled, on_new, on_old)
 
 
 def run(

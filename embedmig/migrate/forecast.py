@@ -18,6 +18,7 @@ import numpy as np
 
 from embedmig.embedders import LoadedEmbedder
 from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS
+from embedmig.metrics import contracts as golden
 from embedmig.metrics import figures, kernels
 from embedmig.metrics import forecast as fc
 from embedmig.metrics import report as rpt
@@ -34,6 +35,15 @@ class LiveSide:
     embedder: LoadedEmbedder
     index: Any
     live_ids: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class Contracts:
+    """The golden queries with their documents as sample columns, and as the live index
+    answers them now (exact; None for an alias's first index)."""
+
+    compiled: golden.Compiled
+    on_old: golden.Judged | None
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,7 @@ def run(
     pair_docs: int,
     notes: Sequence[str],
     price: float | None = None,
+    contracts: Contracts | None = None,
 ) -> rpt.Report:
     """``columns`` maps each embedded document's key to its position (uniform ones first);
     ``queries.judged`` and ``queries.self_ids`` use those positions."""
@@ -120,6 +131,22 @@ def run(
     pair_new = doc_vectors[: min(pair_docs, len(sample.uniform))]
     pair_old = _reconstruct(old, sample.uniform[: len(pair_new)]) if old else None
     _pair_metrics(pair_old, pair_new, metrics, distributions)
+    if contracts is not None:
+        contract_queries = new.encode_queries([c.query for c in contracts.compiled.contracts])
+        found, likely = golden.forecast(
+            (contract_queries @ doc_vectors.T).astype(np.float32),
+            certain,
+            rate,
+            population,
+            contracts.compiled,
+            settings.seed,
+        )
+        metrics.update(found)
+        if contracts.on_old is not None:
+            metrics.update(
+                {k: v for k, v in golden.metrics(likely, contracts.on_old).items() if "_old" in k}
+            )
+        distributions["contracts"] = golden.section(contracts.compiled, likely, contracts.on_old)
     timed("metrics", t)
     timings["total_s"] = time.perf_counter() - started
     return rpt.Report(

@@ -33,6 +33,8 @@ def upgrade(
     settings = MigrationSettings.of(env.config)
     path, live = _upgrade_path(env, target)
     _check_logged_queries(env, path)
+    for alias in {rev.alias for rev in path}:
+        env.contracts(alias)  # a malformed contracts file fails before anything is embedded
     if not dry_run and path:
         with env.lock({rev.alias for rev in path}, "upgrade", wait):
             path, live = _upgrade_path(env, target)  # another run may have moved on meanwhile

@@ -41,6 +41,7 @@ def render_html(report: Report) -> str:
     parts = [
         *_header(report),
         *_gates(report),
+        *_contracts(report),
         *_plot_section(_plots(report, plt)),
         *_qrels(report),
         *_thresholds(report),
@@ -99,6 +100,32 @@ def _gates(report: Report) -> list[str]:
     for kind, keys in (report.distributions.get("coverage") or {}).items():
         parts.append(f"<tr><td colspan=4>coverage {kind}: {e(', '.join(keys))}</td></tr>")
     parts.append("</table>")
+    return parts
+
+
+def _contracts(report: Report) -> list[str]:
+    section = report.distributions.get("contracts")
+    if not section:
+        return []
+    failures = report.metrics.get("contract_failures") or 0
+    ndcg = report.metrics.get("contract_ndcg_at_10")
+    parts = [
+        "<h2>Golden queries</h2>",
+        f"<p>{section['queries']} golden queries, {failures:g} broken"
+        + (f"; nDCG@10 {ndcg:.4f}" if ndcg is not None else "")
+        + "</p>",
+    ]
+    if section["broken"]:
+        parts.append("<table><tr><th>contract</th><th>query</th><th>lost (rank now)</th></tr>")
+        for broken in section["broken"]:
+            lost = ", ".join(
+                f"{m['document']} ({m['rank'] if m['rank'] else '-'})" for m in broken["missing"]
+            )
+            parts.append(
+                f"<tr><td class=bad>{e(broken['id'])}</td><td>{e(broken['query'])}</td>"
+                f"<td>{e(lost)} from its top {broken['k']}</td></tr>"
+            )
+        parts.append("</table>")
     return parts
 
 

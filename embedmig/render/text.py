@@ -20,7 +20,17 @@ def render_text(report: Report, *, styled: bool = True) -> str:
         return click.style(text, **how) if styled else text
 
     lines: list[str] = []
-    for part in (_header, _gates, _coverage, _headline, _qrels, _thresholds, _worst, _notes):
+    for part in (
+        _header,
+        _gates,
+        _coverage,
+        _contracts,
+        _headline,
+        _qrels,
+        _thresholds,
+        _worst,
+        _notes,
+    ):
         lines += part(report, style)
     return "\n".join(lines)
 
@@ -66,6 +76,30 @@ def _coverage(report: Report, style: Style) -> list[str]:
     for kind, keys in (report.distributions.get("coverage") or {}).items():
         more = ", ..." if (report.metrics.get(f"coverage_{kind}") or 0) > len(keys) else ""
         lines.append(f"  coverage {kind}: {', '.join(keys)}{more}")
+    return lines
+
+
+def _contracts(report: Report, style: Style) -> list[str]:
+    section = report.distributions.get("contracts")
+    if not section:
+        return []
+    failures, ndcg = (
+        report.metrics.get("contract_failures"),
+        report.metrics.get("contract_ndcg_at_10"),
+    )
+    old = report.metrics.get("contract_ndcg_at_10_old")
+    summary = f"{section['queries']} golden queries, {failures or 0:g} broken"
+    summary += _interval(report, "contract_failures")
+    if ndcg is not None:
+        summary += f"; nDCG@10 {ndcg:.4f}{_interval(report, 'contract_ndcg_at_10')}"
+        summary += f" (old {old:.4f})" if old is not None else ""
+    lines = [style("  golden queries", bold=True) + f"  {summary}"]
+    for broken in section["broken"]:
+        lost = ", ".join(f"{m['document']} (rank {_rank(m['rank'])})" for m in broken["missing"])
+        lines.append(
+            style("    BROKEN ", fg="red") + f"{broken['id']}: {_clip(broken['query'], 50)!r} "
+            f"lost {lost} from its top {broken['k']}"
+        )
     return lines
 
 

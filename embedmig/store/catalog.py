@@ -574,6 +574,10 @@ def history(
     return [HistoryRecord.from_row(row) for row in conn.execute(query)]
 
 
+# History statuses of an upgrade or downgrade that changed what the alias serves.
+SWAPPED = ("ok", "forced")
+
+
 def went_live(conn: sa.Connection, alias: str, index_id: int) -> datetime | None:
     """When ``index_id`` last became the live index of ``alias`` (a swap or a rollback)."""
     h = t.history.c
@@ -581,11 +585,30 @@ def went_live(conn: sa.Connection, alias: str, index_id: int) -> datetime | None
         sa.select(sa.func.max(h.finished_at)).where(
             h.alias == alias,
             h.to_index == index_id,
-            h.status == "ok",
+            h.status.in_(SWAPPED),
             h.action.in_(("upgrade", "downgrade")),
         )
     ).scalar()
     return utc(found) if found is not None else None
+
+
+def swap_of(conn: sa.Connection, alias: str, index_id: int) -> HistoryRecord | None:
+    """The upgrade that swapped ``index_id`` in, with its report: the baseline of what the
+    alias serves (a rollback to the index restores that baseline too)."""
+    h = t.history.c
+    row = conn.execute(
+        sa.select(t.history)
+        .where(
+            h.alias == alias,
+            h.to_index == index_id,
+            h.status.in_(SWAPPED),
+            h.action == "upgrade",
+            h.metrics.is_not(None),
+        )
+        .order_by(h.id.desc())
+        .limit(1)
+    ).first()
+    return HistoryRecord.from_row(row) if row is not None else None
 
 
 def _user() -> str:

@@ -1,0 +1,54 @@
+"""Golden queries against what an alias serves now (``embedmig verify``, ``embedmig watch``).
+
+The queries are embedded and searched as a searcher would (the live index's file plus its journal
+tail, through an adapter when one is current), in one batch, and judged by the kernels the
+upgrade's report used; the baseline is what that report measured at the swap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from embedmig.contracts import Contract
+from embedmig.environment import Environment
+from embedmig.metrics import contracts as golden
+from embedmig.serve.searcher import Searcher
+from embedmig.store import catalog
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The golden queries of one alias, judged on its live index now."""
+
+    alias: str
+    index: catalog.IndexRecord
+    metrics: dict[str, float | None]  # contract_failures, contract_ndcg_at_10
+    section: dict[str, Any]  # as the report's ``contracts``: the broken contracts
+    baseline: dict[str, float | None] | None  # the same metrics at the swap, if recorded
+
+    @property
+    def broken(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.section["broken"]
+        return found
+
+
+def verify(env: Environment, alias: str, contracts: Sequence[Contract]) -> Verified:
+    with Searcher(env, alias) as searcher:
+        view = searcher.view
+        with env.engine.connect() as conn:
+            ids_of = catalog.lookup_ids(conn, alias, set().union(*(c.keys for c in contracts)))
+            swap = catalog.swap_of(conn, alias, view.record.id)
+        compiled = golden.compile_(contracts, ids_of)
+        vectors = view.embedder.encode_queries([c.query for c in contracts])
+        _, ids = view.overlay.search(vectors, max(1, min(compiled.depth, view.overlay.size)))
+        judged = golden.judge(ids, compiled)
+    baseline = None
+    if swap is not None and swap.metrics is not None:
+        recorded = swap.metrics.get("metrics") or {}
+        if "contract_failures" in recorded:
+            baseline = {name: recorded.get(name) for name in golden.metrics(judged)}
+    return Verified(
+        alias, view.record, golden.metrics(judged), golden.section(compiled, judged, None), baseline
+    )
