@@ -19,6 +19,8 @@ from embedmig.metrics import forecast as fc
 from embedmig.metrics.kernels import Judgements, ranks_of
 
 NDCG_DEPTH = 10
+# Searched at least this deep, so a lost document's report says where it went.
+REPORT_DEPTH = 100
 # The id of a key the alias does not hold: never retrieved (searches pad with -1, not this).
 _UNKNOWN = -2
 
@@ -37,7 +39,7 @@ class Compiled:
     @property
     def depth(self) -> int:
         """How deep a search must go to judge every contract."""
-        return int(max(int(self.k.max()), NDCG_DEPTH)) if len(self.k) else NDCG_DEPTH
+        return int(max(int(self.k.max()), REPORT_DEPTH)) if len(self.k) else REPORT_DEPTH
 
 
 def compile_(contracts: Sequence[Contract], ids_of: Mapping[str, int]) -> Compiled:
