@@ -363,6 +363,25 @@ def canary(
         click.echo(f"closed the canary of {alias}; the alias is unchanged", err=fmt == "json")
 
 
+@cli.command()
+@click.argument("alias", required=False)
+@_report_output
+@pass_state
+def watch(state: State, alias: str | None, output: str | None, fmt: str) -> None:
+    """Watch each live alias (or ALIAS) once for decay since its swap; recorded in history; exit
+    3 when a watch_* gate fails (for cron). -o writes the last alias's report."""
+    if output is not None:
+        _command().check_writable(Path(output))
+    reports: list[Report] = []
+    try:
+        _command().watch(state.config(), alias, on_report=reports.append)
+    finally:
+        for found in reports:
+            _show(found, output, fmt)
+    if not reports:
+        click.echo("no alias has a live index to watch")
+
+
 # ignore_unknown_options lets `downgrade -1` through as a target, as alembic's CLI does.
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("target")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from embedmig.config import DEFAULT_SAMPLE, Config, sample_size, share
 from embedmig.embedders import Embedder
 from embedmig.environment import Environment
-from embedmig.errors import ConfigError, ReadersBehind, ScriptError, StateError
+from embedmig.errors import ConfigError, GateFailed, ReadersBehind, ScriptError, StateError
 from embedmig.store import catalog, locks, readers
 
 if TYPE_CHECKING:
@@ -359,6 +359,41 @@ def verify(config: Config, alias: str | None = None) -> list[Verified]:
                 continue
             found.append(golden.verify(env, name, contracts))
         return found
+
+
+def watch(
+    config: Config, alias: str | None = None, *, on_report: Callable[[Report], None] | None = None
+) -> list[Report]:
+    """Watch each live alias (or ``alias``) once: the traffic since its swap against the baseline
+    kept at the swap, its golden queries, probes and readers; each watch is recorded in history.
+    When a ``watch_*`` gate fails, every alias is still watched and recorded, then the first
+    failure is raised as GateFailed."""
+    from embedmig.migrate.settings import EvalSettings
+    from embedmig.serve import watch as decay
+
+    k = EvalSettings.of(config).k
+    reports: list[Report] = []
+    failed: list[GateFailed] = []
+    with _opened(config) as env:
+        if not env.has_history():
+            live: list[str] = []
+        else:
+            with env.engine.connect() as conn:
+                live = sorted({r.alias for r in catalog.indexes(conn) if r.state == catalog.LIVE})
+        if alias is not None and alias not in live:
+            raise StateError(f"alias {alias!r} has no live index to watch")
+        for name in [alias] if alias is not None else live:
+            try:
+                report = decay.watch(env, name, k)
+            except GateFailed as exc:
+                failed.append(exc)
+                report = exc.report
+            reports.append(report)
+            if on_report is not None:
+                on_report(report)
+    if failed:
+        raise failed[0]
+    return reports
 
 
 def history(config: Config, alias: str | None = None) -> list[catalog.HistoryRecord]:

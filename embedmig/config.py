@@ -34,6 +34,8 @@ BOUNDS: Mapping[str, tuple[int, int | None]] = {
     "searcher.log_max": (1, 100_000_000),
     "searcher.queue_size": (1, 1_000_000),  # queued queries wait in the searcher's memory
     "canary.min_queries": (1, 100_000_000),
+    "watch.sample": (1, 1_000_000),  # queries embedded and searched by a watch
+    "watch.min_queries": (1, 1_000_000),
     "ray.num_actors": (1, 10_000),
     "ray.batch_size": (1, 65_536),
     "ray.window": (1, 10_000_000),
@@ -67,6 +69,8 @@ DEFAULTS: Mapping[str, str] = {
     "readers.heartbeat_seconds": "10",
     "readers.silent_seconds": "60",
     "readers.skew_seconds": "60",
+    "watch.sample": "2000",
+    "watch.min_queries": "20",
     "canary.fraction": "0.1",
     "canary.min_queries": "100",
     "executor": "inprocess",

@@ -99,9 +99,31 @@ CONTRACT = (
     "contract_ndcg_at_10",
     "contract_ndcg_at_10_old",
 )
+# What `embedmig watch` measures on the live index against the baseline kept at its swap; gated
+# only by a watch (an upgrade does not measure them).
+WATCH_PREFIX = "watch_"
+WATCH: dict[str, str] = {
+    "watch_queries": "queries searchers logged since the swap",
+    "watch_top1_ks": "KS statistic of the top-1 scores of traffic now against the baseline",
+    "watch_top1_wasserstein": "Wasserstein-1 distance of the top-1 scores now against the baseline",
+    "watch_top1_mean_delta": "now - baseline mean top-1 score of traffic",
+    "watch_topk_ks": "KS statistic of the top-k scores of traffic now against the baseline",
+    "watch_topk_wasserstein": "Wasserstein-1 distance of the top-k scores now against the baseline",
+    "watch_topk_mean_delta": "now - baseline mean top-k score of traffic",
+    "watch_below_threshold_delta": (
+        "now - baseline share of queries whose top-1 score is under a remapped threshold "
+        "(the largest change over the revision's thresholds)"
+    ),
+    "watch_contract_failures": "golden queries broken on the live index now",
+    "watch_contract_ndcg_at_10_drop": "baseline - now mean nDCG@10 of the golden queries",
+    "watch_probe_min_cosine": "lowest probe cosine of the live index's embedder now",
+    "watch_reader_skew": "readers flagged: on another index past readers.skew_seconds, silent, refusing",
+}
+METRICS.update(WATCH)
 # Gated at 0 unless a revision bounds them itself: a swap must not silently drop documents, nor
 # a document a golden query must keep.
 ZERO_BY_DEFAULT = (*COVERAGE, "contract_failures")
+WATCH_ZERO_BY_DEFAULT = ("watch_contract_failures",)
 # What an adapter revision's evaluation adds (embedmig.migrate.adapter), each with its interval.
 ADAPTER = ("adapter_recall_ratio", "adapter_overlap_at_10", "reembed_recall_at_10")
 # An adapter revision's map must reach this share of a full re-embed's recall@10 unless the
@@ -216,13 +238,17 @@ class Gates:
         forced: bool = False,
         canary: bool | None = None,
         adapter: bool = False,
+        watch: bool = False,
     ) -> Verdict:
         """The verdict of every gate; with ``canary=False`` only of those on offline metrics, with
         ``canary=True`` only of those on ``canary_*`` metrics (measured on live traffic). An
-        ``adapter`` revision also gets the default adapter gate."""
+        ``adapter`` revision also gets the default adapter gate. ``watch``: only the gates on
+        ``watch_*`` metrics (a watch's), which every other check leaves out."""
         checks = []
         for key, (metric, limit) in self._bounds.items():
             if canary is not None and metric.startswith(CANARY_PREFIX) != canary:
+                continue
+            if metric.startswith(WATCH_PREFIX) != watch:
                 continue
             bound = key.rpartition(":")[2]
             end = f"{metric}_ci_{'low' if bound == 'min' else 'high'}"
@@ -230,11 +256,17 @@ class Gates:
             value = metrics.get(end if pessimistic else metric)
             checks.append(Check(metric, bound, limit, value, pessimistic))
         bounded = {check.metric for check in checks}
-        for metric in ZERO_BY_DEFAULT if not canary else ():
+        defaults = WATCH_ZERO_BY_DEFAULT if watch else () if canary else ZERO_BY_DEFAULT
+        for metric in defaults:
             value = metrics.get(metric)
             if metric not in bounded and value is not None:
                 checks.append(Check(metric, "max", 0.0, value))
-        if adapter and not canary and not any(m.startswith("adapter_") for m in bounded):
+        if (
+            adapter
+            and not canary
+            and not watch
+            and not any(m.startswith("adapter_") for m in bounded)
+        ):
             metric, end = "adapter_recall_ratio", "adapter_recall_ratio_ci_low"
             pessimistic = self.conservative and metrics.get(end) is not None
             value = metrics.get(end if pessimistic else metric)

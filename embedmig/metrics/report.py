@@ -20,10 +20,10 @@ from embedmig.metrics import figures, kernels
 from embedmig.metrics.figures import QRELS_METRICS
 from embedmig.metrics.kernels import Judgements
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Reports recorded by earlier versions still read back (version 2 had no forecasts, 3 no coverage,
-# 4 no live-traffic reports).
-_READABLE = (2, 3, 4, 5)
+# 4 no live-traffic reports, 5 no watches).
+_READABLE = (2, 3, 4, 5, 6)
 WORST = 5
 # What the terminal shows; the JSON report has every metric.
 HEADLINE = (
@@ -91,6 +91,8 @@ class Report:
     sample_size: int | None = None
     # A canary's comparison on live traffic (``embedmig canary``), not an offline evaluation.
     live: bool = False
+    # A decay watch of the live index on traffic since the swap (``embedmig watch``).
+    watch: bool = False
     # What embedding cost (requests, tokens, cache hits, money) and, in a dry run, its forecast.
     embedding: dict[str, Any] = field(default_factory=dict)
 
@@ -126,6 +128,7 @@ class Report:
                 "forecast": self.forecast,
                 "sample_size": self.sample_size,
                 "live": self.live,
+                "watch": self.watch,
                 "query_source": self.query_source,
                 "n_queries": self.n_queries,
                 "k": self.k,
@@ -174,6 +177,7 @@ class Report:
             forecast=bool(data.get("forecast", False)),
             sample_size=data.get("sample_size"),
             live=bool(data.get("live", False)),
+            watch=bool(data.get("watch", False)),
             embedding=dict(data.get("embedding") or {}),
         )
 

@@ -26,6 +26,7 @@ from embedmig.migrate.progress import Meter
 from embedmig.migrate.settings import EvalSettings
 from embedmig.names import blank
 from embedmig.script import Revision
+from embedmig.serve import watch
 from embedmig.sources import Document, Qrels
 from embedmig.store import catalog, files
 
@@ -174,6 +175,12 @@ def evaluate_shadow(
     )
     if queries.contracts:
         check_contracts(env, alias, report, queries.contracts, Side(new, index), old)
+    thresholds = watch.remapped(rev.gates, report.metrics, first_index=live is None)
+    kept = watch.baseline(
+        env, alias, new, lambda vectors, k: files.search(index, vectors, k), settings.k, thresholds
+    )
+    if kept is not None:  # what `embedmig watch` compares the traffic after the swap with
+        report.distributions["watch_baseline"] = kept
     report.timings.update(shadow.stats.seconds)
     report.embedding = cost.spent(shadow.stats.usage, env.settings.price_per_million_tokens)
     # The swap needs only the saved file: free the index now rather than inside the swap.

@@ -76,12 +76,18 @@ def _header(report: Report) -> list[str]:
         f"<style>{_CSS}</style></head><body>",
         f"<h1><span class='badge {label}'>{e(label.upper() if label != 'none' else 'NO GATES')}"
         f"</span> {e(report.alias)} @ {e(report.revision)} "
-        f"{'(canary, live traffic)' if report.live else '(dry run)' if report.dry_run else ''}"
+        f"{_mode(report)}"
         "</h1>",
         "<table>",
         *(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows),
         "</table>",
     ]
+
+
+def _mode(report: Report) -> str:
+    if report.watch:
+        return "(watch, live traffic since the swap)"
+    return "(canary, live traffic)" if report.live else "(dry run)" if report.dry_run else ""
 
 
 def _gates(report: Report) -> list[str]:
@@ -326,7 +332,25 @@ def _plots(report: Report, plt: Any) -> list[tuple[str, str]]:
             ax.set_xlabel("forecast with its 95% interval")
 
         add("forecast for the full corpus", draw_forecast)
+    trend = dist.get("watch_trend") or []
+    drawn = [n for n in _TREND if sum(p.get(n) is not None for p in trend) >= 2]
+    if drawn:
+
+        def draw_trend(ax: Any) -> None:
+            for name in drawn:
+                points = [(i, p[name]) for i, p in enumerate(trend) if p.get(name) is not None]
+                ax.plot(*zip(*points, strict=True), marker="o", label=name.removeprefix("watch_"))
+            ax.set_xticks(range(len(trend)), [p["at"][5:16].replace("T", " ") for p in trend])
+            ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+            ax.set_ylabel("against the baseline at the swap")
+            ax.legend(fontsize=8)
+
+        add("decay watch: trend over the watches of this index", draw_trend)
     return plots
+
+
+# The trend lines the HTML report draws: the shifts, on one scale (0 = the baseline).
+_TREND = ("watch_top1_ks", "watch_topk_ks", "watch_below_threshold_delta")
 
 
 def _is_bound(report: Report, name: str) -> bool:

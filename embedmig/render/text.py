@@ -25,6 +25,7 @@ def render_text(report: Report, *, styled: bool = True) -> str:
         _gates,
         _coverage,
         _contracts,
+        _watch,
         _headline,
         _qrels,
         _thresholds,
@@ -36,7 +37,15 @@ def render_text(report: Report, *, styled: bool = True) -> str:
 
 
 def _header(report: Report, style: Style) -> list[str]:
-    mode = "canary, live traffic" if report.live else "dry run" if report.dry_run else "upgrade"
+    mode = (
+        "watch, live traffic since the swap"
+        if report.watch
+        else "canary, live traffic"
+        if report.live
+        else "dry run"
+        if report.dry_run
+        else "upgrade"
+    )
     if report.verdict is not None and report.verdict.checks:
         label = report.verdict.label.upper()
         colour = {"PASS": "green", "FAIL": "red", "FORCED": "yellow"}[label]
@@ -45,8 +54,12 @@ def _header(report: Report, style: Style) -> list[str]:
         head = style("NO GATES", bold=True)
     lines = [
         f"{head} {report.alias} @ {report.revision} ({mode})",
-        f"  old  {report.old_model or '(none: first index of the alias)'}",
-        f"  new  {report.new_model}",
+        *(
+            []
+            if report.watch
+            else [f"  old  {report.old_model or '(none: first index of the alias)'}"]
+        ),
+        f"  {'live' if report.watch else 'new '} {report.new_model}",
         f"  {report.corpus_size:,} documents; {report.n_queries:,} queries "
         f"({report.query_source}); k={report.k}",
     ]
@@ -101,6 +114,39 @@ def _contracts(report: Report, style: Style) -> list[str]:
             f"lost {lost} from its top {broken['k']}"
         )
     return lines
+
+
+def _watch(report: Report, style: Style) -> list[str]:
+    if not report.watch:
+        return []
+    shown = [(n, v) for n, v in report.metrics.items() if n.startswith("watch_") and v is not None]
+    lines = [style("  decay since the swap", bold=True)]
+    for i in range(0, len(shown), 2):
+        lines.append(
+            "    " + "    ".join(f"{name:<30}{value:>9.4f}" for name, value in shown[i : i + 2])
+        )
+    trend = report.distributions.get("watch_trend") or []
+    if len(trend) > 1:
+        lines.append(style("  trend over the watches of this index", bold=True))
+        columns = [c for c in TREND_COLUMNS if any(p.get(c) is not None for p in trend)]
+        lines.append("    " + f"{'at (UTC)':<20}" + "".join(f"{c[6:]:>16}" for c in columns))
+        for point in trend[-TREND_ROWS:]:
+            cells = "".join(
+                f"{'-' if point.get(c) is None else format(point[c], '.4f'):>16}" for c in columns
+            )
+            lines.append(f"    {point['at'][:19].replace('T', ' '):<20}{cells}")
+    return lines
+
+
+# The trend's columns in the terminal (the JSON report has every figure of every watch).
+TREND_COLUMNS = (
+    "watch_top1_ks",
+    "watch_topk_ks",
+    "watch_below_threshold_delta",
+    "watch_contract_failures",
+    "watch_reader_skew",
+)
+TREND_ROWS = 12
 
 
 def _headline(report: Report, style: Style) -> list[str]:

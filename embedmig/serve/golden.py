@@ -15,6 +15,7 @@ from embedmig.contracts import Contract
 from embedmig.environment import Environment
 from embedmig.metrics import contracts as golden
 from embedmig.serve.searcher import Searcher
+from embedmig.serve.view import IndexView
 from embedmig.store import catalog
 
 
@@ -34,16 +35,19 @@ class Verified:
         return found
 
 
-def verify(env: Environment, alias: str, contracts: Sequence[Contract]) -> Verified:
-    with Searcher(env, alias) as searcher:
-        view = searcher.view
-        with env.engine.connect() as conn:
-            ids_of = catalog.lookup_ids(conn, alias, set().union(*(c.keys for c in contracts)))
-            swap = catalog.swap_of(conn, alias, view.record.id)
-        compiled = golden.compile_(contracts, ids_of)
-        vectors = view.embedder.encode_queries([c.query for c in contracts])
-        _, ids = view.overlay.search(vectors, max(1, min(compiled.depth, view.overlay.size)))
-        judged = golden.judge(ids, compiled)
+def verify(
+    env: Environment, alias: str, contracts: Sequence[Contract], view: IndexView | None = None
+) -> Verified:
+    """``contracts`` judged on ``view`` (by default the alias's live index as searchers see it)."""
+    if view is None:
+        view = Searcher(env, alias).view  # no search: no heartbeat, no worker to close
+    with env.engine.connect() as conn:
+        ids_of = catalog.lookup_ids(conn, alias, set().union(*(c.keys for c in contracts)))
+        swap = catalog.swap_of(conn, alias, view.record.id)
+    compiled = golden.compile_(contracts, ids_of)
+    vectors = view.embedder.encode_queries([c.query for c in contracts])
+    _, ids = view.overlay.search(vectors, max(1, min(compiled.depth, view.overlay.size)))
+    judged = golden.judge(ids, compiled)
     baseline = None
     if swap is not None and swap.metrics is not None:
         recorded = swap.metrics.get("metrics") or {}

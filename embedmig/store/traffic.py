@@ -78,6 +78,36 @@ def latest_queries(conn: sa.Connection, alias: str, limit: int | None) -> list[t
     return [(int(sha), str(text)) for sha, text, _ in conn.execute(query)]
 
 
+def sample_served(
+    conn: sa.Connection, alias: str, *, since: datetime | None, limit: int, seed: int
+) -> tuple[list[str], int]:
+    """A seeded uniform sample of at most ``limit`` logged queries of ``alias`` served at or
+    after ``since`` (all when None), repeats kept (a frequent query weighs as it did), with the
+    number of queries logged in that window (with or without their text)."""
+    log_ = t.query_log.c
+    window = [log_.alias == alias] + ([log_.at >= since] if since is not None else [])
+    total = int(conn.execute(sa.select(sa.func.count()).where(*window)).scalar() or 0)
+    ids = np.fromiter(
+        conn.execute(sa.select(log_.id).where(*window, log_.text.is_not(None))).scalars(),
+        dtype=np.int64,
+    )
+    if len(ids) > limit:
+        ids = np.sort(np.random.default_rng(seed).choice(ids, limit, replace=False))
+    texts: list[str] = []
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = [int(i) for i in ids[start : start + _IN_CHUNK]]
+        texts += [
+            str(text)
+            for text in conn.execute(
+                sa.select(log_.text).where(log_.id.in_(chunk)).order_by(log_.id)
+            ).scalars()
+        ]
+    return texts, total
+
+
+_IN_CHUNK = 1000  # ids per IN list: well under SQLite's bound on parameters
+
+
 # ---- canaries --------------------------------------------------------------------------------
 
 

@@ -1,0 +1,243 @@
+"""The decay watch (``embedmig watch``): the live index on the traffic since its swap, against the
+baseline kept at the swap, with the golden queries, the probes and the readers.
+
+One shot, for cron or a scheduler: each watch is a history row with its report, the report draws
+the trend over the watches of the same live index, and ``watch_*`` gates fail it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from embedmig.config import Config
+from embedmig.embedders import Embedder, LoadedEmbedder, probes
+from embedmig.environment import Environment
+from embedmig.errors import GateFailed, ScriptError, StateError
+from embedmig.gates import WATCH, Check, Gates, Verdict, threshold_metric
+from embedmig.metrics import watch as figures
+from embedmig.metrics.report import Report
+from embedmig.serve import golden, heartbeat
+from embedmig.serve.searcher import Searcher
+from embedmig.store import catalog, traffic
+
+# The figures each point of the trend keeps (the full report of each watch is in history).
+TREND = (
+    "watch_queries",
+    "watch_top1_ks",
+    "watch_top1_mean_delta",
+    "watch_topk_ks",
+    "watch_below_threshold_delta",
+    "watch_contract_failures",
+    "watch_probe_min_cosine",
+    "watch_reader_skew",
+)
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """``watch.*``: how many logged queries a watch (and the baseline at a swap) searches, and how
+    many it needs to measure a shift; the sample's seed is ``eval.seed``."""
+
+    sample: int
+    min_queries: int
+    seed: int
+
+    @classmethod
+    def of(cls, config: Config) -> WatchSettings:
+        return cls(
+            config.get_int("watch.sample"),
+            config.get_int("watch.min_queries"),
+            config.get_int("eval.seed"),
+        )
+
+
+def baseline(
+    env: Environment,
+    alias: str,
+    embedder: LoadedEmbedder,
+    search: Any,
+    k: int,
+    thresholds: Mapping[str, float],
+) -> dict[str, Any] | None:
+    """The traffic baseline of a new live index, kept at its swap: the logged queries (a seeded
+    sample of ``watch.sample``) searched by ``search(vectors, k)`` -> (scores, ids). None when
+    the log holds fewer than ``watch.min_queries``: the first watch then sets the baseline."""
+    settings = WatchSettings.of(env.config)
+    with env.engine.connect() as conn:
+        texts, _ = traffic.sample_served(
+            conn, alias, since=None, limit=settings.sample, seed=settings.seed
+        )
+    if len(texts) < settings.min_queries:
+        return None
+    scores = _scores(embedder, search, texts, k)
+    return {
+        "source": "query log at the swap",
+        "at": catalog.now().isoformat(),
+        "thresholds": dict(thresholds),
+        **figures.summary(scores, thresholds),
+    }
+
+
+def remapped(gates: Gates, metrics: Mapping[str, Any], first_index: bool) -> dict[str, float]:
+    """The revision's old-model thresholds as the new model's scores (the report's threshold
+    map); an alias's first index takes them as they are."""
+    out: dict[str, float] = {}
+    for t in gates.thresholds:
+        name = threshold_metric(t)
+        value = t if first_index else metrics.get(name)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+def watch(env: Environment, alias: str, k: int) -> Report:
+    """Watch ``alias`` once: record the watch and return its report; GateFailed (recorded too)
+    when a ``watch_*`` gate fails."""
+    settings = WatchSettings.of(env.config)
+    started = catalog.now()
+    with env.engine.connect() as conn:
+        live = catalog.live_index(conn, alias)
+        if live is None:
+            raise StateError(f"alias {alias!r} has no live index to watch")
+        since = catalog.went_live(conn, alias, live.id)
+        swap = catalog.swap_of(conn, alias, live.id)
+        past = [
+            h
+            for h in reversed(catalog.history(conn, alias))
+            if h.action == "watch" and h.to_index == live.id and h.metrics
+        ]
+        texts, total = traffic.sample_served(
+            conn, alias, since=since, limit=settings.sample, seed=settings.seed
+        )
+        readers = heartbeat.survey(conn, alias, heartbeat.ReaderSettings.of(env.config))
+    gates, notes = _gates(env, live)
+    recorded = (swap.metrics or {}) if swap is not None else {}
+    kept = (recorded.get("distributions") or {}).get("watch_baseline")
+    if kept is None and past:
+        kept = (past[0].metrics or {}).get("distributions", {}).get("watch", {}).get("now")
+        notes.append("baseline: the first watch after the swap (the query log was empty then)")
+    thresholds = (
+        kept["thresholds"]
+        if kept is not None
+        else remapped(gates, recorded.get("metrics") or {}, recorded.get("old_model") is None)
+    )
+    metrics: dict[str, float | None] = {name: None for name in WATCH}
+    metrics["watch_queries"] = float(total)
+    metrics["watch_reader_skew"] = float(len(readers.flagged))
+    model = env.load_embedder(Embedder.from_json(live.model))
+    lowest = probes.against(live.probe, live.dim, model)
+    metrics["watch_probe_min_cosine"] = lowest
+    distributions: dict[str, Any] = {}
+    now: dict[str, Any] | None = None
+    drifted = lowest is not None and lowest < env.settings.probe_min_cosine
+    if drifted:
+        notes.append("the live index's embedder drifted: nothing was searched")
+    else:
+        view = Searcher(env, alias).view  # no search: no heartbeat, no worker to close
+        if texts:
+            scores = _scores(view.embedder, view.overlay.search, texts, k)
+            now = {"thresholds": dict(thresholds), **figures.summary(scores, thresholds)}
+        served_by = view.embedder.describe()
+        if now is not None and kept is not None and len(texts) >= settings.min_queries:
+            metrics.update(figures.compare(now, kept))
+        elif kept is None:
+            notes.append("no baseline yet: this watch is the baseline of the next ones")
+        else:
+            notes.append(
+                f"{len(texts)} logged queries since the swap: fewer than watch.min_queries "
+                f"({settings.min_queries}), the traffic shift is not measured"
+            )
+        contracts = env.contracts(alias)
+        if contracts:
+            verified = golden.verify(env, alias, contracts, view)
+            metrics["watch_contract_failures"] = verified.metrics["contract_failures"]
+            then = (recorded.get("metrics") or {}).get("contract_ndcg_at_10")
+            ndcg = verified.metrics["contract_ndcg_at_10"]
+            if then is not None and ndcg is not None:
+                metrics["watch_contract_ndcg_at_10_drop"] = then - ndcg
+            distributions["contracts"] = verified.section
+    distributions["watch"] = {
+        "since": since.isoformat() if since else None,
+        "baseline": None if kept is None else {**kept, "top1": None, "topk": None},
+        "now": now if kept is None else _light(now),
+    }
+    distributions["watch_trend"] = [
+        {"at": h.finished_at.isoformat(), **_trend_point(h.metrics or {})} for h in past
+    ] + [{"at": catalog.now().isoformat(), **{n: metrics.get(n) for n in TREND}}]
+    checks = [
+        check
+        for check in gates.check(metrics, watch=True).checks
+        # The watch that sets the baseline has no shift to judge; any later one does.
+        if kept is not None or check.metric not in figures.SHIFT
+    ]
+    if not gates.bounds("watch_probe_min_cosine") and lowest is not None:
+        checks.append(Check("watch_probe_min_cosine", "min", env.settings.probe_min_cosine, lowest))
+    report = Report(
+        alias=alias,
+        revision=live.revision,
+        old_model=None,
+        new_model=model.describe() if drifted else served_by,
+        dry_run=False,
+        corpus_size=int(live.ntotal),
+        query_source="query log since the swap",
+        n_queries=len(texts),
+        k=k,
+        metrics=metrics,
+        distributions=distributions,
+        verdict=Verdict(tuple(checks)),
+        notes=notes,
+        watch=True,
+    )
+    _record(env, report, live, started)
+    if not report.verdict or report.verdict.passed:
+        return report
+    failures = "; ".join(c.describe() for c in report.verdict.failures())
+    raise GateFailed(f"watch of {alias} failed: {failures}", report)
+
+
+def _gates(env: Environment, live: catalog.IndexRecord) -> tuple[Gates, list[str]]:
+    """The gates of the revision that built the live index; none if its script is gone."""
+    try:
+        return env.scripts.get(live.revision).gates, []
+    except ScriptError:
+        return Gates(), [f"revision {live.revision} has no script here: no watch_* gates read"]
+
+
+def _scores(embedder: LoadedEmbedder, search: Any, texts: list[str], k: int) -> np.ndarray:
+    """Each text's top-k scores; a text repeated in the log is embedded once."""
+    unique, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
+    vectors = embedder.encode_queries([str(t) for t in unique])
+    scores, _ = search(vectors, k)
+    out: np.ndarray = np.asarray(scores)[inverse]
+    return out
+
+
+def _light(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A summary without its quantiles: only a baseline needs them."""
+    return None if summary is None else {**summary, "top1": None, "topk": None}
+
+
+def _trend_point(report: Mapping[str, Any]) -> dict[str, Any]:
+    recorded = report.get("metrics") or {}
+    return {name: recorded.get(name) for name in TREND}
+
+
+def _record(env: Environment, report: Report, live: catalog.IndexRecord, started: Any) -> None:
+    assert report.verdict is not None
+    with env.engine.begin() as conn:
+        catalog.record(
+            conn,
+            alias=report.alias,
+            revision=live.revision,
+            action="watch",
+            status="ok" if report.verdict.passed else "gate-failed",
+            started_at=started,
+            to_index=live.id,
+            verdict=report.verdict.label if report.verdict.checks else None,
+            metrics=report.to_dict(),
+        )
