@@ -19,6 +19,7 @@ _EXPORTS = {
     "Check": "embedmig.gates",
     "Config": "embedmig.config",
     "ConfigError": "embedmig.errors",
+    "ContractBroken": "embedmig.errors",
     "Document": "embedmig.sources",
     "Embedder": "embedmig.embedders",
     "EmbedderDrift": "embedmig.errors",
@@ -48,6 +49,7 @@ _EXPORTS = {
     "StoreError": "embedmig.errors",
     "TrafficStats": "embedmig.serve.mirror",
     "Verdict": "embedmig.gates",
+    "Verified": "embedmig.serve.golden",
     "Writer": "embedmig.serve.writer",
     "command": "embedmig",
     "open_searcher": "embedmig.serve.searcher",
@@ -86,6 +88,7 @@ if TYPE_CHECKING:
     from embedmig.errors import (
         ConfigError as ConfigError,
     )
+    from embedmig.errors import ContractBroken as ContractBroken
     from embedmig.errors import EmbedderDrift as EmbedderDrift
     from embedmig.errors import (
         EmbedderError as EmbedderError,
@@ -123,6 +126,7 @@ if TYPE_CHECKING:
     from embedmig.migrate.maintenance import Pruned as Pruned
     from embedmig.render import render as render
     from embedmig.script import Revision as Revision
+    from embedmig.serve.golden import Verified as Verified
     from embedmig.serve.heartbeat import AliasReaders as AliasReaders
     from embedmig.serve.heartbeat import ReaderState as ReaderState
     from embedmig.serve.mirror import TrafficStats as TrafficStats

@@ -122,7 +122,7 @@ def test_dry_run_writes_a_json_report(config: Config, project: Path) -> None:
 
     data = json.loads((project / "r.json").read_text())
     assert (
-        data["schema_version"] == 5
+        data["schema_version"] == 6
         and data["forecast"] is True
         and data["revision"] == "r2"
         and data["dry_run"] is True
