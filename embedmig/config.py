@@ -31,6 +31,7 @@ BOUNDS: Mapping[str, tuple[int, int | None]] = {
     "eval.resamples": (1, 100_000),
     "eval.pair_docs": (2, 5_000),  # pair_docs² cosines are held at once
     "eval.forecast_resamples": (1, 10_000),
+    "eval.segment_min": (2, 1_000_000),
     "searcher.log_max": (1, 100_000_000),
     "searcher.queue_size": (1, 1_000_000),  # queued queries wait in the searcher's memory
     "canary.min_queries": (1, 100_000_000),
@@ -59,6 +60,8 @@ DEFAULTS: Mapping[str, str] = {
     "eval.resamples": "1000",
     "eval.pair_docs": "200",
     "eval.forecast_resamples": "100",
+    "eval.segment_min": "20",
+    "eval.segment_drop": "0.1",
     "lock.lease_seconds": "60",
     "writer.holdover": "next",
     "searcher.log_queries": "0",
@@ -101,6 +104,7 @@ OPTIONAL = frozenset(
         "corpus",
         "corpus.title_field",
         "contracts",
+        "eval.segment_by",
         "queries",
         "qrels",
         "device",

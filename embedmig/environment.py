@@ -138,7 +138,10 @@ class Environment:
                 f"queries = log: the query log of {alias!r} is empty; set searcher.log_queries "
                 "and let searchers serve traffic first"
             )
-        return [Document(f"log-{sha & 0xFFFFFFFFFFFFFFFF:016x}", text) for sha, text in found]
+        return [
+            Document(f"log-{sha & 0xFFFFFFFFFFFFFFFF:016x}", text, meta)
+            for sha, text, meta in found
+        ]
 
     def qrels(self, alias: str) -> Qrels | None:
         qrels: Qrels | None = self._call_env("qrels", alias, required=False)

@@ -99,6 +99,21 @@ CONTRACT = (
     "contract_ndcg_at_10",
     "contract_ndcg_at_10_old",
 )
+# What eval.segment_by adds (embedmig.metrics.segments).
+SEGMENT: dict[str, str] = {
+    "segments": "query segments with at least eval.segment_min queries",
+    "segments_flagged": (
+        "segments whose overlap@10 or recall@10 fell more than eval.segment_drop beyond the "
+        "whole, significant after Benjamini-Hochberg"
+    ),
+    "segment_overlap_drop": (
+        "largest relative overlap@10 drop of a significant segment beyond the whole (0: none)"
+    ),
+    "segment_recall_drop": (
+        f"largest relative recall@10 loss of a significant segment beyond the whole's {_QRELS}"
+    ),
+}
+METRICS.update(SEGMENT)
 # What `embedmig watch` measures on the live index against the baseline kept at its swap; gated
 # only by a watch (an upgrade does not measure them).
 WATCH_PREFIX = "watch_"

@@ -23,16 +23,20 @@ Qrels = dict[str, dict[str, int]]
 class Document(NamedTuple):
     key: str
     text: str
+    # A query's other fields (a queries file's, a logged query's), read by eval.segment_by.
+    meta: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class JsonlSource:
-    """One JSON object a line; ``title_field``, when set and present, is prepended to the text."""
+    """One JSON object a line; ``title_field``, when set and present, is prepended to the text.
+    ``with_meta``: each document keeps its other fields as ``meta`` (queries, for segments)."""
 
     path: Path
     id_field: str = "id"
     text_field: str = "text"
     title_field: str | None = None
+    with_meta: bool = False
 
     def __iter__(self) -> Iterator[Document]:
         try:
@@ -93,7 +97,11 @@ class JsonlSource:
             title = row.get(self.title_field)
             if isinstance(title, str) and title.strip():
                 text = f"{title} {text}"
-        return Document(str(key), text), type(key)
+        meta = None
+        if self.with_meta:
+            used = (self.id_field, self.text_field, self.title_field)
+            meta = {name: value for name, value in row.items() if name not in used}
+        return Document(str(key), text, meta), type(key)
 
 
 @dataclass(frozen=True)
@@ -216,6 +224,7 @@ def queries_from_config(config: Config) -> JsonlSource | None:
         path=_existing(config, "queries"),
         id_field=config.require("queries.id_field"),
         text_field=config.require("queries.text_field"),
+        with_meta=True,
     )
 
 

@@ -165,6 +165,8 @@ query_log = sa.Table(
     sa.Column("sha", sa.BigInteger, nullable=False),  # counts traffic even without the text
     sa.Column("text", sa.Text, nullable=True),  # NULL when searcher.log_text = false
     sa.Column("k", sa.Integer, nullable=False),
+    # JSON: what the application passed with the query (search(..., meta=)), for segments.
+    sa.Column("meta", sa.Text, nullable=True),
     sa.Index("ix_embedmig_query_log_alias_id", "alias", "id"),
 )
 

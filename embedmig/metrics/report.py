@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS, Check, Verdict
-from embedmig.metrics import figures, kernels
+from embedmig.metrics import figures, kernels, segments
 from embedmig.metrics.figures import QRELS_METRICS
 from embedmig.metrics.kernels import Judgements
+from embedmig.metrics.segments import SegmentSettings
 
 SCHEMA_VERSION = 6
 # Reports recorded by earlier versions still read back (version 2 had no forecasts, 3 no coverage,
@@ -191,11 +192,13 @@ def compute(
     judged: Judgements | None = None,
     pairs_old: np.ndarray | None = None,
     pairs_new: np.ndarray | None = None,
+    segmenting: tuple[Sequence[str], SegmentSettings] | None = None,
 ) -> Computed:
     """Gateable metrics and the distributions behind them, from aligned search results.
 
     ``candidates`` is how many documents a query can retrieve (its own row excluded): overlap at a
-    k beyond it would count missing hits as changes, so it is not reported.
+    k beyond it would count missing hits as changes, so it is not reported. ``segmenting``: a
+    segment label per query, and the settings of the segment figures.
     """
     k = settings.k
     metrics: dict[str, float | None] = {}
@@ -212,6 +215,7 @@ def compute(
         if old_pairs is not None:
             metrics.update(figures.shift("pair_score", old_pairs, new_pairs))
     overlap_at_k = None
+    per_query: dict[str, np.ndarray] = {}
     if old is not None and old_top is not None:
         per_query, depth = _agreement(old, new, candidates, settings)
         metrics.update(figures.agreement(per_query))
@@ -222,8 +226,22 @@ def compute(
         mapped = sorted({*DEFAULT_THRESHOLDS, *settings.thresholds})
         metrics.update(figures.thresholds(old_top, new_top, mapped))
         dist["threshold_map"] = figures.threshold_table(old_top, mapped, metrics)
+    judged_new: dict[str, np.ndarray] = {}
+    judged_old: dict[str, np.ndarray] | None = None
     if judged is not None:
-        found, dist["qrels"] = _qrels_metrics(old, new, judged, settings)
+        judged_new = figures.judged_per_query(new.ids, judged)
+        judged_old = figures.judged_per_query(old.ids, judged) if old is not None else None
+        found, dist["qrels"] = _qrels_metrics(judged_new, judged_old, settings)
+        metrics.update(found)
+    if segmenting is not None:
+        labels, segment_settings = segmenting
+        found, dist["segments"] = segments.segments(
+            labels,
+            segment_settings,
+            per_query.get("overlap_at_10"),
+            judged_old.get("recall_at_10") if judged_old is not None else None,
+            judged_new.get("recall_at_10"),
+        )
         metrics.update(found)
     return Computed(metrics, dist, overlap_at_k)
 
@@ -247,12 +265,12 @@ def _agreement(
 
 
 def _qrels_metrics(
-    old: Results | None, new: Results, judged: Judgements, settings: Settings
+    new_per_query: dict[str, np.ndarray],
+    old_per_query: dict[str, np.ndarray] | None,
+    settings: Settings,
 ) -> tuple[dict[str, float | None], dict[str, dict[str, Any]]]:
     """The metrics against the judgements, with bootstrap intervals of the deltas, and their
     table for the report."""
-    new_per_query = figures.judged_per_query(new.ids, judged)
-    old_per_query = figures.judged_per_query(old.ids, judged) if old is not None else None
     metrics = figures.judged(new_per_query, old_per_query)
     if old_per_query is not None:
         compared = figures.COMPARED_QRELS

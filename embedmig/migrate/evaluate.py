@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import faiss
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
@@ -20,10 +21,11 @@ from embedmig.metrics import contracts as golden
 from embedmig.metrics import kernels
 from embedmig.metrics import report as rpt
 from embedmig.metrics.kernels import Judgements
+from embedmig.metrics.segments import SegmentSettings
 from embedmig.migrate import cost
 from embedmig.migrate.backfill import Sampler, Shadow
 from embedmig.migrate.progress import Meter
-from embedmig.migrate.settings import EvalSettings
+from embedmig.migrate.settings import CLUSTER, EvalSettings
 from embedmig.names import blank
 from embedmig.script import Revision
 from embedmig.serve import watch
@@ -172,6 +174,7 @@ def evaluate_shadow(
         keys_of=keys_of,
         notes=shadow.stats.notes,
         progress=env.progress,
+        segment=settings.segment,
     )
     if queries.contracts:
         check_contracts(env, alias, report, queries.contracts, Side(new, index), old)
@@ -223,6 +226,7 @@ def run(
     keys_of: Callable[[set[int]], Mapping[int, str]],
     notes: Sequence[str] = (),
     progress: bool = False,
+    segment: SegmentSettings | None = None,
 ) -> rpt.Report:
     clock = _Clock()
     started = time.perf_counter()
@@ -233,10 +237,18 @@ def run(
     texts = [doc.text for doc in queries.docs]
     meter = Meter(f"evaluate {alias}", len(texts) * (2 if old else 1), bar=progress, unit="queries")
     try:
-        new_results = _search(clock, new, texts, depth, meter)
-        old_results = _search(clock, old, texts, depth, meter) if old else None
+        new_results, new_vectors = _search(clock, new, texts, depth, meter)
+        old_results, old_vectors = (
+            _search(clock, old, texts, depth, meter) if old else (None, new_vectors)
+        )
     finally:
         meter.close()
+    notes = list(notes)
+    labels = (
+        segment_labels(segment, queries.docs, old_vectors, settings.seed, notes)
+        if segment is not None and len(texts)
+        else None
+    )
     background_new = _encode_background(clock, new, background)
     background_old = _encode_background(clock, old, background) if old else None
     worst: dict[str, list[dict[str, Any]]] = {}
@@ -252,6 +264,7 @@ def run(
             judged=queries.judged,
             pairs_old=kernels.pair_cosines(background_old) if background_old is not None else None,
             pairs_new=kernels.pair_cosines(background_new) if background_new is not None else None,
+            segmenting=(labels, segment) if labels is not None and segment is not None else None,
         )
         overlap = computed.overlap_at_k
         if old_results is not None and overlap is not None and len(texts):
@@ -280,8 +293,10 @@ def run(
 
 def _search(
     clock: _Clock, side: Side, texts: Sequence[str], depth: int, meter: Meter
-) -> rpt.Results:
+) -> tuple[rpt.Results, np.ndarray]:
+    """Every text's top ``depth`` on one side, and the query vectors."""
     found = []
+    encoded = []
     # In slices, so the meter moves; each slice is one encode and one FAISS search.
     for start in range(0, max(len(texts), 1), _SLICE):
         part = texts[start : start + _SLICE]
@@ -289,11 +304,48 @@ def _search(
             vectors = side.embedder.encode_queries(part)
         with clock.phase("search"):
             found.append(files.search(side.index, vectors, depth))
+        encoded.append(vectors)
         meter.update(len(part))
-    return rpt.Results(
+    results = rpt.Results(
         ids=np.concatenate([ids for _, ids in found]),
         scores=np.concatenate([scores for scores, _ in found]),
     )
+    return results, np.concatenate(encoded)
+
+
+def segment_labels(
+    segment: SegmentSettings,
+    docs: Sequence[Document],
+    vectors: np.ndarray,
+    seed: int,
+    notes: list[str],
+) -> list[str] | None:
+    """Each query's segment: its ``eval.segment_by`` field (``(none)`` where it has none), or its
+    k-means cluster of the old model's query vectors (named by one of its queries)."""
+    if not segment.by.startswith(CLUSTER):
+        field = segment.by
+        return [
+            str(d.meta[field]) if d.meta and d.meta.get(field) is not None else "(none)"
+            for d in docs
+        ]
+    clusters = int(segment.by.removeprefix(CLUSTER))
+    if len(docs) < clusters:
+        notes.append(f"{segment.by}: {len(docs)} queries cannot make {clusters} clusters")
+        return None
+    data = np.ascontiguousarray(vectors, dtype=np.float32)
+    kmeans = faiss.Kmeans(data.shape[1], clusters, niter=20, seed=seed, verbose=False)
+    kmeans.train(data)
+    _, assigned = kmeans.index.search(data, 1)
+    assigned = assigned[:, 0]
+    named: dict[int, str] = {}
+    for row, cluster in enumerate(assigned):
+        named.setdefault(int(cluster), f"cluster {int(cluster)} ({_clip(docs[row].text)})")
+    return [named[int(c)] for c in assigned]
+
+
+def _clip(text: str, width: int = 32) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _encode_background(clock: _Clock, side: Side, texts: Sequence[str]) -> np.ndarray | None:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from embedmig.environment import Environment
-from embedmig.errors import EmbedmigError, ScriptError, StateError
+from embedmig.errors import ConfigError, EmbedmigError, ScriptError, StateError
 from embedmig.metrics.report import Report
 from embedmig.migrate.context import MigrationContext
 from embedmig.migrate.settings import MigrationSettings
@@ -35,6 +35,7 @@ def upgrade(
     _check_logged_queries(env, path)
     for alias in {rev.alias for rev in path}:
         env.contracts(alias)  # a malformed contracts file fails before anything is embedded
+    _check_segment_field(env, path, settings.eval.segment_field)
     if not dry_run and path:
         with env.lock({rev.alias for rev in path}, "upgrade", wait):
             path, live = _upgrade_path(env, target)  # another run may have moved on meanwhile
@@ -63,6 +64,32 @@ def _check_logged_queries(env: Environment, path: list[Revision]) -> None:
         return
     for alias in {rev.alias for rev in path if rev.old is not None}:
         env.logged_queries(alias)
+
+
+def _check_segment_field(env: Environment, path: list[Revision], field: str | None) -> None:
+    """``eval.segment_by = FIELD`` needs evaluation queries that carry it: said before anything
+    is embedded, not after a backfill."""
+    if field is None:
+        return
+    for alias in sorted({rev.alias for rev in path}):
+        docs = env.queries(alias)
+        if docs is None:
+            raise ConfigError(
+                f"eval.segment_by = {field!r} is a field of the queries, but {alias!r} is "
+                "evaluated on sampled corpus documents: set queries (a file or log) or use "
+                "cluster:K"
+            )
+        seen: set[str] = set()
+        for doc in docs:
+            if doc.meta and field in doc.meta:
+                break
+            seen.update(doc.meta or ())
+        else:
+            fields = f" (their fields: {', '.join(sorted(seen)[:8])})" if seen else ""
+            raise ConfigError(
+                f"eval.segment_by = {field!r}: no evaluation query of {alias!r} has that "
+                f"field{fields}"
+            )
 
 
 def _upgrade_path(env: Environment, target: str) -> tuple[list[Revision], dict[str, _Serving]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from embedmig.config import Config, share
 from embedmig.errors import ConfigError
 from embedmig.metrics import report as rpt
+from embedmig.metrics.segments import SegmentSettings
 from embedmig.migrate import executors
 from embedmig.migrate.executors import RaySettings
 
@@ -27,6 +28,19 @@ class EvalSettings:
     resamples: int
     pair_docs: int
     forecast_resamples: int
+    segment: SegmentSettings | None = None  # eval.segment_by, when set
+
+    @property
+    def clusters(self) -> int | None:
+        """K of ``eval.segment_by = cluster:K``; None for a field (or no segments)."""
+        by = self.segment.by if self.segment else ""
+        return int(by.removeprefix(CLUSTER)) if by.startswith(CLUSTER) else None
+
+    @property
+    def segment_field(self) -> str | None:
+        if self.segment is None or self.clusters is not None:
+            return None
+        return self.segment.by
 
     @classmethod
     def of(cls, config: Config) -> EvalSettings:
@@ -41,6 +55,7 @@ class EvalSettings:
             resamples=config.get_int("eval.resamples"),
             pair_docs=config.get_int("eval.pair_docs"),
             forecast_resamples=config.get_int("eval.forecast_resamples"),
+            segment=_segment(config),
         )
 
     def metrics(self, thresholds: Sequence[float] = (), k: int | None = None) -> rpt.Settings:
@@ -53,6 +68,29 @@ class EvalSettings:
             seed=self.seed,
             resamples=self.resamples,
         )
+
+
+CLUSTER = "cluster:"
+MAX_CLUSTERS = 1_000
+
+
+def _segment(config: Config) -> SegmentSettings | None:
+    """``eval.segment_by``: a field of the queries (or of the logged queries' metadata), or
+    ``cluster:K`` (k-means on the old model's query vectors), K from 2 to 1,000."""
+    by = config.get("eval.segment_by")
+    minimum = config.get_int("eval.segment_min")
+    drop = config.get_range("eval.segment_drop", 0.0, 1.0)
+    if by is None:
+        return None
+    if by.startswith(CLUSTER):
+        k = by.removeprefix(CLUSTER)
+        if not k.isdigit() or not 2 <= int(k) <= MAX_CLUSTERS:
+            raise ConfigError(
+                f"option 'eval.segment_by' = {by!r}: write cluster:K with K an integer from 2 "
+                f"to {MAX_CLUSTERS:,}"
+            )
+        by = CLUSTER + str(int(k))
+    return SegmentSettings(by, minimum, drop)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ def render_html(report: Report) -> str:
         *_contracts(report),
         *_plot_section(_plots(report, plt)),
         *_qrels(report),
+        *_segments(report),
         *_thresholds(report),
         *_metrics(report),
         *_worst(report),
@@ -160,6 +161,44 @@ def _qrels(report: Report) -> list[str]:
             f"<td class=num>{_fmt(row.get('new'))}</td>"
             f"<td class=num>{_fmt(row.get('delta'), signed=True)}</td>"
             f"<td class=num>{'' if not ci else f'[{ci[0]:+.4f}, {ci[1]:+.4f}]'}</td></tr>"
+        )
+    parts.append("</table>")
+    return parts
+
+
+def _segments(report: Report) -> list[str]:
+    table = report.distributions.get("segments")
+    if not table:
+        return []
+    parts = [
+        f"<h2>Segments by {e(table['by'])}</h2><p class=muted>Segments of at least "
+        f"{table['min_queries']} queries; a drop is relative, beyond the whole; p-values are "
+        "Benjamini-Hochberg-adjusted across segments.</p>",
+        "<table><tr><th>segment</th><th>queries</th><th>overlap@10</th><th>drop</th><th>p</th>"
+        "<th>recall@10 old</th><th>new</th><th>drop</th><th>p</th><th></th></tr>",
+    ]
+    for row in table["segments"]:
+        mark = "<span class=bad>FLAGGED</span>" if row["flagged"] else ""
+        parts.append(
+            f"<tr><td>{e(row['label'])}</td><td class=num>{row['queries']}</td>"
+            + "".join(
+                f"<td class=num>{_fmt(row.get(key), signed=key.endswith('drop'))}</td>"
+                for key in (
+                    "overlap_at_10",
+                    "overlap_drop",
+                    "overlap_p",
+                    "recall_at_10_old",
+                    "recall_at_10_new",
+                    "recall_drop",
+                    "recall_p",
+                )
+            )
+            + f"<td>{mark}</td></tr>"
+        )
+    for row in table["skipped"]:
+        parts.append(
+            f"<tr><td>{e(row['label'])}</td><td class=num>{row['queries']}</td>"
+            "<td colspan=8 class=muted>too few queries</td></tr>"
         )
     parts.append("</table>")
     return parts
@@ -332,6 +371,33 @@ def _plots(report: Report, plt: Any) -> list[tuple[str, str]]:
             ax.set_xlabel("forecast with its 95% interval")
 
         add("forecast for the full corpus", draw_forecast)
+    segment_rows = (dist.get("segments") or {}).get("segments") or []
+    measure = "recall_at_10_new" if any("recall_at_10_new" in r for r in segment_rows) else None
+    measure = measure or (
+        "overlap_at_10" if any("overlap_at_10" in r for r in segment_rows) else None
+    )
+    if measure is not None:
+
+        def draw_segments(ax: Any) -> None:
+            labels = [r["label"][:24] for r in segment_rows]
+            values = [r.get(measure) or 0.0 for r in segment_rows]
+            colours = ["#cf222e" if r["flagged"] else "#0969da" for r in segment_rows]
+            ax.barh(labels, values, color=colours)
+            if measure == "recall_at_10_new":
+                ax.scatter(
+                    [r["recall_at_10_old"] for r in segment_rows],
+                    labels,
+                    color="#333",
+                    marker="|",
+                    s=200,
+                    label="old model",
+                    zorder=3,
+                )
+                ax.legend(fontsize=8)
+            ax.invert_yaxis()
+            ax.set_xlabel(measure.replace("_at_10_new", "@10, new model").replace("_at_10", "@10"))
+
+        add("per segment (red: flagged)", draw_segments)
     trend = dist.get("watch_trend") or []
     drawn = [n for n in _TREND if sum(p.get(n) is not None for p in trend) >= 2]
     if drawn:

@@ -28,6 +28,7 @@ def render_text(report: Report, *, styled: bool = True) -> str:
         _watch,
         _headline,
         _qrels,
+        _segments,
         _thresholds,
         _worst,
         _notes,
@@ -186,6 +187,32 @@ def _qrels(report: Report, style: Style) -> list[str]:
         old = "" if row.get("old") is None else f"{row['old']:.4f}"
         delta = "" if row.get("delta") is None else f"{row['delta']:+.4f}"
         lines.append(f"    {name:<26}{old:>9} {row['new']:>9.4f} {delta:>9}  {ci}")
+    return lines
+
+
+def _segments(report: Report, style: Style) -> list[str]:
+    table = report.distributions.get("segments")
+    if not table:
+        return []
+    lines = [
+        style(f"  segments by {table['by']}", bold=True)
+        + f"  (at least {table['min_queries']} queries; drops beyond the whole, BH-adjusted p)"
+    ]
+    for row in table["segments"]:
+        cells = [f"{_clip(row['label'], 36):<36} {row['queries']:>6}"]
+        if "overlap_at_10" in row:
+            cells.append(
+                f"overlap@10 {row['overlap_at_10']:.3f} ({row['overlap_drop']:+.2f}, p {row['overlap_p']:.3f})"
+            )
+        if "recall_at_10_new" in row:
+            cells.append(
+                f"recall@10 {row['recall_at_10_old']:.3f}->{row['recall_at_10_new']:.3f} "
+                f"({row['recall_drop']:+.2f}, p {row['recall_p']:.3f})"
+            )
+        mark = style("  FLAGGED", fg="red", bold=True) if row["flagged"] else ""
+        lines.append("    " + "  ".join(cells) + mark)
+    for row in table["skipped"]:
+        lines.append(f"    {_clip(row['label'], 36):<36} {row['queries']:>6}  too few queries")
     return lines
 
 

@@ -52,6 +52,7 @@ class _Item:
     target: Target | None
     old_ids: np.ndarray
     old_scores: np.ndarray
+    meta: str | None = None  # JSON
 
 
 _STOP = object()
@@ -100,13 +101,19 @@ class Mirror:
         return None
 
     def served(
-        self, text: str, k: int, target: Target | None, ids: np.ndarray, scores: np.ndarray
+        self,
+        text: str,
+        k: int,
+        target: Target | None,
+        ids: np.ndarray,
+        scores: np.ndarray,
+        meta: str | None = None,
     ) -> None:
         """Offer an answered query to the log and, when ``target``, to the canary."""
         logged = self.log_share > 0 and self._rng.random() < self.log_share
         if not logged and target is None:
             return
-        item = _Item(catalog.now(), text, k, logged, target, ids, scores)
+        item = _Item(catalog.now(), text, k, logged, target, ids, scores, meta)
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -219,7 +226,11 @@ class Mirror:
         target, shadow = self.target, self._shadow
         logged = [
             traffic.Served(
-                i.at, manifest.content_hash(i.text), i.text if self.log_text else None, i.k
+                i.at,
+                manifest.content_hash(i.text),
+                i.text if self.log_text else None,
+                i.k,
+                i.meta if self.log_text else None,
             )
             for i in items
             if i.log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,7 @@ from embedmig.errors import ConfigError, EmbedmigError, StateError, StoreError
 from embedmig.names import blank
 from embedmig.serve.mirror import Mirror, TrafficStats
 from embedmig.serve.view import IndexView, follow
-from embedmig.store import catalog
+from embedmig.store import catalog, journal
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,14 @@ class Searcher:
     def view(self) -> IndexView:
         return self._refresh()
 
-    def search(self, text: str, k: int = 10) -> list[Hit]:
-        """The top ``k`` documents for ``text`` (fewer when the alias holds fewer)."""
+    def search(self, text: str, k: int = 10, *, meta: Mapping[str, Any] | None = None) -> list[Hit]:
+        """The top ``k`` documents for ``text`` (fewer when the alias holds fewer). ``meta``
+        (JSON-able, ``{"lang": "de"}``) is logged with the query: ``eval.segment_by`` reads it."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ConfigError(f"k must be an integer from 1 to {MAX_K:,}, got {k!r}")
         if not isinstance(text, str) or blank(text):
             raise ConfigError("the query is empty: give a text to search for")
+        encoded = _meta(meta)
         try:
             view = self._refresh()
         except EmbedmigError as exc:
@@ -104,7 +107,7 @@ class Searcher:
                 break
             doc = described.get(int(doc_id), catalog.DocInfo(f"#{int(doc_id)}", "", None))
             hits.append(Hit(rank, doc.key, float(score), doc.snippet, doc.meta))
-        self._mirror.served(text, k, target, ids[0], scores[0])
+        self._mirror.served(text, k, target, ids[0], scores[0], encoded)
         return hits
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -159,6 +162,19 @@ class Searcher:
         self._mirror.close()
         self._view = None
         self.env.dispose()
+
+
+def _meta(meta: Mapping[str, Any] | None) -> str | None:
+    """A query's metadata as the log keeps it (JSON): checked on the request path, so a bad one
+    fails its search, not the log's next batch."""
+    if meta is None:
+        return None
+    if not isinstance(meta, Mapping):
+        raise ConfigError(f"meta must be a mapping, got {type(meta).__name__}")
+    try:
+        return journal.encode_meta(meta)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"meta must be JSON (strings, numbers, lists, maps): {exc}") from None
 
 
 def open_searcher(config: Config, alias: str, model: Embedder | None = None) -> Searcher:

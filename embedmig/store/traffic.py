@@ -31,6 +31,7 @@ class Served:
     sha: int
     text: str | None  # None when searcher.log_text = false
     k: int
+    meta: str | None = None  # JSON; None without (or with searcher.log_text = false)
 
 
 def log(conn: sa.Connection, alias: str, queries: Sequence[Served], keep: int) -> None:
@@ -39,7 +40,10 @@ def log(conn: sa.Connection, alias: str, queries: Sequence[Served], keep: int) -
         return
     conn.execute(
         t.query_log.insert(),
-        [{"alias": alias, "at": q.at, "sha": q.sha, "text": q.text, "k": q.k} for q in queries],
+        [
+            {"alias": alias, "at": q.at, "sha": q.sha, "text": q.text, "k": q.k, "meta": q.meta}
+            for q in queries
+        ],
     )
     log_ = t.query_log.c
     cut = conn.execute(
@@ -63,19 +67,25 @@ def log_counts(conn: sa.Connection, alias: str) -> LogCounts:
     return LogCounts(int(entries), int(with_text))
 
 
-def latest_queries(conn: sa.Connection, alias: str, limit: int | None) -> list[tuple[int, str]]:
-    """The ``limit`` most recently served distinct query texts (all when None): (hash, text)."""
+def latest_queries(
+    conn: sa.Connection, alias: str, limit: int | None
+) -> list[tuple[int, str, dict[str, Any] | None]]:
+    """The ``limit`` most recently served distinct queries (all when None): (hash, text, meta);
+    a text served with two metadata is two queries."""
     log_ = t.query_log.c
     newest = sa.func.max(log_.id).label("newest")
     query = (
-        sa.select(log_.sha, log_.text, newest)
+        sa.select(log_.sha, log_.text, log_.meta, newest)
         .where(log_.alias == alias, log_.text.is_not(None))
-        .group_by(log_.sha, log_.text)
+        .group_by(log_.sha, log_.text, log_.meta)
         .order_by(newest.desc())
     )
     if limit is not None:
         query = query.limit(limit)
-    return [(int(sha), str(text)) for sha, text, _ in conn.execute(query)]
+    return [
+        (int(sha), str(text), json.loads(meta) if meta else None)
+        for sha, text, meta, _ in conn.execute(query)
+    ]
 
 
 def sample_served(

@@ -1,4 +1,5 @@
-"""readers: each searcher's heartbeat, so the index every reader serves is in view
+"""readers: each searcher's heartbeat, so the index every reader serves is in view; logged
+queries keep their metadata (segments)
 
 Revision ID: 0008
 Revises: 0007
@@ -28,8 +29,12 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_embedmig_reader_alias", "embedmig_reader", ["alias"])
+    with op.batch_alter_table("embedmig_query_log") as batch:
+        batch.add_column(sa.Column("meta", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("embedmig_query_log") as batch:
+        batch.drop_column("meta")
     op.drop_index("ix_embedmig_reader_alias", table_name="embedmig_reader")
     op.drop_table("embedmig_reader")
