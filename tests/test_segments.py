@@ -146,3 +146,22 @@ def test_a_field_segment_needs_queries_with_fields(config: Config) -> None:
     command.revision(Config(ini), "first", alias="docs", new="models/a", rev_id="r1")
     ran = embedmig(config.root, "upgrade", "r1")
     assert ran.returncode == 1 and "evaluated on sampled corpus documents" in ran.stderr
+
+
+def test_a_dry_run_forecasts_the_collapsing_segment_with_intervals(
+    config: Config, models: dict[str, Path]
+) -> None:
+    collapsing_queries(models, config.root)
+    config = segmented(config, "topic")
+    command.upgrade(config, "r1")
+    with pytest.raises(GateFailed, match="segment_recall_drop"):
+        command.upgrade(config, "r2", dry_run=True, sample=150)
+    forecast = command.report(config, "r2")
+    rows = {row["label"]: row for row in forecast.distributions["segments"]["segments"]}
+    assert rows["lost"]["flagged"] and not rows["kept"]["flagged"]
+    low, high = rows["lost"]["recall_drop_ci"]
+    assert low <= rows["lost"]["recall_drop"] <= high and low > 0.1
+    with pytest.raises(GateFailed) as measured:
+        command.upgrade(config, "r2")
+    realized = {r["label"]: r for r in measured.value.report.distributions["segments"]["segments"]}
+    assert low <= realized["lost"]["recall_drop"] <= high

@@ -11,7 +11,8 @@ most ``alpha`` and its drop exceeds ``drop``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,18 +39,11 @@ def segments(
 ) -> tuple[dict[str, float | None], dict[str, Any]]:
     """The segment metrics and the report's ``segments`` table, from per-query values aligned
     with ``labels``."""
-    labels_ = np.asarray(labels, dtype=object)
-    names, counts = np.unique(labels_, return_counts=True)
-    kept = [str(n) for n, c in zip(names, counts, strict=True) if c >= settings.min_queries]
-    skipped = [
-        {"label": str(n), "queries": int(c)}
-        for n, c in zip(names, counts, strict=True)
-        if c < settings.min_queries
-    ]
+    kept, skipped = groups(labels, settings.min_queries)
     rows: list[dict[str, Any]] = [
-        {"label": name, "queries": int((labels_ == name).sum())} for name in kept
+        {"label": name, "queries": int(mask.sum())} for name, mask in kept
     ]
-    masks = [labels_ == name for name in kept]
+    masks = [mask for _, mask in kept]
     significant: dict[str, list[bool]] = {}
     if overlap is not None and len(overlap):
         whole = float(overlap.mean())
@@ -123,3 +117,95 @@ def _relative_loss(old: np.ndarray, new: np.ndarray) -> float:
     """1 - new / old of the means: the share of recall lost (0 when old is 0)."""
     before = float(old.mean())
     return 1.0 - float(new.mean()) / before if before > 0 else 0.0
+
+
+# ---- a dry run's forecast --------------------------------------------------------------------
+
+
+def groups(
+    labels: Sequence[str], min_queries: int
+) -> tuple[list[tuple[str, np.ndarray]], list[dict[str, Any]]]:
+    """The segments to judge (label, row mask) and those with too few queries."""
+    labels_ = np.asarray(labels, dtype=object)
+    names, counts = np.unique(labels_, return_counts=True)
+    kept = [(str(n), labels_ == n) for n, c in zip(names, counts, strict=True) if c >= min_queries]
+    skipped = [
+        {"label": str(n), "queries": int(c)}
+        for n, c in zip(names, counts, strict=True)
+        if c < min_queries
+    ]
+    return kept, skipped
+
+
+def weighted(
+    kept: Sequence[tuple[str, np.ndarray]],
+    weights: np.ndarray,
+    overlap: np.ndarray | None,
+    recall_old: np.ndarray | None,
+    recall_new: np.ndarray | None,
+) -> dict[str, float]:
+    """One bootstrap replicate's per-segment figures (each query counted ``weights`` times),
+    named ``segment[LABEL].FIGURE``: a forecast's intervals come from their replicates."""
+    out: dict[str, float] = {}
+
+    def mean(values: np.ndarray, mask: np.ndarray | None = None) -> float:
+        w = weights if mask is None else weights[mask]
+        v = values if mask is None else values[mask]
+        total = w.sum()
+        return float(v @ w / total) if total else math.nan
+
+    for label, mask in kept:
+        key = f"segment[{label}]."
+        if overlap is not None:
+            whole, part = mean(overlap), mean(overlap, mask)
+            out[key + "overlap_at_10"] = part
+            out[key + "overlap_drop"] = (whole - part) / whole if whole > 0 else math.nan
+        if recall_old is not None and recall_new is not None:
+            old, new = mean(recall_old, mask), mean(recall_new, mask)
+            out[key + "recall_at_10_old"], out[key + "recall_at_10_new"] = old, new
+            whole_loss = 1 - mean(recall_new) / mean(recall_old) if mean(recall_old) else 0.0
+            out[key + "recall_drop"] = (1 - new / old if old else 0.0) - whole_loss
+    return out
+
+
+def forecast_table(
+    settings: SegmentSettings,
+    kept: Sequence[tuple[str, np.ndarray]],
+    skipped: list[dict[str, Any]],
+    intervals: Mapping[str, tuple[float | None, float | None, float | None]],
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """The forecast's segment metrics and table from each figure's (value, low, high). A
+    segment is flagged when its drop's interval lies wholly above ``drop``; the segment_*_drop
+    metrics take the largest drop whose interval excludes 0 (the forecast's significance)."""
+    rows: list[dict[str, Any]] = []
+    worst: dict[str, list[float]] = {"overlap": [], "recall": []}
+    for label, mask in kept:
+        row: dict[str, Any] = {"label": label, "queries": int(mask.sum()), "flagged": False}
+        for name in (
+            "overlap_at_10",
+            "overlap_drop",
+            "recall_at_10_old",
+            "recall_at_10_new",
+            "recall_drop",
+        ):
+            found = intervals.get(f"segment[{label}].{name}")
+            if found is None:
+                continue
+            value, low, high = found
+            row[name], row[f"{name}_ci"] = value, [low, high]
+            if name.endswith("_drop") and value is not None and low is not None:
+                kind = name.removesuffix("_drop")
+                if low > 0:
+                    worst[kind].append(value)
+                if low > settings.drop:
+                    row["flagged"] = True
+        rows.append(row)
+    metrics: dict[str, float | None] = {
+        "segments": float(len(rows)),
+        "segments_flagged": float(sum(row["flagged"] for row in rows)),
+    }
+    for kind in ("overlap", "recall"):
+        measured = any(f"{kind}_drop" in row for row in rows)
+        metrics[f"segment_{kind}_drop"] = max([0.0, *worst[kind]]) if measured else None
+    table = {"by": settings.by, "min_queries": settings.min_queries, "segments": rows}
+    return metrics, {**table, "skipped": skipped, "forecast": True}

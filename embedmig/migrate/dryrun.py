@@ -137,6 +137,7 @@ class DryRun:
             notes=self.notes,
             price=env.settings.price_per_million_tokens,
             contracts=self._contracts(env, rev.alias, old_side),
+            segment=settings.segment,
         )
 
     def _contracts(

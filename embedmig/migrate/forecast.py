@@ -19,9 +19,10 @@ import numpy as np
 from embedmig.embedders import LoadedEmbedder
 from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS
 from embedmig.metrics import contracts as golden
-from embedmig.metrics import figures, kernels
+from embedmig.metrics import figures, kernels, segments
 from embedmig.metrics import forecast as fc
 from embedmig.metrics import report as rpt
+from embedmig.metrics.segments import SegmentSettings
 from embedmig.migrate import cost
 from embedmig.migrate import evaluate as ev
 from embedmig.sources import Document
@@ -71,6 +72,7 @@ def run(
     notes: Sequence[str],
     price: float | None = None,
     contracts: Contracts | None = None,
+    segment: SegmentSettings | None = None,
 ) -> rpt.Report:
     """``columns`` maps each embedded document's key to its position (uniform ones first);
     ``queries.judged`` and ``queries.self_ids`` use those positions."""
@@ -113,13 +115,40 @@ def run(
         )
     )
     thresholds = sorted({*DEFAULT_THRESHOLDS, *settings.thresholds})
-    estimate, intervals = fc.with_intervals(
-        forecaster,
-        lambda est, weights: _figures(est, weights, exact, k, thresholds),
-        resamples,
-        settings.seed,
-    )
+    notes = list(notes)
+    labels = None
+    if segment is not None and texts:
+        labels = ev.segment_labels(
+            segment,
+            queries.docs,
+            old_queries if old_queries is not None else new_queries,
+            settings.seed,
+            notes,
+        )
+    kept, skipped = segments.groups(labels, segment.min_queries) if labels and segment else ([], [])
+
+    def summarize(est: fc.Estimate, weights: np.ndarray) -> dict[str, float]:
+        found = _figures(est, weights, exact, k, thresholds)
+        if kept:
+            found.update(
+                segments.weighted(
+                    kept,
+                    weights,
+                    est.per_query.get("overlap_at_10"),
+                    exact.per_query.get("recall_at_10") if exact else None,
+                    est.per_query.get("recall_at_10"),
+                )
+            )
+        return found
+
+    estimate, intervals = fc.with_intervals(forecaster, summarize, resamples, settings.seed)
     intervals = {name: _within_range(name, interval) for name, interval in intervals.items()}
+    per_segment = {
+        name: (figures.num(i.value), figures.num(i.low), figures.num(i.high))
+        for name, i in intervals.items()
+        if name.startswith("segment[")
+    }
+    intervals = {name: i for name, i in intervals.items() if not name.startswith("segment[")}
     metrics: dict[str, float | None] = {}
     for name, interval in intervals.items():
         metrics[name] = figures.num(interval.value)
@@ -128,6 +157,11 @@ def run(
             figures.num(interval.high),
         )
     distributions = _distributions(estimate, exact, metrics, intervals, thresholds)
+    if segment is not None and labels is not None:
+        found, distributions["segments"] = segments.forecast_table(
+            segment, kept, skipped, per_segment
+        )
+        metrics.update(found)
     pair_new = doc_vectors[: min(pair_docs, len(sample.uniform))]
     pair_old = _reconstruct(old, sample.uniform[: len(pair_new)]) if old else None
     _pair_metrics(pair_old, pair_new, metrics, distributions)

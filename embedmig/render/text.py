@@ -216,6 +216,16 @@ def _segments(report: Report, style: Style) -> list[str]:
     return lines
 
 
+def _drop(row: dict[str, Any], kind: str) -> str:
+    """A segment's drop beyond the whole, with its adjusted p (measured) or interval (forecast)."""
+    drop = row.get(f"{kind}_drop")
+    shown = "drop -" if drop is None else f"{drop:+.2f}"
+    if f"{kind}_p" in row:
+        return f"{shown}, p {row[f'{kind}_p']:.3f}"
+    low, high = row.get(f"{kind}_drop_ci") or (None, None)
+    return shown + (f" [{low:+.2f}, {high:+.2f}]" if low is not None and high is not None else "")
+
+
 def _thresholds(report: Report, style: Style) -> list[str]:
     mapping = report.distributions.get("threshold_map") or []
     cells = [f"{row['old']:g}->{row['new']:.3f}" for row in mapping if row["new"] is not None]
