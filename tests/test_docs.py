@@ -114,6 +114,7 @@ def test_gates_metrics_are_exactly_what_the_report_fills() -> None:
     # (tests/test_contracts.py), watch_* from a watch (tests/test_watch.py), not from compute()
     canary = {name for name in gates.METRICS if name.startswith(gates.CANARY_PREFIX)}
     others = set(gates.COVERAGE) | set(gates.ADAPTER) | set(gates.CONTRACT) | set(gates.WATCH)
+    others |= set(gates.SEGMENT)  # with eval.segment_by (tests/test_segments.py)
     others |= canary
     assert filled - thresholds == set(gates.METRICS) - others
     for name in thresholds:

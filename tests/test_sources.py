@@ -16,7 +16,7 @@ from tests.support import corpus_rows, snapshot, with_judged_queries
 def test_jsonl_source_joins_title_and_text_when_configured(tmp_path: Path) -> None:
     path = tmp_path / "c.jsonl"
     path.write_text(json.dumps({"_id": 7, "title": "T", "text": "body"}) + "\n\n")
-    assert [tuple(d) for d in JsonlSource(path, "_id", "text", "title")] == [("7", "T body")]
+    assert [tuple(d) for d in JsonlSource(path, "_id", "text", "title")] == [("7", "T body", None)]
     assert [tuple(d) for d in JsonlSource(path, "_id", "text")] == [("7", "body")]
 
 
