@@ -9,15 +9,17 @@ import pytest
 import sqlalchemy as sa
 
 from embedmig import Config, EmbedderError, SourceError, command
-from embedmig.sources import JsonlSource, read_qrels
+from embedmig.sources import Document, JsonlSource, read_qrels
 from tests.support import corpus_rows, snapshot, with_judged_queries
 
 
 def test_jsonl_source_joins_title_and_text_when_configured(tmp_path: Path) -> None:
     path = tmp_path / "c.jsonl"
     path.write_text(json.dumps({"_id": 7, "title": "T", "text": "body"}) + "\n\n")
-    assert [tuple(d) for d in JsonlSource(path, "_id", "text", "title")] == [("7", "T body", None)]
-    assert [tuple(d) for d in JsonlSource(path, "_id", "text")] == [("7", "body")]
+    assert list(JsonlSource(path, "_id", "text", "title")) == [Document("7", "T body")]
+    assert list(JsonlSource(path, "_id", "text")) == [Document("7", "body")]
+    with_meta = JsonlSource(path, "_id", "text", with_meta=True)
+    assert list(with_meta) == [Document("7", "body", {"title": "T"})]
 
 
 @pytest.mark.parametrize(
