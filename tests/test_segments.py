@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedmig import Config, GateFailed, command
+from embedmig import Config, ConfigError, GateFailed, command, open_searcher
 from embedmig.metrics.segments import SegmentSettings, benjamini_hochberg, segments
 from tests.support import corpus_rows, embedmig, encode, snapshot
 
@@ -165,3 +165,27 @@ def test_a_dry_run_forecasts_the_collapsing_segment_with_intervals(
         command.upgrade(config, "r2")
     realized = {r["label"]: r for r in measured.value.report.distributions["segments"]["segments"]}
     assert low <= realized["lost"]["recall_drop"] <= high
+
+
+def test_metadata_searchers_log_with_a_query_segments_the_query_log(config: Config) -> None:
+    ini = config.root / "embedmig.ini"
+    ini.write_text(ini.read_text() + "searcher.log_queries = 1\n")
+    config = Config(ini)
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
+    command.upgrade(config, "r1")
+    ini.write_text(
+        ini.read_text() + "queries = log\neval.segment_by = lang\neval.segment_min = 5\n"
+    )
+    config = Config(ini)
+    with open_searcher(config, "docs") as searcher:
+        for i, row in enumerate(corpus_rows(30)):
+            searcher.search(
+                " ".join(row["text"].split()[:6]), meta={"lang": "de" if i % 3 else "en"}
+            )
+        with pytest.raises(ConfigError, match="meta must be JSON"):
+            searcher.search("tumour", meta={"lang": object()})
+        assert searcher.flush()
+    (report,) = command.upgrade(config, "r2", force=True)
+    table = report.distributions["segments"]
+    assert {row["label"]: row["queries"] for row in table["segments"]} == {"de": 20, "en": 10}

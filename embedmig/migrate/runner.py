@@ -72,6 +72,8 @@ def _check_segment_field(env: Environment, path: list[Revision], field: str | No
     if field is None:
         return
     for alias in sorted({rev.alias for rev in path}):
+        if env.uses_query_log() and all(r.old is None for r in path if r.alias == alias):
+            continue  # an alias's first index is not evaluated on the log (see above)
         docs = env.queries(alias)
         if docs is None:
             raise ConfigError(
