@@ -8,6 +8,7 @@ the trend over the watches of the same live index, and ``watch_*`` gates fail it
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +101,15 @@ def watch(env: Environment, alias: str, k: int) -> Report:
     when a ``watch_*`` gate fails."""
     settings = WatchSettings.of(env.config)
     started = catalog.now()
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now_ = time.perf_counter()
+        timings[f"{name}_s"] = now_ - clock
+        clock = now_
+
     with env.engine.connect() as conn:
         live = catalog.live_index(conn, alias)
         if live is None:
@@ -115,6 +125,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
             conn, alias, since=since, limit=settings.sample, seed=settings.seed
         )
         readers = heartbeat.survey(conn, alias, heartbeat.ReaderSettings.of(env.config))
+    lap("read")
     gates, notes = _gates(env, live)
     recorded = (swap.metrics or {}) if swap is not None else {}
     kept = (recorded.get("distributions") or {}).get("watch_baseline")
@@ -132,6 +143,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
     model = env.load_embedder(Embedder.from_json(live.model))
     lowest = probes.against(live.probe, live.dim, model)
     metrics["watch_probe_min_cosine"] = lowest
+    lap("probe")
     distributions: dict[str, Any] = {}
     now: dict[str, Any] | None = None
     drifted = lowest is not None and lowest < env.settings.probe_min_cosine
@@ -143,6 +155,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
             scores = _scores(view.embedder, view.overlay.search, texts, k)
             now = {"thresholds": dict(thresholds), **figures.summary(scores, thresholds)}
         served_by = view.embedder.describe()
+        lap("search")
         if now is not None and kept is not None and len(texts) >= settings.min_queries:
             metrics.update(figures.compare(now, kept))
         elif kept is None:
@@ -161,6 +174,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
             if then is not None and ndcg is not None:
                 metrics["watch_contract_ndcg_at_10_drop"] = then - ndcg
             distributions["contracts"] = verified.section
+            lap("contracts")
     distributions["watch"] = {
         "since": since.isoformat() if since else None,
         "baseline": None if kept is None else {**kept, "top1": None, "topk": None},
@@ -191,6 +205,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
         distributions=distributions,
         verdict=Verdict(tuple(checks)),
         notes=notes,
+        timings=timings,
         watch=True,
     )
     _record(env, report, live, started)
