@@ -17,7 +17,9 @@ as medians with the parts of a watch (the log read, the encoding) timed apart.
 ``--work``: a folder with SciFact live on MiniLM (bench_searcher.py's, say); without it one is
 built (a MiniLM backfill of 5,183 abstracts: minutes).
 
-Measured 2026-12-05 (2 cores): see the README's "After the swap".
+Measured 2026-12-05 (2 cores), medians of 3: verify 2.1 s (7.2 s the first time, the model
+loading cold); watch 4.4 s (log read 0.12 s, embedding and search of the sample's 1,109 distinct
+texts 4.3 s); watch with the golden queries 6.4 s.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from embedmig import Config, command
+    from embedmig import Config, GateFailed, command
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-watch-"))
     if not (work / "embedmig.ini").exists():
@@ -121,7 +123,10 @@ def main() -> None:
         times["verify"].append(time.perf_counter() - begun)
         for name, config in (("watch", plain), ("watch + contracts", golden)):
             begun = time.perf_counter()
-            (report,) = command.watch(config, "docs")
+            try:
+                (report,) = command.watch(config, "docs")
+            except GateFailed as failed:  # golden SciFact claims do lose cited abstracts
+                report = failed.report
             times[name].append(time.perf_counter() - begun)
             assert report.metrics["watch_queries"] == LOGGED, report.metrics
             parts[name] = report.timings

@@ -125,8 +125,9 @@ def watch(env: Environment, alias: str, k: int) -> Report:
             conn, alias, since=since, limit=settings.sample, seed=settings.seed
         )
         readers = heartbeat.survey(conn, alias, heartbeat.ReaderSettings.of(env.config))
+        revision = catalog.versions(conn).get(alias, live.revision)
     lap("read")
-    gates, notes = _gates(env, live)
+    gates, notes = _gates(env, revision)
     recorded = (swap.metrics or {}) if swap is not None else {}
     kept = (recorded.get("distributions") or {}).get("watch_baseline")
     if kept is None and past:
@@ -193,7 +194,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
         checks.append(Check("watch_probe_min_cosine", "min", env.settings.probe_min_cosine, lowest))
     report = Report(
         alias=alias,
-        revision=live.revision,
+        revision=revision,
         old_model=None,
         new_model=model.describe() if drifted else served_by,
         dry_run=False,
@@ -215,12 +216,12 @@ def watch(env: Environment, alias: str, k: int) -> Report:
     raise GateFailed(f"watch of {alias} failed: {failures}", report)
 
 
-def _gates(env: Environment, live: catalog.IndexRecord) -> tuple[Gates, list[str]]:
-    """The gates of the revision that built the live index; none if its script is gone."""
+def _gates(env: Environment, revision: str) -> tuple[Gates, list[str]]:
+    """The gates of the alias's current revision; none if its script is gone."""
     try:
-        return env.scripts.get(live.revision).gates, []
+        return env.scripts.get(revision).gates, []
     except ScriptError:
-        return Gates(), [f"revision {live.revision} has no script here: no watch_* gates read"]
+        return Gates(), [f"revision {revision} has no script here: no watch_* gates read"]
 
 
 def _scores(embedder: LoadedEmbedder, search: Any, texts: list[str], k: int) -> np.ndarray:
@@ -248,7 +249,7 @@ def _record(env: Environment, report: Report, live: catalog.IndexRecord, started
         catalog.record(
             conn,
             alias=report.alias,
-            revision=live.revision,
+            revision=report.revision,
             action="watch",
             status="ok" if report.verdict.passed else "gate-failed",
             started_at=started,
