@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embedmig import Config, ConfigError, GateFailed, command, gates
+from embedmig import Config, ConfigError, GateFailed, command, gates, render
 from embedmig.contracts import Contract
 from embedmig.metrics import contracts as golden
 from embedmig.metrics import figures
@@ -68,6 +68,7 @@ def test_a_contract_the_migration_breaks_fails_the_upgrade_with_the_query_named(
     assert "keeps" not in message
     report = failed.value.report
     assert [c["id"] for c in report.distributions["contracts"]["broken"]] == ["breaks"]
+    assert "Golden queries" in render(report, "html") and "BROKEN breaks" in render(report)
     assert report.metrics["contract_failures_old"] == 0
     (docs,) = command.current(contracted)
     assert docs.revision == "r1" and docs.live is not None and docs.live.id == 1

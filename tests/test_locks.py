@@ -182,6 +182,7 @@ def wait_for_lock(config: Config, alias: str, timeout: float = 60.0) -> None:
 
 
 @pytest.mark.process
+@pytest.mark.waits
 def test_a_running_upgrade_blocks_a_second_one_on_the_same_alias(
     config: Config, project: Path
 ) -> None:
@@ -201,6 +202,7 @@ def test_a_running_upgrade_blocks_a_second_one_on_the_same_alias(
 
 
 @pytest.mark.process
+@pytest.mark.waits
 def test_migrations_of_different_aliases_run_at_the_same_time(
     config: Config, project: Path
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -106,17 +107,25 @@ def test_a_reader_left_on_the_old_index_is_skew_keeps_its_file_then_converges(
     assert states(config) == []  # a reader that closed leaves no row
 
 
-@pytest.mark.process
 def test_upgrade_waits_until_a_busy_reader_serves_the_new_index(config: Config) -> None:
     config = two_revisions(config)
-    reader = Reader(config.root)
-    assert reader.say("loop") == "looping"
-    settle(config, ["live"])
-    (report,) = command.upgrade(config, "r2", wait_readers=30)
-    assert 0 <= report.timings["readers_converged_s"] < 30
-    assert states(config) == ["live"]
-    reader.say("stop")
-    reader.close()
+    stop = threading.Event()
+
+    def serve() -> None:  # a busy reader: it picks the swap up at its next query
+        with open_searcher(config, "docs") as searcher:
+            while not stop.is_set():
+                searcher.search("protein folding", k=3)
+
+    busy = threading.Thread(target=serve)
+    busy.start()
+    try:
+        settle(config, ["live"])
+        (report,) = command.upgrade(config, "r2", wait_readers=30)
+        assert 0 <= report.timings["readers_converged_s"] < 30
+        assert states(config) == ["live"]
+    finally:
+        stop.set()
+        busy.join()
 
 
 def test_wait_readers_names_an_idle_reader_and_leaves_the_swap_done(config: Config) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedmig import Config, ConfigError, GateFailed, command, open_searcher
+from embedmig import Config, ConfigError, GateFailed, command, open_searcher, render
 from embedmig.metrics.segments import SegmentSettings, benjamini_hochberg, segments
 from tests.support import corpus_rows, embedmig, encode, snapshot
 
@@ -100,6 +100,8 @@ def test_a_segment_whose_recall_collapses_fails_the_upgrade_and_a_small_one_is_s
     assert report.distributions["segments"]["skipped"] == [{"label": "tiny", "queries": 5}]
     whole = report.metrics["recall_at_10_new"]
     assert whole is not None and whole > 0.85  # the mean barely moves
+    html = render(report, "html")
+    assert "Segments by topic" in html and "per segment (red: flagged)" in html
 
 
 def test_clusters_of_the_old_query_vectors_are_segments(

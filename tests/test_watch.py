@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from embedmig import Config, StateError, command, open_searcher, open_writer
+from embedmig import Config, StateError, command, open_searcher, open_writer, render
 from tests.support import corpus_rows, embedmig, snapshot
 
 WATCH_GATES = "Gates(max_watch_top1_ks=0.3, max_watch_topk_ks=0.3, thresholds=[0.5])"
@@ -96,6 +96,8 @@ def test_without_traffic_at_the_swap_the_first_watch_is_the_baseline(config: Con
     assert [p["watch_queries"] for p in second.distributions["watch_trend"]] == [60, 60]
     text = embedmig(config.root, "report", "--event", str(command.history(config)[0].id)).stdout
     assert "trend over the watches of this index" in text
+    html = render(second, "html")
+    assert "decay watch: trend over the watches of this index" in html
 
 
 def test_watching_an_alias_without_a_live_index_is_one_line_and_changes_nothing(

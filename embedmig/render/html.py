@@ -399,7 +399,9 @@ def _plots(report: Report, plt: Any) -> list[tuple[str, str]]:
 
         add("per segment (red: flagged)", draw_segments)
     trend = dist.get("watch_trend") or []
-    drawn = [n for n in _TREND if sum(p.get(n) is not None for p in trend) >= 2]
+    drawn = (
+        [n for n in _TREND if any(p.get(n) is not None for p in trend)] if len(trend) > 1 else []
+    )
     if drawn:
 
         def draw_trend(ax: Any) -> None:
