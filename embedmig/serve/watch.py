@@ -129,10 +129,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
     lap("read")
     gates, notes = _gates(env, revision)
     recorded = (swap.metrics or {}) if swap is not None else {}
-    kept = (recorded.get("distributions") or {}).get("watch_baseline")
-    if kept is None and past:
-        kept = (past[0].metrics or {}).get("distributions", {}).get("watch", {}).get("now")
-        notes.append("baseline: the first watch after the swap (the query log was empty then)")
+    kept = _baseline(recorded, past, notes)
     thresholds = (
         kept["thresholds"]
         if kept is not None
@@ -169,11 +166,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
         contracts = env.contracts(alias)
         if contracts:
             verified = golden.verify(env, alias, contracts, view)
-            metrics["watch_contract_failures"] = verified.metrics["contract_failures"]
-            then = (recorded.get("metrics") or {}).get("contract_ndcg_at_10")
-            ndcg = verified.metrics["contract_ndcg_at_10"]
-            if then is not None and ndcg is not None:
-                metrics["watch_contract_ndcg_at_10_drop"] = then - ndcg
+            metrics.update(_golden_metrics(verified, recorded))
             distributions["contracts"] = verified.section
             lap("contracts")
     distributions["watch"] = {
@@ -214,6 +207,31 @@ def watch(env: Environment, alias: str, k: int) -> Report:
         return report
     failures = "; ".join(c.describe() for c in report.verdict.failures())
     raise GateFailed(f"watch of {alias} failed: {failures}", report)
+
+
+def _baseline(
+    recorded: Mapping[str, Any], past: list[catalog.HistoryRecord], notes: list[str]
+) -> dict[str, Any] | None:
+    """The traffic baseline: kept by the swap's report, else set by the first watch after it."""
+    kept: dict[str, Any] | None = (recorded.get("distributions") or {}).get("watch_baseline")
+    if kept is None and past:
+        kept = (past[0].metrics or {}).get("distributions", {}).get("watch", {}).get("now")
+        notes.append("baseline: the first watch after the swap (the query log was empty then)")
+    return kept
+
+
+def _golden_metrics(
+    verified: golden.Verified, recorded: Mapping[str, Any]
+) -> dict[str, float | None]:
+    """The golden queries now, and how far their nDCG@10 fell since the swap's report."""
+    then = (recorded.get("metrics") or {}).get("contract_ndcg_at_10")
+    ndcg = verified.metrics["contract_ndcg_at_10"]
+    return {
+        "watch_contract_failures": verified.metrics["contract_failures"],
+        "watch_contract_ndcg_at_10_drop": (
+            then - ndcg if then is not None and ndcg is not None else None
+        ),
+    }
 
 
 def _gates(env: Environment, revision: str) -> tuple[Gates, list[str]]:
