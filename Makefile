@@ -48,3 +48,4 @@ bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_scale.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_embedders.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_adapter.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_watch.py
