@@ -343,15 +343,8 @@ def verify(config: Config, alias: str | None = None) -> list[Verified]:
             raise ConfigError(
                 "no golden queries: set contracts = FILE (JSONL) in the configuration"
             )
-        if not env.has_history():
-            live: list[str] = []
-        else:
-            with env.engine.connect() as conn:
-                live = sorted({r.alias for r in catalog.indexes(conn) if r.state == catalog.LIVE})
-        if alias is not None and alias not in live:
-            raise StateError(f"alias {alias!r} has no live index to verify")
         found = []
-        for name in [alias] if alias is not None else live:
+        for name in _live_aliases(env, alias, "verify"):
             contracts = env.contracts(name)
             if contracts is None:
                 if alias is not None:
@@ -375,14 +368,7 @@ def watch(
     reports: list[Report] = []
     failed: list[GateFailed] = []
     with _opened(config) as env:
-        if not env.has_history():
-            live: list[str] = []
-        else:
-            with env.engine.connect() as conn:
-                live = sorted({r.alias for r in catalog.indexes(conn) if r.state == catalog.LIVE})
-        if alias is not None and alias not in live:
-            raise StateError(f"alias {alias!r} has no live index to watch")
-        for name in [alias] if alias is not None else live:
+        for name in _live_aliases(env, alias, "watch"):
             try:
                 report = decay.watch(env, name, k)
             except GateFailed as exc:
@@ -394,6 +380,19 @@ def watch(
     if failed:
         raise failed[0]
     return reports
+
+
+def _live_aliases(env: Environment, alias: str | None, verb: str) -> list[str]:
+    """``[alias]`` when it has a live index (else StateError), or every alias that has one."""
+    live: list[str] = []
+    if env.has_history():
+        with env.engine.connect() as conn:
+            live = sorted({r.alias for r in catalog.indexes(conn) if r.state == catalog.LIVE})
+    if alias is None:
+        return live
+    if alias not in live:
+        raise StateError(f"alias {alias!r} has no live index to {verb}")
+    return [alias]
 
 
 def history(config: Config, alias: str | None = None) -> list[catalog.HistoryRecord]:

@@ -84,12 +84,19 @@ def segmented(config: Config, by: str, gates: str = "Gates(max_segment_recall_dr
     return config
 
 
-def test_a_segment_whose_recall_collapses_fails_the_upgrade_and_a_small_one_is_skipped(
-    config: Config, models: dict[str, Path]
-) -> None:
+@pytest.fixture
+def collapsing(config: Config, models: dict[str, Path]) -> Config:
+    """`docs` live on model a, segmented by topic; r2 (to far) collapses the `lost` segment."""
     collapsing_queries(models, config.root)
     config = segmented(config, "topic")
     command.upgrade(config, "r1")
+    return config
+
+
+def test_a_segment_whose_recall_collapses_fails_the_upgrade_and_a_small_one_is_skipped(
+    collapsing: Config,
+) -> None:
+    config = collapsing
     with pytest.raises(GateFailed, match=r"segment_recall_drop = 0\.[6-9]\d* \(needs <= 0\.5\)"):
         command.upgrade(config, "r2")
     report = command.report(config, "r2")
@@ -150,12 +157,8 @@ def test_a_field_segment_needs_queries_with_fields(config: Config) -> None:
     assert ran.returncode == 1 and "evaluated on sampled corpus documents" in ran.stderr
 
 
-def test_a_dry_run_forecasts_the_collapsing_segment_with_intervals(
-    config: Config, models: dict[str, Path]
-) -> None:
-    collapsing_queries(models, config.root)
-    config = segmented(config, "topic")
-    command.upgrade(config, "r1")
+def test_a_dry_run_forecasts_the_collapsing_segment_with_intervals(collapsing: Config) -> None:
+    config = collapsing
     with pytest.raises(GateFailed, match="segment_recall_drop"):
         command.upgrade(config, "r2", dry_run=True, sample=150)
     forecast = command.report(config, "r2")
