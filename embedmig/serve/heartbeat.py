@@ -21,6 +21,8 @@ from embedmig.store import catalog, readers
 
 
 class Heartbeat:
+    """One searcher's report of itself: set on the request path, sent by its worker."""
+
     def __init__(self, alias: str, every: float) -> None:
         self.every = every  # seconds; 0: no heartbeat
         self._id = uuid.uuid4().hex
