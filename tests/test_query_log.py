@@ -178,6 +178,15 @@ def test_queries_from_an_unusable_log_are_one_line_and_change_nothing(
     assert snapshot(config) == before
 
 
+def test_an_aliases_first_index_builds_with_queries_from_the_log_before_any_traffic(
+    config: Config,
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    (report,) = command.upgrade(with_options(config, queries="log"), "r1")
+    assert report.query_source != "query log: queries searchers served"
+    assert command.current(config)[0].revision == "r1"
+
+
 def test_a_log_of_hashes_counts_traffic_but_cannot_be_evaluated_on(config: Config) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")

@@ -118,7 +118,7 @@ class MigrationContext:
 
     @cached_property
     def _queries(self) -> ev.QuerySource:
-        return ev.QuerySource.of(self.env, self.alias)
+        return ev.QuerySource.of(self.env, self.alias, first_index=self.old is None)
 
     # ---- upgrade steps -----------------------------------------------------------------------
 

@@ -77,8 +77,10 @@ class QuerySource:
     contracts: Sequence[Contract] | None = None  # golden queries, checked beside the sample
 
     @classmethod
-    def of(cls, env: Environment, alias: str) -> QuerySource:
-        docs = env.queries(alias)
+    def of(cls, env: Environment, alias: str, *, first_index: bool = False) -> QuerySource:
+        """``first_index``: an alias's first index has served no traffic, so ``queries = log``
+        leaves it to the sampled corpus documents (as the upgrade's early check of the log does)."""
+        docs = None if first_index and env.uses_query_log() else env.queries(alias)
         # Judgements apply only to configured queries.
         qrels = env.qrels(alias) if docs is not None else None
         return cls(docs, qrels, env.uses_query_log(), env.contracts(alias))
