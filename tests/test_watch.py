@@ -110,3 +110,30 @@ def test_watching_an_alias_without_a_live_index_is_one_line_and_changes_nothing(
     with pytest.raises(StateError):
         command.watch(config, "nope")
     assert snapshot(config) == before
+
+
+def test_an_adapter_revision_keeps_the_baseline_of_the_adapted_search(config: Config) -> None:
+    ini = config.root / "embedmig.ini"
+    ini.write_text(ini.read_text() + LOGGING)
+    config = Config(ini)
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    rev = command.revision(
+        config, "adapt", alias="docs", new="models/near", rev_id="r2", adapter="procrustes"
+    )
+    path = Path(str(rev.path))
+    path.write_text(
+        path.read_text().replace("gates = Gates()", "gates = Gates(min_adapter_overlap_at_10=0.0)")
+    )
+    command.upgrade(config, "r1")
+    serve(config, queries())
+    command.upgrade(config, "r2")
+    assert command.report(config, "r2").distributions["watch_baseline"]["queries"] == 60
+    serve(config, queries())
+    (adapted,) = command.watch(config)
+    shift = adapted.metrics["watch_top1_ks"]
+    assert adapted.revision == "r2" and shift is not None and shift < 0.05
+    command.downgrade(config, "docs@-1")  # the alias serves r1's search again: a new baseline
+    serve(config, queries())
+    (rolled_back,) = command.watch(config)
+    assert rolled_back.revision == "r1" and rolled_back.metrics["watch_top1_ks"] is None
+    assert len(rolled_back.distributions["watch_trend"]) == 1

@@ -222,6 +222,15 @@ def evaluate(
         price=env.settings.price_per_million_tokens,
     )
     report.metrics.update(_adapter_metrics(reembed.metrics))
+    ev.after_the_swap(
+        env,
+        rev,
+        report,
+        queries,
+        ev.Side(fitted.adapted, fitted.index),
+        ev.Side(old, fitted.index),
+        eval_settings.k,
+    )
     intervals = report.distributions.setdefault("intervals", {})
     for name in ADAPTER:
         low, high = report.metrics.get(f"{name}_ci_low"), report.metrics.get(f"{name}_ci_high")

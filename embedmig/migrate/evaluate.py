@@ -178,19 +178,38 @@ def evaluate_shadow(
         progress=env.progress,
         segment=settings.segment,
     )
-    if queries.contracts:
-        check_contracts(env, alias, report, queries.contracts, Side(new, index), old)
-    thresholds = watch.remapped(rev.gates, report.metrics, first_index=live is None)
-    kept = watch.baseline(
-        env, alias, new, lambda vectors, k: files.search(index, vectors, k), settings.k, thresholds
-    )
-    if kept is not None:  # what `embedmig watch` compares the traffic after the swap with
-        report.distributions["watch_baseline"] = kept
+    after_the_swap(env, rev, report, queries, Side(new, index), old, settings.k)
     report.timings.update(shadow.stats.seconds)
     report.embedding = cost.spent(shadow.stats.usage, env.settings.price_per_million_tokens)
     # The swap needs only the saved file: free the index now rather than inside the swap.
     shadow.index = None
     return report
+
+
+def after_the_swap(
+    env: Environment,
+    rev: Revision,
+    report: rpt.Report,
+    queries: QuerySource,
+    new: Side,
+    old: Side | None,
+    k: int,
+) -> None:
+    """What an upgrade's report keeps for after its swap: the golden queries on both sides, and
+    the traffic baseline `embedmig watch` compares the traffic after the swap with."""
+    if queries.contracts:
+        check_contracts(env, rev.alias, report, queries.contracts, new, old)
+    thresholds = watch.remapped(rev.gates, report.metrics, first_index=old is None)
+    kept = watch.baseline(
+        env,
+        rev.alias,
+        new.embedder,
+        lambda vectors, depth: files.search(new.index, vectors, depth),
+        k,
+        thresholds,
+    )
+    if kept is not None:
+        report.distributions["watch_baseline"] = kept
 
 
 def check_contracts(

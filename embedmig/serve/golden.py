@@ -43,7 +43,7 @@ def verify(
         view = Searcher(env, alias).view  # no search: no heartbeat, no worker to close
     with env.engine.connect() as conn:
         ids_of = catalog.lookup_ids(conn, alias, set().union(*(c.keys for c in contracts)))
-        swap = catalog.swap_of(conn, alias, view.record.id)
+        swap = catalog.swap_of(conn, alias, view.record.id, catalog.versions(conn).get(alias))
     compiled = golden.compile_(contracts, ids_of)
     vectors = view.embedder.encode_queries([c.query for c in contracts])
     _, ids = view.overlay.search(vectors, max(1, min(compiled.depth, view.overlay.size)))

@@ -115,17 +115,21 @@ def watch(env: Environment, alias: str, k: int) -> Report:
         if live is None:
             raise StateError(f"alias {alias!r} has no live index to watch")
         since = catalog.went_live(conn, alias, live.id)
-        swap = catalog.swap_of(conn, alias, live.id)
+        revision = catalog.versions(conn).get(alias, live.revision)
+        swap = catalog.swap_of(conn, alias, live.id, revision)
+        # The watches of what the alias serves now: since its swap, rollback or adapter.
         past = [
             h
-            for h in reversed(catalog.history(conn, alias))
-            if h.action == "watch" and h.to_index == live.id and h.metrics
+            for h in reversed(catalog.history(conn, alias, revision))
+            if h.action == "watch"
+            and h.to_index == live.id
+            and h.metrics
+            and (since is None or catalog.utc(h.finished_at) >= since)
         ]
         texts, total = traffic.sample_served(
             conn, alias, since=since, limit=settings.sample, seed=settings.seed
         )
         readers = heartbeat.survey(conn, alias, heartbeat.ReaderSettings.of(env.config))
-        revision = catalog.versions(conn).get(alias, live.revision)
     lap("read")
     gates, notes = _gates(env, revision)
     recorded = (swap.metrics or {}) if swap is not None else {}

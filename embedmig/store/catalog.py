@@ -574,35 +574,42 @@ def history(
     return [HistoryRecord.from_row(row) for row in conn.execute(query)]
 
 
-# History statuses of an upgrade or downgrade that changed what the alias serves.
+# History statuses and actions of the events that changed what an alias serves: a swap to a new
+# index, a rollback, or an adapter revision (the same index, queried through a map from then on).
 SWAPPED = ("ok", "forced")
+SWAPS = ("upgrade", "adapter")
 
 
 def went_live(conn: sa.Connection, alias: str, index_id: int) -> datetime | None:
-    """When ``index_id`` last became the live index of ``alias`` (a swap or a rollback)."""
+    """When ``index_id`` last became what ``alias`` serves (a swap, a rollback, or an adapter
+    revision that serves it through a map)."""
     h = t.history.c
     found = conn.execute(
         sa.select(sa.func.max(h.finished_at)).where(
             h.alias == alias,
             h.to_index == index_id,
             h.status.in_(SWAPPED),
-            h.action.in_(("upgrade", "downgrade")),
+            h.action.in_((*SWAPS, "downgrade")),
         )
     ).scalar()
     return utc(found) if found is not None else None
 
 
-def swap_of(conn: sa.Connection, alias: str, index_id: int) -> HistoryRecord | None:
-    """The upgrade that swapped ``index_id`` in, with its report: the baseline of what the
-    alias serves (a rollback to the index restores that baseline too)."""
+def swap_of(
+    conn: sa.Connection, alias: str, index_id: int, revision: str | None
+) -> HistoryRecord | None:
+    """The upgrade (or adapter revision) of ``revision`` that made ``index_id`` what the alias
+    serves, with its report: the baseline of what it serves now (after a rollback, the swap of
+    the revision rolled back to)."""
     h = t.history.c
     row = conn.execute(
         sa.select(t.history)
         .where(
             h.alias == alias,
+            h.revision == revision,
             h.to_index == index_id,
             h.status.in_(SWAPPED),
-            h.action == "upgrade",
+            h.action.in_(SWAPS),
             h.metrics.is_not(None),
         )
         .order_by(h.id.desc())
