@@ -124,6 +124,7 @@ def test_no_write_is_lost_or_resurrected_across_a_live_migration_on_postgres(
     run_live_migration(project, postgres_config)
 
 
+@pytest.mark.waits
 def test_a_searcher_in_another_process_sees_an_upsert_and_a_delete_within_a_second(
     config: Config,
 ) -> None:

@@ -81,6 +81,7 @@ def settle(config: Config, wanted: list[str], timeout: float = 20.0) -> None:
 
 
 @pytest.mark.process
+@pytest.mark.waits
 def test_a_reader_left_on_the_old_index_is_skew_keeps_its_file_then_converges(
     reader_process: tuple[Config, Reader],
 ) -> None:
