@@ -384,6 +384,9 @@ def test_a_model_swapped_behind_the_same_name_is_caught_by_probe_upgrade_and_sea
     with pytest.raises(EmbedderError, match="drifted"), open_searcher(config, "docs") as searcher:
         searcher.search("vitamin")
     assert snapshot(config) == before
+    ran = embedmig(project, "watch", "docs")  # searches nothing, fails on the probes
+    assert ran.returncode == 3 and "watch of docs failed: watch_probe_min_cosine = 0." in ran.stderr
+    assert "the model the alias is queried with drifted: nothing was searched" in ran.stdout
 
     server.serve("tiny", models["a"])
     assert embedmig(project, "probe").returncode == 0

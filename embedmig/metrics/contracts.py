@@ -39,7 +39,7 @@ class Compiled:
     @property
     def depth(self) -> int:
         """How deep a search must go to judge every contract."""
-        return int(max(int(self.k.max()), REPORT_DEPTH)) if len(self.k) else REPORT_DEPTH
+        return max(int(self.k.max(initial=0)), REPORT_DEPTH)
 
 
 def compile_(contracts: Sequence[Contract], ids_of: Mapping[str, int]) -> Compiled:

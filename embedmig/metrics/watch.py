@@ -33,7 +33,7 @@ def summary(scores: np.ndarray, thresholds: Mapping[str, float]) -> dict[str, An
     top1, topk = Sample.of(scores[:, :1]), Sample.of(scores)
     return {
         "queries": len(scores),
-        "k": int(scores.shape[1]) if scores.ndim == 2 else 0,
+        "k": int(scores.shape[1]),
         "top1": _quantiles(top1),
         "topk": _quantiles(topk),
         "below": {name: _share_below(scores, t) for name, t in thresholds.items()},
@@ -72,6 +72,5 @@ def _sample(quantiles: list[float] | None) -> Sample:
 
 
 def _share_below(scores: np.ndarray, threshold: float) -> float | None:
-    best = scores[:, 0] if scores.ndim == 2 and scores.shape[1] else np.empty(0)
-    best = best[np.isfinite(best)]
+    best = scores[:, 0][np.isfinite(scores[:, 0])]
     return float(np.mean(best < threshold)) if best.size else None

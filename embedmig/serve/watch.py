@@ -17,13 +17,15 @@ import numpy as np
 
 from embedmig.config import Config
 from embedmig.embedders import Embedder, LoadedEmbedder, probes
+from embedmig.embedders.adapted import AdaptedEmbedder
 from embedmig.environment import Environment
-from embedmig.errors import GateFailed, ScriptError, StateError
+from embedmig.errors import EmbedderDrift, GateFailed, ScriptError, StateError
 from embedmig.gates import WATCH, Check, Gates, Verdict, threshold_metric
 from embedmig.metrics import watch as figures
 from embedmig.metrics.report import Report
 from embedmig.serve import golden, heartbeat
 from embedmig.serve.searcher import Searcher
+from embedmig.serve.view import IndexView
 from embedmig.store import catalog, traffic
 
 # The figures each point of the trend keeps (the full report of each watch is in history).
@@ -142,21 +144,17 @@ def watch(env: Environment, alias: str, k: int) -> Report:
     metrics: dict[str, float | None] = {name: None for name in WATCH}
     metrics["watch_queries"] = float(total)
     metrics["watch_reader_skew"] = float(len(readers.flagged))
-    model = env.load_embedder(Embedder.from_json(live.model))
-    lowest = probes.against(live.probe, live.dim, model)
+    view, lowest, served_by = _serving(env, alias, live)
     metrics["watch_probe_min_cosine"] = lowest
-    lap("probe")
+    lap("open")
     distributions: dict[str, Any] = {}
     now: dict[str, Any] | None = None
-    drifted = lowest is not None and lowest < env.settings.probe_min_cosine
-    if drifted:
-        notes.append("the live index's embedder drifted: nothing was searched")
+    if view is None:
+        notes.append("the model the alias is queried with drifted: nothing was searched")
     else:
-        view = Searcher(env, alias).view  # no search: no heartbeat, no worker to close
         if texts:
             scores = _scores(view.embedder, view.overlay.search, texts, k)
             now = {"thresholds": dict(thresholds), **figures.summary(scores, thresholds)}
-        served_by = view.embedder.describe()
         lap("search")
         if now is not None and kept is not None and len(texts) >= settings.min_queries:
             metrics.update(figures.compare(now, kept))
@@ -193,7 +191,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
         alias=alias,
         revision=revision,
         old_model=None,
-        new_model=model.describe() if drifted else served_by,
+        new_model=served_by,
         dry_run=False,
         corpus_size=int(live.ntotal),
         query_source="query log since the swap",
@@ -236,6 +234,24 @@ def _golden_metrics(
             then - ndcg if then is not None and ndcg is not None else None
         ),
     }
+
+
+def _serving(
+    env: Environment, alias: str, live: catalog.IndexRecord
+) -> tuple[IndexView | None, float | None, str]:
+    """The alias as searchers see it (None when the model it is queried with drifted), that
+    model's lowest probe cosine, and its description. The view's own drift check measured the
+    probes: reading them again here costs nothing (``probes.of`` keeps them per embedder)."""
+    try:
+        view = Searcher(env, alias).view  # no search: no heartbeat, no worker to close
+    except EmbedderDrift as drift:
+        return None, drift.lowest, Embedder.from_json(live.model).describe()
+    embedder = view.embedder
+    if view.adapter is not None and isinstance(embedder, AdaptedEmbedder):
+        lowest = probes.against(view.adapter.probe, view.adapter.dim, embedder.inner)
+    else:
+        lowest = probes.against(view.record.probe, view.record.dim, embedder)
+    return view, lowest, embedder.describe()
 
 
 def _gates(env: Environment, revision: str) -> tuple[Gates, list[str]]:
