@@ -68,7 +68,7 @@ def main() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     from embedmig import Config, command
     from embedmig.environment import Environment
-    from embedmig.store import catalog
+    from embedmig.store import catalog, clock
     from tests.support import build_static_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-swap-"))
@@ -122,7 +122,7 @@ def main() -> None:
                     revision=None,
                     action="bench",
                     status="ok",
-                    started_at=catalog.now(),
+                    started_at=clock.now(),
                 )
             runs.append(time.perf_counter() - started)
         repeated[alias] = runs

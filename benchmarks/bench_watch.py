@@ -83,7 +83,7 @@ def log_traffic(work: Path) -> None:
     from embedmig import Config
     from embedmig.environment import Environment
     from embedmig.history import schema
-    from embedmig.store import catalog, manifest, traffic
+    from embedmig.store import clock, manifest, traffic
 
     claims = [
         json.loads(line)["text"]
@@ -93,7 +93,7 @@ def log_traffic(work: Path) -> None:
     with env.engine.begin() as conn:
         conn.execute(schema.query_log.delete())
         served = [
-            traffic.Served(catalog.now(), manifest.content_hash(text), text, 10)
+            traffic.Served(clock.now(), manifest.content_hash(text), text, 10)
             for text in (claims[i % len(claims)] for i in range(LOGGED))
         ]
         traffic.log(conn, "docs", served, LOGGED)

@@ -33,12 +33,14 @@ _EXPORTS = {
     "Holder": "embedmig.store.locks",
     "IterableSource": "embedmig.sources",
     "JsonlSource": "embedmig.sources",
+    "LockLost": "embedmig.errors",
     "Locked": "embedmig.errors",
     "MigrationContext": "embedmig.migrate.context",
     "ProbeResult": "embedmig.command",
     "Pruned": "embedmig.migrate.maintenance",
     "ReaderState": "embedmig.serve.heartbeat",
     "ReadersBehind": "embedmig.errors",
+    "Recovery": "embedmig.migrate.maintenance",
     "Report": "embedmig.metrics.report",
     "Revision": "embedmig.script",
     "ScriptError": "embedmig.errors",
@@ -105,6 +107,7 @@ if TYPE_CHECKING:
     from embedmig.errors import (
         Locked as Locked,
     )
+    from embedmig.errors import LockLost as LockLost
     from embedmig.errors import ReadersBehind as ReadersBehind
     from embedmig.errors import (
         ScriptError as ScriptError,
@@ -124,6 +127,7 @@ if TYPE_CHECKING:
     from embedmig.metrics.report import Report as Report
     from embedmig.migrate.context import MigrationContext as MigrationContext
     from embedmig.migrate.maintenance import Pruned as Pruned
+    from embedmig.migrate.maintenance import Recovery as Recovery
     from embedmig.render import render as render
     from embedmig.script import Revision as Revision
     from embedmig.serve.golden import Verified as Verified

@@ -611,6 +611,16 @@ def prune(state: State, alias: str, keep: int, wait: float) -> None:
 
 @cli.command()
 @click.argument("alias")
+@click.option("--dry-run", is_flag=True, help="Say what it would do; change nothing.")
+@click.option("--wait", default=0.0, show_default=True, help="Seconds to wait for a locked alias.")
+@pass_state
+def recover(state: State, alias: str, dry_run: bool, wait: float) -> None:
+    """Point ALIAS, live on no index, back at the last index it served."""
+    click.echo(_command().recover(state.config(), alias, dry_run=dry_run, wait=wait).describe())
+
+
+@cli.command()
+@click.argument("alias")
 @click.option("--wait", default=0.0, show_default=True, help="Seconds to wait for a locked alias.")
 @pass_state
 def compact(state: State, alias: str, wait: float) -> None:

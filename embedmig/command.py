@@ -26,7 +26,7 @@ from embedmig.store import catalog, locks, readers
 if TYPE_CHECKING:
     from embedmig.metrics.report import Report
     from embedmig.migrate.compaction import Compaction
-    from embedmig.migrate.maintenance import Pruned
+    from embedmig.migrate.maintenance import Pruned, Recovery
     from embedmig.script import Revision
     from embedmig.serve.golden import Verified
     from embedmig.serve.heartbeat import AliasReaders
@@ -232,6 +232,16 @@ def compact(config: Config, alias: str, *, wait: float = 0.0) -> Compaction:
 
     with _opened(config) as env:
         return compaction.compact(env, alias, wait=wait)
+
+
+def recover(config: Config, alias: str, *, dry_run: bool = False, wait: float = 0.0) -> Recovery:
+    """Point ``alias``, recorded at a revision but live on no index, back at the last index it
+    served (checked by its sha256), recording that index's revision; ``dry_run`` says what it
+    would do and changes nothing."""
+    from embedmig.migrate import maintenance
+
+    with _opened(config) as env:
+        return maintenance.recover(env, alias, dry_run=dry_run, wait=wait)
 
 
 def unlock(config: Config, alias: str, *, force: bool = False) -> locks.Holder:

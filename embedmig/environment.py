@@ -5,8 +5,8 @@ Opened once per command and passed explicitly to everything that needs it (no mo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
@@ -42,6 +42,7 @@ class Environment:
         self._logged: dict[str, list[Document]] = {}
         self._contracts: list[Contract] | None = None
         self._embedders: list[LoadedEmbedder] = []
+        self._lease: locks.Lease | None = None  # the migration locks this command holds
 
     @cached_property
     def engine(self) -> sa.Engine:
@@ -187,11 +188,27 @@ class Environment:
             f"{embedder.describe()}, the embedder of {what} #{record.id} of {record.alias!r},",
         )
 
-    def lock(
-        self, aliases: Iterable[str], command: str, wait: float = 0.0
-    ) -> AbstractContextManager[None]:
-        """Hold the migration locks of ``aliases`` (see ``store.locks``) with the configured lease."""
-        return locks.hold(self.engine, aliases, command, wait=wait, lease=self.settings.lock_lease)
+    @contextmanager
+    def lock(self, aliases: Iterable[str], command: str, wait: float = 0.0) -> Iterator[None]:
+        """Hold the migration locks of ``aliases`` (see ``store.locks``) with the configured
+        lease; meanwhile every ``begin()`` transaction is fenced by them."""
+        with locks.hold(
+            self.engine, aliases, command, wait=wait, lease=self.settings.lock_lease
+        ) as lease:
+            outer, self._lease = self._lease, lease
+            try:
+                yield
+            finally:
+                self._lease = outer
+
+    @contextmanager
+    def begin(self) -> Iterator[sa.Connection]:
+        """A transaction that changes state: while this command holds migration locks, it first
+        checks they are still its own (LockLost), and commits only while they are."""
+        with self.engine.begin() as conn:
+            if self._lease is not None:
+                self._lease.check(conn)
+            yield conn
 
     def embedder_of(self, record: IndexRecord, *, cache: bool = False) -> LoadedEmbedder:
         """The embedder an index was built with, refusing one whose files or options changed

@@ -14,6 +14,7 @@ a caller needs to act on it without parsing the message::
     ├── HistoryError         the history database is unreachable, unusable or of an unknown schema
     ├── StateError           the alias is not in a state that allows the operation
     │   ├── Locked           another run holds the alias's migration lock        .holder
+    │   ├── LockLost         this run's lock was taken over; it stopped           .alias
     │   └── ReadersBehind    readers still serve another index than the live one  .alias, .readers
     ├── GateFailed           a quality gate failed; the alias is untouched    .report, .checks
 ├── ContractBroken       the live alias lost a document a golden query must keep  .alias, .broken
@@ -107,6 +108,20 @@ class Locked(StateError):
     def __init__(self, message: str, holder: Holder) -> None:
         super().__init__(message)
         self.holder = holder
+
+
+class LockLost(StateError):
+    """This run's migration lock was taken over while it ran: it did not renew its lease within
+    ``lock.lease_seconds`` (the process was paused, or cut off from the database) and another run
+    took the lock, or ``unlock --force`` removed it. It stopped at its next state change, before
+    committing it: checkpoints, states, the swap and the rollback are fenced by the lock.
+
+    ``alias``: the alias whose lock was lost.
+    """
+
+    def __init__(self, message: str, *, alias: str) -> None:
+        super().__init__(message)
+        self.alias = alias
 
 
 class ReadersBehind(StateError):

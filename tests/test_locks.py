@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import sqlalchemy as sa
 from embedmig import Config, GateFailed, Locked, StateError, command
 from embedmig.environment import Environment
 from embedmig.history import schema
-from tests.support import snapshot
+from embedmig.store import catalog
+from tests.support import embedmig, snapshot
 
 
 def plant_lock(
@@ -220,3 +222,138 @@ def test_migrations_of_different_aliases_run_at_the_same_time(
         ("docs", "d1"),
         ("faq", "f1"),
     }
+
+
+FAR_HOST_UPGRADE = """
+import socket, sys
+socket.gethostname = lambda: "far-host"  # judged by its heartbeats, as a holder on another host
+from embedmig.cli import main
+sys.exit(main(["-q", "upgrade", "head"]))
+"""
+
+# The same, on a host whose clock runs two hours behind: every clock of the process says so.
+BEHIND_HOST_UPGRADE = (
+    """
+import datetime as dt
+class Behind(dt.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return dt.datetime.now(tz) - dt.timedelta(hours=2)
+import embedmig.store.clock, embedmig.store.locks
+embedmig.store.clock.datetime = embedmig.store.locks.datetime = Behind
+"""
+    + FAR_HOST_UPGRADE
+)
+
+
+def start_far(project: Path, script: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def checkpointed(config: Config) -> bool:
+    engine = Environment(config).engine
+    with engine.connect() as conn:
+        found = conn.execute(sa.select(schema.checkpoint)).first() is not None
+    engine.dispose()
+    return found
+
+
+@pytest.mark.process
+@pytest.mark.waits
+def test_a_paused_holder_whose_lock_was_taken_over_stops_before_its_next_change(
+    config: Config, project: Path
+) -> None:
+    (project / "migrations" / "env.py").write_text(SLOW_ENV)
+    ini = project / "embedmig.ini"
+    ini.write_text(
+        ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 16")
+        + "lock.lease_seconds = 1\n"
+    )
+    two_revisions(config)
+    paused = start_far(project, FAR_HOST_UPGRADE)
+    try:
+        deadline = time.monotonic() + 120
+        while not checkpointed(config):
+            assert time.monotonic() < deadline and paused.poll() is None, "no checkpoint"
+            time.sleep(0.05)
+        paused.send_signal(signal.SIGSTOP)  # a VM pause, a long GC: its heartbeat stops
+        time.sleep(1.5)  # past the lease
+        command.upgrade(Config(ini), "head")  # takes the lock over, resumes the build, swaps
+        swapped = snapshot(config)
+    finally:
+        paused.send_signal(signal.SIGCONT)
+        _, err = paused.communicate(timeout=300)
+    assert paused.returncode != 0
+    assert "lost the migration lock of 'docs'" in err and "Traceback" not in err
+    assert snapshot(config) == swapped  # the resumed holder changed nothing
+    (state,) = command.current(config)
+    assert state.revision == "r2" and state.live is not None and state.live.revision == "r2"
+
+
+@pytest.mark.process
+@pytest.mark.waits
+def test_a_holder_whose_clock_runs_behind_is_not_taken_for_dead(
+    config: Config, project: Path
+) -> None:
+    (project / "migrations" / "env.py").write_text(SLOW_ENV)
+    two_revisions(config)
+    behind = start_far(project, BEHIND_HOST_UPGRADE)
+    try:
+        wait_for_lock(config, "docs")
+        with pytest.raises(Locked, match=r"upgrade by pid .* on far-host"):
+            command.upgrade(config, "head")
+    finally:
+        _, err = behind.communicate(timeout=300)
+    assert behind.returncode == 0, err
+    assert command.current(config)[0].revision == "r2" and locks_held(config) == []
+
+
+def strand(config: Config) -> None:
+    """What a run that lost its lock could leave before fencing: recorded at head, live on none."""
+    engine = Environment(config).engine
+    with engine.begin() as conn:
+        catalog.point_alias(conn, "docs", "r2", None)
+    engine.dispose()
+
+
+def test_recover_points_an_alias_live_on_no_index_back_at_the_last_index_it_served(
+    config: Config, project: Path
+) -> None:
+    two_revisions(config)
+    command.upgrade(config, "head")
+    (state,) = command.current(config)
+    served = state.live
+    assert served is not None
+    strand(config)
+    stranded = snapshot(config)
+    with pytest.raises(StateError, match="no live index"):
+        command.search(config, "docs", "a query", k=3)
+
+    said = embedmig(project, "recover", "docs", "--dry-run")
+    assert said.returncode == 0, said.stderr
+    assert said.stdout.startswith(f"would point docs at index #{served.id}")
+    assert "(the last index it served)" in said.stdout and "record revision r2" in said.stdout
+    assert snapshot(config) == stranded
+
+    done = embedmig(project, "recover", "docs")
+    assert done.returncode == 0 and done.stdout.startswith(f"pointed docs at index #{served.id}")
+    (state,) = command.current(config)
+    assert state.revision == "r2" and state.live is not None and state.live.id == served.id
+    assert command.search(config, "docs", "a query", k=3)
+    command.downgrade(config, "-1")  # and the chain works again
+    assert command.current(config)[0].revision == "r1"
+
+
+def test_recover_refuses_an_alias_that_is_live(config: Config, project: Path) -> None:
+    two_revisions(config)
+    before = snapshot(config)
+    refused = embedmig(project, "recover", "docs")
+    assert refused.returncode != 0
+    assert "is live on index #1 (r1); nothing to recover" in refused.stderr
+    assert snapshot(config) == before

@@ -111,6 +111,8 @@ lock = sa.Table(
     metadata,
     sa.Column("alias", sa.String(64), primary_key=True),
     sa.Column("owner", sa.String(64), nullable=False),
+    # The generation: a takeover bumps it. (owner, token) is the holder's fencing token.
+    sa.Column("token", sa.BigInteger, nullable=False, server_default="1"),
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("command", sa.String(64), nullable=False),

@@ -205,7 +205,7 @@ def _backfill(
     engine = env.engine
     docs = env.corpus(rev.alias)  # first: a corpus that cannot be opened registers nothing
     probes.of(embedder)  # before writers are locked out below: an endpoint may take its time
-    with engine.begin() as conn:
+    with env.begin() as conn:
         index_id, point, dropped = _start(conn, env, rev, embedder, restart=restart)
     for record in dropped:  # after the commit, as prune does: a rollback keeps file and row
         env.remove_index_files(record)
@@ -230,7 +230,7 @@ def _backfill(
             hashes = [manifest.content_hash(text) for text in texts]
             # As it was when the chunk was read, with the truncations counted up to it.
             state = {**chunk.state, "truncated": stats.truncated}
-            with engine.begin() as conn:
+            with env.begin() as conn:
                 ids = catalog.assign_ids(conn, rev.alias, [doc.key for doc in chunk.docs], texts)
                 spool.append(ids, encoded.vectors)
                 manifest.record_corpus(conn, index_id, ids, hashes)
@@ -265,7 +265,7 @@ def _backfill(
     )
     sha256 = files.save(index, path)
     stats.seconds["build_s"] = time.perf_counter() - started
-    with engine.begin() as conn:
+    with env.begin() as conn:
         catalog.update_index(
             conn,
             index_id,
@@ -393,7 +393,7 @@ def _reconcile(
     with env.engine.connect() as conn:
         read = manifest.load(conn, index_id)
     now = Docs(read.ids[read.has_corpus], read.corpus_sha[read.has_corpus])
-    with env.engine.begin() as conn:
+    with env.begin() as conn:
         catalog.lock_alias(conn, alias, create=False)  # no writer may commit in between
         record = catalog.get_index(conn, index_id)
         live = catalog.live_index(conn, alias)
@@ -446,7 +446,7 @@ def _get(env: Environment, index_id: int) -> catalog.IndexRecord:
 
 
 def _abandon(env: Environment, index_id: int, spool: files.Spool) -> None:
-    with env.engine.begin() as conn:
+    with env.begin() as conn:
         catalog.clear_checkpoint(conn, index_id)
         manifest.drop(conn, index_id)
         catalog.delete_index(conn, index_id)

@@ -153,7 +153,7 @@ def attach(
     """The open canary of this revision, model and live index, with its shadow (kept current by
     the writers since it opened); an open canary that no longer fits is abandoned. None: the
     upgrade builds its shadow."""
-    with env.engine.begin() as conn:
+    with env.begin() as conn:
         canary = traffic.open_canary(conn, alias)
         if canary is None:
             return None
@@ -187,7 +187,7 @@ def open_on(
     ``report``; returns what the upgrade raises to say so."""
     # Both top-k lists must be full: k is at most what either index holds.
     k = max(1, min(k, shadow.ntotal, live.ntotal))
-    with env.engine.begin() as conn:
+    with env.begin() as conn:
         if traffic.open_canary(conn, report.alias) is not None:
             raise StateError(f"a canary is already open on {report.alias}")
         traffic.start(
@@ -278,11 +278,11 @@ def show(
         raise ScriptError(f"the canary's revision {opened.revision} has no script")
     gates = found[0].gates
     if fraction is not None:
-        with env.engine.begin() as conn:
+        with env.begin() as conn:
             traffic.set_fraction(conn, opened.id, fraction)
         opened = replace(opened, fraction=fraction)
     measured = measure(env, opened, gates, settings)
     if close:
-        with env.lock([alias], "canary", wait), env.engine.begin() as conn:
+        with env.lock([alias], "canary", wait), env.begin() as conn:
             end(conn, opened, traffic.CLOSED, started_at=opened.opened_at, report=measured.report)
     return measured.report

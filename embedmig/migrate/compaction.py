@@ -47,7 +47,7 @@ def _compact(env: Environment, alias: str) -> Compaction:
     with env.engine.connect() as conn:
         records = [r for r in catalog.indexes(conn, alias) if r.state in _COMPACTED and r.path]
     folded = [_fold(env, record) for record in records]
-    with env.engine.begin() as conn:
+    with env.begin() as conn:
         removed = journal.collect(conn, alias)
     return Compaction(alias, folded, removed)
 
@@ -61,7 +61,7 @@ def _fold(env: Environment, record: catalog.IndexRecord) -> Folded:
     index = view.overlay.fold()
     path = env.index_path(record.alias, record.id, record.revision, view.overlay.applied)
     sha256 = files.save(index, path)
-    with env.engine.begin() as conn:
+    with env.begin() as conn:
         catalog.update_index(
             conn,
             record.id,

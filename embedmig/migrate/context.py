@@ -26,7 +26,7 @@ from embedmig.migrate.dryrun import DryRun
 from embedmig.migrate.fit import MapSpec
 from embedmig.migrate.settings import MigrationSettings
 from embedmig.script import Revision
-from embedmig.store import catalog, files, traffic
+from embedmig.store import catalog, clock, files, traffic
 
 log = logging.getLogger("embedmig")
 
@@ -64,7 +64,7 @@ class MigrationContext:
         self._adapter = adapter
         self._fitted: adapters.Fitted | None = None  # ctx.adapt()'s map
         self._swapped_adapter: catalog.AdapterRecord | None = None  # its row, once it serves
-        self._started = catalog.now()
+        self._started = clock.now()
         self._new: LoadedEmbedder | None = None
         self._shadow: Shadow | None = None
         self._dry: DryRun | None = None
@@ -215,7 +215,7 @@ class MigrationContext:
             old=self._old_side,
         )
         path = adapters.write(self.env, self.revision, fitted)
-        with self.env.engine.begin() as conn:
+        with self.env.begin() as conn:
             record = adapters.register(conn, self.env, self.revision, fitted, path, catalog.BRIDGE)
             self._record(
                 conn,
@@ -353,7 +353,7 @@ class MigrationContext:
             )
         verdict = self.report.verdict
         if self.dry_run:
-            with self.env.engine.begin() as conn:
+            with self.env.begin() as conn:
                 self._record(
                     conn, "dry-run", "ok", verdict=_label(verdict), metrics=self._metrics()
                 )
@@ -369,7 +369,7 @@ class MigrationContext:
             # A shadow built by this run was hashed from the very bytes it wrote.
             files.verify(self.env.file_of(shadow.record), shadow.record.sha256)
         expected = self._live.id if self._live else None
-        with self.env.engine.begin() as conn:
+        with self.env.begin() as conn:
             live = catalog.live_index(conn, self.alias)
             if (live.id if live else None) != expected:
                 raise StateError(
@@ -400,7 +400,7 @@ class MigrationContext:
         fitted = self._fitted
         assert fitted is not None and self._live is not None
         path = adapters.write(self.env, self.revision, fitted)
-        with self.env.engine.begin() as conn:
+        with self.env.begin() as conn:
             live = catalog.live_index(conn, self.alias)
             if live is None or live.id != self._live.id:
                 raise StateError(
@@ -435,7 +435,7 @@ class MigrationContext:
             )
             return
         rev = self.revision
-        with self.env.engine.begin() as conn:
+        with self.env.begin() as conn:
             live = catalog.live_index(conn, self.alias)
             current = catalog.live_adapter(conn, self.alias)
             notes = []
@@ -508,7 +508,7 @@ class MigrationContext:
         """Record the failed verdict, then raise it."""
         assert report.verdict is not None
         shadow_id = self._shadow.record.id if self._shadow else None
-        with self.env.engine.begin() as conn:
+        with self.env.begin() as conn:
             self._record(
                 conn,
                 "dry-run" if self.dry_run else "upgrade",

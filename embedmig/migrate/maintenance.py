@@ -7,12 +7,13 @@ commits its catalog changes with their history row in one transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from embedmig.embedders import cache
 from embedmig.environment import Environment, remove_file
-from embedmig.errors import ConfigError, ScriptError, StateError
+from embedmig.errors import ConfigError, ScriptError, StateError, StoreError
 from embedmig.serve.heartbeat import ReaderSettings
-from embedmig.store import catalog, journal, manifest, readers, traffic
+from embedmig.store import catalog, clock, files, journal, manifest, readers, traffic
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,8 @@ def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
         raise ConfigError("--keep must be 0 or more")
     silent_after = ReaderSettings.of(env.config).silent_after
     with env.lock([alias], "prune", wait):
-        started = catalog.now()
-        with env.engine.begin() as conn:
+        started = clock.now()
+        with env.begin() as conn:
             records = catalog.indexes(conn, alias)
             if not records:
                 raise StateError(f"alias {alias!r} has no indexes")
@@ -53,7 +54,7 @@ def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
             serving = readers.held(conn, alias, silent_after)
             doomed = [r for r in candidates if r.id not in serving]
             held = [r for r in candidates if r.id in serving]
-            at = catalog.now()
+            at = clock.db_now(conn)
             gone_silent = [r.id for r in readers.of(conn, alias) if r.silent(silent_after, at)]
             readers.forget(conn, gone_silent)
             for record in doomed:
@@ -110,8 +111,8 @@ def stamp(env: Environment, target: str, *, wait: float) -> list[tuple[str, str 
         changes = [(rev.alias, rev.revision) for rev in env.scripts.resolve(target)]
         if not changes:
             raise ScriptError(f"{target!r} names no revision")
-    started = catalog.now()
-    with env.lock([a for a, _ in changes], "stamp", wait), env.engine.begin() as conn:
+    started = clock.now()
+    with env.lock([a for a, _ in changes], "stamp", wait), env.begin() as conn:
         for alias_name, rev_id in changes:
             catalog.set_version(conn, alias_name, rev_id)
             catalog.record(
@@ -123,3 +124,88 @@ def stamp(env: Environment, target: str, *, wait: float) -> list[tuple[str, str 
                 started_at=started,
             )
     return changes
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What ``recover`` did (or, in a dry run, would do): point ``alias`` at ``index`` and record
+    its revision; ``why`` says how that index was chosen."""
+
+    alias: str
+    revision: str | None  # the revision recorded before
+    index: catalog.IndexRecord
+    why: str
+    done: bool
+
+    def describe(self) -> str:
+        verb = "pointed" if self.done else "would point"
+        return (
+            f"{verb} {self.alias} at index #{self.index.id} ({self.why}) and record revision "
+            f"{self.index.revision} (was {self.revision or 'base'}); then `embedmig upgrade` "
+            "moves it on again"
+        )
+
+
+def recover(env: Environment, alias: str, *, dry_run: bool, wait: float) -> Recovery:
+    """Bring back an alias that is recorded at a revision but live on no index (what a run
+    that lost its lock, or a hand edit of the catalog, can leave): point it at the last index it
+    served whose file still matches its checksum, else the newest retired one, in one transaction
+    with a history row. Refuses an alias that is live."""
+    if dry_run:
+        with env.engine.connect() as conn:
+            return _recoverable(conn, env, alias)[1]
+    started = clock.now()
+    with env.lock([alias], "recover", wait), env.begin() as conn:
+        revision, found = _recoverable(conn, env, alias)  # as it is now, under the lock
+        catalog.point_alias(conn, alias, found.index.revision, found.index.id)
+        catalog.record(
+            conn,
+            alias=alias,
+            revision=found.index.revision,
+            action="recover",
+            status="ok",
+            started_at=started,
+            to_index=found.index.id,
+            message=f"live on no index at {revision or 'base'}; {found.why}",
+        )
+    return Recovery(alias, revision, found.index, found.why, done=True)
+
+
+def _recoverable(conn: Any, env: Environment, alias: str) -> tuple[str | None, Recovery]:
+    revision = catalog.versions(conn).get(alias)
+    live = catalog.live_index(conn, alias)
+    if live is not None:
+        raise StateError(
+            f"alias {alias!r} is live on index #{live.id} ({live.revision}); nothing to recover"
+        )
+    records = {r.id: r for r in catalog.indexes(conn, alias)}
+    if not records:
+        raise StateError(f"alias {alias!r} has no indexes; `embedmig upgrade` builds its first")
+    served = [
+        (records[h.to_index], "the last index it served")
+        for h in catalog.history(conn, alias)
+        if h.action in (*catalog.SWAPS, "downgrade", "recover")
+        and h.status in catalog.SWAPPED
+        and h.to_index in records
+    ]
+    retired = sorted(
+        (r for r in records.values() if r.state == catalog.RETIRED),
+        key=lambda r: (r.updated_at, r.id),
+        reverse=True,
+    )
+    unusable = []
+    for record, why in [*served, *((r, "the newest retired index") for r in retired)]:
+        if record.state not in (catalog.RETIRED, catalog.READY):
+            continue
+        try:
+            files.verify(env.file_of(record), record.sha256)
+        except StoreError as exc:
+            unusable.append(f"#{record.id}: {exc}")
+            continue
+        return revision, Recovery(alias, revision, record, why, done=False)
+    raise StateError(
+        f"alias {alias!r} has no index to point back at"
+        + (f" ({'; '.join(unusable)})" if unusable else "")
+        + ": `embedmig stamp "
+        + f"{alias}@base` then `embedmig upgrade` rebuilds it"
+    )

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from embedmig.config import Config
-from embedmig.store import catalog, readers
+from embedmig.store import catalog, clock, readers
 
 
 class Heartbeat:
@@ -27,7 +27,7 @@ class Heartbeat:
         self.every = every  # seconds; 0: no heartbeat
         self._id = uuid.uuid4().hex
         self._alias = alias
-        self._started = catalog.now()
+        self._started = clock.now()
         self._index: int | None = None
         self._since = self._started
         self._served = 0
@@ -39,7 +39,7 @@ class Heartbeat:
 
     def served(self, index_id: int) -> None:
         if index_id != self._index:
-            self._index, self._since = index_id, catalog.now()
+            self._index, self._since = index_id, clock.now()
         self._served += 1
         self._drift = None
 
@@ -135,8 +135,9 @@ class ReaderSettings:
 
 
 def survey(conn: sa.Connection, alias: str, settings: ReaderSettings) -> AliasReaders:
-    """Every reader of ``alias`` that reported, judged against the live index now."""
-    at = catalog.now()
+    """Every reader of ``alias`` that reported, judged against the live index now (on the
+    database's clock, as heartbeats are written)."""
+    at = clock.db_now(conn)
     live = catalog.live_index(conn, alias)
     since = catalog.went_live(conn, alias, live.id) if live is not None else None
     states = []
@@ -152,7 +153,7 @@ def survey(conn: sa.Connection, alias: str, settings: ReaderSettings) -> AliasRe
             state = LIVE
         else:
             # On another index since the swap (or since it started, if it started later).
-            start = max(since, catalog.utc(reader.started_at)) if since else None
+            start = max(since, clock.utc(reader.started_at)) if since else None
             behind = (at - start).total_seconds() if start else None
             late = behind is None or behind > settings.skew_after.total_seconds()
             state = SKEW if late else BEHIND

@@ -23,7 +23,7 @@ import numpy as np
 from embedmig.environment import Environment
 from embedmig.serve.heartbeat import Heartbeat
 from embedmig.serve.view import IndexView, follow
-from embedmig.store import catalog, manifest, traffic
+from embedmig.store import catalog, clock, manifest, traffic
 
 log = logging.getLogger("embedmig")
 
@@ -113,7 +113,7 @@ class Mirror:
         logged = self.log_share > 0 and self._rng.random() < self.log_share
         if not logged and target is None:
             return
-        item = _Item(catalog.now(), text, k, logged, target, ids, scores, meta)
+        item = _Item(clock.now(), text, k, logged, target, ids, scores, meta)
         try:
             self._queue.put_nowait(item)
         except queue.Full:

@@ -26,7 +26,7 @@ from embedmig.metrics.report import Report
 from embedmig.serve import golden, heartbeat
 from embedmig.serve.searcher import Searcher
 from embedmig.serve.view import IndexView
-from embedmig.store import catalog, traffic
+from embedmig.store import catalog, clock, traffic
 
 # The figures each point of the trend keeps (the full report of each watch is in history).
 TREND = (
@@ -80,7 +80,7 @@ def baseline(
     scores = _scores(embedder, search, texts, k)
     return {
         "source": "query log at the swap",
-        "at": catalog.now().isoformat(),
+        "at": clock.now().isoformat(),
         "thresholds": dict(thresholds),
         **figures.summary(scores, thresholds),
     }
@@ -102,15 +102,15 @@ def watch(env: Environment, alias: str, k: int) -> Report:
     """Watch ``alias`` once: record the watch and return its report; GateFailed (recorded too)
     when a ``watch_*`` gate fails."""
     settings = WatchSettings.of(env.config)
-    started = catalog.now()
-    clock = time.perf_counter()
+    started = clock.now()
+    mark = time.perf_counter()
     timings: dict[str, float] = {}
 
     def lap(name: str) -> None:
-        nonlocal clock
+        nonlocal mark
         now_ = time.perf_counter()
-        timings[f"{name}_s"] = now_ - clock
-        clock = now_
+        timings[f"{name}_s"] = now_ - mark
+        mark = now_
 
     with env.engine.connect() as conn:
         live = catalog.live_index(conn, alias)
@@ -126,7 +126,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
             if h.action == "watch"
             and h.to_index == live.id
             and h.metrics
-            and (since is None or catalog.utc(h.finished_at) >= since)
+            and (since is None or clock.utc(h.finished_at) >= since)
         ]
         texts, total = traffic.sample_served(
             conn, alias, since=since, limit=settings.sample, seed=settings.seed
@@ -178,7 +178,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
     }
     distributions["watch_trend"] = [
         {"at": h.finished_at.isoformat(), **_trend_point(h.metrics or {})} for h in past
-    ] + [{"at": catalog.now().isoformat(), **{n: metrics.get(n) for n in TREND}}]
+    ] + [{"at": clock.now().isoformat(), **{n: metrics.get(n) for n in TREND}}]
     checks = [
         check
         for check in gates.check(metrics, watch=True).checks

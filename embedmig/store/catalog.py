@@ -11,7 +11,7 @@ import json
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from embedmig.errors import StateError
 from embedmig.history import schema as t
 from embedmig.names import check_key
+from embedmig.store.clock import now, utc
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,16 +28,6 @@ if TYPE_CHECKING:
 SNIPPET_CHARS = 200
 
 BUILDING, READY, LIVE, RETIRED, DROPPED = "building", "ready", "live", "retired", "dropped"
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def utc(moment: datetime) -> datetime:
-    """``moment`` as read back from SQL, timezone-aware: SQLite hands timezone-aware columns
-    back naive (they were stored as UTC)."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -589,7 +580,7 @@ def went_live(conn: sa.Connection, alias: str, index_id: int) -> datetime | None
             h.alias == alias,
             h.to_index == index_id,
             h.status.in_(SWAPPED),
-            h.action.in_((*SWAPS, "downgrade")),
+            h.action.in_((*SWAPS, "downgrade", "recover")),
         )
     ).scalar()
     return utc(found) if found is not None else None

@@ -17,7 +17,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from embedmig.history import schema as t
-from embedmig.store import catalog, files, manifest
+from embedmig.store import catalog, clock, files, manifest
 from embedmig.store.manifest import content_hash
 
 UPSERT, DELETE = "upsert", "delete"
@@ -86,7 +86,7 @@ def targets(
     swap = conn.execute(_LAST_SWAP, params).first()
     if live is None or swap is None or swap.to_index != live.id:
         return found
-    if holdover is not None and catalog.utc(swap.finished_at) + holdover <= catalog.now():
+    if holdover is not None and clock.utc(swap.finished_at) + holdover <= clock.now():
         return found
     # Retired, so neither pruned (dropped) nor restored by a downgrade since.
     previous = [r for r in records if r.id == swap.from_index and r.state == catalog.RETIRED]
@@ -117,7 +117,7 @@ def append(
         [c.text or "" for c in changes],
         [c.meta for c in changes],
     )
-    stamp = catalog.now()
+    stamp = clock.now()
     seqs = range(last + 1, last + 1 + len(changes))
     conn.execute(
         _INSERT_CHANGE,

@@ -1,12 +1,22 @@
-"""One migration per alias at a time: a lease in SQL, renewed by a heartbeat while held.
+"""One migration per alias at a time: a fenced lease in SQL, renewed by a heartbeat while held.
 
 A row per locked alias (insert to take it: the primary key makes this atomic on SQLite and
 PostgreSQL alike). A holder that stopped renewing for longer than the lease, or whose process is
-gone from this host, is dead: its lock is taken over with a compare-and-swap on its owner id.
+gone from this host, is dead: its lock is taken over with a compare-and-swap on its owner id,
+which also bumps the row's generation (``token``).
+
+Leases are stamped and judged on the database's clock (``clock.db_now``), never a client's: a
+host whose clock runs hours behind is not taken for dead. Being taken over is not enough to stop
+a holder that was only paused (SIGSTOP, a VM pause, a long GC) and resumes: so every
+state-changing transaction of a holder first checks its fencing token, the (owner, generation)
+pair it acquired, in that same transaction (``Lease.check``), and refuses with ``LockLost`` when
+the row holds another. The check is an UPDATE of the lock row: until the transaction commits, a
+takeover waits for it, so no state change can commit after a takeover.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -14,20 +24,23 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from embedmig.errors import Locked, StateError
+from embedmig.errors import Locked, LockLost, StateError
 from embedmig.history import schema as t
-from embedmig.store import catalog
+from embedmig.store import clock
+
+log = logging.getLogger("embedmig")
 
 
 @dataclass(frozen=True)
 class Holder:
     alias: str
     owner: str
+    token: int
     host: str
     pid: int
     command: str
@@ -37,18 +50,47 @@ class Holder:
     def describe(self) -> str:
         return (
             f"{self.command} by pid {self.pid} on {self.host} since "
-            f"{catalog.utc(self.acquired_at):%Y-%m-%d %H:%M:%S} UTC"
+            f"{clock.utc(self.acquired_at):%Y-%m-%d %H:%M:%S} UTC"
         )
 
-    def alive(self, lease: timedelta) -> bool:
+    def alive(self, lease: timedelta, at: datetime) -> bool:
+        """Whether it holds the lock still, ``at`` being the database's clock now."""
         if self.host == socket.gethostname():
             return pid_alive(self.pid)
-        return datetime.now(UTC) - catalog.utc(self.heartbeat_at) < lease
+        return at - clock.utc(self.heartbeat_at) < lease
+
+
+@dataclass
+class Lease:
+    """The locks one run holds: its owner id and, per alias, the generation it acquired."""
+
+    owner: str
+    seconds: float
+    tokens: dict[str, int] = field(default_factory=dict)
+    lost: threading.Event = field(default_factory=threading.Event)
+
+    def check(self, conn: sa.Connection) -> None:
+        """Refuse (LockLost) unless every lock of this lease is still ours, in ``conn``'s
+        transaction: the caller's changes then commit only while it holds them."""
+        for alias, token in sorted(self.tokens.items()):
+            if self.lost.is_set() or not _touch(conn, alias, self.owner, token):
+                self.lost.set()
+                raise LockLost(
+                    f"this run lost the migration lock of {alias!r}: its lease "
+                    f"({self.seconds:g} s, lock.lease_seconds) ran out while it did not renew it "
+                    "(paused or cut off) and another run took it over; it stopped before "
+                    "changing anything more. Check `embedmig current`, then re-run",
+                    alias=alias,
+                )
 
 
 def holder(engine: sa.Engine, alias: str) -> Holder | None:
     with engine.connect() as conn:
-        row = conn.execute(sa.select(t.lock).where(t.lock.c.alias == alias)).first()
+        return _holder(conn, alias)
+
+
+def _holder(conn: sa.Connection, alias: str) -> Holder | None:
+    row = conn.execute(sa.select(t.lock).where(t.lock.c.alias == alias)).first()
     return Holder(**dict(row._mapping)) if row else None
 
 
@@ -60,45 +102,45 @@ def hold(
     *,
     wait: float = 0.0,
     lease: float = 60.0,
-) -> Iterator[None]:
-    """Hold the locks of ``aliases`` (taken in sorted order, so two runs cannot deadlock)."""
-    owner = uuid.uuid4().hex
+) -> Iterator[Lease]:
+    """Hold the locks of ``aliases`` (taken in sorted order, so two runs cannot deadlock); the
+    lease it yields fences the holder's transactions (``Lease.check``)."""
+    held = Lease(uuid.uuid4().hex, lease)
     lease_span = timedelta(seconds=lease)
-    taken: list[str] = []
     stop = threading.Event()
     try:
         for alias in sorted(set(aliases)):
-            _acquire(engine, alias, owner, command, wait, lease_span)
-            taken.append(alias)
+            held.tokens[alias] = _acquire(engine, alias, held.owner, command, wait, lease_span)
         beat = threading.Thread(
             target=_heartbeat,
-            args=(engine, owner, stop, lease / 3),
+            args=(engine, held, stop, lease / 3),
             name="embedmig-lock",
             daemon=True,
         )
         beat.start()
         try:
-            yield
+            yield held
         finally:
             stop.set()
             beat.join()
     finally:
-        if taken:
+        if held.tokens:
             with engine.begin() as conn:
-                conn.execute(t.lock.delete().where(t.lock.c.owner == owner))
+                conn.execute(t.lock.delete().where(t.lock.c.owner == held.owner))
 
 
 def unlock(engine: sa.Engine, alias: str, *, force: bool = False, lease: float = 60.0) -> Holder:
-    """Remove ``alias``'s lock for a human; refuses while its holder is alive, unless ``force``."""
-    current = holder(engine, alias)
-    if current is None:
-        raise StateError(f"alias {alias!r} is not locked")
-    if current.alive(timedelta(seconds=lease)) and not force:
-        raise Locked(
-            f"alias {alias!r} is locked by a live {current.describe()}; --force to remove it",
-            current,
-        )
+    """Remove ``alias``'s lock for a human; refuses while its holder is alive, unless ``force``.
+    A holder that is only paused finds its lock gone when it resumes and stops (``LockLost``)."""
     with engine.begin() as conn:
+        current = _holder(conn, alias)
+        if current is None:
+            raise StateError(f"alias {alias!r} is not locked")
+        if current.alive(timedelta(seconds=lease), clock.db_now(conn)) and not force:
+            raise Locked(
+                f"alias {alias!r} is locked by a live {current.describe()}; --force to remove it",
+                current,
+            )
         conn.execute(
             t.lock.delete().where(t.lock.c.alias == alias, t.lock.c.owner == current.owner)
         )
@@ -107,36 +149,48 @@ def unlock(engine: sa.Engine, alias: str, *, force: bool = False, lease: float =
 
 def _acquire(
     engine: sa.Engine, alias: str, owner: str, command: str, wait: float, lease: timedelta
-) -> None:
+) -> int:
+    """Take ``alias``'s lock; returns the generation acquired."""
     deadline = time.monotonic() + wait
     while True:
-        now = datetime.now(UTC)
         values = {
             "alias": alias,
             "owner": owner,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "command": command,
-            "acquired_at": now,
-            "heartbeat_at": now,
         }
         try:
             with engine.begin() as conn:
-                conn.execute(t.lock.insert().values(**values))
-            return
+                at = clock.db_now(conn)
+                conn.execute(
+                    t.lock.insert().values(token=1, acquired_at=at, heartbeat_at=at, **values)
+                )
+            return 1
         except sa.exc.IntegrityError:
             pass
-        current = holder(engine, alias)
-        if current is not None and not current.alive(lease):
-            with engine.begin() as conn:
+        with engine.begin() as conn:
+            current = _holder(conn, alias)
+            if current is not None and not current.alive(lease, clock.db_now(conn)):
+                at = clock.db_now(conn)
                 taken = conn.execute(
                     t.lock.update()
-                    .where(t.lock.c.alias == alias, t.lock.c.owner == current.owner)
-                    .values(**values)
+                    .where(
+                        t.lock.c.alias == alias,
+                        t.lock.c.owner == current.owner,
+                        t.lock.c.token == current.token,
+                    )
+                    .values(token=current.token + 1, acquired_at=at, heartbeat_at=at, **values)
                 ).rowcount
-            if taken == 1:
-                return
-            continue  # someone else took it over first: look again
+                if taken == 1:
+                    log.warning(
+                        "took over the lock of %s from %s (no heartbeat within %g s)",
+                        alias,
+                        current.describe(),
+                        lease.total_seconds(),
+                    )
+                    return current.token + 1
+                continue  # someone else took it over first: look again
         if current is None:
             continue  # released in between
         if time.monotonic() >= deadline:
@@ -149,17 +203,34 @@ def _acquire(
         time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
 
-def _heartbeat(engine: sa.Engine, owner: str, stop: threading.Event, every: float) -> None:
+def _touch(conn: sa.Connection, alias: str, owner: str, token: int) -> bool:
+    """Take the row lock of our lock row (so a takeover waits for this transaction); False
+    when it is no longer ours."""
+    return (
+        conn.execute(
+            t.lock.update()
+            .where(t.lock.c.alias == alias, t.lock.c.owner == owner, t.lock.c.token == token)
+            .values(token=t.lock.c.token)
+        ).rowcount
+        == 1
+    )
+
+
+def _heartbeat(engine: sa.Engine, held: Lease, stop: threading.Event, every: float) -> None:
     while not stop.wait(every):
         try:
             with engine.begin() as conn:
-                conn.execute(
-                    t.lock.update()
-                    .where(t.lock.c.owner == owner)
-                    .values(heartbeat_at=datetime.now(UTC))
-                )
+                at = clock.db_now(conn)
+                renewed = conn.execute(
+                    t.lock.update().where(t.lock.c.owner == held.owner).values(heartbeat_at=at)
+                ).rowcount
         except sa.exc.SQLAlchemyError:
             continue  # a missed beat is retried; the lease allows several
+        if renewed < len(held.tokens):
+            # Taken over while this process was paused: its next fenced transaction refuses.
+            held.lost.set()
+            log.error("the migration lock was taken over by another run; stopping")
+            return
 
 
 def pid_alive(pid: int) -> bool:

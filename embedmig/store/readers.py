@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from embedmig.history import schema as t
-from embedmig.store import catalog, locks
+from embedmig.store import clock, locks
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def beat(conn: sa.Connection, now: Beat) -> None:
         "served": now.served,
         "drift": now.drift,
         "started_at": now.started_at,
-        "heartbeat_at": catalog.now(),
+        "heartbeat_at": clock.db_now(conn),
     }
     updated = conn.execute(t.reader.update().where(t.reader.c.id == now.id).values(**values))
     if updated.rowcount == 0:
@@ -77,7 +77,7 @@ class Reader:
         process is gone."""
         if self.host == socket.gethostname() and not locks.pid_alive(self.pid):
             return True
-        return at - catalog.utc(self.heartbeat_at) > after
+        return at - clock.utc(self.heartbeat_at) > after
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host}"
@@ -93,7 +93,7 @@ def of(conn: sa.Connection, alias: str | None = None) -> list[Reader]:
 
 def held(conn: sa.Connection, alias: str, silent_after: timedelta) -> set[int]:
     """The indexes of ``alias`` that a reader still reporting serves: their files must stay."""
-    at = catalog.now()
+    at = clock.db_now(conn)
     return {
         r.index_id
         for r in of(conn, alias)

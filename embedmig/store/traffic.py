@@ -15,7 +15,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from embedmig.history import schema as t
-from embedmig.store import catalog
+from embedmig.store import clock
 
 OPEN, PASSED, FORCED, CLOSED, ABANDONED = "open", "passed", "forced", "closed", "abandoned"
 
@@ -175,7 +175,7 @@ def start(
             min_queries=min_queries,
             status=OPEN,
             report=json.dumps(report, allow_nan=False),
-            opened_at=catalog.now(),
+            opened_at=clock.now(),
         )
     )
     key = result.inserted_primary_key
@@ -187,7 +187,7 @@ def close(conn: sa.Connection, canary_id: int, status: str) -> None:
     conn.execute(
         t.canary.update()
         .where(t.canary.c.id == canary_id, t.canary.c.status == OPEN)
-        .values(status=status, closed_at=catalog.now())
+        .values(status=status, closed_at=clock.now())
     )
 
 
