@@ -424,6 +424,23 @@ def test_an_upgrade_run_again_from_scratch_sends_no_text_again(
     assert "300 from the cache" in embedmig(project, "report", "r1").stdout
 
 
+def test_texts_answered_before_a_request_fails_for_good_are_not_paid_for_again(
+    project: Path, server: EmbeddingServer
+) -> None:
+    # One chunk of 300 texts in requests of 32, one at a time: the fifth fails for good.
+    config = configure(project, FAST + "embedder.concurrency = 1\n")
+    command.revision(config, "api", alias="docs", new=remote(server), rev_id="r1")
+    server.inject(*["429"] * 200, after=1 + 4)  # the probes, then four answered requests
+    ran = embedmig(project, "upgrade")
+    assert ran.returncode == 1 and "429 Too Many Requests" in ran.stderr
+    answered = corpus_requested(server)
+    assert len(answered) == 4 * 32
+    server.reset()
+    assert embedmig(project, "upgrade").returncode == 0
+    asked = corpus_requested(server)
+    assert len(asked) == 300 - 4 * 32 and not asked & answered
+
+
 def test_an_upgrade_after_its_dry_run_embeds_only_what_the_dry_run_did_not(
     project: Path, server: EmbeddingServer
 ) -> None:

@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,8 +132,14 @@ class AdaptedEmbedder(LoadedEmbedder):
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.map.apply(self.inner.encode_queries(texts))
 
-    def encode_uncached(self, texts: Sequence[str], kind: str) -> np.ndarray:
-        return self.map.apply(self.inner.encode_uncached(texts, kind))
+    def encode_uncached(
+        self,
+        texts: Sequence[str],
+        kind: str,
+        keep: Callable[[list[str], np.ndarray], None] | None = None,
+    ) -> np.ndarray:
+        through = None if keep is None else (lambda part, got: keep(part, self.map.apply(got)))
+        return self.map.apply(self.inner.encode_uncached(texts, kind, through))
 
     def close(self) -> None:
         self.inner.close()

@@ -7,7 +7,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -182,17 +182,34 @@ class LoadedEmbedder:
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(list(texts), "query")
 
-    def encode_uncached(self, texts: Sequence[str], kind: str) -> np.ndarray:
-        """Straight from the backend, checked: what probes and executors use."""
+    def encode_uncached(
+        self,
+        texts: Sequence[str],
+        kind: str,
+        keep: Callable[[list[str], np.ndarray], None] | None = None,
+    ) -> np.ndarray:
+        """Straight from the backend, checked: what probes and executors use. ``keep`` receives
+        checked vectors as they are paid for: per answered request from a backend that streams
+        them (an endpoint), else all at once."""
         import numpy as np  # not at import: revision scripts import Embedder, and so the CLI
 
         texts = list(texts)
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
         started = time.perf_counter()
-        encode = self.backend.encode_queries if kind == "query" else self.backend.encode_documents
+        streamed = getattr(self.backend, "encode_streamed", None)
         try:
-            raw = encode(texts)
+            if keep is not None and streamed is not None:
+                raw = streamed(
+                    texts, kind, lambda part, got: keep(part, self.check(got, len(part)))
+                )
+            else:
+                encode = (
+                    self.backend.encode_queries
+                    if kind == "query"
+                    else self.backend.encode_documents
+                )
+                raw = encode(texts)
         except EmbedderError:
             raise
         except Exception as exc:  # the model or the user's encoder: reported, not crashed on
@@ -201,6 +218,8 @@ class LoadedEmbedder:
             ) from exc
         vectors = self.check(raw, len(texts))
         self.meter.add(texts=len(texts), seconds=time.perf_counter() - started)
+        if keep is not None and streamed is None:
+            keep(texts, vectors)
         return vectors
 
     def _encode(self, texts: list[str], kind: str) -> np.ndarray:

@@ -124,9 +124,10 @@ class EmbeddingCache:
         vectors, found = self.lookup(kind, texts)
         missing = [text for text, hit in zip(texts, found, strict=True) if not hit]
         if missing:
-            fresh = embedder.encode_uncached(missing, kind)
-            self.store(kind, missing, fresh)
-            vectors[~found] = fresh
+            # Stored as each request is answered: a failure later in the batch loses none.
+            vectors[~found] = embedder.encode_uncached(
+                missing, kind, keep=lambda texts, got: self.store(kind, texts, got)
+            )
         embedder.meter.add(cached=int(found.sum()))
         return vectors
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import email.utils
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,9 @@ from embedmig.errors import EmbedderError
 if TYPE_CHECKING:
     import httpx
     import numpy as np
+
+# What a streamed encode hands over per answered request: its texts and their vectors.
+Answered = Callable[[list[str], "np.ndarray"], None]
 
 _RETRIED_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 # A text to learn the dimension from when the revision does not declare it.
@@ -86,26 +89,39 @@ class OpenAIBackend:
         return self.spec.describe()
 
     def encode_documents(self, texts: list[str]) -> np.ndarray:
-        return self._embed(prefixed(self.spec.document_prompt, texts))
+        return self.encode_streamed(texts, "document")
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
-        return self._embed(prefixed(self.spec.query_prompt, texts))
+        return self.encode_streamed(texts, "query")
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def encode_streamed(
+        self, texts: list[str], kind: str, answered: Answered | None = None
+    ) -> np.ndarray:
+        """``texts`` embedded in requests; each request's vectors are handed to ``answered``
+        (with its texts, unprefixed) as soon as it is validated, so a later request that fails
+        for good loses none of what was paid for."""
         import numpy as np
 
+        prompt = self.spec.query_prompt if kind == "query" else self.spec.document_prompt
         # Longest first, as sentence-transformers orders a batch: texts of a length share a
         # request, and a server that pads a request to its longest text pads little.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         batches = list(self._batches([texts[i] for i in order]))
+
+        def request(batch: list[str]) -> np.ndarray:
+            vectors = self._request(prefixed(prompt, batch))
+            if answered is not None:
+                answered(batch, vectors)
+            return vectors
+
         if len(batches) == 1 or self.settings.concurrency == 1:
-            parts = [self._request(batch) for batch in batches]
+            parts = [request(batch) for batch in batches]
         else:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(
                     self.settings.concurrency, thread_name_prefix="embedmig-http"
                 )
-            parts = list(self._pool.map(self._request, batches))
+            parts = list(self._pool.map(request, batches))
         vectors = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
         vectors[order] = np.concatenate(parts)
         return vectors
