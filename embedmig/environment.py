@@ -19,7 +19,14 @@ from embedmig.config import Config, EnvSettings
 from embedmig.contracts import Contract, of_alias
 from embedmig.contracts import read as read_contracts
 from embedmig.embedders import Embedder, LoadedEmbedder
-from embedmig.errors import ConfigError, ScriptError, SourceError, StateError, StoreError
+from embedmig.errors import (
+    ConfigError,
+    EmbedderDrift,
+    ScriptError,
+    SourceError,
+    StateError,
+    StoreError,
+)
 from embedmig.history import db
 from embedmig.names import safe_component
 from embedmig.sources import Corpus, Document, Qrels
@@ -186,6 +193,28 @@ class Environment:
             embedder,
             self.settings.probe_min_cosine,
             f"{embedder.describe()}, the embedder of {what} #{record.id} of {record.alias!r},",
+        )
+
+    def recheck(self, embedder: LoadedEmbedder, record: IndexRecord, since: str) -> None:
+        """Measure ``embedder``'s probes again and raise EmbedderDrift if they moved below
+        ``probe.min_cosine`` of what ``record`` recorded ``since`` then: its vectors may come
+        from two models. The cache, which may hold vectors of either, is emptied."""
+        from embedmig.embedders import probes
+
+        now = probes.remeasure(embedder)
+        lowest = probes.lowest_cosine(probes.from_bytes(record.probe or b"", record.dim), now)
+        if record.probe is None or lowest >= self.settings.probe_min_cosine:
+            return
+        if embedder.cache is not None:
+            embedder.cache.clear(now)
+        raise EmbedderDrift(
+            f"{embedder.describe()} changed {since}: lowest probe cosine {lowest:.4f} against "
+            f"its probes then, below probe.min_cosine {self.settings.probe_min_cosine:g} (the "
+            "model behind it changed, or it is not deterministic); nothing it returned since "
+            f"was kept: index #{record.id} would mix two spaces. Re-run once it returns what "
+            "it did",
+            lowest=lowest,
+            threshold=self.settings.probe_min_cosine,
         )
 
     @contextmanager

@@ -5,7 +5,7 @@ the demo and the benchmarks: ``POST /v1/embeddings`` in the shape of OpenAI's AP
 
 Specs drive it from Python: ``faults`` is a queue of misbehaviours, one per request (429 with
 Retry-After, 500, a timeout, a dropped connection, a truncated body, a wrong dimension, NaN,
-shuffled ``index``, a missing vector); ``requested`` logs every text asked for; ``serve`` swaps
+shuffled ``index``, a missing vector, another model from this request on, a slow-loris answer); ``requested`` logs every text asked for; ``serve`` swaps
 the model behind a name. Listens on 127.0.0.1 only.
 
     python tests/embedding_server.py --model NAME=FOLDER [--port 8900] [--api-key-env VAR]
@@ -39,6 +39,8 @@ FAULTS = (
     "nan",
     "shuffle",
     "count",
+    "swap",
+    "slow",
 )
 
 
@@ -46,7 +48,8 @@ FAULTS = (
 class Fault:
     kind: str
     retry_after: float | None = None  # 429: the Retry-After header, in seconds
-    seconds: float = 5.0  # timeout: how long the answer is held back
+    seconds: float = 5.0  # timeout: how long the answer is held back; slow: how long it trickles
+    model: Path | None = None  # swap: the model served under the name from this request on
 
 
 class _Quiet(ThreadingHTTPServer):
@@ -157,7 +160,10 @@ def _handler(server: EmbeddingServer) -> type[BaseHTTPRequestHandler]:
                 server.requests += 1
                 due = server.faults and server.faults[0][0] <= server.requests
                 fault = server.faults.popleft()[1] if due else None
-            if fault is not None and self._misbehave(fault):
+            if fault is not None and fault.kind == "swap":
+                assert fault.model is not None
+                server.serve(name, fault.model)
+            elif fault is not None and self._misbehave(fault):
                 return
             with server.lock:
                 server.requested.extend(texts)
@@ -190,6 +196,18 @@ def _handler(server: EmbeddingServer) -> type[BaseHTTPRequestHandler]:
                 self._error(503, "too late")
             elif fault.kind == "drop":
                 self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+            elif fault.kind == "slow":  # a slow loris: headers at once, then a trickle
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(1 << 20))
+                self.end_headers()
+                until = time.monotonic() + fault.seconds
+                with contextlib.suppress(OSError):
+                    while time.monotonic() < until:
+                        self.wfile.write(b" " * 64)
+                        self.wfile.flush()
+                        time.sleep(0.5)
                 self.close_connection = True
             elif fault.kind == "truncate":
                 self._send(200, b'{"object": "list", "data": [{"object": "embedding", "ind')

@@ -26,7 +26,14 @@ from embedmig.embedders import load, probes
 from embedmig.environment import Environment
 from embedmig.store import catalog
 from tests.embedding_server import EmbeddingServer, Fault, token_ids
-from tests.support import CrashRunner, build_static_model, corpus_rows, embedmig, snapshot
+from tests.support import (
+    CrashRunner,
+    assert_serves,
+    build_static_model,
+    corpus_rows,
+    embedmig,
+    snapshot,
+)
 
 SECRET = "sk-embedmig-test-7f3a9c1e5b"
 KEY_ENV = "EMBEDMIG_TEST_API_KEY"
@@ -274,8 +281,9 @@ def test_a_malformed_answer_stops_the_backfill_in_one_line_keeping_its_checkpoin
     # One request at a time, so the fault meets a known request: the first of the second chunk.
     config = configure(project, "checkpoint_every = 100\ncache = false\nembedder.concurrency = 1")
     command.revision(config, "api", alias="docs", new=remote(server), rev_id="r1")
-    # The probes (they tell the dimension too), the 100 documents of the first checkpoint.
-    server.inject(fault, after=1 + 4)
+    # The probes (they tell the dimension too), the 100 documents of the first checkpoint and
+    # the probes again before it commits.
+    server.inject(fault, after=1 + 4 + 1)
     ran = embedmig(project, "--verbose", "upgrade")
     assert (
         ran.returncode == 1 and f"embedmig: error: {server.url}/embeddings {message}" in ran.stderr
@@ -392,6 +400,57 @@ def test_a_model_swapped_behind_the_same_name_is_caught_by_probe_upgrade_and_sea
     assert embedmig(project, "probe").returncode == 0
 
 
+def test_a_model_changed_behind_the_endpoint_mid_backfill_is_never_swapped_in(
+    project: Path, server: EmbeddingServer, drifted: Path, models: dict[str, Path]
+) -> None:
+    config = configure(project, FAST + "checkpoint_every = 100\nembedder.concurrency = 1\n")
+    command.revision(config, "api", alias="docs", new=remote(server), rev_id="r1")
+    # The probes, the first chunk's four requests and its probes again; then another model.
+    server.inject(Fault("swap", model=drifted), after=1 + 4 + 1)
+    ran = embedmig(project, "upgrade")
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr
+    assert "changed during the backfill: lowest probe cosine" in ran.stderr
+    assert [(s.revision, s.live) for s in command.current(config)] == [(None, None)]
+    (building,) = records(config)
+    assert building.state == catalog.BUILDING  # its first chunk, of the model it started with
+
+    server.serve("tiny", models["a"])  # the endpoint goes back: the build resumes, all of `a`
+    assert embedmig(project, "upgrade").returncode == 0
+    assert_serves(config, models["a"], {row["id"]: row["text"] for row in corpus_rows(300)})
+
+
+NOISY_ENCODER = """
+import hashlib
+import numpy as np
+
+class Noisy:
+    dimension = 32
+    def encode_documents(self, texts):
+        seeds = [int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little") for t in texts]
+        base = np.stack([np.random.default_rng(s).standard_normal(32) for s in seeds])
+        return base + np.random.default_rng().normal(0, 0.3 * np.sqrt(32), base.shape)
+    encode_queries = encode_documents
+
+def make():
+    return Noisy()
+"""
+
+
+def test_an_encoder_that_is_not_deterministic_is_refused_before_it_serves(
+    config: Config, project: Path
+) -> None:
+    (project / "noisy.py").write_text(NOISY_ENCODER)
+    command.revision(
+        config, "noisy", alias="docs", new=Embedder("noisy:make", backend="python"), rev_id="r1"
+    )
+    before = snapshot(config)
+    ran = embedmig(project, "upgrade")
+    assert ran.returncode == 1 and "is not deterministic" in ran.stderr
+    assert "changed during the backfill" in ran.stderr
+    assert command.current(config) == []  # nothing built from it: no alias, no index
+    assert snapshot(config) == before
+
+
 def test_a_local_model_keeps_its_file_hash_and_gains_a_probe(config: Config) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     command.upgrade(config)
@@ -419,7 +478,9 @@ def test_an_upgrade_run_again_from_scratch_sends_no_text_again(
     server.reset()
     again = command.upgrade(config)[0]
     assert corpus_requested(server) == set()
-    assert server.requests == 1  # the probes: what drift safety costs
+    # The probes, at the start, before the one chunk commits and before the swap: what drift
+    # safety costs.
+    assert server.requests == 3
     assert again.embedding["cached"] == 300 and again.embedding["requests"] == 0
     assert "300 from the cache" in embedmig(project, "report", "r1").stdout
 

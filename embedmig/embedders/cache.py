@@ -73,6 +73,10 @@ class EmbeddingCache:
             if probes.lowest_cosine(recorded, probe) >= min_cosine:
                 return
             log.warning("the embedding cache of %s was emptied: the model drifted", what)
+        self.clear(probe)
+
+    def clear(self, probe: np.ndarray) -> None:
+        """Empty the file, which from now on holds vectors of the model ``probe`` measured."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM vectors")

@@ -90,6 +90,15 @@ def check(
         )
 
 
+def remeasure(embedder: LoadedEmbedder) -> np.ndarray:
+    """The probe vectors measured again now, whatever was measured before: what a build checks
+    against its start before it lets its index serve (a model that changed behind an endpoint
+    mid-run, or an encoder that is not deterministic)."""
+    vectors = measure(embedder)
+    _MEASURED[embedder] = vectors
+    return vectors
+
+
 _MEASURED: weakref.WeakKeyDictionary[LoadedEmbedder, np.ndarray] = weakref.WeakKeyDictionary()
 _LOCAL: dict[str, np.ndarray] = {}
 

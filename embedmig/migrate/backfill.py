@@ -209,6 +209,7 @@ def _backfill(
         index_id, point, dropped = _start(conn, env, rev, embedder, restart=restart)
     for record in dropped:  # after the commit, as prune does: a rollback keeps file and row
         env.remove_index_files(record)
+    started_as = _get(env, index_id)  # with the probes the build started with
     path = env.index_path(rev.alias, index_id, rev.revision)
     spool = files.Spool(path, embedder.dim)
     spool.truncate(point.rows)
@@ -230,6 +231,10 @@ def _backfill(
             hashes = [manifest.content_hash(text) for text in texts]
             # As it was when the chunk was read, with the truncations counted up to it.
             state = {**chunk.state, "truncated": stats.truncated}
+            if embedder.remote:
+                # What an endpoint or user code returns may change mid-run: a chunk commits
+                # only while the model still returns what the build started with.
+                env.recheck(embedder, started_as, "during the backfill")
             with env.begin() as conn:
                 ids = catalog.assign_ids(conn, rev.alias, [doc.key for doc in chunk.docs], texts)
                 spool.append(ids, encoded.vectors)

@@ -368,6 +368,9 @@ class MigrationContext:
             # Built by an earlier run: readers must find a working file once the pointer moves.
             # A shadow built by this run was hashed from the very bytes it wrote.
             files.verify(self.env.file_of(shadow.record), shadow.record.sha256)
+        if self._new is not None and self._new.remote:
+            # Readers will embed with it from now on: it must still be the model that built it.
+            self.env.recheck(self._new, shadow.record, "since its index was built")
         expected = self._live.id if self._live else None
         with self.env.begin() as conn:
             live = catalog.live_index(conn, self.alias)
