@@ -347,6 +347,39 @@ def test_a_missing_or_refused_key_is_one_line_without_the_key(
     assert snapshot(config) == before
 
 
+@pytest.mark.parametrize(
+    "key", ["sk-clé-secrète", "sk-first\nsk-second"], ids=["accent", "newline"]
+)
+def test_a_key_no_http_header_can_carry_is_refused_at_once_without_the_key(
+    project: Path, server: EmbeddingServer, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    config = configure(project, "embedder.retry_seconds = 30\n")
+    command.revision(config, "api", alias="docs", new=remote(server), rev_id="r1")
+    before = snapshot(config)
+    monkeypatch.setenv(KEY_ENV, key)
+    started = time.monotonic()
+    ran = embedmig(project, "upgrade")
+    assert time.monotonic() - started < 10  # refused, not retried for the 30 s budget
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr
+    assert f"the API key in the environment variable {KEY_ENV}" in ran.stderr
+    assert "an HTTP header cannot carry" in ran.stderr and len(ran.stderr.splitlines()) == 1
+    assert all(part not in ran.stderr for part in key.split("\n"))
+    assert server.requests == 0 and snapshot(config) == before
+
+
+def test_a_trickling_answer_is_cut_at_the_timeout_and_the_budget_holds(
+    server: EmbeddingServer,
+) -> None:
+    http = load(remote(server, dimensions=32), Path("."), settings(timeout=1.0, retry_seconds=2.0))
+    server.inject(*[Fault("slow", seconds=30.0)] * 20)  # headers at once, then 64 bytes / 0.5 s
+    started = time.monotonic()
+    with pytest.raises(EmbedderError, match=r"no answer within 1 s \(timeout\)"):
+        http.encode_documents(texts(2))
+    # Each attempt is cut at 1 s and retrying stops at 2 s: not the 30 s the server trickles.
+    assert time.monotonic() - started < 6
+    http.close()
+
+
 @pytest.mark.process
 def test_a_killed_backfill_resumes_without_requesting_a_checkpointed_text(
     project: Path, server: EmbeddingServer, crash_runner: CrashRunner

@@ -11,6 +11,7 @@ variable for each request and appears in no message.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import os
 import time
@@ -145,15 +146,19 @@ class OpenAIBackend:
             yield batch
 
     def _request(self, texts: list[str]) -> np.ndarray:
+        """One request's vectors, retried. Bounded by wall time: each attempt by
+        ``embedder.timeout`` however its answer trickles in, and all of them together by
+        ``max(embedder.timeout, embedder.retry_seconds)``."""
         import tenacity
 
         started = time.monotonic()
+        budget = started + max(self.settings.timeout, self.settings.retry_seconds)
         attempts = 0
 
         def attempt() -> np.ndarray:
             nonlocal attempts
             attempts += 1
-            return self._post(texts)
+            return self._post(texts, min(time.monotonic() + self.settings.timeout, budget))
 
         try:
             return tenacity.Retrying(
@@ -168,16 +173,25 @@ class OpenAIBackend:
                 f"{time.monotonic() - started:.0f} s: {exc.why}"
             ) from None
 
-    def _post(self, texts: list[str]) -> np.ndarray:
+    def _post(self, texts: list[str], deadline: float) -> np.ndarray:
         import httpx
 
         body: dict[str, Any] = {"model": self.spec.model, "input": texts}
         body["encoding_format"] = "float"
         if self.spec.dimensions is not None:
             body["dimensions"] = self.spec.dimensions
+        late = _Retry(f"no answer within {self.settings.timeout:g} s (timeout)")
+        headers = self._headers()
         try:
-            response = self._client.post(self.endpoint, json=body, headers=self._headers())
-            self.meter.add(requests=1)
+            with self._client.stream(
+                "POST",
+                self.endpoint,
+                json=body,
+                headers=headers,
+                timeout=httpx.Timeout(max(0.001, deadline - time.monotonic())),
+            ) as response:
+                self.meter.add(requests=1)
+                _read_by(response, deadline)
             if response.status_code in _RETRIED_STATUS:
                 after = _retry_after(response)
                 later = f" (Retry-After {after:g} s)" if after is not None else ""
@@ -186,8 +200,10 @@ class OpenAIBackend:
                 raise EmbedderError(f"{self.where} answered {self._refusal(response)}")
             payload = response.json()
         except httpx.TimeoutException:
-            raise _Retry(f"no answer within {self.settings.timeout:g} s (timeout)") from None
+            raise late from None
         except httpx.TransportError as exc:
+            if time.monotonic() >= deadline:  # cut off by _read_by's watchdog
+                raise late from None
             raise _Retry(f"connection failed ({exc.__class__.__name__})") from None
         except ValueError:  # the body is not JSON: a proxy or a dropped stream cut it
             raise _Retry(f"answered {_status(response)} with a body that is not JSON") from None
@@ -203,7 +219,16 @@ class OpenAIBackend:
                 f"the API key of {self.describe()} is read from the environment variable {name}, "
                 "which is not set"
             )
-        return {"Authorization": f"Bearer {key.strip()}"}
+        key = key.strip()
+        if not (key.isascii() and key.isprintable() and " " not in key):
+            # httpx would fail encoding it (an internal error) or send a broken header that
+            # looks like a network fault and is retried for the whole budget.
+            raise EmbedderError(
+                f"the API key in the environment variable {name} (for {self.describe()}) has "
+                "characters an HTTP header cannot carry (non-ASCII, a space or a line break): "
+                "check how it was set"
+            )
+        return {"Authorization": f"Bearer {key}"}
 
     def _refusal(self, response: httpx.Response) -> str:
         """A status the endpoint will not change its mind about, with its own message (scrubbed
@@ -268,6 +293,30 @@ class OpenAIBackend:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
         self._client.close()
+
+
+def _read_by(response: httpx.Response, deadline: float) -> None:
+    """Read the body, cutting the connection at ``deadline``: httpx's timeouts bound each read,
+    so a server that trickles its answer (a slow loris) would hold the request for ever."""
+    import socket
+    import threading
+
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+
+    def cut() -> None:
+        assert sock is not None
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), cut)
+    watchdog.daemon = True
+    if sock is not None:
+        watchdog.start()
+    try:
+        response.read()
+    finally:
+        watchdog.cancel()
 
 
 def _status(response: httpx.Response) -> str:
