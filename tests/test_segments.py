@@ -172,6 +172,19 @@ def test_a_dry_run_forecasts_the_collapsing_segment_with_intervals(collapsing: C
     assert low <= realized["lost"]["recall_drop"] <= high
 
 
+def test_a_dry_runs_segments_render_as_text_and_html_with_their_intervals(
+    collapsing: Config,
+) -> None:
+    ran = embedmig(collapsing.root, "upgrade", "r2", "--dry-run", "--sample", "150")
+    assert ran.returncode == 3 and "Traceback" not in ran.stderr, ran.stderr
+    assert "segments by topic" in ran.stdout and "95% intervals" in ran.stdout
+    (lost,) = [line for line in ran.stdout.splitlines() if line.strip().startswith("lost")]
+    assert "FLAGGED" in lost and "recall@10" in lost and "[+" in lost
+    assert embedmig(collapsing.root, "report", "r2").stdout == ran.stdout
+    html = render(command.report(collapsing, "r2"), "html")
+    assert "<td>lost</td>" in html and "[+0." in html
+
+
 def test_metadata_searchers_log_with_a_query_segments_the_query_log(config: Config) -> None:
     ini = config.root / "embedmig.ini"
     ini.write_text(ini.read_text() + "searcher.log_queries = 1\n")

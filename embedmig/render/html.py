@@ -182,7 +182,7 @@ def _segments(report: Report) -> list[str]:
         parts.append(
             f"<tr><td>{e(row['label'])}</td><td class=num>{row['queries']}</td>"
             + "".join(
-                f"<td class=num>{_fmt(row.get(key), signed=key.endswith('drop'))}</td>"
+                f"<td class=num>{_significance(row, key[:-2]) if key.endswith('_p') else _fmt(row.get(key), signed=key.endswith('drop'))}</td>"
                 for key in (
                     "overlap_at_10",
                     "overlap_drop",
@@ -438,6 +438,14 @@ def _two_histograms(hist: dict[str, list[float]]) -> Callable[[Any], None]:
         ax.legend()
 
     return draw
+
+
+def _significance(row: dict[str, Any], kind: str) -> str:
+    """A segment's adjusted p (measured), or the 95% interval of its drop (a forecast)."""
+    if f"{kind}_p" in row:
+        return _fmt(row[f"{kind}_p"])
+    low, high = row.get(f"{kind}_drop_ci") or (None, None)
+    return "" if low is None or high is None else f"[{low:+.3f}, {high:+.3f}]"
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:

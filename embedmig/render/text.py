@@ -196,18 +196,17 @@ def _segments(report: Report, style: Style) -> list[str]:
         return []
     lines = [
         style(f"  segments by {table['by']}", bold=True)
-        + f"  (at least {table['min_queries']} queries; drops beyond the whole, BH-adjusted p)"
+        + f"  (at least {table['min_queries']} queries; drops beyond the whole, "
+        + ("95% intervals)" if report.forecast else "BH-adjusted p)")
     ]
     for row in table["segments"]:
         cells = [f"{_clip(row['label'], 36):<36} {row['queries']:>6}"]
         if "overlap_at_10" in row:
-            cells.append(
-                f"overlap@10 {row['overlap_at_10']:.3f} ({row['overlap_drop']:+.2f}, p {row['overlap_p']:.3f})"
-            )
+            cells.append(f"overlap@10 {row['overlap_at_10']:.3f} ({_drop(row, 'overlap')})")
         if "recall_at_10_new" in row:
             cells.append(
                 f"recall@10 {row['recall_at_10_old']:.3f}->{row['recall_at_10_new']:.3f} "
-                f"({row['recall_drop']:+.2f}, p {row['recall_p']:.3f})"
+                f"({_drop(row, 'recall')})"
             )
         mark = style("  FLAGGED", fg="red", bold=True) if row["flagged"] else ""
         lines.append("    " + "  ".join(cells) + mark)
