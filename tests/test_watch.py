@@ -100,6 +100,26 @@ def test_without_traffic_at_the_swap_the_first_watch_is_the_baseline(config: Con
     assert "decay watch: trend over the watches of this index" in html
 
 
+def test_a_watch_before_any_traffic_sets_no_baseline_and_the_gates_still_judge_later_ones(
+    config: Config,
+) -> None:
+    config = watched(config, log_before_swap=False)
+    (empty,) = command.watch(config)  # a cron watch right after the swap: nothing logged yet
+    assert empty.n_queries == 0 and empty.metrics["watch_top1_ks"] is None
+    assert "0 logged queries since the swap, fewer than watch.min_queries" in " ".join(empty.notes)
+    serve(config, queries())
+    (first,) = command.watch(config)
+    assert first.notes == ["no baseline yet: this watch is the baseline of the next ones"]
+    rows = corpus_rows(300)
+    with open_writer(config, "docs") as writer:
+        for i, row in enumerate(rows[:60]):
+            writer.upsert(row["id"], rows[299 - i]["text"])
+    serve(config, queries())
+    ran = embedmig(config.root, "watch", "docs")
+    assert ran.returncode == 3 and "watch of docs failed: watch_top1_ks = " in ran.stderr
+    assert "baseline: the first watch after the swap with watch.min_queries queries" in ran.stdout
+
+
 def test_watching_an_alias_without_a_live_index_is_one_line_and_changes_nothing(
     config: Config,
 ) -> None:

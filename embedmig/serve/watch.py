@@ -135,7 +135,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
     lap("read")
     gates, notes = _gates(env, revision)
     recorded = (swap.metrics or {}) if swap is not None else {}
-    kept = _baseline(recorded, past, notes)
+    kept = _baseline(recorded, past, settings.min_queries, notes)
     thresholds = (
         kept["thresholds"]
         if kept is not None
@@ -158,8 +158,13 @@ def watch(env: Environment, alias: str, k: int) -> Report:
         lap("search")
         if now is not None and kept is not None and len(texts) >= settings.min_queries:
             metrics.update(figures.compare(now, kept))
-        elif kept is None:
+        elif kept is None and len(texts) >= settings.min_queries:
             notes.append("no baseline yet: this watch is the baseline of the next ones")
+        elif kept is None:
+            notes.append(
+                f"no baseline yet: {len(texts)} logged queries since the swap, fewer than "
+                f"watch.min_queries ({settings.min_queries}); the first watch with as many sets it"
+            )
         else:
             notes.append(
                 f"{len(texts)} logged queries since the swap: fewer than watch.min_queries "
@@ -212,14 +217,23 @@ def watch(env: Environment, alias: str, k: int) -> Report:
 
 
 def _baseline(
-    recorded: Mapping[str, Any], past: list[catalog.HistoryRecord], notes: list[str]
+    recorded: Mapping[str, Any],
+    past: list[catalog.HistoryRecord],
+    min_queries: int,
+    notes: list[str],
 ) -> dict[str, Any] | None:
-    """The traffic baseline: kept by the swap's report, else set by the first watch after it."""
+    """The traffic baseline: kept by the swap's report, else set by the first watch after it
+    that searched at least ``min_queries`` logged queries (an empty or thin watch sets none)."""
     kept: dict[str, Any] | None = (recorded.get("distributions") or {}).get("watch_baseline")
-    if kept is None and past:
-        kept = (past[0].metrics or {}).get("distributions", {}).get("watch", {}).get("now")
-        notes.append("baseline: the first watch after the swap (the query log was empty then)")
-    return kept
+    if kept is not None:
+        return kept
+    for event in past:
+        report = event.metrics or {}
+        now = (report.get("distributions") or {}).get("watch", {}).get("now")
+        if now is not None and (report.get("n_queries") or 0) >= min_queries:
+            notes.append("baseline: the first watch after the swap with watch.min_queries queries")
+            return dict(now)
+    return None
 
 
 def _golden_metrics(
