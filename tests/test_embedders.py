@@ -187,6 +187,7 @@ def test_a_python_embedder_that_cannot_be_made_is_one_line(
         ({"backend": "cohere"}, "backend must be one of"),
         ({"backend": "openai", "base_url": "ftp://x/v1"}, "must be an http(s) URL"),
         ({"backend": "openai", "base_url": "https://me:sk-123@x/v1"}, "must not carry credentials"),
+        ({"backend": "openai", "base_url": "https://x/v1?api_key=sk-9"}, "a query string or a"),
         ({"backend": "openai", "api_key_env": "sk-live-123"}, "names an environment variable"),
         ({"backend": "openai", "truncate_dim": 8}, "does not apply to backend='openai'"),
         ({"dimensions": 8}, "does not apply to backend='sentence-transformers'"),

@@ -113,10 +113,12 @@ class Embedder:
                     f"Embedder base_url must be an http(s) URL like https://host/v1, "
                     f"got {redact(self.base_url)!r}"
                 )
-            if parts.username or parts.password:
-                # The spec is recorded in history: a key in the URL would be written there.
+            if parts.username or parts.password or parts.query or parts.fragment:
+                # The spec is recorded in history: a key in the URL would be written there (and
+                # "/embeddings" is appended to the path, so a query string has no place anyway).
                 raise EmbedderError(
-                    "Embedder base_url must not carry credentials: name the environment variable "
+                    "Embedder base_url must not carry credentials, a query string or a fragment "
+                    "(a key there would be stored in history): name the environment variable "
                     "holding the key in api_key_env"
                 )
         if self.api_key_env is not None and not _ENV_NAME.match(self.api_key_env):
