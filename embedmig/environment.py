@@ -176,7 +176,7 @@ class Environment:
         if cache and self.settings.cache_dir is not None:
             from embedmig.embedders.cache import EmbeddingCache
 
-            embedder.cache = EmbeddingCache(
+            embedder.cache = EmbeddingCache.open(
                 self.settings.cache_dir, embedder, self.settings.probe_min_cosine
             )
         return embedder

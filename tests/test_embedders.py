@@ -4,11 +4,14 @@ embedding cache and cost."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import re
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -574,6 +577,54 @@ def test_prune_bounds_the_embedding_cache(project: Path, server: EmbeddingServer
     ran = embedmig(project, "prune", "docs")
     assert ran.returncode == 0 and "embedding cache: 1 embedder(s) removed" in ran.stdout
     assert not list(cache.glob("*.sqlite"))
+
+
+def test_a_damaged_cache_file_is_one_line_naming_it_and_what_to_do(
+    config: Config, project: Path
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.upgrade(config)
+    (cached,) = (project / "embedding-cache").glob("*.sqlite")
+    data = bytearray(cached.read_bytes())
+    half = len(data) // 2
+    data[half:] = np.random.default_rng(0).bytes(len(data) - half)
+    cached.write_bytes(bytes(data))  # its header and schema intact, the vectors' pages not
+    shutil.rmtree(config.index_dir)
+    (project / "embedmig.db").unlink()
+    ran = embedmig(project, "upgrade")
+    assert ran.returncode == 1 and len(ran.stderr.splitlines()) == 1, ran.stderr
+    assert f"the embedding cache {cached} is damaged" in ran.stderr
+    assert "delete that file (it is only a cache" in ran.stderr and "revision" not in ran.stderr
+    cached.unlink()
+    assert embedmig(project, "upgrade").returncode == 0
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` made read-only, for root too (which file modes do not stop): immutable."""
+    folder.mkdir()
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], check=False).returncode != 0:
+            pytest.skip("chattr +i is not supported here")
+    else:
+        folder.chmod(0o555)
+    try:
+        yield
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+def test_a_cache_folder_that_cannot_be_written_is_gone_without_with_a_warning(
+    config: Config, project: Path
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    with read_only(project / "embedding-cache"):
+        ran = embedmig(project, "upgrade")
+    assert ran.returncode == 0, ran.stderr
+    assert "cannot be written" in ran.stderr and "going on without it" in ran.stderr
+    assert command.current(config)[0].revision == "r1"
 
 
 def records(config: Config) -> list[catalog.IndexRecord]:

@@ -16,6 +16,8 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +36,10 @@ _SUFFIX = ".sqlite"
 _SQL_VARIABLES = 900  # under SQLite's oldest limit of 999 parameters a statement
 
 
+class _Unwritable(Exception):
+    """The cache's folder or file cannot be written (read-only, permissions)."""
+
+
 def _key(prompt: str | None, text: str) -> bytes:
     data = (prompt or "").encode("utf-8", "surrogatepass") + b"\0"
     return hashlib.blake2b(data + text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
@@ -41,6 +47,23 @@ def _key(prompt: str | None, text: str) -> bytes:
 
 class EmbeddingCache:
     """The cached vectors of one embedder (checked and normalized as it returned them)."""
+
+    @classmethod
+    def open(
+        cls, folder: Path, embedder: LoadedEmbedder, min_cosine: float
+    ) -> EmbeddingCache | None:
+        """The cache of ``embedder`` in ``folder``; None (with a warning) when the folder cannot
+        be written: a cache is disposable, and no reason to stop a migration."""
+        try:
+            return cls(folder, embedder, min_cosine)
+        except _Unwritable as exc:
+            log.warning(
+                "the embedding cache %s cannot be written (%s): going on without it "
+                "(set cache = false to say so, or cache.dir to a writable folder)",
+                folder,
+                exc,
+            )
+            return None
 
     def __init__(self, folder: Path, embedder: LoadedEmbedder, min_cosine: float) -> None:
         probe = probes.of(embedder)  # first: for an endpoint, it tells the dimension too
@@ -53,17 +76,46 @@ class EmbeddingCache:
             self._db = sqlite3.connect(
                 self.path, timeout=60, check_same_thread=False, isolation_level=None
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vector BLOB NOT NULL)"
-                " WITHOUT ROWID"
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise _Unwritable(str(exc)) from None
+        try:
+            with self._checked(opening=True):
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vector BLOB NOT "
+                    "NULL) WITHOUT ROWID"
+                )
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB)"
+                )
+                os.utime(self.path)  # least recently used goes first when prune bounds the folder
+                self._guard(probe, min_cosine, embedder.describe())
+        except BaseException:
+            self._db.close()
+            raise
+
+    @contextmanager
+    def _checked(self, opening: bool = False) -> Iterator[None]:
+        """SQLite's failures as what to do about them, naming the file. A cache that cannot be
+        written is gone without when it is opened (``open``); later, it is an error."""
+        try:
+            yield
+        except (PermissionError, sqlite3.OperationalError) as exc:
+            readonly = isinstance(exc, PermissionError) or any(
+                word in str(exc) for word in ("readonly", "unable to open")
             )
-            self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB)")
-            os.utime(self.path)  # least recently used goes first when prune bounds the folder
-        except (OSError, sqlite3.Error) as exc:
-            raise EmbedderError(f"cannot open the embedding cache {self.path}: {exc}") from None
-        self._guard(probe, min_cosine, embedder.describe())
+            if readonly and opening:
+                raise _Unwritable(str(exc)) from None
+            raise EmbedderError(
+                f"cannot use the embedding cache {self.path}: {exc} (set cache = false to go "
+                "without it)"
+            ) from None
+        except sqlite3.DatabaseError as exc:
+            raise EmbedderError(
+                f"the embedding cache {self.path} is damaged ({exc}): delete that file (it is "
+                "only a cache: what it held is embedded again), or set cache = false"
+            ) from None
 
     def _guard(self, probe: np.ndarray, min_cosine: float, what: str) -> None:
         """Empty the file if its vectors came from a model that has since drifted."""
@@ -77,7 +129,7 @@ class EmbeddingCache:
 
     def clear(self, probe: np.ndarray) -> None:
         """Empty the file, which from now on holds vectors of the model ``probe`` measured."""
-        with self._lock:
+        with self._lock, self._checked():
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM vectors")
             self._db.execute(
@@ -100,7 +152,7 @@ class EmbeddingCache:
         for i, key in enumerate(keys):
             where.setdefault(key, []).append(i)
         unique = list(where)
-        with self._lock:
+        with self._lock, self._checked():
             for start in range(0, len(unique), _SQL_VARIABLES):
                 part = unique[start : start + _SQL_VARIABLES]
                 marks = ",".join("?" * len(part))
@@ -118,7 +170,7 @@ class EmbeddingCache:
             (_key(prompt, text), probes.to_bytes(vector))
             for text, vector in zip(texts, vectors, strict=True)
         ]
-        with self._lock:
+        with self._lock, self._checked():
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
             self._db.execute("COMMIT")
