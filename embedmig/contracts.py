@@ -76,6 +76,30 @@ def of_alias(contracts: Iterable[Contract], alias: str) -> list[Contract]:
     return [c for c in contracts if c.alias is None or c.alias == alias]
 
 
+def check_known(contracts: Iterable[Contract], known: Mapping[str, int], alias: str) -> None:
+    """Refuse a contract whose ``must_contain`` names a document ``alias`` never had (a typo, or
+    another corpus's key): it could never hold, on the old index or the new, and would block
+    every upgrade as if it were a regression. A document deleted since is not refused: losing it
+    is what a contract is for."""
+    for contract in contracts:
+        ghosts = [key for key in contract.must_contain if key not in known]
+        if ghosts:
+            raise SourceError(
+                f"contract {contract.id!r} must contain {', '.join(map(repr, ghosts[:3]))}, "
+                f"which {'is' if len(ghosts) == 1 else 'are'} not in the corpus of {alias!r}: "
+                "fix or remove that line of the contracts file"
+            )
+
+
+def unmatched(contracts: Iterable[Contract], aliases: set[str]) -> dict[str, list[str]]:
+    """The contracts whose ``alias`` names none of ``aliases``, by the alias they name."""
+    found: dict[str, list[str]] = {}
+    for contract in contracts:
+        if contract.alias is not None and contract.alias not in aliases:
+            found.setdefault(contract.alias, []).append(contract.id)
+    return found
+
+
 def _contract(row: Any, bad: Any) -> Contract:
     if not isinstance(row, dict):
         raise bad("a contract is a JSON object")

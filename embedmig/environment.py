@@ -5,6 +5,8 @@ Opened once per command and passed explicitly to everything that needs it (no mo
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -16,7 +18,7 @@ import sqlalchemy as sa
 
 from embedmig import embedders
 from embedmig.config import Config, EnvSettings
-from embedmig.contracts import Contract, of_alias
+from embedmig.contracts import Contract, of_alias, unmatched
 from embedmig.contracts import read as read_contracts
 from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.errors import (
@@ -32,6 +34,8 @@ from embedmig.names import safe_component
 from embedmig.sources import Corpus, Document, Qrels
 from embedmig.store import locks
 from embedmig.store.catalog import AdapterRecord, IndexRecord
+
+log = logging.getLogger("embedmig")
 
 if TYPE_CHECKING:
     from embedmig.embedders.adapted import AdaptedEmbedder
@@ -106,7 +110,30 @@ class Environment:
             return None
         if self._contracts is None:
             self._contracts = read_contracts(path)
+            self._warn_unmatched(path, self._contracts)
         return self._contracts
+
+    def _warn_unmatched(self, path: Path, contracts: list[Contract]) -> None:
+        """A line whose ``alias`` names no alias of this project is never checked: say so, as a
+        typo in it would otherwise leave ``verify`` passing for ever."""
+        from embedmig.store import catalog
+
+        aliases: set[str] = set()
+        if self.has_history():
+            with self.engine.connect() as conn:
+                aliases |= set(catalog.versions(conn)) | {r.alias for r in catalog.indexes(conn)}
+        # A broken script is for the command that needs the scripts to report.
+        with contextlib.suppress(ScriptError):
+            aliases |= {rev.alias for rev in self.scripts.heads()}
+        for alias, ids in sorted(unmatched(contracts, aliases).items()):
+            log.warning(
+                "contracts file %s: %s name alias %r, which is no alias of this project "
+                "(aliases: %s); they are never checked",
+                path,
+                ", ".join(map(repr, ids[:3])) + (", ..." if len(ids) > 3 else ""),
+                alias,
+                ", ".join(sorted(aliases)) or "none yet",
+            )
 
     def uses_query_log(self) -> bool:
         """``queries = log`` (every logged query) or ``queries = log:N`` (the latest N)."""

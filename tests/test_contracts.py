@@ -152,6 +152,38 @@ def test_a_malformed_contract_line_is_one_line_and_changes_nothing(
     assert snapshot(config) == before
 
 
+def test_a_contract_naming_a_document_the_alias_never_had_is_refused_before_anything_is_embedded(
+    contracted: Config, models: dict[str, Path]
+) -> None:
+    ghost = {"id": "ghost", "query": "anything", "must_contain": ["no-such-doc-999"]}
+    path = contracted.root / "contracts.jsonl"
+    path.write_text(path.read_text() + json.dumps(ghost) + "\n")
+    before = snapshot(contracted)
+    for args in (("upgrade", "r2"), ("upgrade", "r2", "--dry-run"), ("verify",)):
+        ran = embedmig(contracted.root, *args)
+        (error,) = ran.stderr.strip().splitlines()
+        assert ran.returncode == 1 and "Traceback" not in ran.stderr
+        assert error == (
+            "embedmig: error: contract 'ghost' must contain 'no-such-doc-999', which is not in "
+            "the corpus of 'docs': fix or remove that line of the contracts file"
+        )
+    assert snapshot(contracted) == before
+
+
+def test_a_contract_for_an_alias_the_project_does_not_have_is_warned_about(
+    contracted: Config, models: dict[str, Path]
+) -> None:
+    typo = {"id": "typo", "query": "anything", "must_contain": ["x"], "alias": "dosc"}
+    path = contracted.root / "contracts.jsonl"
+    path.write_text(path.read_text() + json.dumps(typo) + "\n")
+    ran = embedmig(contracted.root, "verify")
+    assert ran.returncode == 0 and "docs: index #1, 2 golden queries, 0 broken" in ran.stdout
+    assert (
+        "'typo' name alias 'dosc', which is no alias of this project (aliases: docs); they are "
+        "never checked" in ran.stderr
+    )
+
+
 def test_verify_without_a_contracts_file_says_how_to_set_one(config: Config) -> None:
     with pytest.raises(ConfigError, match="set contracts = FILE"):
         command.verify(config)

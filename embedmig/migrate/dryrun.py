@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedmig.contracts import Contract
+from embedmig.contracts import Contract, check_known
 from embedmig.embedders import LoadedEmbedder
 from embedmig.environment import Environment
 from embedmig.errors import ConfigError, SourceError
@@ -153,6 +153,7 @@ class DryRun:
                 live_ids = catalog.lookup_ids(
                     conn, alias, set().union(*(c.keys for c in self.contracts))
                 )
+            check_known(self.contracts, live_ids, alias)
             compiled = golden.compile_(self.contracts, live_ids)
             vectors = old.embedder.encode_queries([c.query for c in self.contracts])
             _, ids = files.search(old.index, vectors, compiled.depth)

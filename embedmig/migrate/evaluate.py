@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from embedmig.contracts import Contract
+from embedmig.contracts import Contract, check_known
 from embedmig.embedders import LoadedEmbedder
 from embedmig.environment import Environment
 from embedmig.gates import OVERLAP_KS
@@ -223,6 +223,7 @@ def check_contracts(
     """The golden queries searched on both sides: their metrics and broken ones in ``report``."""
     with env.engine.connect() as conn:
         ids_of = catalog.lookup_ids(conn, alias, set().union(*(c.keys for c in contracts)))
+    check_known(contracts, ids_of, alias)
     compiled = golden.compile_(contracts, ids_of)
     texts = [c.query for c in contracts]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from embedmig.contracts import check_known
 from embedmig.environment import Environment
 from embedmig.errors import ConfigError, EmbedmigError, ScriptError, StateError
 from embedmig.metrics.report import Report
@@ -34,7 +35,13 @@ def upgrade(
     path, live = _upgrade_path(env, target)
     _check_logged_queries(env, path)
     for alias in {rev.alias for rev in path}:
-        env.contracts(alias)  # a malformed contracts file fails before anything is embedded
+        # A malformed contracts file, or one naming a document the live alias never had,
+        # fails before anything is embedded.
+        contracts = env.contracts(alias)
+        if contracts and live.get(alias, _Serving(None)).index is not None:
+            with env.engine.connect() as conn:
+                keys = set().union(*(c.keys for c in contracts))
+                check_known(contracts, catalog.lookup_ids(conn, alias, keys), alias)
     _check_segment_field(env, path, settings.eval.segment_field)
     if not dry_run and path:
         with env.lock({rev.alias for rev in path}, "upgrade", wait):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from embedmig.contracts import Contract
+from embedmig.contracts import Contract, check_known
 from embedmig.environment import Environment
 from embedmig.metrics import contracts as golden
 from embedmig.serve.searcher import Searcher
@@ -44,6 +44,7 @@ def verify(
     with env.engine.connect() as conn:
         ids_of = catalog.lookup_ids(conn, alias, set().union(*(c.keys for c in contracts)))
         swap = catalog.swap_of(conn, alias, view.record.id, catalog.versions(conn).get(alias))
+    check_known(contracts, ids_of, alias)
     compiled = golden.compile_(contracts, ids_of)
     vectors = view.embedder.encode_queries([c.query for c in contracts])
     _, ids = view.overlay.search(vectors, max(1, min(compiled.depth, view.overlay.size)))
