@@ -184,6 +184,54 @@ def test_a_python_embedder_that_cannot_be_made_is_one_line(
     assert snapshot(config) == before
 
 
+FAULTY_ENCODERS = """
+import numpy as np
+
+class Encoder:
+    dimension = 8
+    def encode_documents(self, texts):
+        return np.ones((len(texts), 8))
+    encode_queries = encode_documents
+
+class NoFingerprint(Encoder):
+    def fingerprint(self):
+        raise ValueError("model registry unreachable")
+
+class NoDimension(Encoder):
+    @property
+    def dimension(self):
+        raise ValueError("config not loaded")
+
+def no_fingerprint():
+    return NoFingerprint()
+
+def no_dimension():
+    return NoDimension()
+"""
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("no_fingerprint", "failed to report its fingerprint: ValueError: model registry"),
+        ("no_dimension", "failed to report its dimension: ValueError: config not loaded"),
+    ],
+)
+def test_an_encoder_that_cannot_say_what_it_is_is_its_own_error_not_the_revisions(
+    config: Config, factory: str, message: str
+) -> None:
+    (config.root / "faulty_encoders.py").write_text(FAULTY_ENCODERS)
+    spec = Embedder(f"faulty_encoders:{factory}", backend="python")
+    command.revision(config, "in-house", alias="docs", new=spec, rev_id="r1")
+    before = snapshot(config)
+    ran = embedmig(config.root, "upgrade")
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr
+    (line,) = ran.stderr.strip().splitlines()
+    assert line.startswith(f"embedmig: error: python:faulty_encoders:{factory}")
+    assert message in line and "revision" not in line
+    assert snapshot(config) == before
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -148,7 +148,7 @@ class LoadedEmbedder:
         return self._dim
 
     def _backend_dim(self) -> int:
-        dim = self.backend.dimension
+        dim = self._ask("its dimension", lambda: self.backend.dimension)
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise EmbedderError(f"{self.describe()} reports dimension {dim!r}")
         return dim
@@ -157,8 +157,20 @@ class LoadedEmbedder:
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             self.dim  # noqa: B018  # a remote backend's covers its dimension: probed first
-            self._fingerprint = self.backend.fingerprint()
+            self._fingerprint = self._ask("its fingerprint", self.backend.fingerprint)
         return self._fingerprint
+
+    def _ask(self, what: str, call: Callable[[], Any]) -> Any:
+        """What the backend (the user's code, for ``backend="python"``) says of itself; its
+        failure is this embedder's, not the revision's that loads it."""
+        try:
+            return call()
+        except EmbedderError:
+            raise
+        except Exception as exc:
+            raise EmbedderError(
+                f"{self.describe()} failed to report {what}: {exc.__class__.__name__}: {exc}"
+            ) from exc
 
     @property
     def spec_json(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,7 +81,9 @@ def load(spec: Embedder, root: Path) -> PythonBackend:
         encoder = target(**dict(spec.params or {}))
     except Exception as exc:  # the user's factory: one line
         raise EmbedderError(f"{spec.model}(...) failed: {exc.__class__.__name__}: {exc}") from exc
-    missing = [name for name in _REQUIRED if not hasattr(encoder, name)]
+    # Looked up without running a property: a dimension that fails is the embedder's error,
+    # said when it is first asked for.
+    missing = [name for name in _REQUIRED if inspect.getattr_static(encoder, name, None) is None]
     if missing:
         raise EmbedderError(
             f"{spec.model} returned {type(encoder).__name__}, which lacks {', '.join(missing)} "
