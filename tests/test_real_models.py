@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,25 @@ def test_minilm_builds_an_index_that_finds_a_document_by_its_title(
     row = corpus_rows(300)[123]
     title = row["text"].split(". ")[0]
     assert command.search(config, "papers", title, k=3)[0].key == row["id"]
+
+
+def test_a_searcher_opened_from_python_prints_no_benign_load_report(
+    minilm_project: tuple[Config, Report],
+) -> None:
+    config, _ = minilm_project
+    app = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING)  # an application's own logging\n"
+        "from embedmig import Config, open_searcher\n"
+        "with open_searcher(Config(sys.argv[1]), 'papers') as searcher:\n"
+        "    print(searcher.search('vitamin D', k=1)[0].key)\n"
+        "logging.getLogger('transformers.modeling_utils').warning('still mine')\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", app, str(config.path)], capture_output=True, text=True, check=True
+    )
+    assert ran.stdout.strip() and "LOAD REPORT" not in ran.stdout + ran.stderr
+    assert "still mine" in ran.stderr  # their logging is as they set it
 
 
 def test_minilm_to_distilled_static_measures_a_real_shift(

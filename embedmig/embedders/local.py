@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -166,6 +167,8 @@ def _identity_files(root: Path) -> list[Path]:
     )
 
 
+log = logging.getLogger("embedmig")
+
 _MODELS: dict[tuple[str, str], Any] = {}
 
 
@@ -192,6 +195,22 @@ def load(spec: Embedder, root: Path, settings: EmbedderSettings) -> SentenceTran
     return backend
 
 
+class _BenignLoadReport(logging.Filter):
+    """Drops transformers' "LOAD REPORT" table when all it lists is UNEXPECTED checkpoint keys
+    (``embeddings.position_ids`` in MiniLM, say: a buffer newer versions rebuild), which a
+    library user's application would otherwise print at every start. A report of missing,
+    mismatched or unconverted weights still shows: those change the vectors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        if any(word in message for word in ("MISSING", "MISMATCH", "CONVERSION")):
+            return True
+        log.debug("%s: only unexpected keys, not shown", message.splitlines()[0])
+        return False
+
+
 def _load_model(spec: Embedder, location: Path, device: str | None) -> SentenceTransformer:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
@@ -199,6 +218,9 @@ def _load_model(spec: Embedder, location: Path, device: str | None) -> SentenceT
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
+    benign = _BenignLoadReport()
+    reporter = logging.getLogger("transformers.modeling_utils")
+    reporter.addFilter(benign)  # on this one logger, for this load only
     try:
         model = SentenceTransformer(
             str(location),
@@ -209,6 +231,8 @@ def _load_model(spec: Embedder, location: Path, device: str | None) -> SentenceT
         )
     except Exception as exc:  # broken folders raise anything from OSError to KeyError
         raise EmbedderError(f"cannot load model {spec.model!r} from {location}: {exc}") from exc
+    finally:
+        reporter.removeFilter(benign)
     if spec.max_seq_length is not None:
         model.max_seq_length = spec.max_seq_length
     return model
