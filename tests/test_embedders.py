@@ -610,6 +610,31 @@ def test_an_upgrade_after_its_dry_run_embeds_only_what_the_dry_run_did_not(
     assert "the upgrade: about" in text and "$" in text
 
 
+def test_the_projects_price_is_an_endpoints_and_a_local_model_costs_only_its_own(
+    project: Path,
+) -> None:
+    config = configure(project, "embedder.price_per_million_tokens = 0.02\n")
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    priced = Embedder("models/near", price_per_million_tokens=0.5)
+    command.revision(config, "second", alias="docs", new=priced, rev_id="r2")
+    assert (
+        "price_per_million_tokens=0.5" in next(project.glob("migrations/versions/r2_*")).read_text()
+    )
+    (local,) = command.upgrade(config, "r1")
+    assert local.embedding["price_per_million_tokens"] is None and local.embedding["cost"] is None
+    (dry,) = command.upgrade(config, "r2", dry_run=True, sample=100)
+    assert dry.embedding["forecast_cost"] == pytest.approx(dry.embedding["forecast_tokens"] / 2e6)
+    (done,) = command.upgrade(config, "r2")
+    assert done.embedding["cost"] == pytest.approx(done.embedding["tokens"] / 2e6)
+    with pytest.raises(EmbedderError, match="price_per_million_tokens must be a number"):
+        Embedder("models/a", price_per_million_tokens=-1)
+    # A price changes no vector: the same space, the same fingerprint.
+    assert (
+        load(priced, project, settings()).fingerprint
+        == load(Embedder("models/near"), project, settings()).fingerprint
+    )
+
+
 def _tokens(server: EmbeddingServer, project: Path) -> list[list[int]]:
     """The served model's tokens of every corpus document (what a full backfill is billed)."""
     rows = [json.loads(line)["text"] for line in (project / "corpus.jsonl").open()]

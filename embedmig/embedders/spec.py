@@ -46,6 +46,10 @@ class Embedder:
 
     Prompts are prefixed to the texts for the ``openai`` and ``python`` backends, and handed to
     sentence-transformers as its prompts for local models.
+
+    ``price_per_million_tokens`` prices what it embeds in reports and dry-run forecasts (for an
+    ``openai`` embedder without one, the ``embedder.price_per_million_tokens`` option); it is
+    not part of the fingerprint.
     """
 
     model: str
@@ -61,6 +65,8 @@ class Embedder:
     api_key_env: str | None = None
     dimensions: int | None = None
     params: Mapping[str, Any] | None = None
+    # What it costs, in the report's currency; changes no vector (not in the fingerprint).
+    price_per_million_tokens: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -80,6 +86,13 @@ class Embedder:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise EmbedderError(f"Embedder {name} must be a string or None, got {value!r}")
+        price = self.price_per_million_tokens
+        if price is not None and (
+            isinstance(price, bool) or not isinstance(price, int | float) or not 0 <= price < 1e9
+        ):
+            raise EmbedderError(
+                f"Embedder price_per_million_tokens must be a number of 0 or more, got {price!r}"
+            )
         for name in ("normalize", "trust_remote_code"):
             if not isinstance(getattr(self, name), bool):
                 raise EmbedderError(f"Embedder {name} must be True or False")
@@ -152,13 +165,20 @@ class Embedder:
     def options(self) -> dict[str, Any]:
         """The vector-changing options, without the model."""
         opts = asdict(self)
-        del opts["model"]
+        del opts["model"], opts["price_per_million_tokens"]
         for name in _LATER:
             if opts[name] == _FIELD_DEFAULTS[name]:
                 del opts[name]
         if "params" in opts:
             opts["params"] = dict(self.params or {})
         return opts
+
+    def price(self, default: float | None) -> float | None:
+        """What a million of its input tokens cost: its own price, else ``default`` (the
+        project's option) for an endpoint; a local model or user code costs nothing by default."""
+        if self.price_per_million_tokens is not None:
+            return float(self.price_per_million_tokens)
+        return default if self.backend == OPENAI else None
 
     def to_json(self) -> str:
         data = asdict(self)

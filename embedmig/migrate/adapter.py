@@ -219,7 +219,7 @@ def evaluate(
         resamples=eval_settings.forecast_resamples,
         pair_docs=2,
         notes=(),
-        price=env.settings.price_per_million_tokens,
+        price=fitted.adapted.inner.spec.price(env.settings.price_per_million_tokens),
     )
     report.metrics.update(_adapter_metrics(reembed.metrics))
     ev.after_the_swap(
@@ -243,7 +243,12 @@ def evaluate(
     # What the fit spent, and what the full re-embed it stands in for would: the forecast_*
     # figures a dry run shows, at the throughput and tokens per document the fit measured.
     report.embedding = {
-        **cost.forecast(fitted.usage, texts, population, env.settings.price_per_million_tokens),
+        **cost.forecast(
+            fitted.usage,
+            texts,
+            population,
+            fitted.adapted.inner.spec.price(env.settings.price_per_million_tokens),
+        ),
         "not_reembedded": max(population - len(dry.columns), 0),
     }
     report.notes.append(

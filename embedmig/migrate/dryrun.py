@@ -135,7 +135,7 @@ class DryRun:
             resamples=settings.forecast_resamples,
             pair_docs=settings.pair_docs,
             notes=self.notes,
-            price=env.settings.price_per_million_tokens,
+            price=new.spec.price(env.settings.price_per_million_tokens),
             contracts=self._contracts(env, rev.alias, old_side),
             segment=settings.segment,
         )

@@ -180,7 +180,9 @@ def evaluate_shadow(
     )
     after_the_swap(env, rev, report, queries, Side(new, index), old, settings.k)
     report.timings.update(shadow.stats.seconds)
-    report.embedding = cost.spent(shadow.stats.usage, env.settings.price_per_million_tokens)
+    report.embedding = cost.spent(
+        shadow.stats.usage, new.spec.price(env.settings.price_per_million_tokens)
+    )
     # The swap needs only the saved file: free the index now rather than inside the swap.
     shadow.index = None
     return report
