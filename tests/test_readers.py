@@ -1,8 +1,10 @@
-"""Readers in view: every searcher reports the index it serves; `status` shows skew after a swap,
-`upgrade --wait-readers` waits for convergence, and `prune` keeps a file a reader still holds."""
+"""Readers in view: every searcher reports the index it holds and follows a swap between queries;
+`status` shows a reader stalled or skew after a swap, `upgrade --wait-readers` waits for
+convergence, and `prune` keeps a file a reader still holds."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -10,13 +12,14 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from embedmig import Config, ConfigError, ReadersBehind, command, open_searcher
 from embedmig.environment import Environment
 from embedmig.history import schema
-from embedmig.store import readers
+from embedmig.store import clock, readers
 from tests.support import embedmig, snapshot
 
 READER = Path(__file__).with_name("live_reader.py")
@@ -82,14 +85,58 @@ def settle(config: Config, wanted: list[str], timeout: float = 20.0) -> None:
 
 @pytest.mark.process
 @pytest.mark.waits
-def test_a_reader_left_on_the_old_index_is_skew_keeps_its_file_then_converges(
+def test_an_idle_reader_follows_the_swap_between_queries_and_lets_its_old_index_go(
     reader_process: tuple[Config, Reader],
 ) -> None:
     config, reader = reader_process
     assert reader.say("search") == "served #1"
     settle(config, ["live"])
-    command.upgrade(config, "r2")  # the reader is idle: it still holds index #1
+    (report,) = command.upgrade(config, "r2", wait_readers=30)  # no query comes meanwhile
+    assert 0 <= report.timings["readers_converged_s"] < 30
+    shown = embedmig(config.root, "status", "docs")
+    assert shown.returncode == 0 and "on index #2: live" in shown.stdout
+    dropped = command.prune(config, "docs", keep=0)
+    assert [r.id for r in dropped.dropped] == [1] and dropped.held == []
+    assert reader.say("search") == "served #2"
+    reader.close()
+    assert states(config) == []  # a reader that closed leaves no row
 
+
+@pytest.mark.process
+@pytest.mark.waits
+def test_a_frozen_reader_is_stalled_not_gone_it_keeps_its_index_and_fails_wait_readers(
+    reader_process: tuple[Config, Reader],
+) -> None:
+    config, reader = reader_process
+    ini = config.root / "embedmig.ini"
+    ini.write_text(ini.read_text().replace("silent_seconds = 30", "silent_seconds = 1"))
+    config = Config(ini)
+    assert reader.say("search") == "served #1"
+    settle(config, ["live"])
+    reader.process.send_signal(signal.SIGSTOP)  # a debugger, a VM pause: no heartbeat, alive
+    try:
+        settle(config, ["stalled"])
+        with pytest.raises(ReadersBehind, match=r"1 reader\(s\)") as behind:
+            command.upgrade(config, "r2", wait_readers=0.5)
+        assert [(r.state, r.reader.index_id) for r in behind.value.readers] == [("stalled", 1)]
+        pruned = embedmig(config.root, "prune", "docs", "--keep", "0")
+        assert "kept index #1 (r1): a reader still serves it" in pruned.stdout
+        shown = embedmig(config.root, "status", "docs")
+        assert shown.returncode == 1 and "on index #1: stalled" in shown.stdout
+    finally:
+        reader.process.send_signal(signal.SIGCONT)
+    settle(config, ["live"])  # it follows the swap at its next heartbeat
+    assert [r.id for r in command.prune(config, "docs", keep=0).dropped] == [1]
+    reader.close()
+
+
+def test_a_reader_that_cannot_follow_is_skew_and_keeps_its_file(config: Config) -> None:
+    config = two_revisions(config)
+    command.upgrade(config, "r2")
+    env = Environment(config)
+    with env.engine.begin() as conn:  # a reader elsewhere that reports, but stays on #1
+        readers.beat(conn, readers.Beat("old", "docs", "elsewhere", 7, 1, None, 3, None, _now()))
+    env.dispose()
     settle(config, ["skew"])  # past readers.skew_seconds after the swap
     shown = embedmig(config.root, "status")
     assert shown.returncode == 1
@@ -99,13 +146,33 @@ def test_a_reader_left_on_the_old_index_is_skew_keeps_its_file_then_converges(
     assert pruned.returncode == 0, pruned.stderr
     assert "kept index #1 (r1): a reader still serves it" in pruned.stdout
 
-    assert reader.say("search") == "served #2"  # its next query picks the swap up
-    settle(config, ["live"])
-    assert embedmig(config.root, "status", "docs").returncode == 0
-    dropped = command.prune(config, "docs", keep=0)
-    assert [r.id for r in dropped.dropped] == [1] and dropped.held == []
-    reader.close()
-    assert states(config) == []  # a reader that closed leaves no row
+
+def test_a_heartbeat_from_a_host_whose_clock_runs_behind_is_not_silent(
+    any_db: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = two_revisions(any_db)
+
+    class Behind(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return datetime.now(tz) - timedelta(hours=2)
+
+    env = Environment(config)
+    with monkeypatch.context() as behind:
+        behind.setattr(clock, "datetime", Behind)  # every clock of that host says so
+        with env.engine.begin() as conn:
+            readers.beat(
+                conn, readers.Beat("far", "docs", "behind-host", 7, 1, None, 3, None, clock.now())
+            )
+    env.dispose()
+    assert states(config) == ["live"]
+    assert [r.id for r in command.prune(config, "docs", keep=0).held] == []
+    (docs,) = command.status(config, "docs")
+    assert docs.readers[0].reader.host == "behind-host"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def test_upgrade_waits_until_a_busy_reader_serves_the_new_index(config: Config) -> None:
@@ -127,19 +194,6 @@ def test_upgrade_waits_until_a_busy_reader_serves_the_new_index(config: Config) 
     finally:
         stop.set()
         busy.join()
-
-
-def test_wait_readers_names_an_idle_reader_and_leaves_the_swap_done(config: Config) -> None:
-    config = two_revisions(config)
-    with open_searcher(config, "docs") as searcher:
-        searcher.search("protein folding", k=3)
-        settle(config, ["live"])
-        with pytest.raises(ReadersBehind, match=r"docs swapped, but after .* 1 reader\(s\)") as err:
-            command.upgrade(config, "r2", wait_readers=0.3)
-        assert [r.reader.index_id for r in err.value.readers] == [1]
-        assert command.current(config)[0].revision == "r2"
-        searcher.search("protein folding", k=3)
-        settle(config, ["live"])
 
 
 def test_a_reader_that_closes_removes_its_heartbeat(config: Config) -> None:

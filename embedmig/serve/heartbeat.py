@@ -38,9 +38,13 @@ class Heartbeat:
     # ---- request path ------------------------------------------------------------------------
 
     def served(self, index_id: int) -> None:
+        self.holds(index_id)
+        self._served += 1
+
+    def holds(self, index_id: int) -> None:
+        """Its view holds ``index_id`` now: served, or followed off the request path."""
         if index_id != self._index:
             self._index, self._since = index_id, clock.now()
-        self._served += 1
         self._drift = None
 
     def refused(self, why: str) -> None:
@@ -83,7 +87,15 @@ class Heartbeat:
 
 # ---- what the heartbeats say -----------------------------------------------------------------
 
-LIVE, BEHIND, SKEW, SILENT, IDLE, REFUSED = "live", "behind", "skew", "silent", "idle", "refused"
+LIVE, BEHIND, SKEW, SILENT, STALLED, IDLE, REFUSED = (
+    "live",
+    "behind",
+    "skew",
+    "silent",
+    "stalled",
+    "idle",
+    "refused",
+)
 # What a swap waits for no longer: on the live index, gone, or not serving anything yet.
 SETTLED = (LIVE, SILENT, IDLE)
 
@@ -97,7 +109,7 @@ class ReaderState:
 
     @property
     def flagged(self) -> bool:
-        return self.state in (SKEW, SILENT, REFUSED)
+        return self.state in (SKEW, SILENT, STALLED, REFUSED)
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,8 @@ def survey(conn: sa.Connection, alias: str, settings: ReaderSettings) -> AliasRe
         behind = None
         if reader.silent(settings.silent_after, at):
             state = SILENT
+        elif reader.stalled(settings.silent_after, at):
+            state = STALLED
         elif reader.drift is not None:
             state = REFUSED
         elif reader.index_id is None:

@@ -15,12 +15,14 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 
 from embedmig.environment import Environment
+from embedmig.errors import EmbedmigError
 from embedmig.serve.heartbeat import Heartbeat
 from embedmig.serve.view import IndexView, follow
 from embedmig.store import catalog, clock, manifest, traffic
@@ -79,6 +81,9 @@ class Mirror:
         self.log_text = config.get_bool("searcher.log_text", True)
         self.poll_seconds = config.get_float("searcher.poll_seconds")
         self.heartbeat = Heartbeat(alias, config.get_range("readers.heartbeat_seconds", 0))
+        # Set by the searcher: bring its view to the alias's live index, off the request path,
+        # returning the index it then holds; called before each heartbeat.
+        self.follow: Callable[[], int] | None = None
         self.stats = TrafficStats()
         self.target: Target | None = None  # set by the worker, read by the request path
         self._queue: queue.Queue[object] = queue.Queue(config.get_int("searcher.queue_size"))
@@ -188,6 +193,15 @@ class Mirror:
                 self._beat()
 
     def _beat(self) -> None:
+        if self.follow is not None:
+            # An idle reader follows a swap here, not at its next query: what it reports is
+            # what it would serve now, and the index it let go of can be pruned.
+            try:
+                self.heartbeat.holds(self.follow())
+            except EmbedmigError as exc:
+                self.heartbeat.refused(str(exc))
+            except Exception as exc:  # its next query meets the same failure and reports it
+                self._warn(f"this reader of {self.alias} cannot follow its alias: {exc}")
         try:
             self.heartbeat.send(self.env.engine)
         except Exception as exc:  # a searcher serves on whether or not its row is written

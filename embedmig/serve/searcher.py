@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +38,10 @@ class Searcher:
     open on the alias it mirrors a share of them to the shadow (see ``embedmig.serve.mirror``):
     both off the request path. ``close()`` records what is still queued.
 
-    Every ``readers.heartbeat_seconds`` it reports, off the request path too, the index it served
-    last (``embedmig status``); ``close()`` removes that report.
+    Every ``readers.heartbeat_seconds`` it reports, off the request path too, the index it holds
+    (``embedmig status``): before each report it follows a swap or rollback even when no query
+    came, so an idle reader holds, and reports, what it would serve now. ``close()`` removes
+    that report.
 
     When an adapter revision is current, queries are embedded with its new model and mapped
     into the live index's space. ``model`` asks for one model's queries: the live index's own,
@@ -51,7 +54,10 @@ class Searcher:
         self.model = model
         self._model_fingerprint: str | None = None
         self._view: IndexView | None = None
+        # The request path and the worker (which follows swaps between queries) share the view.
+        self._view_lock = threading.Lock()
         self._mirror = Mirror(env, alias)  # reads its options now: a bad one fails here
+        self._mirror.follow = lambda: self._refresh().record.id
 
     def __enter__(self) -> Searcher:
         return self
@@ -85,20 +91,21 @@ class Searcher:
         if not isinstance(text, str) or blank(text):
             raise ConfigError("the query is empty: give a text to search for")
         encoded = _meta(meta)
-        try:
-            view = self._refresh()
-        except EmbedmigError as exc:
-            self._mirror.heartbeat.refused(str(exc))
-            self._mirror.start()
-            raise
-        self._mirror.heartbeat.served(view.record.id)
-        vectors = view.embedder.encode_queries([text])
-        # A mirrored query's live answer is read to the canary's depth in the same search.
-        target = self._mirror.plan()
-        depth = max(k, target.k) if target is not None else k
-        # FAISS allocates k results per query whatever the index holds: clamp to its size.
-        depth = max(1, min(depth, view.overlay.size))
-        scores, ids = view.overlay.search(vectors, depth)
+        with self._view_lock:  # the worker may follow a swap meanwhile: not during a search
+            try:
+                view = self._follow()
+            except EmbedmigError as exc:
+                self._mirror.heartbeat.refused(str(exc))
+                self._mirror.start()
+                raise
+            self._mirror.heartbeat.served(view.record.id)
+            vectors = view.embedder.encode_queries([text])
+            # A mirrored query's live answer is read to the canary's depth in the same search.
+            target = self._mirror.plan()
+            depth = max(k, target.k) if target is not None else k
+            # FAISS allocates k results per query whatever the index holds: clamp to its size.
+            depth = max(1, min(depth, view.overlay.size))
+            scores, ids = view.overlay.search(vectors, depth)
         with self.env.engine.connect() as conn:
             described = catalog.describe_ids(conn, self.alias, ids[0][:k])
         hits = []
@@ -116,6 +123,10 @@ class Searcher:
         return self._mirror.flush(timeout)
 
     def _refresh(self) -> IndexView:
+        with self._view_lock:
+            return self._follow()
+
+    def _follow(self) -> IndexView:
         live, adapter = self._live()
         try:
             view = follow(self.env, self._view, live, adapter)

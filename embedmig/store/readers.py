@@ -73,10 +73,22 @@ class Reader:
     heartbeat_at: datetime
 
     def silent(self, after: timedelta, at: datetime) -> bool:
-        """Whether it stopped reporting: no heartbeat for ``after``, or (on this host) its
-        process is gone."""
-        if self.host == socket.gethostname() and not locks.pid_alive(self.pid):
-            return True
+        """Whether it is gone: on this host, its process is; on another, it sent no heartbeat
+        for ``after`` (``at`` is the database's clock, as heartbeats are written)."""
+        if self.host == socket.gethostname():
+            return not locks.pid_alive(self.pid)
+        return self._quiet(after, at)
+
+    def stalled(self, after: timedelta, at: datetime) -> bool:
+        """Whether it is on this host, its process alive, but sent no heartbeat for ``after``:
+        paused (SIGSTOP, a debugger) or hung. It still holds the index it served."""
+        return (
+            self.host == socket.gethostname()
+            and not self.silent(after, at)
+            and self._quiet(after, at)
+        )
+
+    def _quiet(self, after: timedelta, at: datetime) -> bool:
         return at - clock.utc(self.heartbeat_at) > after
 
     def describe(self) -> str:
