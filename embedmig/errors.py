@@ -17,7 +17,7 @@ a caller needs to act on it without parsing the message::
     │   ├── LockLost         this run's lock was taken over; it stopped           .alias
     │   └── ReadersBehind    readers still serve another index than the live one  .alias, .readers
     ├── GateFailed           a quality gate failed; the alias is untouched    .report, .checks
-├── ContractBroken       the live alias lost a document a golden query must keep  .alias, .broken
+    ├── ContractBroken       the live alias lost a document a golden query must keep  .alias, .broken
     └── CanaryOpen           the swap waits for the canary on live traffic    .alias, .compared
 """
 
