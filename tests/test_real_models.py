@@ -3,6 +3,7 @@ from it. Marked `minilm`; skipped with the reason when the wheel is not installe
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -85,8 +86,15 @@ def test_a_searcher_opened_from_python_prints_no_benign_load_report(
         "    print(searcher.search('vitamin D', k=1)[0].key)\n"
         "logging.getLogger('transformers.modeling_utils').warning('still mine')\n"
     )
+    # As an application starts: transformers at its default verbosity (the CLI, which other
+    # specs run in this process, quiets it through the environment).
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
     ran = subprocess.run(
-        [sys.executable, "-c", app, str(config.path)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", app, str(config.path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
     assert ran.stdout.strip() and "LOAD REPORT" not in ran.stdout + ran.stderr
     assert "still mine" in ran.stderr  # their logging is as they set it
