@@ -92,3 +92,18 @@ def test_the_wheel_runs_embedmig_init_in_a_fresh_venv(tmp_path: Path) -> None:
         [str(venv / "bin" / "embedmig"), "current"], cwd=project, capture_output=True, text=True
     )
     assert current.returncode == 0 and "no alias has been migrated yet" in current.stdout
+
+
+def test_render_stays_callable_when_a_render_submodule_was_imported_first() -> None:
+    # A fresh interpreter: the order of imports is the point.
+    code = (
+        "import embedmig.render.text\n"
+        "from embedmig import Report, render\n"
+        "report = Report(alias='docs', revision='r1', old_model=None, new_model='m',\n"
+        "    dry_run=False, corpus_size=1, query_source='corpus', n_queries=1, k=1,\n"
+        "    metrics={}, distributions={})\n"
+        "print(render(report, 'json')[:1], render(report).splitlines()[0])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("{ NO GATES docs @ r1 (upgrade)")

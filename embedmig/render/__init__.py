@@ -6,6 +6,8 @@ render through ``render``.
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +74,15 @@ def _format_seconds(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+class _Package(types.ModuleType):
+    """``embedmig.render`` is the ``render`` function in the public API, and this package's name
+    too: once a submodule is imported first (``embedmig.render.html``), the import system binds
+    the package under that name, so the package answers a call as the function does."""
+
+    def __call__(self, report: Report, fmt: str = "text", *, styled: bool = False) -> str:
+        return render(report, fmt, styled=styled)
+
+
+sys.modules[__name__].__class__ = _Package
