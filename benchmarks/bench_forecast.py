@@ -20,7 +20,24 @@ all-MiniLM-L6-v2 and a static model distilled from it (model2vec, 256-d).
 
 Targets (issue 11), at 10%: |forecast - realized| <= 0.02 for recall@10, nDCG@10 and their
 deltas, <= 0.05 for overlap@10; 95% intervals covering in >= 90% of seeds; dry run <= 15% of the
-upgrade's wall time.
+upgrade's wall time. Issue 33 adds every forecast metric to the table, each with its tolerance
+(0.02 for rates, 0.05 for quantiles and distances): the share of seeds within it is the last
+column.
+
+Measured 2026-12-06 (issue 33: per-query figures drawn), 2 cores with other jobs, 5 seeds,
+10%, 30 replicates (`--seeds 5 --fractions 0.1 --resamples 30`): mean |error| and coverage.
+  claims, MiniLM -> static: overlap_at_10_p5 0.000 (100%), _p95 0.040 (100%), _below_half
+    0.029 (100%); overlap_at_1 = jaccard_at_1 0.157 (100%); overlap_at_100_p5 0.044 (60%),
+    _p95 0.028 (80%), _below_half 0.037 (60%); recall@10 0.004, overlap@10 0.026 (100%).
+    Before (expectations): overlap_at_10_p5 0.198 (0%), _p95 0.171 (40%), _below_half 0.123
+    (40%), jaccard_at_1 0.172 (20%), overlap_at_1_p95 0.599 (0%).
+  claims, static -> MiniLM: overlap_at_10_p5 0.000 (100%), _p95 0.020 (100%), _below_half
+    0.026 (100%); jaccard_at_1 0.053 (100%); overlap_at_100_p95 0.036 (100%), _below_half
+    0.042 (60%). Before: 0.186 (0%), 0.117 (80%), 0.120 (20%); 0.137 (40%); 0.044, 0.045.
+  known-item (500 titles a seed, an earlier variant of the draws): overlap_at_10_p5 <= 0.021
+    (100%), _p95 0.020-0.060 (80-100%), _below_half 0.029-0.047 (40-60%); overlap_at_100_p95
+    0.046-0.060 (40-60%); score_ks 0.021-0.039 (80-100%).
+  A forecast's metrics took 3.7 s (before: 5-6 s).
 
 Measured 2026-12-02, 2 cores (other jobs running), 20 seeds, 10% sample: mean |error|, share of
 seeds within the target, share of intervals that held the realized value.
@@ -72,6 +89,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from demo import scifact  # noqa: E402
 from demo.models import distilled, minilm  # noqa: E402
 from embedmig.embedders import Embedder  # noqa: E402
+from embedmig.embedders.base import Usage  # noqa: E402
 from embedmig.metrics import report as rpt  # noqa: E402
 from embedmig.metrics.kernels import Judgements  # noqa: E402
 from embedmig.migrate import evaluate as ev  # noqa: E402
@@ -85,22 +103,30 @@ METRICS = (
     "ndcg_at_10_new",
     "ndcg_at_10_delta",
     "mrr_at_10_new",
+    "mrr_at_10_delta",
     "recall_at_100_new",
     "recall_ratio",
-    "overlap_at_10",
-    "overlap_at_100",
+    *(
+        f"overlap_at_{k}{tail}"
+        for k in (1, 10, 100)
+        for tail in ("", "_p5", "_p50", "_p95", "_below_half")
+    ),
+    "jaccard_at_1",
     "jaccard_at_10",
+    "jaccard_at_100",
     "rbo",
+    "score_new_mean",
     "score_delta_mean",
+    "score_shift",
     "score_ks",
+    "score_wasserstein",
 )
+# Within this of the realized value in >= 80% of seeds (issue 33): quantiles 0.05, rates 0.02;
+# a score's KS and Wasserstein are distances, held to 0.05.
 TOLERANCE = {
-    "recall_at_10_new": 0.02,
-    "recall_at_10_delta": 0.02,
-    "ndcg_at_10_new": 0.02,
-    "ndcg_at_10_delta": 0.02,
-    "overlap_at_10": 0.05,
+    m: 0.05 if m.endswith(("_p5", "_p50", "_p95", "_ks", "_wasserstein")) else 0.02 for m in METRICS
 }
+TOLERANCE["recall_ratio"] = 0.03
 
 
 class CachedEmbedder:
@@ -116,6 +142,13 @@ class CachedEmbedder:
         return self._vectors[[self._row[t] for t in texts]]
 
     encode_queries = encode_documents
+
+    @property
+    def usage(self) -> Usage:  # what a dry run's cost forecast reads: nothing is spent here
+        return Usage()
+
+    def describe(self) -> str:
+        return self.spec.describe()
 
 
 @dataclass
@@ -292,9 +325,7 @@ def accuracy(args: argparse.Namespace, models: dict[str, Path]) -> None:
                     covered = np.mean(
                         (arr[:, 1] <= arr[:, 3] + 1e-12) & (arr[:, 3] <= arr[:, 2] + 1e-12)
                     )
-                    target = ""
-                    if m in TOLERANCE:
-                        target = f"|err| <= {TOLERANCE[m]}: {np.mean(err <= TOLERANCE[m]):.0%}"
+                    target = f"|err| <= {TOLERANCE[m]}: {np.mean(err <= TOLERANCE[m]):.0%}"
                     print(
                         f"  {m:<20}{arr[0, 3]:>9.4f}{arr[:, 0].mean():>9.4f}"
                         f"   [{arr[0, 1]:.4f}, {arr[0, 2]:.4f}]{err.mean():>11.4f}"

@@ -287,3 +287,68 @@ def test_a_sample_can_be_a_share_of_the_corpus(
         command.upgrade(config, "head", dry_run=True, sample=1.5)
     with pytest.raises(ConfigError, match="drew none of the 280 unjudged documents"):
         command.upgrade(config, "head", dry_run=True, sample=1e-9)
+
+
+def _lost_queries(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A synthetic migration with a known heavy tail: 3,000 documents, 200 queries; the new
+    model moves every vector a little, and a fifth of the queries (`lost`) lose their whole
+    neighbourhood: their new vectors point elsewhere."""
+    rng = np.random.default_rng(seed)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        out: np.ndarray = x / np.linalg.norm(x, axis=-1, keepdims=True)
+        return out
+
+    docs_old = unit(rng.standard_normal((3000, 24)))
+    docs_new = unit(docs_old + 0.04 * rng.standard_normal(docs_old.shape))
+    queries_old = unit(docs_old[rng.choice(3000, 200)] + 0.3 * rng.standard_normal((200, 24)))
+    queries_new = unit(queries_old + 0.03 * rng.standard_normal(queries_old.shape))
+    lost = rng.random(200) < 0.2
+    queries_new[lost] = unit(rng.standard_normal((int(lost.sum()), 24)))
+    return docs_old, docs_new, queries_old, queries_new, lost
+
+
+def _tail_forecast(
+    seed: int,
+) -> tuple[dict[str, fc.Interval], dict[str, float | None], fc.Estimate]:
+    from embedmig.migrate import forecast as dry
+
+    docs_old, docs_new, queries_old, queries_new, _ = _lost_queries(7)
+    old, new = _search(queries_old, docs_old, 100), _search(queries_new, docs_new, 100)
+    realized = rpt.compute(old, new, candidates=3000, settings=rpt.Settings()).metrics
+    columns = np.sort(np.random.default_rng(seed).choice(3000, 300, replace=False))
+    column_of = np.full(3000, -1)
+    column_of[columns] = np.arange(len(columns))
+    sampled = fc.SampledScores(
+        (queries_new @ docs_new[columns].T).astype(np.float32),
+        np.zeros(len(columns), bool),
+        0.1,
+        3000,
+    )
+    old_top = column_of[old.ids]
+    forecaster = fc.Forecaster(fc.ForecastInput(sampled, k=10, rbo_p=0.9, old_top=old_top))
+    exact = dry._Exact(old_top, old.scores[:, :10], {})
+    estimate, intervals = fc.with_intervals(
+        forecaster, lambda e, w: dry._figures(e, w, exact, 10, [0.5]), 20, seed
+    )
+    return intervals, realized, estimate
+
+
+def test_the_tail_is_forecast_from_draws_and_its_identities_hold() -> None:
+    intervals, realized, estimate = _tail_forecast(0)
+    # The known tail: a fifth of the queries keep nothing of their top 10 or top 100.
+    assert realized["overlap_at_10_p5"] == 0.0
+    for name in ("overlap_at_10_p5", "overlap_at_100_below_half", "overlap_at_10_below_half"):
+        value = realized[name]
+        assert value is not None
+        low, high = intervals[name].low, intervals[name].high
+        assert low - 1e-9 <= value <= high + 1e-9, (name, value, intervals[name])
+    # Expectations would have squeezed the tail toward the mean (p5 of 0.4 and more).
+    assert intervals["overlap_at_10_p5"].value < intervals["overlap_at_10"].value / 4
+    # One draw feeds every figure: a query's overlap@1 is 0 or 1, and Jaccard@1 equals it.
+    assert set(np.unique(estimate.drawn["overlap_at_1"])) <= {0.0, 1.0}
+    np.testing.assert_array_equal(estimate.drawn["jaccard_at_1"], estimate.drawn["overlap_at_1"])
+    assert intervals["jaccard_at_1"] == intervals["overlap_at_1"]
+    for k in (1, 10, 100):
+        p50, below = intervals[f"overlap_at_{k}_p50"].value, intervals[f"overlap_at_{k}_below_half"]
+        assert (p50 < 0.5) == (below.value > 0.5), (k, p50, below)

@@ -16,9 +16,14 @@ ceiling, so nothing here ranks the sample as if it were the corpus. Each sampled
   bands of the old model's rank of the document (1, 2, 3-4, 5-8, ...): where the old model ranks a
   document is the best guess of where the new one will. Each pair then has a posterior over its
   rank, and each metric is its posterior expectation.
+- Per-query figures whose distribution is reported (overlap and Jaccard at each depth) are
+  drawn, not averaged: each query gets DRAWS realizations of its overlap count, from its
+  documents' rank posteriors and, for the old top-k documents the sample lacks, a keep rate
+  drawn from an empirical-Bayes prior over queries (``Forecaster._kept_draws``). Quantiles,
+  shares and Jaccard read the draws; expectations would squeeze them toward the mean.
 - Sums over documents the sample holds only some of (the old top-k kept in the new top-k) weight
   each sampled document by 1 / its inclusion probability (Horvitz-Thompson): unbiased for the
-  sum over the whole corpus.
+  sum over the whole corpus (RBO; a crosscheck of the drawn means).
 - A query's new top-k scores are read off its sampled scores by rank interpolation
   (``TopScores``).
 
@@ -243,10 +248,21 @@ class ForecastInput:
 @dataclass
 class Estimate:
     """Per-query forecasts (means over queries give the metrics) and each query's new top-k
-    scores, (queries, k)."""
+    scores, (queries, k).
+
+    ``drawn`` holds, for the per-query figures whose distribution is reported (overlap and
+    Jaccard at each depth), DRAWS realizations per query, (queries, DRAWS): what the upgrade may
+    measure for that query, drawn from its posterior. Quantiles, shares and nonlinear figures
+    are read off the draws, never off expectations, which are squeezed toward the mean; and all
+    figures of one draw come from one realized count, so jaccard@1 equals overlap@1 draw by
+    draw. ``per_query`` holds their means over the draws."""
 
     per_query: dict[str, np.ndarray] = field(default_factory=dict)
     top_scores: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    drawn: dict[str, np.ndarray] = field(default_factory=dict)
+    # The same means by another estimator (Horvitz-Thompson, with no prior over queries): how
+    # far apart the two are widens the intervals of these means (``with_intervals``).
+    crosscheck: dict[str, float] = field(default_factory=dict)
 
 
 class TopScores:
@@ -356,6 +372,8 @@ class Forecaster:
             scores = sampled.scores[relevant.rows, relevant.docs]
             self.first_relevant = _argmax_per_row(relevant.rows, scores)
         self.kept = None
+        # Per (depth, group of queries), the point forecast's prior over theta.
+        self.theta_prior: dict[tuple[int, int], np.ndarray] = {}
         if data.old_top is not None:
             rows, at = np.nonzero(data.old_top >= 0)
             cols = data.old_top[rows, at]
@@ -373,10 +391,17 @@ class Forecaster:
         position = np.where(hits.any(axis=1), hits.argmax(axis=1), self.depth)
         return _bands(position, self.depth)
 
-    def estimate(self, multiplicity: np.ndarray | None = None, smooth: bool = False) -> Estimate:
+    def estimate(
+        self,
+        multiplicity: np.ndarray | None = None,
+        smooth: bool = False,
+        rng: np.random.Generator | None = None,
+    ) -> Estimate:
         """The forecast (``multiplicity``: a bootstrap replicate's document counts; ``smooth``:
-        priors fitted by SMOOTH_STEPS from a flat start instead of until they settle)."""
+        priors fitted by SMOOTH_STEPS from a flat start instead of until they settle; ``rng``:
+        what the per-query draws come from, seeded by default)."""
         data, out = self.data, Estimate()
+        rng = rng if rng is not None else np.random.default_rng(0)
         weights = data.sampled.weights
         if multiplicity is not None:
             weights = weights.copy()
@@ -384,8 +409,14 @@ class Forecaster:
         if self.judged is not None:
             out.per_query.update(self._judged(self.judged.posterior(multiplicity, smooth)))
         if self.kept is not None:
-            common, noise = self._common(self.kept.posterior(multiplicity, smooth), weights)
-            out.per_query.update(_agreement(common, noise, data.k, data.rbo_p))
+            post = self.kept.posterior(multiplicity, smooth)
+            common, noise = self._common(post, weights)
+            out.per_query["rbo"] = _rbo(common, data.rbo_p)
+            out.drawn = self._kept_draws(
+                post, multiplicity, rng, multiplicity is None and not smooth
+            )
+            out.per_query.update({name: d.mean(axis=1) for name, d in out.drawn.items()})
+            out.crosscheck = _horvitz_thompson(common, noise, out.per_query)
         out.top_scores = self.top.estimate(multiplicity)
         return out
 
@@ -407,7 +438,8 @@ class Forecaster:
 
     def _common(self, post: Posterior, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Expected |old top-d ∩ new top-d| per query and depth d = 1..depth, Horvitz-Thompson
-        over the sampled documents of the old top lists, and the sampling variance of each."""
+        over the sampled documents of the old top lists (unbiased: what RBO's mean reads), and
+        the sampling variance of each."""
         assert self.kept is not None
         depth = self.depth
         cdf = post.cdf(depth)
@@ -418,6 +450,122 @@ class Forecaster:
         # Horvitz-Thompson variance: (1 - pi) / pi^2 per sampled term, i.e. w (w - 1).
         noise = _sum_rows(self.kept.rows, cdf**2 * w * (w - 1), self.n_queries)
         return common, noise
+
+    def _kept_draws(
+        self,
+        post: Posterior,
+        multiplicity: np.ndarray | None,
+        rng: np.random.Generator,
+        keep_fit: bool,
+    ) -> dict[str, np.ndarray]:
+        """DRAWS realized overlap counts per query at each depth K, c = x + u, each draw a
+        multiple imputation of what the upgrade will see:
+
+        - x: the embedded documents of the old top K, each in the new top K or not, drawn from
+          its rank posterior;
+        - u: the documents of the old top K the sample lacks, Binomial(their number, theta):
+          theta is the query's rate of keeping its old top K, drawn from its posterior given
+          that draw's x of its uniformly sampled documents (exchangeable with the ones it
+          lacks; judged ones are not) and a prior G over theta fitted to every query's draw
+          (nonparametric, by EM). G is what spreads the queries apart, the tail included; a
+          shallow list (K = 1, 10) holds about one sampled document a query, so G is fitted
+          within groups of queries that keep alike much of their deepest list.
+        """
+        assert self.kept is not None
+        kept, sampled = self.kept, self.data.sampled
+        n, depth = self.n_queries, self.depth
+        cdf = post.cdf(depth)
+        uniform = ~sampled.certain[kept.cols]
+        counts = np.ones(len(kept.cols))
+        if multiplicity is not None:  # a replicate: documents drawn 0 times are not embedded
+            where = np.searchsorted(sampled.uncertain, kept.cols[uniform])
+            counts[uniform] = multiplicity[where]
+        present = counts > 0
+        log_theta = np.log(np.clip(THETA, 1e-12, None))
+        log_rest = np.log(np.clip(1 - THETA, 1e-12, None))
+        out: dict[str, np.ndarray] = {}
+        groups = np.zeros(n, np.int64)
+        for at in sorted({1, 10, 100, self.data.k} & set(range(1, depth + 1)), reverse=True):
+            inside = present & (self.kept_at < at)
+            rows = kept.rows[inside]
+            hits = rng.random((len(rows), DRAWS)) < np.clip(cdf[inside, at - 1], 0, 1)[:, None]
+            seen = _sum_rows(rows, hits.astype(np.float64), n)  # (n, DRAWS)
+            lacking = np.maximum(at - np.bincount(rows, minlength=n), 0)
+            evidence = uniform[inside]
+            weight = counts[inside][evidence]
+            tried = np.bincount(rows[evidence], weight, minlength=n)
+            held = _sum_rows(rows[evidence], hits[evidence] * weight[:, None], n)
+            theta = np.empty((n, DRAWS))
+            mean_theta = np.zeros(n)
+            priors: dict[int, np.ndarray] = {}
+            for draw in range(DRAWS):
+                log_lik = held[:, draw, None] * log_theta + (tried - held[:, draw])[:, None] * (
+                    log_rest
+                )
+                posterior = np.empty_like(log_lik)
+                for group in np.unique(groups):
+                    members = groups == group
+                    if draw == 0:  # G from the first draw serves the others: a population's
+                        key = (at, int(group))  # prior moves little from one draw to the next
+                        start = self.theta_prior.get(key) if multiplicity is not None else None
+                        priors[int(group)] = _fit_mixture(log_lik[members], start)
+                        if keep_fit:  # the point forecast's: replicates start from it
+                            self.theta_prior[key] = priors[int(group)]
+                    posterior[members] = priors[int(group)] * np.exp(
+                        log_lik[members] - log_lik[members].max(axis=1, keepdims=True)
+                    )
+                posterior /= posterior.sum(axis=1, keepdims=True)
+                theta[:, draw] = THETA[_categorical(posterior, 1, rng)[:, 0]]
+                mean_theta += posterior @ THETA / DRAWS
+            if groups.max() == 0:
+                # Which queries keep much and which little is read from the deepest list, where
+                # each has several sampled documents; the shallower ones share priors by it.
+                groups = _quantile_groups(mean_theta, int((tried > 0).sum()) // GROUP_QUERIES)
+            common = np.minimum(seen + rng.binomial(lacking[:, None], theta), at)
+            out[f"overlap_at_{at}"] = common / at
+            out[f"jaccard_at_{at}"] = common / (2 * at - common)
+        return out
+
+
+# Per-query realizations of the drawn figures, and the grid of a query's keep rate theta.
+DRAWS = 16
+THETA = np.linspace(0.0, 1.0, 41)
+GROUP_QUERIES = 60  # queries per group whose shallow lists share a prior (at most 5 groups)
+
+
+def _quantile_groups(values: np.ndarray, count: int) -> np.ndarray:
+    """Each value's group among ``count`` (at most 5, at least 1) of equal size by rank."""
+    count = max(1, min(5, count))
+    order = np.argsort(values, kind="stable")
+    groups = np.empty(len(values), np.int64)
+    groups[order] = np.arange(len(values)) * count // max(len(values), 1)
+    return groups
+
+
+def _fit_mixture(log_lik: np.ndarray, start: np.ndarray | None) -> np.ndarray:
+    """The mixing distribution over THETA that maximizes the likelihood of every query (EM from
+    a flat start until it settles; from ``start``, a replicate's, WARM_STEPS)."""
+    lik = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
+    mix = np.full(len(THETA), 1.0 / len(THETA)) if start is None else start
+    steps = EM_STEPS if start is None else WARM_STEPS
+    for step in range(steps):
+        joint = lik * mix
+        joint /= joint.sum(axis=1, keepdims=True)
+        previous, mix = mix, joint.mean(axis=0)
+        if step % 50 == 49 and np.abs(mix - previous).max() < 1e-7:
+            break
+    return mix
+
+
+def _categorical(probability: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """``draws`` indices per row, each drawn from that row's distribution."""
+    cumulative = np.cumsum(probability, axis=1)
+    cumulative[:, -1] = 1.0
+    u = rng.random((len(probability), draws))
+    index: np.ndarray = np.minimum(
+        (u[:, :, None] > cumulative[:, None, :]).sum(axis=2), probability.shape[1] - 1
+    )
+    return index
 
 
 MIN_STRATUM = 30  # pairs: fewer give a prior that is mostly noise
@@ -442,43 +590,41 @@ def _bands(position: np.ndarray, depth: int) -> np.ndarray:
     return np.array([merged[int(b)] for b in band], np.int64) if len(band) else band
 
 
-def _agreement(common: np.ndarray, noise: np.ndarray, k: int, p: float) -> dict[str, np.ndarray]:
-    """Overlap and Jaccard at 1, 10, 100 and k, and extrapolated RBO, from expected common
-    counts per depth (the definitions of ``kernels.agreement``).
-
-    Means over queries are linear in the per-query counts, so the Horvitz-Thompson counts give
-    them unbiased, as long as no count is clipped to what its depth can hold (a query whose one
-    sampled document of the old top 10 stands for ten must be allowed to count ten). Per-query values are noisy (a query's top 10 holds about 10 x rate sampled
-    documents): before a nonlinear function (Jaccard) or a percentile reads them, they are
-    shrunk toward their mean by the factor that leaves them the spread of the true counts
-    (their spread less the sampling variance), so the distribution, not only its mean, is
-    forecast.
-    """
-    depth = common.shape[1]
-    d = np.arange(1, depth + 1)
-    out: dict[str, np.ndarray] = {}
-    for at in sorted({1, 10, 100, k}):
-        if at > depth:
-            continue
-        found = _deflate(common[:, at - 1], noise[:, at - 1])
-        # The mean stays unbiased only unclipped; Jaccard needs a count a top-k can hold.
-        out[f"overlap_at_{at}"] = found / at
-        held = np.clip(found, 0, at)
-        out[f"jaccard_at_{at}"] = held / (2 * at - held)
-    out["rbo"] = (1 - p) / p * (common @ (p**d / d)) + common[:, -1] / depth * p**depth
+def _horvitz_thompson(
+    common: np.ndarray, noise: np.ndarray, drawn: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """The figures the draws give, by estimators that need no prior over queries: each mean
+    overlap from the expected common counts alone (unbiased whatever the queries' spread; a
+    Jaccard, which has no such estimator, moved in proportion, so that jaccard@1, equal to
+    overlap@1 query by query, keeps the same interval); and the spread of the deepest list's
+    overlap from those counts shrunk by their sampling noise (method of moments). That needs
+    several sampled documents a query: at depth 10 a 10% sample holds about one, and the
+    shrunk counts collapse to their mean, so the shallow lists have no such crosscheck."""
+    out: dict[str, float] = {}
+    for name in [n for n in drawn if n.startswith("overlap_at_")]:
+        at = int(name.removeprefix("overlap_at_"))
+        out[name] = float(common[:, at - 1].mean()) / at
+        mean = float(drawn[name].mean())
+        jaccard = float(drawn[f"jaccard_at_{at}"].mean())
+        out[f"jaccard_at_{at}"] = jaccard * out[name] / mean if mean > 0 else jaccard
+    deep = 100
+    if common.shape[1] >= deep and len(common) > 1:
+        values, spread = common[:, deep - 1], float(common[:, deep - 1].var())
+        shrink = math.sqrt(max(0.0, spread - noise[:, deep - 1].mean()) / spread) if spread else 1
+        found = np.clip(values.mean() + shrink * (values - values.mean()), 0, deep) / deep
+        name = f"overlap_at_{deep}"
+        for label, q in (("p5", 0.05), ("p50", 0.5), ("p95", 0.95)):
+            out[f"{name}_{label}"] = float(np.quantile(found, q))
+        out[f"{name}_below_half"] = float(np.mean(found < 0.5))
     return out
 
 
-def _deflate(values: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """``values`` shrunk toward their mean so that their variance is the variance they would
-    have without the sampling noise ``noise`` (method of moments)."""
-    if len(values) < 2:
-        return values
-    mean, spread = values.mean(), values.var()
-    if spread <= 0:
-        return values
-    factor = math.sqrt(max(0.0, spread - noise.mean()) / spread)
-    out: np.ndarray = mean + factor * (values - mean)
+def _rbo(common: np.ndarray, p: float) -> np.ndarray:
+    """Extrapolated rank-biased overlap per query from expected common counts per depth (the
+    definition of ``kernels.agreement``); its mean is linear in them, so unbiased."""
+    depth = common.shape[1]
+    d = np.arange(1, depth + 1)
+    out: np.ndarray = (1 - p) / p * (common @ (p**d / d)) + common[:, -1] / depth * p**depth
     return out
 
 
@@ -576,19 +722,23 @@ def with_intervals(
     """Each figure ``summarize`` makes of an estimate (given per-query weights: how often each
     query is drawn), with an interval: ± z bootstrap standard deviations over queries and
     sampled documents, widened by how far the forecast moves when its priors are fitted less
-    far (what the data cannot pin down, chiefly the first ranks). Returns the forecast's own
+    far (what the data cannot pin down, chiefly the first ranks), by how far a mean lies from
+    its Horvitz-Thompson crosscheck, and, for figures read off the per-query draws, by how much
+    they vary from one draw (imputation) to the next (Rubin's rule). Returns the forecast's own
     estimate too."""
     n_queries = forecaster.n_queries
-    estimate = forecaster.estimate()
-    point = summarize(estimate, np.ones(n_queries))
-    smooth = summarize(forecaster.estimate(smooth=True), np.ones(n_queries))
     rng = np.random.default_rng(seed)
+    estimate = forecaster.estimate(rng=rng)
+    point = summarize(estimate, np.ones(n_queries))
+    crosscheck = estimate.crosscheck
+    between = _between_draws(estimate, summarize, point)
+    smooth = summarize(forecaster.estimate(smooth=True, rng=rng), np.ones(n_queries))
     n_docs = len(forecaster.data.sampled.uncertain)
     draws: dict[str, list[float]] = {name: [] for name in point}
     for _ in range(resamples):
         queries = np.bincount(rng.integers(0, n_queries, n_queries), minlength=n_queries)
         docs = np.bincount(rng.integers(0, n_docs, n_docs), minlength=n_docs) if n_docs else None
-        figures = summarize(forecaster.estimate(docs), queries.astype(np.float64))
+        figures = summarize(forecaster.estimate(docs, rng=rng), queries.astype(np.float64))
         for name, value in figures.items():
             draws[name].append(value)
     z = NormalDist().inv_cdf(0.5 + level / 2)
@@ -601,8 +751,34 @@ def with_intervals(
             # spread is stable from far fewer replicates than a 2.5% quantile.
             moved = smooth.get(name, value) - value
             moved = moved if math.isfinite(moved) else 0.0
-            spread = z * math.sqrt(float(sample.var(ddof=1)) + moved**2)
+            apart = crosscheck.get(name, value) - value
+            imputed = (1 + 1 / DRAWS) * between.get(name, 0.0)
+            spread = z * math.sqrt(float(sample.var(ddof=1)) + moved**2 + apart**2 + imputed)
             out[name] = Interval(value, value - spread, value + spread)
         else:
             out[name] = Interval(value, math.nan, math.nan)
     return estimate, out
+
+
+def _between_draws(
+    estimate: Estimate, summarize: Summary, point: dict[str, float]
+) -> dict[str, float]:
+    """Each figure's variance across the draws taken one at a time: the between-imputation
+    variance (none for a figure the draws do not move)."""
+    if not estimate.drawn:
+        return {}
+    n = len(next(iter(estimate.drawn.values())))
+    values: dict[str, list[float]] = {}
+    for draw in range(DRAWS):
+        one = Estimate(
+            per_query=estimate.per_query,
+            top_scores=estimate.top_scores,
+            drawn={name: d[:, draw : draw + 1] for name, d in estimate.drawn.items()},
+        )
+        for name, value in summarize(one, np.ones(n)).items():
+            values.setdefault(name, []).append(value)
+    return {
+        name: float(np.var(finite, ddof=1))
+        for name, v in values.items()
+        if name in point and len(finite := np.array(v)[np.isfinite(v)]) > 1
+    }

@@ -250,7 +250,7 @@ def _figures(
     if "recall_at_10" in per_query:
         out.update(figures.judged(per_query, exact.per_query if exact else None, counted))
     if exact is not None:
-        out.update(figures.agreement(per_query, counted))
+        out.update(_drawn_agreement(est, weights))
     new_top = kernels.Sample.of(counted.repeat(est.top_scores))
     old_top = kernels.Sample.of(counted.repeat(exact.scores)) if exact is not None else None
     out.update(figures.shift("score", old_top, new_top))
@@ -258,6 +258,19 @@ def _figures(
         out.update(figures.thresholds(old_top, new_top, thresholds))
     # The bootstrap needs a number for every figure of every replicate.
     return {name: math.nan if value is None else value for name, value in out.items()}
+
+
+def _drawn_agreement(est: fc.Estimate, weights: np.ndarray) -> figures.Figures:
+    """The agreement figures read off each query's draws (the forecast's realizations of what
+    the upgrade may measure), each query counted ``weights`` times as before."""
+    draws = next(iter(est.drawn.values())).shape[1] if est.drawn else 1
+    per_draw = {
+        name: np.repeat(values[:, None], draws, axis=1).reshape(-1)
+        for name, values in est.per_query.items()
+        if name == "rbo"
+    }
+    per_draw.update({name: values.reshape(-1) for name, values in est.drawn.items()})
+    return figures.agreement(per_draw, figures.Weights(np.repeat(weights, draws)))
 
 
 def _distributions(
@@ -278,7 +291,9 @@ def _distributions(
         },
     }
     if exact is not None:
-        dist["overlap"] = figures.overlap_table(est.per_query)
+        dist["overlap"] = figures.overlap_table(
+            {name: values.reshape(-1) for name, values in est.drawn.items()}
+        )
         dist["threshold_map"] = figures.threshold_table(old_top, thresholds, metrics)
     if "recall_at_10" in est.per_query:
         dist["qrels"] = rpt.qrels_table(metrics)
