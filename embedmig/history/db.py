@@ -68,12 +68,18 @@ def _keep_identity(engine: sa.Engine, path: Path) -> None:
 
     def check(*_args: Any) -> None:
         if _identity(path) != opened:
-            raise HistoryError(
-                f"history database {path} was deleted or replaced while in use; "
-                "reopen it (nothing was written)"
-            )
+            raise _gone(path)
 
     sa.event.listen(engine, "checkout", check)
+
+
+def _gone(path: Path) -> HistoryError:
+    """A file that is no longer the one opened: refused, whether a pooled connection is checked
+    out (``_keep_identity``) or a new one is made (the pool's creator)."""
+    return HistoryError(
+        f"history database {path} was deleted or replaced while in use; "
+        "reopen it (nothing was written)"
+    )
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -93,14 +99,13 @@ def _engine_options(url: str, path: Path | None, create: bool) -> dict[str, Any]
     if path is not None and not create:
         # Opened read-write only: SQLite then never creates a missing file.
         uri = f"file:{path.resolve().as_posix()}?mode=rw"
-        return {
-            "creator": lambda: sqlite3.connect(
-                uri,
-                uri=True,
-                timeout=30,
-                check_same_thread=False,  # pooled across threads
-            )
-        }
+
+        def connect_rw() -> sqlite3.Connection:
+            if not path.exists():  # it was there when the engine opened (``connect``)
+                raise _gone(path)
+            return sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+
+        return {"creator": connect_rw}
     if url.startswith("sqlite"):
         # Writers, searchers and the runner share the file; wait for a lock instead of failing.
         return {"connect_args": {"timeout": 30}}
