@@ -322,5 +322,7 @@ def test_a_bad_adapt_call_is_one_line_and_changes_nothing(
 def test_a_first_revision_cannot_be_an_adapter_revision(config: Config) -> None:
     with pytest.raises(ScriptError, match="its first revision must build one"):
         command.revision(config, "x", alias="docs", new="models/a", adapter="procrustes")
-    assert corpus_rows(1)  # nothing written: the alias still has no revision
+    # Nothing written: the alias still has no revision.
+    assert not list((config.script_location / "versions").glob("*.py"))
+    assert command.heads(config) == []
     assert command.heads(config) == []

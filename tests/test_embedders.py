@@ -736,5 +736,5 @@ def test_an_endpoint_model_to_a_local_one_and_back_through_the_cli(
         assert ran.returncode == 0, (step, ran.stderr)
     assert "docs: r3 (head); index #" in ran.stdout
     # Back on the endpoint's model: every document came from the cache of r1's backfill.
-    (report,) = [command.report(Config(project / "embedmig.ini"), "r3")]
+    report = command.report(Config(project / "embedmig.ini"), "r3")
     assert report.embedding["cached"] == 300 and report.embedding["requests"] == 0
