@@ -210,15 +210,7 @@ def rank_posterior(
     components = np.tril(np.broadcast_to(width, (len(grid), len(grid))))
     components /= components.sum(axis=1, keepdims=True)
     lik_c = lik @ components.T
-    mix = np.full(len(grid), 1.0 / len(grid)) if start is None else start
-    if steps is None:
-        steps = EM_STEPS if start is None else WARM_STEPS
-    for step in range(steps):
-        joint = lik_c * mix
-        joint /= joint.sum(axis=1, keepdims=True)
-        previous, mix = mix, weight @ joint
-        if step % 50 == 49 and np.abs(mix - previous).max() < 1e-7:
-            break
+    mix = _em(lik_c, weight, start, steps)
     prior = mix @ components
     post = lik * prior
     post /= post.sum(axis=1, keepdims=True)
@@ -543,15 +535,24 @@ def _quantile_groups(values: np.ndarray, count: int) -> np.ndarray:
 
 
 def _fit_mixture(log_lik: np.ndarray, start: np.ndarray | None) -> np.ndarray:
-    """The mixing distribution over THETA that maximizes the likelihood of every query (EM from
-    a flat start until it settles; from ``start``, a replicate's, WARM_STEPS)."""
+    """The mixing distribution over THETA that maximizes the likelihood of every query."""
     lik = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
-    mix = np.full(len(THETA), 1.0 / len(THETA)) if start is None else start
-    steps = EM_STEPS if start is None else WARM_STEPS
+    return _em(lik, np.full(len(lik), 1.0 / max(len(lik), 1)), start)
+
+
+def _em(
+    lik: np.ndarray, weight: np.ndarray, start: np.ndarray | None, steps: int | None = None
+) -> np.ndarray:
+    """Mixture weights over the columns of ``lik`` (rows: observations, ``weight`` each) that
+    maximize the likelihood: EM from a flat start until it settles (at most EM_STEPS), from
+    ``start`` (a nearby fit) WARM_STEPS; ``steps`` caps it."""
+    mix = np.full(lik.shape[1], 1.0 / lik.shape[1]) if start is None else start
+    if steps is None:
+        steps = EM_STEPS if start is None else WARM_STEPS
     for step in range(steps):
         joint = lik * mix
         joint /= joint.sum(axis=1, keepdims=True)
-        previous, mix = mix, joint.mean(axis=0)
+        previous, mix = mix, weight @ joint
         if step % 50 == 49 and np.abs(mix - previous).max() < 1e-7:
             break
     return mix
