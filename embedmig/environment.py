@@ -229,8 +229,8 @@ class Environment:
         from embedmig.embedders import probes
 
         now = probes.remeasure(embedder)
-        lowest = probes.lowest_cosine(probes.from_bytes(record.probe or b"", record.dim), now)
-        if record.probe is None or lowest >= self.settings.probe_min_cosine:
+        lowest = probes.against(record.probe, record.dim, embedder)  # reads ``now``
+        if lowest is None or lowest >= self.settings.probe_min_cosine:
             return
         if embedder.cache is not None:
             embedder.cache.clear(now)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -298,9 +300,6 @@ class OpenAIBackend:
 def _read_by(response: httpx.Response, deadline: float) -> None:
     """Read the body, cutting the connection at ``deadline``: httpx's timeouts bound each read,
     so a server that trickles its answer (a slow loris) would hold the request for ever."""
-    import socket
-    import threading
-
     stream = response.extensions.get("network_stream")
     sock = stream.get_extra_info("socket") if stream is not None else None
 

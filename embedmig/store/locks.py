@@ -170,9 +170,8 @@ def _acquire(
         except sa.exc.IntegrityError:
             pass
         with engine.begin() as conn:
-            current = _holder(conn, alias)
-            if current is not None and not current.alive(lease, clock.db_now(conn)):
-                at = clock.db_now(conn)
+            current, at = _holder(conn, alias), clock.db_now(conn)
+            if current is not None and not current.alive(lease, at):
                 taken = conn.execute(
                     t.lock.update()
                     .where(

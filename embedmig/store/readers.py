@@ -82,11 +82,8 @@ class Reader:
     def stalled(self, after: timedelta, at: datetime) -> bool:
         """Whether it is on this host, its process alive, but sent no heartbeat for ``after``:
         paused (SIGSTOP, a debugger) or hung. It still holds the index it served."""
-        return (
-            self.host == socket.gethostname()
-            and not self.silent(after, at)
-            and self._quiet(after, at)
-        )
+        here = self.host == socket.gethostname()
+        return here and locks.pid_alive(self.pid) and self._quiet(after, at)
 
     def _quiet(self, after: timedelta, at: datetime) -> bool:
         return at - clock.utc(self.heartbeat_at) > after
