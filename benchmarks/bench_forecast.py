@@ -355,6 +355,12 @@ def cost(models: dict[str, Path], old: str, new: str) -> None:
         f"dry run {dry_s:.1f} s, upgrade {real_s:.1f} s: {dry_s / real_s:.0%} (target <= 15%)"
     )
     print(f"  dry run timings: { {k: round(v, 2) for k, v in dry.timings.items()} }")
+    embedding = sum(v for k, v in dry.timings.items() if k.startswith("encode_"))
+    rest = dry.timings["total_s"] - embedding
+    print(
+        f"  dry run: embedding {embedding:.1f} s, the rest {rest:.1f} s = "
+        f"{rest / embedding:.0%} beyond the embedding (target <= 15%)"
+    )
     print(f"  upgrade timings: { {k: round(v, 2) for k, v in real.timings.items()} }")
     print(f"  {'metric':<20}{'forecast':>9}{'interval':>22}{'realized':>10}")
     for m in METRICS:

@@ -231,6 +231,12 @@ def test_a_dry_run_embeds_no_document_with_the_old_model_and_reports_a_forecast(
         low, high = report.metrics[f"{name}_ci_low"], report.metrics[f"{name}_ci_high"]
         assert low is not None and high is not None and low <= report.metrics[name] <= high  # type: ignore[operator]
     assert "forecast for 300 documents from a sample of 100" in render_text(report, styled=False)
+    # Where the dry run's time went: each phase timed once, together no more than its wall time.
+    phases = ("load", "read", "encode_sample", "encode_judged", "encode_queries", "search")
+    split = {f"{name}_s" for name in (*phases, "forecast")}
+    assert set(report.timings) == split | {"total_s"}
+    assert sum(report.timings[name] for name in split) <= report.timings["total_s"]
+    assert report.timings["load_s"] > 0 and report.timings["forecast_s"] > 0
     page = render_html(rpt.Report.from_dict(json.loads(report.to_json())))
     assert "forecast for the full corpus" in page and "from a sample of 100" in page
     monkeypatch.undo()

@@ -9,6 +9,7 @@ measures what an embedder returns; ``cache`` keeps what it returned.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from embedmig.config import EmbedderSettings
@@ -21,15 +22,22 @@ __all__ = ["BACKENDS", "Embedder", "EmbedderSettings", "Encoder", "LoadedEmbedde
 def load(spec: Embedder, root: Path, settings: EmbedderSettings) -> LoadedEmbedder:
     """``spec`` ready to encode; ``root`` is where relative model paths and import paths start.
     Nothing is downloaded; an endpoint is not called until something is encoded."""
+    started = time.perf_counter()
+    embedder = LoadedEmbedder(spec, _backend(spec, root, settings))
+    embedder.load_seconds = time.perf_counter() - started
+    return embedder
+
+
+def _backend(spec: Embedder, root: Path, settings: EmbedderSettings) -> Encoder:
     if spec.backend == LOCAL:
         from embedmig.embedders import local
 
-        return LoadedEmbedder(spec, local.load(spec, root, settings))
+        return local.load(spec, root, settings)
     if spec.backend == OPENAI:
         from embedmig.embedders.http import OpenAIBackend
 
-        return LoadedEmbedder(spec, OpenAIBackend(spec, settings))
+        return OpenAIBackend(spec, settings)
     assert spec.backend == PYTHON
     from embedmig.embedders import python
 
-    return LoadedEmbedder(spec, python.load(spec, root))
+    return python.load(spec, root)

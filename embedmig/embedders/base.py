@@ -127,6 +127,7 @@ class LoadedEmbedder:
         meter = getattr(backend, "meter", None)
         self.meter = meter if isinstance(meter, Meter) else Meter()
         self.cache: EmbeddingCache | None = None
+        self.load_seconds = 0.0  # set by embedders.load, for the reports' time split
         self._fingerprint: str | None = None
         self._dim: int | None = None
 

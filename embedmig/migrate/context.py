@@ -263,7 +263,7 @@ class MigrationContext:
             if self._dry is not None:
                 covered = self._dry.coverage
                 report = self._dry.forecast(
-                    self.env, self.revision, new, self._live, self._old_side(), self.settings.eval
+                    self.env, self.revision, new, self._live, self._old_side, self.settings.eval
                 )
             else:
                 assert self._shadow is not None

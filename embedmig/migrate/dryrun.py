@@ -3,8 +3,8 @@ seeded sample (nothing durable is built), then forecast the upgrade's report fro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,12 +25,14 @@ from embedmig.names import blank
 from embedmig.script import Revision
 from embedmig.sources import Document
 from embedmig.store import catalog, files, manifest
+from embedmig.store.clock import Phases
 
 
 @dataclass(frozen=True)
 class DryRun:
     """What a dry run read from the corpus: the sample, each sampled key's column, the queries,
-    and the coverage the upgrade would reach (exact: it needs no embedding)."""
+    and the coverage the upgrade would reach (exact: it needs no embedding). ``phases`` times
+    the whole dry run, from the new model's loading to the forecast's last figure."""
 
     sample: fc.SampleDocs
     columns: dict[str, int]
@@ -38,6 +40,7 @@ class DryRun:
     notes: list[str]
     coverage: carryover.Result
     contracts: Sequence[Contract] | None = None
+    phases: Phases = field(default_factory=Phases)
 
     @classmethod
     def read(
@@ -52,6 +55,23 @@ class DryRun:
     ) -> DryRun:
         """Read the corpus once: a seeded uniform sample of ``sample`` documents (a float: that
         share of the corpus) and the judged documents; nothing is embedded yet."""
+        phases = Phases()
+        phases.add("load", new.load_seconds)
+        with phases.phase("read"):
+            return cls._read(env, rev, new, live, queries, settings, sample, phases)
+
+    @classmethod
+    def _read(
+        cls,
+        env: Environment,
+        rev: Revision,
+        new: LoadedEmbedder,
+        live: catalog.IndexRecord | None,
+        queries: ev.QuerySource,
+        settings: EvalSettings,
+        sample: int | float,
+        phases: Phases,
+    ) -> DryRun:
         # No index is built, but a factory the upgrade could not build fails here, as there.
         files.new_index(new.dim, rev.index_factory)
         if isinstance(sample, float):
@@ -99,6 +119,7 @@ class DryRun:
             notes + covered.notes,
             covered,
             queries.contracts,
+            phases,
         )
 
     def forecast(
@@ -107,27 +128,19 @@ class DryRun:
         rev: Revision,
         new: LoadedEmbedder,
         live: catalog.IndexRecord | None,
-        old: LoadedEmbedder | None,
+        old_side: Callable[[], LoadedEmbedder | None],
         settings: EvalSettings,
     ) -> Report:
         """The report the upgrade would write, forecast for the full corpus: the old side exact
-        from the live index (``old`` embeds for it as the alias serves it), the new side
-        estimated from the sample."""
-        old_side = None
-        if live is not None and old is not None:
-            keys = set(self.columns) | {q.key for q in self.queries.docs}
-            with env.engine.connect() as conn:
-                live_ids = catalog.lookup_ids(conn, rev.alias, keys)
-            old_side = fc.LiveSide(
-                old,
-                files.load(env.file_of(live), live.sha256),
-                live_ids,
-            )
+        from the live index (``old_side`` loads what embeds for it as the alias serves it), the
+        new side estimated from the sample."""
+        with self.phases.phase("load"):
+            old = self._old(env, rev.alias, live, old_side)
         return fc.run(
             alias=rev.alias,
             revision=rev.revision,
             new=new,
-            old=old_side,
+            old=old,
             sample=self.sample,
             columns=self.columns,
             queries=self.queries,
@@ -136,9 +149,25 @@ class DryRun:
             pair_docs=settings.pair_docs,
             notes=self.notes,
             price=new.spec.price(env.settings.price_per_million_tokens),
-            contracts=self._contracts(env, rev.alias, old_side),
+            contracts=self._contracts(env, rev.alias, old),
             segment=settings.segment,
+            phases=self.phases,
         )
+
+    def _old(
+        self,
+        env: Environment,
+        alias: str,
+        live: catalog.IndexRecord | None,
+        old_side: Callable[[], LoadedEmbedder | None],
+    ) -> fc.LiveSide | None:
+        embedder = old_side() if live is not None else None
+        if live is None or embedder is None:
+            return None
+        keys = set(self.columns) | {q.key for q in self.queries.docs}
+        with env.engine.connect() as conn:
+            live_ids = catalog.lookup_ids(conn, alias, keys)
+        return fc.LiveSide(embedder, files.load(env.file_of(live), live.sha256), live_ids)
 
     def _contracts(
         self, env: Environment, alias: str, old: fc.LiveSide | None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from embedmig.script import Revision
 from embedmig.serve import watch
 from embedmig.sources import Document, Qrels
 from embedmig.store import catalog, files
+from embedmig.store.clock import Phases
 
 _SLICE = 512  # queries per encode + search while evaluating
 
@@ -49,21 +49,6 @@ class QuerySet:
     source: str
     self_ids: np.ndarray | None = None
     judged: Judgements | None = None
-
-
-class _Clock:
-    """Wall time per phase, so the report can say where evaluation time went."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 @dataclass(frozen=True)
@@ -252,8 +237,7 @@ def run(
     progress: bool = False,
     segment: SegmentSettings | None = None,
 ) -> rpt.Report:
-    clock = _Clock()
-    started = time.perf_counter()
+    clock = Phases()
     ntotal = int(new.index.ntotal)
     exclude = 1 if queries.self_ids is not None else 0
     candidates = ntotal - exclude
@@ -295,8 +279,7 @@ def run(
             worst = rpt.worst_queries(
                 old_results, new_results, overlap, texts, keys_of, queries.judged
             )
-    timings = {f"{phase}_s": seconds for phase, seconds in clock.seconds.items()}
-    timings["total_s"] = time.perf_counter() - started
+    timings = clock.total()
     return rpt.Report(
         alias=alias,
         revision=revision,
@@ -316,7 +299,7 @@ def run(
 
 
 def _search(
-    clock: _Clock, side: Side, texts: Sequence[str], depth: int, meter: Meter
+    clock: Phases, side: Side, texts: Sequence[str], depth: int, meter: Meter
 ) -> tuple[rpt.Results, np.ndarray]:
     """Every text's top ``depth`` on one side, and the query vectors."""
     found = []
@@ -372,7 +355,7 @@ def _clip(text: str, width: int = 32) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _encode_background(clock: _Clock, side: Side, texts: Sequence[str]) -> np.ndarray | None:
+def _encode_background(clock: Phases, side: Side, texts: Sequence[str]) -> np.ndarray | None:
     """The sampled documents under one model: their pair cosines show how alike unrelated
     documents look to it. None when there are fewer than two."""
     if len(texts) < 2:

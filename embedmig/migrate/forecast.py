@@ -9,7 +9,6 @@ upgrade's report, each with a 95% interval (``<metric>_ci_low`` / ``_ci_high``).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from embedmig.migrate import cost
 from embedmig.migrate import evaluate as ev
 from embedmig.sources import Document
 from embedmig.store import files
+from embedmig.store.clock import Phases
 
 
 @dataclass(frozen=True)
@@ -73,38 +73,36 @@ def run(
     price: float | None = None,
     contracts: Contracts | None = None,
     segment: SegmentSettings | None = None,
+    phases: Phases | None = None,
 ) -> rpt.Report:
     """``columns`` maps each embedded document's key to its position (uniform ones first);
-    ``queries.judged`` and ``queries.self_ids`` use those positions."""
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def timed(name: str, since: float) -> float:
-        now = time.perf_counter()
-        timings[f"{name}_s"] = timings.get(f"{name}_s", 0.0) + now - since
-        return now
-
+    ``queries.judged`` and ``queries.self_ids`` use those positions. ``phases`` (a dry run's
+    timer, else a new one) gets each phase's seconds: the report's ``timings``."""
+    phases = phases if phases is not None else Phases()
     docs = [*sample.uniform, *sample.judged]
     certain = np.zeros(len(docs), bool)
     certain[len(sample.uniform) :] = True
-    t = time.perf_counter()
     doc_texts = [d.text for d in docs]
     before = new.usage
-    doc_vectors = new.encode_documents(doc_texts)
+    with phases.phase("encode_sample"):
+        uniform = new.encode_documents(doc_texts[: len(sample.uniform)])
+    with phases.phase("encode_judged"):
+        judged = new.encode_documents(doc_texts[len(sample.uniform) :])
+    doc_vectors = np.concatenate([uniform, judged]) if len(judged) else uniform
     embedding = cost.forecast(new.usage - before, doc_texts, sample.population, price)
     texts = [q.text for q in queries.docs]
-    new_queries = new.encode_queries(texts)
-    old_queries = old.embedder.encode_queries(texts) if old else None
-    t = timed("encode", t)
-    scores = (new_queries @ doc_vectors.T).astype(np.float32)
-    if queries.self_ids is not None:
-        scores[np.arange(len(texts)), queries.self_ids] = -np.inf
+    with phases.phase("encode_queries"):
+        new_queries = new.encode_queries(texts)
+        old_queries = old.embedder.encode_queries(texts) if old else None
+    k = settings.k
+    with phases.phase("search"):
+        scores = (new_queries @ doc_vectors.T).astype(np.float32)
+        if queries.self_ids is not None:
+            scores[np.arange(len(texts)), queries.self_ids] = -np.inf
+        exact = _exact_old(old, old_queries, queries, columns, k) if old else None
     population = max(sample.population - len(sample.judged), len(sample.uniform))
     rate = len(sample.uniform) / population if population else 1.0
     sampled = fc.SampledScores(scores, certain, min(rate, 1.0), population)
-    k = settings.k
-    exact = _exact_old(old, old_queries, queries, columns, k) if old else None
-    t = timed("search", t)
     forecaster = fc.Forecaster(
         fc.ForecastInput(
             sampled,
@@ -141,48 +139,42 @@ def run(
             )
         return found
 
-    estimate, intervals = fc.with_intervals(forecaster, summarize, resamples, settings.seed)
-    intervals = {name: _within_range(name, interval) for name, interval in intervals.items()}
-    per_segment = {
-        name: (figures.num(i.value), figures.num(i.low), figures.num(i.high))
-        for name, i in intervals.items()
-        if name.startswith("segment[")
-    }
-    intervals = {name: i for name, i in intervals.items() if not name.startswith("segment[")}
-    metrics: dict[str, float | None] = {}
-    for name, interval in intervals.items():
-        metrics[name] = figures.num(interval.value)
-        metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = (
-            figures.num(interval.low),
-            figures.num(interval.high),
-        )
-    distributions = _distributions(estimate, exact, metrics, intervals, thresholds)
-    if segment is not None and labels is not None:
-        found, distributions["segments"] = segments.forecast_table(
-            segment, kept, skipped, per_segment
-        )
-        metrics.update(found)
-    pair_new = doc_vectors[: min(pair_docs, len(sample.uniform))]
-    pair_old = _reconstruct(old, sample.uniform[: len(pair_new)]) if old else None
-    _pair_metrics(pair_old, pair_new, metrics, distributions)
-    if contracts is not None:
-        contract_queries = new.encode_queries([c.query for c in contracts.compiled.contracts])
-        found, likely = golden.forecast(
-            (contract_queries @ doc_vectors.T).astype(np.float32),
-            certain,
-            rate,
-            population,
-            contracts.compiled,
-            settings.seed,
-        )
-        metrics.update(found)
-        if contracts.on_old is not None:
-            metrics.update(
-                {k: v for k, v in golden.metrics(likely, contracts.on_old).items() if "_old" in k}
+    with phases.phase("forecast"):
+        estimate, intervals = fc.with_intervals(forecaster, summarize, resamples, settings.seed)
+        metrics, per_segment = _reported(intervals)
+        distributions = _distributions(estimate, exact, metrics, thresholds)
+        if segment is not None and labels is not None:
+            found, distributions["segments"] = segments.forecast_table(
+                segment, kept, skipped, per_segment
             )
-        distributions["contracts"] = golden.section(contracts.compiled, likely, contracts.on_old)
-    timed("metrics", t)
-    timings["total_s"] = time.perf_counter() - started
+            metrics.update(found)
+        pair_new = doc_vectors[: min(pair_docs, len(sample.uniform))]
+        pair_old = _reconstruct(old, sample.uniform[: len(pair_new)]) if old else None
+        _pair_metrics(pair_old, pair_new, metrics, distributions)
+    if contracts is not None:
+        with phases.phase("encode_queries"):
+            contract_queries = new.encode_queries([c.query for c in contracts.compiled.contracts])
+        with phases.phase("forecast"):
+            found, likely = golden.forecast(
+                (contract_queries @ doc_vectors.T).astype(np.float32),
+                certain,
+                rate,
+                population,
+                contracts.compiled,
+                settings.seed,
+            )
+            metrics.update(found)
+            if contracts.on_old is not None:
+                metrics.update(
+                    {
+                        n: v
+                        for n, v in golden.metrics(likely, contracts.on_old).items()
+                        if "_old" in n
+                    }
+                )
+            distributions["contracts"] = golden.section(
+                contracts.compiled, likely, contracts.on_old
+            )
     return rpt.Report(
         alias=alias,
         revision=revision,
@@ -196,11 +188,36 @@ def run(
         metrics=metrics,
         distributions=distributions,
         notes=list(notes),
-        timings=timings,
+        timings=phases.total(),
         forecast=True,
         sample_size=len(docs),
         embedding=embedding,
     )
+
+
+_Bounds = tuple[float | None, float | None, float | None]  # a value and its interval
+
+
+def _reported(
+    intervals: Mapping[str, fc.Interval],
+) -> tuple[dict[str, float | None], dict[str, _Bounds]]:
+    """The report's metrics (each with ``_ci_low``/``_ci_high``), and the segment figures apart:
+    they go to the segments table."""
+    metrics: dict[str, float | None] = {}
+    per_segment: dict[str, _Bounds] = {}
+    for name, found in intervals.items():
+        interval = _within_range(name, found)
+        value, low, high = (
+            figures.num(interval.value),
+            figures.num(interval.low),
+            figures.num(interval.high),
+        )
+        if name.startswith("segment["):
+            per_segment[name] = (value, low, high)
+            continue
+        metrics[name] = value
+        metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = low, high
+    return metrics, per_segment
 
 
 @dataclass(frozen=True)
@@ -277,7 +294,6 @@ def _distributions(
     est: fc.Estimate,
     exact: _Exact | None,
     metrics: Mapping[str, float | None],
-    intervals: Mapping[str, fc.Interval],
     thresholds: Sequence[float],
 ) -> dict[str, Any]:
     new_top = kernels.Sample.of(est.top_scores)
@@ -285,9 +301,9 @@ def _distributions(
     dist: dict[str, Any] = {
         "scores": figures.described(old_top, new_top),
         "intervals": {
-            name: [figures.num(i.low), figures.num(i.high)]
-            for name, i in intervals.items()
-            if math.isfinite(i.low)
+            name[: -len("_ci_low")]: [low, metrics.get(f"{name[: -len('_ci_low')]}_ci_high")]
+            for name, low in metrics.items()
+            if name.endswith("_ci_low") and low is not None
         },
     }
     if exact is not None:

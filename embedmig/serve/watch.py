@@ -8,7 +8,6 @@ the trend over the watches of the same live index, and ``watch_*`` gates fail it
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -103,16 +102,8 @@ def watch(env: Environment, alias: str, k: int) -> Report:
     when a ``watch_*`` gate fails."""
     settings = WatchSettings.of(env.config)
     started = clock.now()
-    mark = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def lap(name: str) -> None:
-        nonlocal mark
-        now_ = time.perf_counter()
-        timings[f"{name}_s"] = now_ - mark
-        mark = now_
-
-    with env.engine.connect() as conn:
+    phases = clock.Phases()
+    with phases.phase("read"), env.engine.connect() as conn:
         live = catalog.live_index(conn, alias)
         if live is None:
             raise StateError(f"alias {alias!r} has no live index to watch")
@@ -132,7 +123,6 @@ def watch(env: Environment, alias: str, k: int) -> Report:
             conn, alias, since=since, limit=settings.sample, seed=settings.seed
         )
         readers = heartbeat.survey(conn, alias, heartbeat.ReaderSettings.of(env.config))
-    lap("read")
     gates, notes = _gates(env, revision)
     recorded = (swap.metrics or {}) if swap is not None else {}
     kept = _baseline(recorded, past, settings.min_queries, notes)
@@ -144,18 +134,18 @@ def watch(env: Environment, alias: str, k: int) -> Report:
     metrics: dict[str, float | None] = {name: None for name in WATCH}
     metrics["watch_queries"] = float(total)
     metrics["watch_reader_skew"] = float(len(readers.flagged))
-    view, lowest, served_by = _serving(env, alias, live)
+    with phases.phase("open"):
+        view, lowest, served_by = _serving(env, alias, live)
     metrics["watch_probe_min_cosine"] = lowest
-    lap("open")
     distributions: dict[str, Any] = {}
     now: dict[str, Any] | None = None
     if view is None:
         notes.append("the model the alias is queried with drifted: nothing was searched")
     else:
         if texts:
-            scores = _scores(view.embedder, view.overlay.search, texts, k)
+            with phases.phase("search"):
+                scores = _scores(view.embedder, view.overlay.search, texts, k)
             now = {"thresholds": dict(thresholds), **figures.summary(scores, thresholds)}
-        lap("search")
         if now is not None and kept is not None and len(texts) >= settings.min_queries:
             metrics.update(figures.compare(now, kept))
         elif kept is None and len(texts) >= settings.min_queries:
@@ -172,10 +162,10 @@ def watch(env: Environment, alias: str, k: int) -> Report:
             )
         contracts = env.contracts(alias)
         if contracts:
-            verified = golden.verify(env, alias, contracts, view)
+            with phases.phase("contracts"):
+                verified = golden.verify(env, alias, contracts, view)
             metrics.update(_golden_metrics(verified, recorded))
             distributions["contracts"] = verified.section
-            lap("contracts")
     distributions["watch"] = {
         "since": since.isoformat() if since else None,
         "baseline": None if kept is None else {**kept, "top1": None, "topk": None},
@@ -206,7 +196,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
         distributions=distributions,
         verdict=Verdict(tuple(checks)),
         notes=notes,
-        timings=timings,
+        timings=phases.total(),
         watch=True,
     )
     _record(env, report, live, started)
