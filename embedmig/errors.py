@@ -18,7 +18,7 @@ a caller needs to act on it without parsing the message::
     │   └── ReadersBehind    readers still serve another index than the live one  .alias, .readers
     ├── GateFailed           a quality gate failed; the alias is untouched    .report, .checks
     ├── ContractBroken       the live alias lost a document a golden query must keep  .alias, .broken
-    └── CanaryOpen           the swap waits for the canary on live traffic    .alias, .compared
+    └── CanaryOpen           the swap waits for the canary      .alias, .compared, .needed, .report
 """
 
 from __future__ import annotations

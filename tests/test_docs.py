@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import re
+import textwrap
 from pathlib import Path
 
 import click
@@ -22,11 +24,20 @@ README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 
 
-def section(title: str) -> str:
-    text = README.read_text()
+def section(title: str, page: Path = README) -> str:
+    text = page.read_text()
     start = text.index(f"\n## {title}\n")
     end = text.find("\n## ", start + 1)
     return text[start : end if end > 0 else None]
+
+
+def test_the_readme_is_an_entry_page() -> None:
+    """The manual lives in docs/; the README says what embedmig is, how to start, and where to
+    read on."""
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250
+    linked = set(re.findall(r"\]\(docs/([\w-]+\.md)\)", text))
+    assert linked == {page.name for page in DOCS.glob("*.md")}
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -65,7 +76,7 @@ def test_every_command_is_a_function_of_embedmig_command() -> None:
 
 def test_the_configuration_table_matches_the_defaults() -> None:
     documented: dict[str, str | None] = {}
-    for first, second, _ in table_rows(section("Configuration")):
+    for first, second, _ in table_rows((DOCS / "configuration.md").read_text()):
         keys = re.findall(r"`([a-z_.]+)`", first)
         parts = [p.strip() for p in re.split(r" / |, ", second)]
         assert len(parts) == len(keys), first
@@ -163,7 +174,7 @@ def test_every_threshold_the_report_can_produce_is_a_valid_gate_name(threshold: 
 
 
 def python_api_names() -> list[str]:
-    text = section("Python API")
+    text = (DOCS / "python-api.md").read_text()
     block = re.search(r"Public names \(`embedmig\.__all__`\):\n\n(.*?)\n\n", text, re.S)
     assert block, "the Python API section lists the public names"
     return sorted(re.findall(r"`([A-Za-z_]+)`", block.group(1)))
@@ -203,6 +214,30 @@ def test_every_error_class_says_when_it_is_raised() -> None:
         assert cls is errors.EmbedmigError or cls.__name__ in embedmig.__all__
 
 
+def test_the_error_tree_is_drawn_once_and_names_real_attributes() -> None:
+    """The docs' tree is the module docstring's, and each ``.attribute`` it names is one that an
+    instance of the class has."""
+    from embedmig import errors
+
+    tree = re.search(r"::\n\n(.*?)\n$", errors.__doc__ or "", re.S)
+    assert tree
+    drawn = "\n".join(line.removeprefix("    ") for line in tree.group(1).rstrip().splitlines())
+    assert f"```\n{drawn}\n```" in (DOCS / "python-api.md").read_text()
+    for line in drawn.splitlines():
+        name = re.search(r"\w+", line)
+        assert name, line
+        cls = getattr(errors, name.group(0))
+        source = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        has = {
+            target.attr
+            for node in ast.walk(source)
+            for target in (node.targets if isinstance(node, ast.Assign) else [])
+            if isinstance(target, ast.Attribute)
+        } | {n.name for n in ast.walk(source) if isinstance(n, ast.FunctionDef)}
+        for attribute in re.findall(r"\.(\w+)", line):
+            assert attribute in has, f"{cls.__name__} has no .{attribute}"
+
+
 def test_the_schema_head_embedmig_opens_without_alembic_is_alembics_head() -> None:
     from alembic.script import ScriptDirectory
 
@@ -213,7 +248,7 @@ def test_the_schema_head_embedmig_opens_without_alembic_is_alembics_head() -> No
 
 def test_every_relative_link_of_the_readme_and_the_docs_leads_to_a_file() -> None:
     broken = []
-    for page in (README, *DOCS.glob("*.md")):
+    for page in (README, ROOT / "benchmarks" / "README.md", *DOCS.glob("*.md")):
         for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
             remote = target.startswith(("http://", "https://"))
             if not remote and not (page.parent / target).exists():

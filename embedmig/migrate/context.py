@@ -1,7 +1,7 @@
 """MigrationContext: what a revision's ``upgrade(ctx)`` / ``downgrade(ctx)`` operate on.
 
-The verbs read as the README's "What ``upgrade`` does": ``backfill`` (or, in a dry run, read a
-sample), ``evaluate`` and gate, ``canary``, ``swap``; ``rollback``. What each verb does lives in
+The verbs read as "What ``upgrade`` does" in docs/architecture.md: ``backfill`` (or, in a dry
+run, read a sample), ``evaluate`` and gate, ``canary``, ``swap``; ``rollback``. What each verb does lives in
 its own module: ``backfill``, ``dryrun``, ``evaluate``, ``canary``.
 """
 
