@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 # name -> module that defines it
 _EXPORTS = {
-    "AliasReaders": "embedmig.serve.heartbeat",
+    "AliasReaders": "embedmig.monitor.status",
     "AliasState": "embedmig.command",
     "CanaryOpen": "embedmig.errors",
     "Check": "embedmig.gates",
@@ -36,9 +36,9 @@ _EXPORTS = {
     "LockLost": "embedmig.errors",
     "Locked": "embedmig.errors",
     "MigrationContext": "embedmig.migrate.context",
-    "ProbeResult": "embedmig.command",
+    "ProbeResult": "embedmig.monitor.probe",
     "Pruned": "embedmig.migrate.maintenance",
-    "ReaderState": "embedmig.serve.heartbeat",
+    "ReaderState": "embedmig.monitor.status",
     "ReadersBehind": "embedmig.errors",
     "Recovery": "embedmig.migrate.maintenance",
     "Report": "embedmig.metrics.report",
@@ -51,7 +51,7 @@ _EXPORTS = {
     "StoreError": "embedmig.errors",
     "TrafficStats": "embedmig.serve.mirror",
     "Verdict": "embedmig.gates",
-    "Verified": "embedmig.serve.golden",
+    "Verified": "embedmig.monitor.verify",
     "Writer": "embedmig.serve.writer",
     "command": "embedmig",
     "open_searcher": "embedmig.serve.searcher",
@@ -80,7 +80,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from embedmig import command as command
     from embedmig.command import AliasState as AliasState
-    from embedmig.command import ProbeResult as ProbeResult
     from embedmig.config import Config as Config
     from embedmig.embedders import Embedder as Embedder
     from embedmig.embedders import Encoder as Encoder
@@ -128,11 +127,12 @@ if TYPE_CHECKING:
     from embedmig.migrate.context import MigrationContext as MigrationContext
     from embedmig.migrate.maintenance import Pruned as Pruned
     from embedmig.migrate.maintenance import Recovery as Recovery
+    from embedmig.monitor.probe import ProbeResult as ProbeResult
+    from embedmig.monitor.status import AliasReaders as AliasReaders
+    from embedmig.monitor.status import ReaderState as ReaderState
+    from embedmig.monitor.verify import Verified as Verified
     from embedmig.render import render as render
     from embedmig.script import Revision as Revision
-    from embedmig.serve.golden import Verified as Verified
-    from embedmig.serve.heartbeat import AliasReaders as AliasReaders
-    from embedmig.serve.heartbeat import ReaderState as ReaderState
     from embedmig.serve.mirror import TrafficStats as TrafficStats
     from embedmig.serve.searcher import Hit as Hit
     from embedmig.serve.searcher import Searcher as Searcher

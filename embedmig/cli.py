@@ -488,7 +488,7 @@ def verify(state: State, alias: str | None) -> None:
 def status(state: State, alias: str | None) -> None:
     """List the readers of each alias (or ALIAS) and the index each serves; exit 1 on skew (a
     reader on another index past readers.skew_seconds), a reader gone silent or refusing."""
-    from embedmig.serve.heartbeat import describe
+    from embedmig.monitor.status import describe
 
     found = _command().status(state.config(), alias)
     if not found:

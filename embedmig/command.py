@@ -27,9 +27,10 @@ if TYPE_CHECKING:
     from embedmig.metrics.report import Report
     from embedmig.migrate.compaction import Compaction
     from embedmig.migrate.maintenance import Pruned, Recovery
+    from embedmig.monitor.probe import ProbeResult
+    from embedmig.monitor.status import AliasReaders
+    from embedmig.monitor.verify import Verified
     from embedmig.script import Revision
-    from embedmig.serve.golden import Verified
-    from embedmig.serve.heartbeat import AliasReaders
     from embedmig.serve.searcher import Hit
 
 log = logging.getLogger("embedmig")
@@ -179,17 +180,17 @@ _MAX_WAIT = 86_400.0  # a day: longer is a typo, not a rollout
 
 def _wait_for_readers(env: Environment, reports: list[Report], timeout: float) -> None:
     """Each swapped alias's readers onto its live index, or ReadersBehind."""
-    from embedmig.serve import heartbeat
+    from embedmig.monitor import status
 
-    settings = heartbeat.ReaderSettings.of(env.config)
+    settings = status.ReaderSettings.of(env.config)
     last = {report.alias: report for report in reports}  # the final swap of each alias
     for alias, report in last.items():
-        waited, seen = heartbeat.converge(env.engine, alias, settings, timeout)
-        behind = [r for r in seen.readers if r.state not in heartbeat.SETTLED]
+        waited, seen = status.converge(env.engine, alias, settings, timeout)
+        behind = [r for r in seen.readers if r.state not in status.SETTLED]
         if behind:
             raise ReadersBehind(
                 f"{alias} swapped, but after {waited:.1f} s {len(behind)} reader(s) still serve "
-                f"another index: {', '.join(heartbeat.describe(r) for r in behind[:5])}",
+                f"another index: {', '.join(status.describe(r) for r in behind[:5])}",
                 alias=alias,
                 readers=behind,
             )
@@ -197,7 +198,7 @@ def _wait_for_readers(env: Environment, reports: list[Report], timeout: float) -
         log.info(
             "%s: %d reader(s) serve index #%s, %.1f s after the swap",
             alias,
-            sum(r.state == heartbeat.LIVE for r in seen.readers),
+            sum(r.state == status.LIVE for r in seen.readers),
             seen.live.id if seen.live else "-",
             waited,
         )
@@ -280,50 +281,22 @@ def current(config: Config) -> list[AliasState]:
     ]
 
 
-@dataclass(frozen=True)
-class ProbeResult:
-    """One live index's embedder, measured now against the probe vectors it was built with."""
-
-    alias: str
-    index: catalog.IndexRecord
-    embedder: str  # its description (no key: keys are never stored)
-    lowest: float | None  # the lowest probe cosine; None: the index predates probes
-    min_cosine: float
-
-    @property
-    def drifted(self) -> bool:
-        return self.lowest is not None and self.lowest < self.min_cosine
-
-
 def probe(config: Config, alias: str | None = None) -> list[ProbeResult]:
     """Re-embed the probe texts with the embedder of each live index (or ``alias``'s) and compare
     them with the vectors recorded when the index was built; changes nothing."""
-    from embedmig.embedders import probes
+    from embedmig.monitor import probe as probing
 
     with _opened(config) as env:
-        if not env.has_history():
-            records = []
-        else:
-            with env.engine.connect() as conn:
-                records = [r for r in catalog.indexes(conn, alias) if r.state == catalog.LIVE]
-        if alias is not None and not records:
-            raise StateError(f"alias {alias!r} has no live index to probe")
-        results = []
-        for record in records:
-            embedder = env.load_embedder(Embedder.from_json(record.model))
-            lowest = probes.against(record.probe, record.dim, embedder)
-            minimum = env.settings.probe_min_cosine
-            results.append(ProbeResult(record.alias, record, embedder.describe(), lowest, minimum))
-        return results
+        return probing.probe(env, alias)
 
 
 def status(config: Config, alias: str | None = None) -> list[AliasReaders]:
     """Every reader of each alias (or of ``alias``), from its heartbeat: the index it serves, since
     when, its queries, and whether it is on the live index, behind it, past
     ``readers.skew_seconds`` behind it (skew), silent or refusing to serve."""
-    from embedmig.serve import heartbeat
+    from embedmig.monitor import status as survey
 
-    settings = heartbeat.ReaderSettings.of(config)
+    settings = survey.ReaderSettings.of(config)
     with _opened(config) as env:
         if not env.has_history():
             if alias is not None:
@@ -337,7 +310,7 @@ def status(config: Config, alias: str | None = None) -> list[AliasReaders]:
                     {r.alias for r in catalog.indexes(conn) if r.state == catalog.LIVE}
                     | {r.alias for r in readers.of(conn)}
                 )
-            found = [heartbeat.survey(conn, name, settings) for name in aliases]
+            found = [survey.survey(conn, name, settings) for name in aliases]
     if alias is not None and found[0].live is None and not found[0].readers:
         raise StateError(f"alias {alias!r} has no live index and no readers")
     return found
@@ -346,7 +319,7 @@ def status(config: Config, alias: str | None = None) -> list[AliasReaders]:
 def verify(config: Config, alias: str | None = None) -> list[Verified]:
     """Search the golden queries (``contracts = FILE``) on what each alias (or ``alias``) serves
     now and judge them as the upgrade did; with the baseline its swap recorded. Changes nothing."""
-    from embedmig.serve import golden
+    from embedmig.monitor import verify as verifying
 
     with _opened(config) as env:
         if env.golden_queries() is None:
@@ -360,7 +333,7 @@ def verify(config: Config, alias: str | None = None) -> list[Verified]:
                 if alias is not None:
                     raise ConfigError(f"no line of the contracts file applies to alias {alias!r}")
                 continue
-            found.append(golden.verify(env, name, contracts))
+            found.append(verifying.verify(env, name, contracts))
         return found
 
 
@@ -372,7 +345,7 @@ def watch(
     When a ``watch_*`` gate fails, every alias is still watched and recorded, then the first
     failure is raised as GateFailed."""
     from embedmig.migrate.settings import EvalSettings
-    from embedmig.serve import watch as decay
+    from embedmig.monitor import watch as watching
 
     k = EvalSettings.of(config).k
     reports: list[Report] = []
@@ -380,7 +353,7 @@ def watch(
     with _opened(config) as env:
         for name in _live_aliases(env, alias, "watch"):
             try:
-                report = decay.watch(env, name, k)
+                report = watching.watch(env, name, k)
             except GateFailed as exc:
                 failed.append(exc)
                 report = exc.report

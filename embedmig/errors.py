@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from embedmig.gates import Check
     from embedmig.metrics.report import Report
-    from embedmig.serve.heartbeat import ReaderState
+    from embedmig.monitor.status import ReaderState
     from embedmig.store.locks import Holder
 
 
@@ -129,7 +129,7 @@ class ReadersBehind(StateError):
     another index past ``readers.skew_seconds``, gone silent or refusing to serve (a drifted
     embedder), or ``upgrade --wait-readers`` ran out of time (the swap itself is done).
 
-    ``alias``; ``readers``: the flagged readers (``embedmig.serve.heartbeat.ReaderState``).
+    ``alias``; ``readers``: the flagged readers (``embedmig.monitor.status.ReaderState``).
     """
 
     def __init__(self, message: str, *, alias: str, readers: Sequence[ReaderState]) -> None:

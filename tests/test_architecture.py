@@ -33,35 +33,72 @@ def reaches(path: Path, forbidden: str) -> list[str]:
     )
 
 
-@pytest.mark.parametrize(
-    ("folder", "forbidden"),
-    [
-        ("serve", "embedmig.migrate"),  # a service that only serves loads nothing of migrating
-        ("store", "embedmig.migrate"),
-        ("store", "embedmig.serve"),
-        ("metrics", "embedmig.migrate"),
-        ("metrics", "embedmig.serve"),
-        ("metrics", "embedmig.store"),  # kernels and figures are pure functions on arrays
-        ("history", "embedmig.migrate"),
-        ("history", "embedmig.serve"),
-        ("", "embedmig.migrate"),  # environment.py: shared by both halves
-        ("", "embedmig.serve"),
-    ],
-)
-def test_a_lower_part_never_imports_a_higher_one(folder: str, forbidden: str) -> None:
+# What each folder may import besides itself: the rules of the house, one row per folder. A part
+# lower in the table never reaches one above it; cli.py and command.py, at the top, import any.
+_SERVING = {"config", "embedders", "environment", "errors", "history", "names", "store"}
+MAY_IMPORT = {
+    "history": {"errors"},  # tables and their migrations
+    "embedders": {"config", "errors", "names"},
+    "store": {"config", "errors", "history", "names"},  # SQL and files: no numbers, no models
+    "metrics": {"contracts", "errors", "gates"},  # pure functions on arrays
+    "render": {"errors", "gates", "metrics"},  # a report in, text or HTML out
+    "serve": _SERVING,  # the request path: nothing of migrating or of the checks after it
+    "monitor": _SERVING | {"contracts", "gates", "metrics", "serve"},  # reads what serve serves
+    # Building and judging a new index; it keeps the watch's baseline at the swap (monitor).
+    "migrate": _SERVING
+    | {"contracts", "gates", "metrics", "migrate", "monitor", "script", "serve", "sources"},
+}
+TOP = {"cli", "command"}
+
+
+def parts_imported(path: Path) -> set[str]:
+    return {name.split(".")[1] for name in imports_of(path) if name.count(".") >= 1}
+
+
+@pytest.mark.parametrize("folder", sorted(MAY_IMPORT))
+def test_each_folder_imports_only_what_the_house_allows_it(folder: str) -> None:
+    allowed = MAY_IMPORT[folder] | {folder}
     offenders = {
-        str(path.relative_to(PACKAGE)): reaches(path, forbidden) for path in modules_under(folder)
+        str(path.relative_to(PACKAGE)): sorted(parts_imported(path) - allowed)
+        for path in modules_under(folder)
     }
     assert {path: names for path, names in offenders.items() if names} == {}
 
 
-def test_migrate_and_serve_are_the_two_halves_of_the_runtime() -> None:
+def test_every_folder_has_its_rules() -> None:
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders - {"migrations_template"} == set(MAY_IMPORT)
+
+
+def test_nothing_below_the_commands_imports_them() -> None:
+    below = [
+        path
+        for path in PACKAGE.rglob("*.py")
+        if path.parent != PACKAGE or path.stem not in {*TOP, "__init__"}
+    ]
+    offenders = {
+        str(path.relative_to(PACKAGE)): sorted(parts_imported(path) & TOP) for path in below
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def test_environment_is_shared_by_both_halves_and_imports_neither() -> None:
+    assert not parts_imported(PACKAGE / "environment.py") & {"migrate", "serve", "monitor"}
+
+
+def test_migrate_serve_and_monitor_are_the_three_rooms_of_the_runtime() -> None:
     assert {p.stem for p in (PACKAGE / "serve").glob("*.py")} >= {
         "searcher",
         "writer",
         "mirror",
         "view",
         "heartbeat",
+    }
+    assert {p.stem for p in (PACKAGE / "monitor").glob("*.py")} >= {
+        "verify",
+        "watch",
+        "status",
+        "probe",
     }
     assert {p.stem for p in (PACKAGE / "migrate").glob("*.py")} >= {
         "runner",

@@ -79,6 +79,11 @@ def _search(queries: np.ndarray, docs: np.ndarray, depth: int) -> rpt.Results:
 
 
 def _forecast(data: Subset, fraction: float, seed: int) -> dict[str, float]:
+    estimate = _forecaster(data, fraction, seed).estimate()
+    return {name: float(values.mean()) for name, values in estimate.per_query.items()}
+
+
+def _forecaster(data: Subset, fraction: float, seed: int) -> fc.Forecaster:
     judged, old_q, old_d, new_q, new_d = data.judged, data.old_q, data.old_d, data.new_q, data.new_d
     n = len(new_d)
     rng = np.random.default_rng(seed)
@@ -95,7 +100,7 @@ def _forecast(data: Subset, fraction: float, seed: int) -> dict[str, float]:
         len(rest),
     )
     old_top = _search(old_q, old_d, 100).ids
-    estimate = fc.Forecaster(
+    return fc.Forecaster(
         fc.ForecastInput(
             sampled,
             k=10,
@@ -103,8 +108,7 @@ def _forecast(data: Subset, fraction: float, seed: int) -> dict[str, float]:
             judged=Judgements(judged.rows, column_of[judged.docs], judged.grades),
             old_top=column_of[old_top],
         )
-    ).estimate()
-    return {name: float(values.mean()) for name, values in estimate.per_query.items()}
+    )
 
 
 def _realized(data: Subset) -> dict[str, float]:
@@ -358,3 +362,22 @@ def test_the_tail_is_forecast_from_draws_and_its_identities_hold() -> None:
     for k in (1, 10, 100):
         p50, below = intervals[f"overlap_at_{k}_p50"].value, intervals[f"overlap_at_{k}_below_half"]
         assert (p50 < 0.5) == (below.value > 0.5), (k, p50, below)
+
+
+def test_judged_figures_are_drawn_too_so_each_draw_is_a_ranking_the_upgrade_could_see(
+    scifact_subset: Subset,
+) -> None:
+    estimate = _forecaster(scifact_subset, 0.1, 0).estimate()
+    judged = scifact_subset.judged
+    n_queries = len(scifact_subset.new_q)
+    mrr = estimate.drawn["mrr_at_10"]
+    assert mrr.shape == (n_queries, fc.DRAWS)
+    # In a draw a query's MRR@10 is a reciprocal rank or 0, never an expectation like 0.6.
+    reciprocal = np.r_[0.0, 1.0 / np.arange(1, 11)]
+    assert np.isclose(mrr[..., None], reciprocal).any(axis=-1).all()
+    relevant = np.bincount(judged.rows[judged.grades > 0], minlength=n_queries)
+    found = estimate.drawn["recall_at_10"] * relevant[:, None]
+    np.testing.assert_allclose(found, np.round(found), atol=1e-9)  # whole documents found
+    # The draws' mean is the expectation, up to the draws' own noise.
+    assert abs(mrr.mean() - estimate.per_query["mrr_at_10"].mean()) < 0.03
+    assert abs(estimate.drawn["ndcg_at_10"].mean() - estimate.per_query["ndcg_at_10"].mean()) < 0.03

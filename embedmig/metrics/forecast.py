@@ -399,15 +399,16 @@ class Forecaster:
             weights = weights.copy()
             weights[data.sampled.uncertain] *= multiplicity
         if self.judged is not None:
-            out.per_query.update(self._judged(self.judged.posterior(multiplicity, smooth)))
+            judged = self.judged.posterior(multiplicity, smooth)
+            out.per_query.update(self._judged(judged))
+            out.drawn.update(self._judged_draws(judged, rng))
         if self.kept is not None:
             post = self.kept.posterior(multiplicity, smooth)
             common, noise = self._common(post, weights)
             out.per_query["rbo"] = _rbo(common, data.rbo_p)
-            out.drawn = self._kept_draws(
-                post, multiplicity, rng, multiplicity is None and not smooth
-            )
-            out.per_query.update({name: d.mean(axis=1) for name, d in out.drawn.items()})
+            drawn = self._kept_draws(post, multiplicity, rng, multiplicity is None and not smooth)
+            out.drawn.update(drawn)
+            out.per_query.update({name: d.mean(axis=1) for name, d in drawn.items()})
             out.crosscheck = _horvitz_thompson(common, noise, out.per_query)
         out.top_scores = self.top.estimate(multiplicity)
         return out
@@ -425,6 +426,31 @@ class Forecaster:
         best = self.first_relevant
         mrr = np.zeros(n)
         mrr[rel.rows[best]] = post.expect(1.0 / np.arange(1, 11), best)
+        out["mrr_at_10"] = mrr
+        return out
+
+    def _judged_draws(self, post: Posterior, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """DRAWS realizations per query of the judged figures, (queries, DRAWS): each judged
+        document's rank drawn from its posterior (mass past the deepest rank read: not found).
+        A query's MRR, say, is 1, 1/2 or 0 in a draw, never the 0.6 its expectation is; how
+        much the figures move from draw to draw is what the ranks leave open (Rubin's rule)."""
+        n, rel = self.n_queries, self.relevant
+        beyond = np.clip(1.0 - post.probability.sum(axis=1, keepdims=True), 0.0, None)
+        index = _categorical(np.hstack([post.probability, beyond]), DRAWS, rng)
+        grid = np.append(post.grid, np.iinfo(np.int32).max // 2)
+        rank0 = post.above[:, None] + grid[index]  # (pairs, DRAWS), 0-based
+        out: dict[str, np.ndarray] = {}
+        for depth in (10, 100):
+            found = _add_rows(rel.rows, (rank0 < depth).astype(np.float64), n)
+            out[f"recall_at_{depth}"] = _ratio(found, self.n_relevant[:, None])
+        gain = np.where(
+            rank0 < 10, _NDCG_DISCOUNTS[np.minimum(rank0, 9)] * rel.grades[:, None], 0.0
+        )
+        out["ndcg_at_10"] = _ratio(_add_rows(rel.rows, gain, n), self.idcg[:, None])
+        best = self.first_relevant
+        mrr = np.zeros((n, DRAWS))
+        first = rank0[best]
+        mrr[rel.rows[best]] = np.where(first < 10, 1.0 / (first + 1.0), 0.0)
         out["mrr_at_10"] = mrr
         return out
 
@@ -662,7 +688,14 @@ def _sum_rows(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    out: np.ndarray = np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
+    out: np.ndarray = np.divide(num, den, out=np.zeros(np.shape(num)), where=den > 0)
+    return out
+
+
+def _add_rows(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Per row r < n, the sum of ``values`` where ``rows == r``; ``rows`` in any order."""
+    out = np.zeros((n, values.shape[1]))
+    np.add.at(out, rows, values)
     return out
 
 

@@ -25,9 +25,9 @@ from embedmig.migrate import cost
 from embedmig.migrate.backfill import Sampler, Shadow
 from embedmig.migrate.progress import Meter
 from embedmig.migrate.settings import CLUSTER, EvalSettings
+from embedmig.monitor import watch
 from embedmig.names import blank
 from embedmig.script import Revision
-from embedmig.serve import watch
 from embedmig.sources import Document, Qrels
 from embedmig.store import catalog, files
 from embedmig.store.clock import Phases

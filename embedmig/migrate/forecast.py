@@ -262,10 +262,9 @@ def _figures(
     """The report's metrics from one estimate, each query counted ``weights`` times: the
     builders a measurement uses (``metrics.figures``), on forecast per-query values."""
     counted = figures.Weights(weights)
-    per_query = est.per_query
     out: figures.Figures = {}
-    if "recall_at_10" in per_query:
-        out.update(figures.judged(per_query, exact.per_query if exact else None, counted))
+    if "recall_at_10" in est.drawn:
+        out.update(_drawn_judged(est, weights, exact))
     if exact is not None:
         out.update(_drawn_agreement(est, weights))
     new_top = kernels.Sample.of(counted.repeat(est.top_scores))
@@ -275,6 +274,18 @@ def _figures(
         out.update(figures.thresholds(old_top, new_top, thresholds))
     # The bootstrap needs a number for every figure of every replicate.
     return {name: math.nan if value is None else value for name, value in out.items()}
+
+
+def _drawn_judged(est: fc.Estimate, weights: np.ndarray, exact: _Exact | None) -> figures.Figures:
+    """The judged figures read off each query's draws, the old side (exact) beside each draw."""
+    draws = est.drawn["recall_at_10"].shape[1]
+    new = {name: est.drawn[name].reshape(-1) for name in figures.QRELS_METRICS if name in est.drawn}
+    old = (
+        {name: np.repeat(values, draws) for name, values in exact.per_query.items()}
+        if exact is not None
+        else None
+    )
+    return figures.judged(new, old, figures.Weights(np.repeat(weights, draws)))
 
 
 def _drawn_agreement(est: fc.Estimate, weights: np.ndarray) -> figures.Figures:

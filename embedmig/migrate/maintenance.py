@@ -12,7 +12,7 @@ from typing import Any
 from embedmig.embedders import cache
 from embedmig.environment import Environment, remove_file
 from embedmig.errors import ConfigError, ScriptError, StateError, StoreError
-from embedmig.serve.heartbeat import ReaderSettings
+from embedmig.monitor.status import ReaderSettings
 from embedmig.store import catalog, clock, files, journal, manifest, readers, traffic
 
 

@@ -2,7 +2,8 @@
 
 The request path only sets two attributes and bumps a counter; the searcher's background worker
 (``embedmig.serve.mirror``) writes the row every ``readers.heartbeat_seconds``, and ``close()``
-deletes it. ``embedmig status`` reads the rows, ``prune`` keeps the files they name.
+deletes it. ``embedmig.monitor.status`` reads the rows: ``embedmig status``, and ``prune``, which
+keeps the files they name.
 """
 
 from __future__ import annotations
@@ -11,13 +12,10 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from embedmig.config import Config
-from embedmig.store import catalog, clock, readers
+from embedmig.store import clock, readers
 
 
 class Heartbeat:
@@ -83,120 +81,3 @@ class Heartbeat:
             with engine.begin() as conn:
                 readers.leave(conn, self._id)
             self._sent = False
-
-
-# ---- what the heartbeats say -----------------------------------------------------------------
-
-LIVE, BEHIND, SKEW, SILENT, STALLED, IDLE, REFUSED = (
-    "live",
-    "behind",
-    "skew",
-    "silent",
-    "stalled",
-    "idle",
-    "refused",
-)
-# What a swap waits for no longer: on the live index, gone, or not serving anything yet.
-SETTLED = (LIVE, SILENT, IDLE)
-
-
-@dataclass(frozen=True)
-class ReaderState:
-    reader: readers.Reader
-    state: str  # one of the constants above
-    # How long it has served another index than the live one since the swap (seconds).
-    behind_for: float | None = None
-
-    @property
-    def flagged(self) -> bool:
-        return self.state in (SKEW, SILENT, STALLED, REFUSED)
-
-
-@dataclass(frozen=True)
-class AliasReaders:
-    """The readers of one alias against its live index."""
-
-    alias: str
-    live: catalog.IndexRecord | None
-    live_since: datetime | None  # when the live index became live (its swap or rollback)
-    readers: list[ReaderState]
-
-    @property
-    def flagged(self) -> list[ReaderState]:
-        return [r for r in self.readers if r.flagged]
-
-    @property
-    def converged(self) -> bool:
-        """Whether every reader still reporting serves the live index."""
-        return all(r.state in SETTLED for r in self.readers)
-
-
-@dataclass(frozen=True)
-class ReaderSettings:
-    """``readers.*``: when a reader is silent, and when one on another index is skew."""
-
-    silent_after: timedelta
-    skew_after: timedelta
-
-    @classmethod
-    def of(cls, config: Config) -> ReaderSettings:
-        return cls(
-            timedelta(seconds=config.get_range("readers.silent_seconds", 0)),
-            timedelta(seconds=config.get_range("readers.skew_seconds", 0)),
-        )
-
-
-def survey(conn: sa.Connection, alias: str, settings: ReaderSettings) -> AliasReaders:
-    """Every reader of ``alias`` that reported, judged against the live index now (on the
-    database's clock, as heartbeats are written)."""
-    at = clock.db_now(conn)
-    live = catalog.live_index(conn, alias)
-    since = catalog.went_live(conn, alias, live.id) if live is not None else None
-    states = []
-    for reader in readers.of(conn, alias):
-        behind = None
-        if reader.silent(settings.silent_after, at):
-            state = SILENT
-        elif reader.stalled(settings.silent_after, at):
-            state = STALLED
-        elif reader.drift is not None:
-            state = REFUSED
-        elif reader.index_id is None:
-            state = IDLE
-        elif live is not None and reader.index_id == live.id:
-            state = LIVE
-        else:
-            # On another index since the swap (or since it started, if it started later).
-            start = max(since, clock.utc(reader.started_at)) if since else None
-            behind = (at - start).total_seconds() if start else None
-            late = behind is None or behind > settings.skew_after.total_seconds()
-            state = SKEW if late else BEHIND
-        states.append(ReaderState(reader, state, behind))
-    return AliasReaders(alias, live, since, states)
-
-
-def describe(state: ReaderState) -> str:
-    """One reader in a line: who, where it is, for how long."""
-    reader = state.reader
-    where = f"index #{reader.index_id}" if reader.index_id is not None else "no index yet"
-    behind = f" for {state.behind_for:.0f} s" if state.behind_for is not None else ""
-    why = f" ({reader.drift})" if state.state == REFUSED and reader.drift else ""
-    return f"{reader.describe()} on {where}: {state.state}{behind}{why}"
-
-
-def converge(
-    engine: sa.Engine, alias: str, settings: ReaderSettings, timeout: float
-) -> tuple[float, AliasReaders]:
-    """Wait until every reader of ``alias`` still reporting serves its live index, at most
-    ``timeout`` seconds; the seconds waited and the readers as last seen."""
-    started = time.monotonic()
-    while True:
-        with engine.connect() as conn:
-            seen = survey(conn, alias, settings)
-        waited = time.monotonic() - started
-        if seen.converged or waited >= timeout:
-            return waited, seen
-        time.sleep(min(_CONVERGE_POLL, max(0.0, timeout - waited)))
-
-
-_CONVERGE_POLL = 0.2  # seconds between looks at the heartbeats while waiting for readers

@@ -22,7 +22,8 @@ from embedmig.errors import EmbedderDrift, GateFailed, ScriptError, StateError
 from embedmig.gates import WATCH, Check, Gates, Verdict, threshold_metric
 from embedmig.metrics import watch as figures
 from embedmig.metrics.report import Report
-from embedmig.serve import golden, heartbeat
+from embedmig.monitor import status
+from embedmig.monitor import verify as verifying
 from embedmig.serve.searcher import Searcher
 from embedmig.serve.view import IndexView
 from embedmig.store import catalog, clock, traffic
@@ -122,7 +123,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
         texts, total = traffic.sample_served(
             conn, alias, since=since, limit=settings.sample, seed=settings.seed
         )
-        readers = heartbeat.survey(conn, alias, heartbeat.ReaderSettings.of(env.config))
+        readers = status.survey(conn, alias, status.ReaderSettings.of(env.config))
     gates, notes = _gates(env, revision)
     recorded = (swap.metrics or {}) if swap is not None else {}
     kept = _baseline(recorded, past, settings.min_queries, notes)
@@ -163,7 +164,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
         contracts = env.contracts(alias)
         if contracts:
             with phases.phase("contracts"):
-                verified = golden.verify(env, alias, contracts, view)
+                verified = verifying.verify(env, alias, contracts, view)
             metrics.update(_golden_metrics(verified, recorded))
             distributions["contracts"] = verified.section
     distributions["watch"] = {
@@ -227,7 +228,7 @@ def _baseline(
 
 
 def _golden_metrics(
-    verified: golden.Verified, recorded: Mapping[str, Any]
+    verified: verifying.Verified, recorded: Mapping[str, Any]
 ) -> dict[str, float | None]:
     """The golden queries now, and how far their nDCG@10 fell since the swap's report."""
     then = (recorded.get("metrics") or {}).get("contract_ndcg_at_10")
