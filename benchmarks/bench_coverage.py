@@ -1,6 +1,6 @@
 """What coverage bookkeeping adds to a backfill, as ratios against the work it rides on.
 
-Per checkpoint, a backfill commits the batch's document ids (`catalog.assign_ids`); coverage adds
+Per checkpoint, a backfill commits the batch's document ids (`docids.assign_ids`); coverage adds
 the batch's manifest rows (`manifest.record_corpus`: a 64-bit text hash per document) to the same
 transaction. At the end, the spool becomes a FAISS index (`Spool.build` + `files.save`); coverage
 adds the carry-over plan (the live index's manifest and journal against the corpus read) and the
@@ -28,7 +28,7 @@ import numpy as np
 from embedmig.history import db
 from embedmig.metrics import coverage
 from embedmig.migrate import carryover
-from embedmig.store import catalog, files, journal, manifest
+from embedmig.store import catalog, docids, files, journal, manifest
 
 DIM, BATCH = 384, 1024
 
@@ -74,7 +74,7 @@ def main() -> None:
                     t0 = time.perf_counter()
                     with engine.begin() as conn:
                         if what == "ids":
-                            got = catalog.assign_ids(conn, alias, keys[part], texts[part])
+                            got = docids.assign_ids(conn, alias, keys[part], texts[part])
                             assert np.array_equal(got, ids[part])
                         else:
                             for index_id in (live_id, shadow_id):
@@ -84,7 +84,7 @@ def main() -> None:
                     )
             with engine.begin() as conn:
                 catalog.update_index(conn, live_id, state=catalog.LIVE, ntotal=args.docs)
-                counters = catalog.lock_alias(conn, alias, reserve=args.writes)
+                counters = docids.lock_alias(conn, alias, reserve=args.writes)
                 changes = [
                     journal.Change(journal.UPSERT, f"new-{i}", f"written {i}")
                     for i in range(args.writes)

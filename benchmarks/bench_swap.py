@@ -68,7 +68,7 @@ def main() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     from embedmig import Config, command
     from embedmig.environment import Environment
-    from embedmig.store import catalog, clock
+    from embedmig.store import catalog, clock, events
     from tests.support import build_static_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-swap-"))
@@ -116,7 +116,7 @@ def main() -> None:
             started = time.perf_counter()
             with env.engine.begin() as conn:
                 catalog.point_alias(conn, alias, f"{alias}{1 + turn % 2}", ids[turn % 2])
-                catalog.record(
+                events.record(
                     conn,
                     alias=alias,
                     revision=None,

@@ -21,7 +21,7 @@ from embedmig.config import DEFAULT_SAMPLE, Config, sample_size, share
 from embedmig.embedders import Embedder
 from embedmig.environment import Environment
 from embedmig.errors import ConfigError, GateFailed, ReadersBehind, ScriptError, StateError
-from embedmig.store import catalog, locks, readers
+from embedmig.store import catalog, events, locks, readers
 
 if TYPE_CHECKING:
     from embedmig.metrics.report import Report
@@ -378,20 +378,20 @@ def _live_aliases(env: Environment, alias: str | None, verb: str) -> list[str]:
     return [alias]
 
 
-def history(config: Config, alias: str | None = None) -> list[catalog.HistoryRecord]:
+def history(config: Config, alias: str | None = None) -> list[events.HistoryRecord]:
     """Recorded upgrades, downgrades, dry runs and stamps, newest first."""
     with _opened(config) as env:
         if not env.has_history():
             return []
         with env.engine.connect() as conn:
-            return catalog.history(conn, alias)
+            return events.history(conn, alias)
 
 
 def heads(config: Config) -> list[Revision]:
     return Environment(config).scripts.heads()
 
 
-def show(config: Config, rev: str) -> tuple[Revision, list[catalog.HistoryRecord]]:
+def show(config: Config, rev: str) -> tuple[Revision, list[events.HistoryRecord]]:
     """A revision script and what history recorded for it."""
     with _opened(config) as env:
         found = env.scripts.resolve(rev)
@@ -400,7 +400,7 @@ def show(config: Config, rev: str) -> tuple[Revision, list[catalog.HistoryRecord
         if not env.has_history():
             return found[0], []
         with env.engine.connect() as conn:
-            return found[0], catalog.history(conn, found[0].alias, found[0].revision)
+            return found[0], events.history(conn, found[0].alias, found[0].revision)
 
 
 def stamp(config: Config, target: str, *, wait: float = 0.0) -> list[tuple[str, str | None]]:
@@ -451,16 +451,16 @@ def report(config: Config, rev: str, *, event: int | None = None) -> Report:
         if not env.has_history():
             raise StateError("no upgrade or dry run was recorded yet (no history database)")
         with env.engine.connect() as conn:
-            events = [e for e in catalog.history(conn) if e.metrics is not None]
+            recorded = [e for e in events.history(conn) if e.metrics is not None]
     if event is not None:
-        chosen = [e for e in events if e.id == event]
+        chosen = [e for e in recorded if e.id == event]
         if not chosen:
             raise StateError(f"history event #{event} has no recorded report")
     else:
-        revisions = {e.revision for e in events if e.revision and e.revision.startswith(rev)}
+        revisions = {e.revision for e in recorded if e.revision and e.revision.startswith(rev)}
         if len(revisions) > 1:
             raise ScriptError(f"{rev!r} matches several revisions: {', '.join(sorted(revisions))}")
-        chosen = [e for e in events if e.revision in revisions]
+        chosen = [e for e in recorded if e.revision in revisions]
         if not chosen:
             raise StateError(f"no recorded upgrade or dry run of revision {rev!r}")
     assert chosen[0].metrics is not None

@@ -40,7 +40,7 @@ from embedmig.migrate.fit import MapSpec, fit
 from embedmig.migrate.settings import MigrationSettings
 from embedmig.script import Revision
 from embedmig.sources import Document
-from embedmig.store import catalog, files
+from embedmig.store import catalog, docids, files
 
 log = logging.getLogger("embedmig")
 
@@ -91,7 +91,7 @@ def fit_on_live(
     usage = new.usage - before
     uniform = dry.sample.uniform
     with env.engine.connect() as conn:
-        live_ids = catalog.lookup_ids(conn, rev.alias, [d.key for d in uniform])
+        live_ids = docids.lookup_ids(conn, rev.alias, [d.key for d in uniform])
     rows = [i for i, d in enumerate(uniform) if d.key in live_ids]
     if len(rows) < 2:
         raise StateError(
@@ -180,14 +180,14 @@ def evaluate(
     uniform = dry.sample.uniform
     queries = ev.QuerySource.of(env, rev.alias)
     with env.engine.connect() as conn:
-        ids_of = catalog.lookup_ids(
+        ids_of = docids.lookup_ids(
             conn, rev.alias, {d.key for d in uniform} | queries.judged_keys()
         )
     query_set = queries.sample(eval_settings, uniform, ids_of, compared=True)
 
     def keys_of(ids: set[int]) -> dict[int, str]:
         with env.engine.connect() as conn:
-            described = catalog.describe_ids(conn, rev.alias, ids)
+            described = docids.describe_ids(conn, rev.alias, ids)
         return {i: doc.key for i, doc in described.items()}
 
     report = ev.run(
@@ -204,7 +204,7 @@ def evaluate(
     )
     started = time.perf_counter()
     with env.engine.connect() as conn:
-        live_ids = catalog.lookup_ids(
+        live_ids = docids.lookup_ids(
             conn, rev.alias, set(dry.columns) | {q.key for q in dry.queries.docs}
         )
     reembed = fc.run(

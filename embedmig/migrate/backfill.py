@@ -26,7 +26,7 @@ from embedmig.migrate.settings import MigrationSettings
 from embedmig.names import blank
 from embedmig.script import Revision
 from embedmig.sources import Document
-from embedmig.store import catalog, files, journal, manifest
+from embedmig.store import catalog, checkpoints, docids, files, journal, manifest
 
 log = logging.getLogger("embedmig")
 
@@ -236,12 +236,12 @@ def _backfill(
                 # only while the model still returns what the build started with.
                 env.recheck(embedder, started_as, "during the backfill")
             with env.begin() as conn:
-                ids = catalog.assign_ids(conn, rev.alias, [doc.key for doc in chunk.docs], texts)
+                ids = docids.assign_ids(conn, rev.alias, [doc.key for doc in chunk.docs], texts)
                 spool.append(ids, encoded.vectors)
                 manifest.record_corpus(conn, index_id, ids, hashes)
                 rows += len(texts)
-                catalog.save_checkpoint(
-                    conn, index_id, catalog.Checkpoint(chunk.consumed, rows, state)
+                checkpoints.save_checkpoint(
+                    conn, index_id, checkpoints.Checkpoint(chunk.consumed, rows, state)
                 )
             meter.update(chunk.consumed - meter.done)
         if rows == 0:
@@ -281,7 +281,7 @@ def _backfill(
             base_seq=replayed.last_seq,
         )
         manifest.set_held(conn, index_id, merged.upsert_ids, merged.upsert_sha, merged.deleted_ids)
-        catalog.clear_checkpoint(conn, index_id)
+        checkpoints.clear_checkpoint(conn, index_id)
     with engine.connect() as conn:  # a read: writers need not wait for the check
         covered = merged.check(conn, rev.alias, faiss.vector_to_array(index.id_map))
     spool.remove()
@@ -309,7 +309,7 @@ def _backfill(
 
 def _start(
     conn: Any, env: Environment, rev: Revision, embedder: LoadedEmbedder, *, restart: bool
-) -> tuple[int, catalog.Checkpoint, list[catalog.IndexRecord]]:
+) -> tuple[int, checkpoints.Checkpoint, list[catalog.IndexRecord]]:
     """Resume a killed build of this revision with this model, or register a new shadow.
 
     A new shadow starts at the journal's current position, with writers locked out for the
@@ -319,12 +319,12 @@ def _start(
     _check_writable(env.index_path(rev.alias, 0, rev.revision).parent)
     # No row yet means no change journaled yet; a writer creating one meanwhile only makes the
     # replay start at 0, a superset, so a failed first run need not leave a row behind.
-    _, start_seq = catalog.lock_alias(conn, rev.alias, create=False)
+    _, start_seq = docids.lock_alias(conn, rev.alias, create=False)
     building = catalog.find_index(conn, rev.alias, rev.revision, [catalog.BUILDING])
     if not restart and building is not None and building.fingerprint == embedder.fingerprint:
         # The checkpointed vectors came from this model: refuse to add others to them.
         env.check_drift(embedder, building)
-        return building.id, catalog.checkpoint(conn, building.id), []
+        return building.id, checkpoints.checkpoint(conn, building.id), []
     # An unswapped shadow of an earlier run may be stale (the corpus moved on): rebuild it.
     dropped = [
         old
@@ -333,7 +333,7 @@ def _start(
     ]
     for old in dropped:
         catalog.update_index(conn, old.id, state=catalog.DROPPED)
-        catalog.clear_checkpoint(conn, old.id)
+        checkpoints.clear_checkpoint(conn, old.id)
         manifest.drop(conn, old.id)
     index_id = catalog.register_index(
         conn,
@@ -349,7 +349,7 @@ def _start(
     )
     # Fail now, not after hours of encoding, if the factory string is not valid for this model.
     files.new_index(embedder.dim, rev.index_factory)
-    return index_id, catalog.Checkpoint(), dropped
+    return index_id, checkpoints.Checkpoint(), dropped
 
 
 @dataclass(frozen=True)
@@ -399,7 +399,7 @@ def _reconcile(
         read = manifest.load(conn, index_id)
     now = Docs(read.ids[read.has_corpus], read.corpus_sha[read.has_corpus])
     with env.begin() as conn:
-        catalog.lock_alias(conn, alias, create=False)  # no writer may commit in between
+        docids.lock_alias(conn, alias, create=False)  # no writer may commit in between
         record = catalog.get_index(conn, index_id)
         live = catalog.live_index(conn, alias)
         tail = journal.tail(conn, alias, index_id, record.base_seq, embedder.dim)
@@ -407,7 +407,7 @@ def _reconcile(
         carried = plan.upserts if plan else coverage.EMPTY_IDS
         texts = [plan.texts[int(i)] for i in carried] if plan else []
         # The stream set the snippets of these documents back to what it read; restore them.
-        catalog.describe_docs(
+        docids.describe_docs(
             conn,
             alias,
             np.concatenate([carried, tail.upsert_ids]),
@@ -452,7 +452,7 @@ def _get(env: Environment, index_id: int) -> catalog.IndexRecord:
 
 def _abandon(env: Environment, index_id: int, spool: files.Spool) -> None:
     with env.begin() as conn:
-        catalog.clear_checkpoint(conn, index_id)
+        checkpoints.clear_checkpoint(conn, index_id)
         manifest.drop(conn, index_id)
         catalog.delete_index(conn, index_id)
     spool.remove()

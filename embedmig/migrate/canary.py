@@ -17,7 +17,7 @@ from embedmig.errors import CanaryOpen, ScriptError, StateError
 from embedmig.gates import CANARY_PREFIX, LIVE, Check, Gates, Verdict
 from embedmig.metrics import report as rpt
 from embedmig.migrate.settings import CanarySettings, EvalSettings
-from embedmig.store import catalog, traffic
+from embedmig.store import catalog, docids, events, traffic
 
 log = logging.getLogger("embedmig")
 
@@ -67,7 +67,7 @@ def measure(
 
             def keys_of(ids: set[int]) -> dict[int, str]:
                 with env.engine.connect() as conn:
-                    described = catalog.describe_ids(conn, canary.alias, ids)
+                    described = docids.describe_ids(conn, canary.alias, ids)
                 return {i: doc.key for i, doc in described.items()}
 
             texts = [text if text is not None else _NO_TEXT for text in found.texts]
@@ -128,7 +128,7 @@ def end(
     """Close ``canary`` as ``status`` (closed, abandoned) with its history row, in ``conn``'s
     transaction. A swap closes its canary itself, in the swap's row."""
     traffic.close(conn, canary.id, status)
-    catalog.record(
+    events.record(
         conn,
         alias=canary.alias,
         revision=canary.revision,
@@ -201,7 +201,7 @@ def open_on(
             min_queries=settings.min_queries,
             report=report.to_dict(),
         )
-        catalog.record(
+        events.record(
             conn,
             alias=report.alias,
             revision=report.revision,

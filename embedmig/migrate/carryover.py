@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
-from embedmig.store import catalog, journal, manifest
+from embedmig.store import catalog, docids, journal, manifest
 
 EXAMPLES = 5
 
@@ -110,7 +110,7 @@ def result(
         "stale": found.stale,
     }
     sample = np.concatenate([ids[:EXAMPLES] for ids in kinds.values()])
-    keys = {i: doc.key for i, doc in catalog.describe_ids(conn, alias, sample).items()}
+    keys = {i: doc.key for i, doc in docids.describe_ids(conn, alias, sample).items()}
     examples = {
         kind: [keys.get(int(i), f"#{int(i)}") for i in ids[:EXAMPLES]]
         for kind, ids in kinds.items()

@@ -24,7 +24,7 @@ from embedmig.migrate.settings import EvalSettings
 from embedmig.names import blank
 from embedmig.script import Revision
 from embedmig.sources import Document
-from embedmig.store import catalog, files, manifest
+from embedmig.store import catalog, docids, files, manifest
 from embedmig.store.clock import Phases
 
 
@@ -166,7 +166,7 @@ class DryRun:
             return None
         keys = set(self.columns) | {q.key for q in self.queries.docs}
         with env.engine.connect() as conn:
-            live_ids = catalog.lookup_ids(conn, alias, keys)
+            live_ids = docids.lookup_ids(conn, alias, keys)
         return fc.LiveSide(embedder, files.load(env.file_of(live), live.sha256), live_ids)
 
     def _contracts(
@@ -179,7 +179,7 @@ class DryRun:
         on_old = None
         if old is not None:
             with env.engine.connect() as conn:
-                live_ids = catalog.lookup_ids(
+                live_ids = docids.lookup_ids(
                     conn, alias, set().union(*(c.keys for c in self.contracts))
                 )
             check_known(self.contracts, live_ids, alias)
@@ -213,7 +213,7 @@ class _CorpusRead:
 
     def _resolve(self) -> None:
         with self.env.engine.connect() as conn:
-            found = catalog.lookup_ids(conn, self.alias, self._pending)
+            found = docids.lookup_ids(conn, self.alias, self._pending)
         for key, sha in self._pending.items():
             if key in found:
                 self._ids.append(found[key])

@@ -29,7 +29,7 @@ from embedmig.monitor import watch
 from embedmig.names import blank
 from embedmig.script import Revision
 from embedmig.sources import Document, Qrels
-from embedmig.store import catalog, files
+from embedmig.store import catalog, docids, files
 from embedmig.store.clock import Phases
 
 _SLICE = 512  # queries per encode + search while evaluating
@@ -130,7 +130,7 @@ def evaluate_shadow(
     (``old_embedder``: as the alias serves it) and in the shadow with the new one."""
     alias = rev.alias
     with env.engine.connect() as conn:
-        ids_of = catalog.lookup_ids(
+        ids_of = docids.lookup_ids(
             conn, alias, {d.key for d in shadow.sample} | queries.judged_keys()
         )
     query_set = queries.sample(
@@ -145,7 +145,7 @@ def evaluate_shadow(
 
     def keys_of(ids: set[int]) -> dict[int, str]:
         with env.engine.connect() as conn:
-            described = catalog.describe_ids(conn, alias, ids)
+            described = docids.describe_ids(conn, alias, ids)
         return {i: doc.key for i, doc in described.items()}
 
     # Nothing is compared for a first index without qrels: no background either.
@@ -209,7 +209,7 @@ def check_contracts(
 ) -> None:
     """The golden queries searched on both sides: their metrics and broken ones in ``report``."""
     with env.engine.connect() as conn:
-        ids_of = catalog.lookup_ids(conn, alias, set().union(*(c.keys for c in contracts)))
+        ids_of = docids.lookup_ids(conn, alias, set().union(*(c.keys for c in contracts)))
     check_known(contracts, ids_of, alias)
     compiled = golden.compile_(contracts, ids_of)
     texts = [c.query for c in contracts]

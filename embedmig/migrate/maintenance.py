@@ -13,7 +13,17 @@ from embedmig.embedders import cache
 from embedmig.environment import Environment, remove_file
 from embedmig.errors import ConfigError, ScriptError, StateError, StoreError
 from embedmig.monitor.status import ReaderSettings
-from embedmig.store import catalog, clock, files, journal, manifest, readers, traffic
+from embedmig.store import (
+    catalog,
+    checkpoints,
+    clock,
+    events,
+    files,
+    journal,
+    manifest,
+    readers,
+    traffic,
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,7 @@ def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
             readers.forget(conn, gone_silent)
             for record in doomed:
                 catalog.update_index(conn, record.id, state=catalog.DROPPED)
-                catalog.clear_checkpoint(conn, record.id)
+                checkpoints.clear_checkpoint(conn, record.id)
                 manifest.drop(conn, record.id)
             gone = {r.id for r in doomed}
             abandoned = {r.revision for r in unswapped}
@@ -74,7 +84,7 @@ def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
                 catalog.update_adapter(conn, adapter.id, state=catalog.DROPPED)
             journal.collect(conn, alias)  # changes only the dropped indexes still needed
             if doomed or maps:
-                catalog.record(
+                events.record(
                     conn,
                     alias=alias,
                     revision=None,
@@ -115,7 +125,7 @@ def stamp(env: Environment, target: str, *, wait: float) -> list[tuple[str, str 
     with env.lock([a for a, _ in changes], "stamp", wait), env.begin() as conn:
         for alias_name, rev_id in changes:
             catalog.set_version(conn, alias_name, rev_id)
-            catalog.record(
+            events.record(
                 conn,
                 alias=alias_name,
                 revision=rev_id,
@@ -158,7 +168,7 @@ def recover(env: Environment, alias: str, *, dry_run: bool, wait: float) -> Reco
     with env.lock([alias], "recover", wait), env.begin() as conn:
         revision, found = _recoverable(conn, env, alias)  # as it is now, under the lock
         catalog.point_alias(conn, alias, found.index.revision, found.index.id)
-        catalog.record(
+        events.record(
             conn,
             alias=alias,
             revision=found.index.revision,
@@ -183,9 +193,9 @@ def _recoverable(conn: Any, env: Environment, alias: str) -> tuple[str | None, R
         raise StateError(f"alias {alias!r} has no indexes; `embedmig upgrade` builds its first")
     served = [
         (records[h.to_index], "the last index it served")
-        for h in catalog.history(conn, alias)
-        if h.action in (*catalog.SWAPS, "downgrade", "recover")
-        and h.status in catalog.SWAPPED
+        for h in events.history(conn, alias)
+        if h.action in (*events.SWAPS, "downgrade", "recover")
+        and h.status in events.SWAPPED
         and h.to_index in records
     ]
     retired = sorted(

@@ -12,7 +12,7 @@ from embedmig.metrics.report import Report
 from embedmig.migrate.context import MigrationContext
 from embedmig.migrate.settings import MigrationSettings
 from embedmig.script import Revision
-from embedmig.store import catalog
+from embedmig.store import catalog, docids
 
 
 def upgrade(
@@ -41,7 +41,7 @@ def upgrade(
         if contracts and live.get(alias, _Serving(None)).index is not None:
             with env.engine.connect() as conn:
                 keys = set().union(*(c.keys for c in contracts))
-                check_known(contracts, catalog.lookup_ids(conn, alias, keys), alias)
+                check_known(contracts, docids.lookup_ids(conn, alias, keys), alias)
     _check_segment_field(env, path, settings.eval.segment_field)
     if not dry_run and path:
         with env.lock({rev.alias for rev in path}, "upgrade", wait):

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from embedmig.config import Config
-from embedmig.store import catalog, clock, readers
+from embedmig.store import catalog, clock, events, readers
 
 LIVE, BEHIND, SKEW, SILENT, STALLED, IDLE, REFUSED = (
     "live",
@@ -78,7 +78,7 @@ def survey(conn: sa.Connection, alias: str, settings: ReaderSettings) -> AliasRe
     database's clock, as heartbeats are written)."""
     at = clock.db_now(conn)
     live = catalog.live_index(conn, alias)
-    since = catalog.went_live(conn, alias, live.id) if live is not None else None
+    since = events.went_live(conn, alias, live.id) if live is not None else None
     states = []
     for reader in readers.of(conn, alias):
         behind = None

@@ -16,7 +16,7 @@ from embedmig.environment import Environment
 from embedmig.metrics import contracts as golden
 from embedmig.serve.searcher import Searcher
 from embedmig.serve.view import IndexView
-from embedmig.store import catalog
+from embedmig.store import catalog, docids, events
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,8 @@ def verify(
     if view is None:
         view = Searcher(env, alias).view  # no search: no heartbeat, no worker to close
     with env.engine.connect() as conn:
-        ids_of = catalog.lookup_ids(conn, alias, set().union(*(c.keys for c in contracts)))
-        swap = catalog.swap_of(conn, alias, view.record.id, catalog.versions(conn).get(alias))
+        ids_of = docids.lookup_ids(conn, alias, set().union(*(c.keys for c in contracts)))
+        swap = events.swap_of(conn, alias, view.record.id, catalog.versions(conn).get(alias))
     check_known(contracts, ids_of, alias)
     compiled = golden.compile_(contracts, ids_of)
     vectors = view.embedder.encode_queries([c.query for c in contracts])

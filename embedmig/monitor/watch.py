@@ -26,7 +26,7 @@ from embedmig.monitor import status
 from embedmig.monitor import verify as verifying
 from embedmig.serve.searcher import Searcher
 from embedmig.serve.view import IndexView
-from embedmig.store import catalog, clock, traffic
+from embedmig.store import catalog, clock, events, traffic
 
 # The figures each point of the trend keeps (the full report of each watch is in history).
 TREND = (
@@ -108,13 +108,13 @@ def watch(env: Environment, alias: str, k: int) -> Report:
         live = catalog.live_index(conn, alias)
         if live is None:
             raise StateError(f"alias {alias!r} has no live index to watch")
-        since = catalog.went_live(conn, alias, live.id)
+        since = events.went_live(conn, alias, live.id)
         revision = catalog.versions(conn).get(alias, live.revision)
-        swap = catalog.swap_of(conn, alias, live.id, revision)
+        swap = events.swap_of(conn, alias, live.id, revision)
         # The watches of what the alias serves now: since its swap, rollback or adapter.
         past = [
             h
-            for h in reversed(catalog.history(conn, alias, revision))
+            for h in reversed(events.history(conn, alias, revision))
             if h.action == "watch"
             and h.to_index == live.id
             and h.metrics
@@ -209,7 +209,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
 
 def _baseline(
     recorded: Mapping[str, Any],
-    past: list[catalog.HistoryRecord],
+    past: list[events.HistoryRecord],
     min_queries: int,
     notes: list[str],
 ) -> dict[str, Any] | None:
@@ -289,7 +289,7 @@ def _trend_point(report: Mapping[str, Any]) -> dict[str, Any]:
 def _record(env: Environment, report: Report, live: catalog.IndexRecord, started: Any) -> None:
     assert report.verdict is not None
     with env.engine.begin() as conn:
-        catalog.record(
+        events.record(
             conn,
             alias=report.alias,
             revision=report.revision,

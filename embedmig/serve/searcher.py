@@ -14,7 +14,7 @@ from embedmig.errors import ConfigError, EmbedmigError, StateError, StoreError
 from embedmig.names import blank
 from embedmig.serve.mirror import Mirror, TrafficStats
 from embedmig.serve.view import IndexView, follow
-from embedmig.store import catalog, journal
+from embedmig.store import catalog, docids, journal
 
 
 @dataclass(frozen=True)
@@ -107,12 +107,12 @@ class Searcher:
             depth = max(1, min(depth, view.overlay.size))
             scores, ids = view.overlay.search(vectors, depth)
         with self.env.engine.connect() as conn:
-            described = catalog.describe_ids(conn, self.alias, ids[0][:k])
+            described = docids.describe_ids(conn, self.alias, ids[0][:k])
         hits = []
         for rank, (doc_id, score) in enumerate(zip(ids[0][:k], scores[0][:k], strict=True), 1):
             if doc_id < 0:
                 break
-            doc = described.get(int(doc_id), catalog.DocInfo(f"#{int(doc_id)}", "", None))
+            doc = described.get(int(doc_id), docids.DocInfo(f"#{int(doc_id)}", "", None))
             hits.append(Hit(rank, doc.key, float(score), doc.snippet, doc.meta))
         self._mirror.served(text, k, target, ids[0], scores[0], encoded)
         return hits

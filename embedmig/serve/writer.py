@@ -19,7 +19,7 @@ from embedmig.embedders import LoadedEmbedder
 from embedmig.environment import Environment
 from embedmig.errors import ConfigError, SourceError, StateError
 from embedmig.names import blank, check_alias, check_key
-from embedmig.store import catalog, journal
+from embedmig.store import catalog, docids, journal
 
 # How often a write is re-embedded because a migration started between embedding and journaling.
 _ATTEMPTS = 5
@@ -97,7 +97,7 @@ class Writer:
             try:
                 with self.env.engine.begin() as conn:
                     # First statement: see lock_alias. Reserves the ids and sequence numbers.
-                    counters = catalog.lock_alias(conn, self.alias, reserve=len(changes))
+                    counters = docids.lock_alias(conn, self.alias, reserve=len(changes))
                     self._targets = journal.targets(conn, self.alias, self.holdover)
                     self._adapter = catalog.live_adapter(conn, self.alias)
                     if texts and (

@@ -17,7 +17,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from embedmig.history import schema as t
-from embedmig.store import catalog, clock, files, manifest
+from embedmig.store import catalog, clock, docids, files, manifest
 from embedmig.store.manifest import content_hash
 
 UPSERT, DELETE = "upsert", "delete"
@@ -103,13 +103,13 @@ def append(
     """Journal ``changes`` in order, with the vector of each upsert for each index in ``vectors``.
 
     The caller holds the alias lock with ``len(changes)`` reserved: ``counters`` is what
-    ``catalog.lock_alias(conn, alias, reserve=len(changes))`` returned.
+    ``docids.lock_alias(conn, alias, reserve=len(changes))`` returned.
     ``vectors[index_id]`` has one row per upsert, in order. Returns the last sequence number.
     The caller commits: once it has, the changes are durable and visible to every reader.
     """
     next_id, last = counters
     # Deleted keys get an id too: a backfill that reaches them later must still drop them.
-    ids, _ = catalog.ids_under_lock(
+    ids, _ = docids.ids_under_lock(
         conn,
         alias,
         next_id,

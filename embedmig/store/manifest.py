@@ -16,7 +16,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from embedmig.history import schema as t
-from embedmig.store import catalog
+from embedmig.store import docids
 
 _CHUNK = 500
 
@@ -48,7 +48,7 @@ def record_corpus(conn: sa.Connection, index_id: int, ids: np.ndarray, shas: Seq
         {"index_id": index_id, "doc_id": i, "corpus_sha": h, "sha": h} for i, h in latest.items()
     ]
     if rows:
-        insert = catalog.dialect_insert(conn)(t.manifest)
+        insert = docids.dialect_insert(conn)(t.manifest)
         conn.execute(
             insert.on_conflict_do_update(
                 index_elements=["index_id", "doc_id"],
@@ -72,7 +72,7 @@ def set_held(
     held.update({int(i): None for i in deleted_ids})
     if not held:
         return
-    insert = catalog.dialect_insert(conn)(t.manifest)
+    insert = docids.dialect_insert(conn)(t.manifest)
     conn.execute(
         insert.on_conflict_do_update(
             index_elements=["index_id", "doc_id"], set_={"sha": insert.excluded.sha}
