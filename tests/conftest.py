@@ -19,6 +19,7 @@ from tests.support import (
     build_static_model,
     copy_project,
     corpus_rows,
+    edit,
     new_project,
 )
 
@@ -89,7 +90,7 @@ def postgres_config(project: Path) -> Iterator[Config]:
         pytest.skip(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not reachable: {exc.orig}")
     url = sa.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     ini = project / "embedmig.ini"
-    ini.write_text(ini.read_text().replace("sqlite:///embedmig.db", url))
+    edit(ini, "sqlite:///embedmig.db", url)
     yield Config(ini)
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -101,7 +102,7 @@ def any_db(request: pytest.FixtureRequest, project: Path) -> Config:
     """The project on SQLite, then on PostgreSQL, checkpointing every 40 documents."""
     request.getfixturevalue("postgres_config" if request.param == "postgres" else "config")
     ini = project / "embedmig.ini"
-    ini.write_text(ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 40"))
+    edit(ini, "checkpoint_every = 1024", "checkpoint_every = 40")
     return Config(ini)
 
 

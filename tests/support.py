@@ -130,6 +130,14 @@ def build_static_model(
     return path
 
 
+def edit(path: Path, old: str, new: str) -> None:
+    """Replace ``old`` with ``new`` in the file at ``path`` (a revision script, a config); fails
+    the spec when ``old`` is not there, rather than running it on an unedited file."""
+    text = path.read_text()
+    assert old in text, f"{old!r} is not in {path}"
+    path.write_text(text.replace(old, new))
+
+
 def with_judged_queries(project: Path, n: int, words: int | None = None) -> Config:
     """Queries made from the first ``n`` documents (their first ``words`` words), each judged
     relevant to its document, configured in the project's embedmig.ini."""
@@ -194,13 +202,13 @@ def index_file(config: Config, record: object) -> Path:
 def indexed(config: Config, alias: str) -> dict[str, np.ndarray]:
     """key -> vector of every document a reader of ``alias`` sees now (file plus journal tail)."""
     from embedmig import open_searcher
-    from embedmig.store import catalog
+    from embedmig.store import docids
 
     searcher = open_searcher(config, alias)
     try:
         ids, vectors = searcher.view.overlay.contents()
         with searcher.env.engine.connect() as conn:
-            keys = catalog.describe_ids(conn, alias, ids)
+            keys = docids.describe_ids(conn, alias, ids)
     finally:
         searcher.close()
     return {keys[int(i)].key: vector for i, vector in zip(ids, vectors, strict=True)}
@@ -235,7 +243,7 @@ def assert_serves(config: Config, model: Path, expected: dict[str, str]) -> None
     """Alias `docs` serves exactly ``expected``'s keys, each as a fresh encoding of its text and
     with its text's start as the snippet searchers show."""
     from embedmig.environment import Environment
-    from embedmig.store import catalog
+    from embedmig.store import docids
 
     seen = indexed(config, "docs")
     assert sorted(seen) == sorted(expected)
@@ -244,11 +252,11 @@ def assert_serves(config: Config, model: Path, expected: dict[str, str]) -> None
     np.testing.assert_allclose(np.stack([seen[k] for k in keys]), fresh, atol=1e-5)
     env = Environment(config)
     with env.engine.connect() as conn:
-        ids = catalog.lookup_ids(conn, "docs", keys)
-        described = catalog.describe_ids(conn, "docs", ids.values())
+        ids = docids.lookup_ids(conn, "docs", keys)
+        described = docids.describe_ids(conn, "docs", ids.values())
     env.dispose()
     snippets = {doc.key: doc.snippet for doc in described.values()}
-    wrong = [k for k in keys if snippets[k] != expected[k][: catalog.SNIPPET_CHARS]]
+    wrong = [k for k in keys if snippets[k] != expected[k][: docids.SNIPPET_CHARS]]
     assert not wrong, f"{len(wrong)} snippets differ, e.g. {wrong[:3]}"
 
 

@@ -23,9 +23,10 @@ from embedmig import (
     open_writer,
 )
 from embedmig.environment import Environment
-from embedmig.store import catalog, files
+from embedmig.store import catalog, docids, files
 from tests.support import (
     corpus_rows,
+    edit,
     embedmig,
     index_file,
     random_model,
@@ -47,7 +48,7 @@ def adapter_revision(
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     rev = command.revision(config, "adapt", alias="docs", new=new, rev_id="r2", adapter=kind)
     path = Path(rev.path)
-    path.write_text(path.read_text().replace("gates = Gates()", f"gates = Gates({gates})"))
+    edit(path, "gates = Gates()", f"gates = Gates({gates})")
     command.upgrade(config, "r1")
     return path
 
@@ -63,8 +64,8 @@ def bridge_up(config: Config) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     rev = command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
     path = Path(rev.path)
-    text = path.read_text().replace("ctx.backfill()", 'ctx.backfill(bridge="procrustes")')
-    path.write_text(text.replace("min_overlap_at_10=0.5", "min_overlap_at_10=1.1"))
+    edit(path, "ctx.backfill()", 'ctx.backfill(bridge="procrustes")')
+    edit(path, "min_overlap_at_10=0.5", "min_overlap_at_10=1.1")
     command.upgrade(config, "r1")
     with pytest.raises(GateFailed):
         command.upgrade(config, "head")
@@ -90,7 +91,7 @@ def test_an_adapter_revision_serves_the_live_index_to_the_new_model(
     index = files.load(index_file(config, after.live), after.live.sha256)
     _, ids = index.search(adapted.encode_queries([QUERY]), 10)
     with env.engine.connect() as conn:
-        keys = catalog.describe_ids(conn, "docs", ids[0])
+        keys = docids.describe_ids(conn, "docs", ids[0])
     env.dispose()
     hits = searcher.search(QUERY)
     searcher.close()
@@ -272,8 +273,8 @@ def test_a_canary_after_an_adapter_revision_compares_the_adapted_search_with_the
     config = Config(ini)
     rev = command.revision(config, "re-embed", alias="docs", new="models/near", rev_id="r3")
     path = Path(rev.path)
-    text = path.read_text().replace("    ctx.swap()", "    ctx.canary()\n    ctx.swap()", 1)
-    path.write_text(text.replace("min_overlap_at_10=0.5", "min_overlap_at_10=0.0"))
+    edit(path, "    ctx.swap()", "    ctx.canary()\n    ctx.swap()")
+    edit(path, "min_overlap_at_10=0.5", "min_overlap_at_10=0.0")
     with pytest.raises(CanaryOpen):
         command.upgrade(config, "head")
     texts = [" ".join(row["text"].split()[:6]) for row in corpus_rows(20)]
@@ -312,7 +313,7 @@ def test_a_bad_adapt_call_is_one_line_and_changes_nothing(
     config: Config, call: str, message: str
 ) -> None:
     path = adapter_revision(config, gates="min_adapter_overlap_at_10=0.0")
-    path.write_text(path.read_text().replace("ctx.adapt('procrustes')", call))
+    edit(path, "ctx.adapt('procrustes')", call)
     before = snapshot(config)
     ran = embedmig(config.root, "upgrade")
     assert ran.returncode == 1 and message in ran.stderr and "Traceback" not in ran.stderr

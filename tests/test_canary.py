@@ -21,7 +21,7 @@ from embedmig.history import schema
 from embedmig.metrics import report as rpt
 from embedmig.store import catalog, files, traffic
 from embedmig.store.overlay import Overlay
-from tests.support import corpus_rows, embedmig, snapshot
+from tests.support import corpus_rows, edit, embedmig, snapshot
 
 SEARCHER = Path(__file__).with_name("live_searcher.py")
 
@@ -37,12 +37,8 @@ def canary_revisions(config: Config, gates: str = "Gates()", min_queries: int = 
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     rev = command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
     path = Path(str(rev.path))
-    text = path.read_text().replace("    ctx.swap()", "    ctx.canary()\n    ctx.swap()", 1)
-    text = text.replace(
-        "gates = Gates(min_overlap_at_10=0.5, max_score_shift=0.2)", f"gates = {gates}"
-    )
-    path.write_text(text)
-    assert "ctx.canary()" in path.read_text() and f"gates = {gates}" in path.read_text()
+    edit(path, "    ctx.swap()", "    ctx.canary()\n    ctx.swap()")
+    edit(path, "gates = Gates(min_overlap_at_10=0.5, max_score_shift=0.2)", f"gates = {gates}")
     done = embedmig(config.root, "upgrade", "r1")
     assert done.returncode == 0, done.stderr
     return Config(ini)
@@ -288,7 +284,7 @@ def test_a_dry_run_opens_no_canary_and_says_the_swap_would_wait(config: Config) 
 def test_canary_gates_without_a_canary_step_are_an_error(config: Config) -> None:
     canary_revisions(config, gates="Gates(min_canary_queries=10)")
     path = next((config.script_location / "versions").glob("r2_*.py"))
-    path.write_text(path.read_text().replace("    ctx.canary()\n", ""))
+    edit(path, "    ctx.canary()\n", "")
     failed = embedmig(config.root, "upgrade", "head")
     assert failed.returncode == 1
     assert "calls ctx.swap() without ctx.canary() first" in failed.stderr
@@ -327,9 +323,7 @@ def test_bad_canary_input_is_one_line_and_changes_nothing(
 def test_a_canary_step_before_evaluate_is_refused(config: Config) -> None:
     canary_revisions(config)
     path = next((config.script_location / "versions").glob("r2_*.py"))
-    path.write_text(
-        path.read_text().replace("    ctx.backfill()", "    ctx.canary()\n    ctx.backfill()")
-    )
+    edit(path, "    ctx.backfill()", "    ctx.canary()\n    ctx.backfill()")
     before = snapshot(config)
     with pytest.raises(StateError, match=r"ctx.canary\(\) needs ctx.evaluate\(\) first"):
         command.upgrade(config, "head")
@@ -351,7 +345,7 @@ def test_canary_open_carries_what_a_pipeline_needs(config: Config) -> None:
 def test_a_canary_on_an_alias_first_index_is_refused(config: Config) -> None:
     rev = command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     path = Path(str(rev.path))
-    path.write_text(path.read_text().replace("    ctx.swap()", "    ctx.canary()\n    ctx.swap()"))
+    edit(path, "    ctx.swap()", "    ctx.canary()\n    ctx.swap()")
     with pytest.raises(StateError, match="has none yet"):
         command.upgrade(config, "r1")
     assert command.current(config) == [] or command.current(config)[0].live is None

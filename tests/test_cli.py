@@ -10,7 +10,7 @@ import pytest
 
 from embedmig import Config
 from embedmig.cli import main
-from tests.support import embedmig, embedmig_process, snapshot
+from tests.support import edit, embedmig, embedmig_process, snapshot
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -91,9 +91,7 @@ def test_failed_gate_exits_3(project: Path, capsys: pytest.CaptureFixture[str]) 
     revise(capsys, "second", "models/far", "r2")
     run(capsys, "upgrade", "r1")
     path = next((project / "migrations" / "versions").glob("r2_*.py"))
-    path.write_text(
-        path.read_text().replace("Gates(min_overlap_at_10=0.5", "Gates(min_overlap_at_10=0.95")
-    )
+    edit(path, "Gates(min_overlap_at_10=0.5", "Gates(min_overlap_at_10=0.95")
     code, out, err = run(capsys, "upgrade")
     assert code == 3 and out.startswith("FAIL") and "gate failed" in err
 
@@ -110,9 +108,7 @@ def test_unreachable_database_is_a_clear_error(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ini = project / "embedmig.ini"
-    ini.write_text(
-        ini.read_text().replace("sqlite:///embedmig.db", "sqlite:////nonexistent/dir/x.db")
-    )
+    edit(ini, "sqlite:///embedmig.db", "sqlite:////nonexistent/dir/x.db")
     code, _, err = run(capsys, "upgrade")
     assert code == 1 and "cannot open history database" in err
 

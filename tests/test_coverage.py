@@ -17,7 +17,7 @@ from embedmig import Config, command, open_writer
 from embedmig.history import schema
 from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
-from tests.support import CLI, assert_serves, corpus_rows, embedmig, indexed
+from tests.support import CLI, assert_serves, corpus_rows, edit, embedmig, indexed
 
 NEW = "Zebrafish fin regeneration depends on osteoblast dedifferentiation, report"
 
@@ -44,13 +44,7 @@ def revisions(config: Config, second: str = "models/a", gates: str = "Gates()") 
         config, "second", alias="docs", new=second, rev_id="r2", index_factory="HNSW32"
     )
     path = Path(str(rev.path))
-    text = path.read_text()
-    path.write_text(
-        text.replace(
-            "gates = Gates(min_overlap_at_10=0.5, max_score_shift=0.2)", f"gates = {gates}"
-        )
-    )
-    assert f"gates = {gates}" in path.read_text()
+    edit(path, "gates = Gates(min_overlap_at_10=0.5, max_score_shift=0.2)", f"gates = {gates}")
     first = embedmig(config.root, "upgrade", "r1")
     assert first.returncode == 0, first.stderr
 

@@ -14,9 +14,9 @@ import pytest
 
 from embedmig import Config, EmbedderError, StoreError, command
 from embedmig.environment import Environment
-from embedmig.store import catalog, files
+from embedmig.store import catalog, checkpoints, docids, events, files
 from tests.crash_runner import ADAPTER_POINTS, POINTS, ROLLBACK_POINTS
-from tests.support import CrashRunner, corpus_rows, count_encodes, index_file, snapshot
+from tests.support import CrashRunner, corpus_rows, count_encodes, edit, index_file, snapshot
 
 
 def kill_upgrade_at(runner: CrashRunner, project: Path, point: str, *command_line: str) -> None:
@@ -27,7 +27,7 @@ def kill_upgrade_at(runner: CrashRunner, project: Path, point: str, *command_lin
 
 def prepared(project: Path) -> Config:
     ini = project / "embedmig.ini"
-    ini.write_text(ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 50"))
+    edit(ini, "checkpoint_every = 1024", "checkpoint_every = 50")
     config = Config(ini)
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
@@ -46,8 +46,8 @@ def assert_correct_final_state(config: Config, models: dict[str, Path]) -> None:
     env = Environment(config)
     with env.engine.connect() as conn:
         live = [i for i in catalog.indexes(conn, "docs") if i.state == "live"]
-        upgrades = [e for e in catalog.history(conn, "docs", "r2") if e.action == "upgrade"]
-        ids = catalog.lookup_ids(conn, "docs", ["33370", "8764879"])
+        upgrades = [e for e in events.history(conn, "docs", "r2") if e.action == "upgrade"]
+        ids = docids.lookup_ids(conn, "docs", ["33370", "8764879"])
     env.dispose()
     assert len(live) == 1 and [e.status for e in upgrades] == ["ok"]
     texts = {row["id"]: row["text"] for row in corpus_rows(300)}
@@ -89,7 +89,7 @@ def test_an_adapter_upgrade_killed_anywhere_ends_on_one_verified_map_after_a_rer
         config, "adapt", alias="docs", new="models/near", rev_id="r2", adapter="procrustes"
     )
     path = Path(rev.path)
-    path.write_text(path.read_text().replace("Gates()", "Gates(min_adapter_overlap_at_10=0.0)"))
+    edit(path, "Gates()", "Gates(min_adapter_overlap_at_10=0.0)")
     command.upgrade(config, "r1")
     kill_upgrade_at(crash_runner, project, point)
     (state,) = command.current(config)
@@ -100,10 +100,10 @@ def test_an_adapter_upgrade_killed_anywhere_ends_on_one_verified_map_after_a_rer
     env = Environment(config)
     with env.engine.connect() as conn:
         maps = catalog.adapters(conn, "docs")
-        events = [e for e in catalog.history(conn, "docs", "r2") if e.action == "adapter"]
+        adapted = [e for e in events.history(conn, "docs", "r2") if e.action == "adapter"]
     stored = env.file_of(state.adapter)
     env.dispose()
-    assert [m.state for m in maps] == ["live"] and [e.status for e in events] == ["ok"]
+    assert [m.state for m in maps] == ["live"] and [e.status for e in adapted] == ["ok"]
     assert files.read_bytes(stored, state.adapter.sha256, "map")  # the file its row names
     assert [p.name for p in stored.parent.iterdir() if ".tmp-" in p.name] == []
 
@@ -117,7 +117,7 @@ def test_a_rerun_after_a_kill_embeds_only_what_was_not_checkpointed(
     env = Environment(config)
     with env.engine.connect() as conn:
         (building,) = [i for i in catalog.indexes(conn, "docs") if i.state == "building"]
-        rows = catalog.checkpoint(conn, building.id).rows
+        rows = checkpoints.checkpoint(conn, building.id).rows
     env.dispose()
     assert rows == 100  # two batches of 50 committed; the third died before its commit
     encoded = count_encodes(monkeypatch)

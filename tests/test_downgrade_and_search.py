@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from embedmig import Config, ScriptError, StateError, StoreError, command, open_searcher
-from tests.support import index_file, snapshot
+from tests.support import edit, index_file, snapshot
 
 QUERY = "glioblastoma stem cells tumor growth"
 
@@ -203,7 +203,7 @@ def test_prune_drops_shadows_that_were_never_swapped(config: Config) -> None:
     command.revision(config, "1", alias="docs", new="models/a", rev_id="r1")
     command.revision(config, "2", alias="docs", new="models/far", rev_id="r2")
     path = next((config.script_location / "versions").glob("r2_*.py"))
-    path.write_text(path.read_text().replace("min_overlap_at_10=0.5", "min_overlap_at_10=0.99"))
+    edit(path, "min_overlap_at_10=0.5", "min_overlap_at_10=0.99")
     command.upgrade(config, "r1")
     with pytest.raises(Exception, match="gate failed"):
         command.upgrade(config, "head")

@@ -27,7 +27,7 @@ from embedmig import Config, Embedder, EmbedderError, command, open_searcher
 from embedmig.config import EmbedderSettings, EnvSettings
 from embedmig.embedders import load, probes
 from embedmig.environment import Environment
-from embedmig.store import catalog
+from embedmig.store import catalog, checkpoints
 from tests.embedding_server import EmbeddingServer, Fault, token_ids
 from tests.support import (
     CrashRunner,
@@ -345,7 +345,7 @@ def test_a_malformed_answer_stops_the_backfill_in_one_line_keeping_its_checkpoin
     (building,) = records(config)
     env = Environment(config)
     with env.engine.connect() as conn:
-        assert catalog.checkpoint(conn, building.id).docs_consumed == 100
+        assert checkpoints.checkpoint(conn, building.id).docs_consumed == 100
     env.dispose()
 
 

@@ -20,7 +20,9 @@ from tests.support import (
     DEMO_DATA,
     FEW_RESAMPLES,
     build_static_model,
+    edit,
     encode,
+    snapshot,
     with_judged_queries,
 )
 
@@ -39,7 +41,7 @@ def project(project: Path) -> Path:
     """The shared project with the default bootstrap (100 replicates): these specs judge how well
     a forecast's intervals cover what the upgrade then measures."""
     ini = project / "embedmig.ini"
-    ini.write_text(ini.read_text().replace(FEW_RESAMPLES, ""))
+    edit(ini, FEW_RESAMPLES, "")
     return project
 
 
@@ -381,3 +383,35 @@ def test_judged_figures_are_drawn_too_so_each_draw_is_a_ranking_the_upgrade_coul
     # The draws' mean is the expectation, up to the draws' own noise.
     assert abs(mrr.mean() - estimate.per_query["mrr_at_10"].mean()) < 0.03
     assert abs(estimate.drawn["ndcg_at_10"].mean() - estimate.per_query["ndcg_at_10"].mean()) < 0.03
+
+
+def test_what_a_sample_cannot_see_is_reported_as_not_forecast_and_cannot_be_gated(
+    project: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from embedmig.cli import main
+    from embedmig.migrate.forecast import NOT_FORECAST
+
+    config = with_judged_queries(project, 40, words=12)
+    command.revision(config, "first", alias="docs", new=str(models["a"]), rev_id="r1")
+    rev = command.revision(config, "second", alias="docs", new=str(models["near"]), rev_id="r2")
+    command.upgrade(config, "r1")
+    (report,) = command.upgrade(config, "head", dry_run=True, sample=100)
+    for name in NOT_FORECAST:
+        assert name in report.metrics, name  # the figure is there, as a dry run cannot see it
+        assert report.metrics[name] is None and report.metrics[f"{name}_ci_low"] is None
+    assert any(note.startswith("not forecast") for note in report.notes)
+    assert "not forecast" in render_text(report, styled=False)
+    assert "1" not in report.distributions["overlap"]  # no histogram of overlap@1 either
+    # A gate on one of them: one line before anything is embedded, nothing recorded.
+    edit(Path(str(rev.path)), "Gates(", "Gates(max_overlap_at_1_below_half=0.5, ")
+    before = snapshot(config)
+    capsys.readouterr()
+    assert main(["upgrade", "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("embedmig: error: revision r2: a dry run does not forecast what ")
+    assert "max_overlap_at_1_below_half" in err and len(err.strip().splitlines()) == 1
+    assert snapshot(config) == before
+    # The upgrade measures it and judges the gate.
+    (upgraded,) = command.upgrade(config, "head", force=True)
+    assert upgraded.metrics["overlap_at_1_below_half"] is not None
+    assert any(c.metric == "overlap_at_1_below_half" for c in upgraded.verdict.checks)  # type: ignore[union-attr]

@@ -16,7 +16,7 @@ import pytest
 from embedmig import Config, command, open_searcher
 from embedmig.environment import Environment
 from embedmig.store import journal
-from tests.support import assert_serves, corpus_rows, embedmig_process
+from tests.support import assert_serves, corpus_rows, edit, embedmig_process
 
 pytestmark = pytest.mark.process
 
@@ -36,15 +36,14 @@ def with_source_table(project: Path, config: Config) -> Config:
     source.commit()
     source.close()
     env_py = config.script_location / "env.py"
-    env_py.write_text(
-        env_py.read_text().replace(
-            "return sources.corpus_from_config(config)",
-            f'return sources.SqlSource("sqlite:///{project}/source.db", '
-            '"SELECT id, text FROM docs ORDER BY id")',
-        )
+    edit(
+        env_py,
+        "return sources.corpus_from_config(config)",
+        f'return sources.SqlSource("sqlite:///{project}/source.db", '
+        '"SELECT id, text FROM docs ORDER BY id")',
     )
     ini = project / "embedmig.ini"
-    ini.write_text(ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 25"))
+    edit(ini, "checkpoint_every = 1024", "checkpoint_every = 25")
     return Config(ini)
 
 

@@ -19,7 +19,7 @@ from embedmig import Config, GateFailed, Locked, StateError, command
 from embedmig.environment import Environment
 from embedmig.history import schema
 from embedmig.store import catalog
-from tests.support import embedmig, snapshot
+from tests.support import edit, embedmig, snapshot
 
 
 def plant_lock(
@@ -127,7 +127,7 @@ def test_the_lock_is_released_after_a_failure(config: Config) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     command.revision(config, "second", alias="docs", new="models/far", rev_id="r2")
     path = next((config.script_location / "versions").glob("r2_*.py"))
-    path.write_text(path.read_text().replace("min_overlap_at_10=0.5", "min_overlap_at_10=0.99"))
+    edit(path, "min_overlap_at_10=0.5", "min_overlap_at_10=0.99")
     with pytest.raises(GateFailed):
         command.upgrade(config, "head")
     assert locks_held(config) == []
@@ -271,10 +271,7 @@ def test_a_paused_holder_whose_lock_was_taken_over_stops_before_its_next_change(
 ) -> None:
     (project / "migrations" / "env.py").write_text(SLOW_ENV)
     ini = project / "embedmig.ini"
-    ini.write_text(
-        ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 16")
-        + "lock.lease_seconds = 1\n"
-    )
+    edit(ini, "checkpoint_every = 1024", "checkpoint_every = 16\nlock.lease_seconds = 1")
     two_revisions(config)
     paused = start_far(project, FAR_HOST_UPGRADE)
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from embedmig import Config, GateFailed, Locked, command, open_searcher
-from tests.support import CrashRunner, snapshot
+from tests.support import CrashRunner, edit, snapshot
 
 QUERY = "glioblastoma stem cells tumor growth"
 
@@ -46,7 +46,7 @@ def test_failing_gate_leaves_alias_unchanged_on_postgres(postgres_config: Config
     revisions(config, second="models/far")
     command.upgrade(config, "r1")
     path = next((config.script_location / "versions").glob("r2_*.py"))
-    path.write_text(path.read_text().replace("min_overlap_at_10=0.5", "min_overlap_at_10=0.99"))
+    edit(path, "min_overlap_at_10=0.5", "min_overlap_at_10=0.99")
     with pytest.raises(GateFailed):
         command.upgrade(config, "head")
     assert command.current(config)[0].revision == "r1"

@@ -11,7 +11,7 @@ import pytest
 
 from embedmig import Config, IterableSource, JsonlSource, SourceError, SqlSource, command
 from embedmig.migrate.progress import Meter
-from tests.support import FLAKY_ENV, embedmig
+from tests.support import FLAKY_ENV, edit, embedmig
 
 
 def test_a_meter_counts_toward_its_total_with_rate_and_eta() -> None:
@@ -57,7 +57,7 @@ def test_a_resumed_backfill_shows_its_bar_from_the_checkpoint(
     config: Config, project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ini = project / "embedmig.ini"
-    ini.write_text(ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 40"))
+    edit(ini, "checkpoint_every = 1024", "checkpoint_every = 40")
     config = Config(ini)
     env_py = config.script_location / "env.py"
     default = env_py.read_text()

@@ -26,6 +26,7 @@ from tests.support import (
     copy_project,
     corpus_rows,
     count_encodes,
+    edit,
     embedmig,
     indexed,
     new_project,
@@ -51,8 +52,8 @@ def one_ray() -> Iterator[None]:
 
 def on_ray(config: Config, alias: str = "docs", rev: str = "r1") -> Config:
     ini = config.root / "embedmig.ini"
-    text = ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 40")
-    ini.write_text(text + RAY_OPTIONS)
+    edit(ini, "checkpoint_every = 1024", "checkpoint_every = 40")
+    ini.write_text(ini.read_text() + RAY_OPTIONS)
     command.revision(config, "first", alias=alias, new="models/a", rev_id=rev)
     return Config(ini)
 
@@ -108,7 +109,7 @@ def killed_on_ray(
     project = new_project(tmp_path_factory.mktemp("killed-on-ray"), models)
     config = on_ray(Config(project / "embedmig.ini"))
     ini = project / "embedmig.ini"
-    ini.write_text(ini.read_text().replace("ray.window = 100", "ray.window = 60"))
+    edit(ini, "ray.window = 100", "ray.window = 60")
     driver = subprocess.Popen(
         [*CLI, "upgrade", "r1", "--executor", "ray"],
         cwd=project,
@@ -153,7 +154,7 @@ def test_a_killed_driver_resumes_without_re_embedding_checkpointed_documents(
     kept = killed_on_ray[1]
     ini = project / "embedmig.ini"
     # The rerun in one window: a window is an actor pool's start.
-    ini.write_text(ini.read_text().replace("ray.window = 60", "ray.window = 300"))
+    edit(ini, "ray.window = 60", "ray.window = 300")
     config = Config(ini)
     if rerun == "ray":
         sent = windows_sent(monkeypatch)
@@ -210,7 +211,7 @@ def test_executor_ray_without_ray_or_with_a_bad_option_is_one_line(config: Confi
         assert failed.returncode == 1
         assert failed.stderr.strip().splitlines()[-1].endswith(message)
     ini = config.root / "embedmig.ini"
-    ini.write_text(ini.read_text().replace("ray.num_actors = 2", "ray.num_actors = 0"))
+    edit(ini, "ray.num_actors = 2", "ray.num_actors = 0")
     failed = embedmig(config.root, "upgrade", "r1", "--executor", "ray")
     assert failed.returncode == 1 and "option 'ray.num_actors' must be at least 1" in failed.stderr
     assert snapshot(config) == before
@@ -248,7 +249,7 @@ def test_a_ray_backfill_through_an_endpoint_equals_the_in_process_one(
     try:
         config = on_ray(config)
         ini = config.root / "embedmig.ini"  # one Ray Data dataset per upgrade: one pool start
-        ini.write_text(ini.read_text().replace("ray.window = 100", "ray.window = 300"))
+        edit(ini, "ray.window = 100", "ray.window = 300")
         config = Config(ini)
         api = Embedder("tiny", backend="openai", base_url=server.url)
         command.revision(config, "api", alias="api", new=api, rev_id="h1")

@@ -20,7 +20,7 @@ from embedmig import Config, ConfigError, ReadersBehind, command, open_searcher
 from embedmig.environment import Environment
 from embedmig.history import schema
 from embedmig.store import clock, readers
-from tests.support import embedmig, snapshot
+from tests.support import edit, embedmig, snapshot
 
 READER = Path(__file__).with_name("live_reader.py")
 FAST = "readers.heartbeat_seconds = 0.1\nreaders.skew_seconds = 0.5\nreaders.silent_seconds = 30\n"
@@ -109,7 +109,7 @@ def test_a_frozen_reader_is_stalled_not_gone_it_keeps_its_index_and_fails_wait_r
 ) -> None:
     config, reader = reader_process
     ini = config.root / "embedmig.ini"
-    ini.write_text(ini.read_text().replace("silent_seconds = 30", "silent_seconds = 1"))
+    edit(ini, "silent_seconds = 30", "silent_seconds = 1")
     config = Config(ini)
     assert reader.say("search") == "served #1"
     settle(config, ["live"])

@@ -15,7 +15,7 @@ import pytest
 from demo.models import ModelUnavailable, distilled, minilm
 from embedmig import Config, command
 from embedmig.metrics.report import Report
-from tests.support import copy_project, corpus_rows, new_project, with_judged_queries
+from tests.support import copy_project, corpus_rows, edit, new_project, with_judged_queries
 
 pytestmark = pytest.mark.minilm
 
@@ -33,7 +33,7 @@ def real_project_at(project: Path, real_models: dict[str, Path]) -> Config:
     for name, path in real_models.items():
         (project / "models" / name).symlink_to(path)
     ini = project / "embedmig.ini"
-    ini.write_text(ini.read_text().replace("eval.sample = 500", "eval.sample = 100"))
+    edit(ini, "eval.sample = 500", "eval.sample = 100")
     return Config(ini)
 
 
@@ -182,7 +182,7 @@ def test_a_map_into_the_old_index_is_measured_against_the_real_re_embed(
     # The map is fitted on half the corpus, so the forecast is one, not a reading of it all.
     ini.write_text(ini.read_text() + "\nadapter.pairs = 150\n")
     (revision,) = (project / "migrations" / "versions").glob("[ms]2_*.py")
-    revision.write_text(revision.read_text().replace("ctx.backfill()", "ctx.adapt('procrustes')"))
+    edit(revision, "ctx.backfill()", "ctx.adapt('procrustes')")
     (adapted,) = command.upgrade(config, "head", force=True)
     (reembedded,) = command.upgrade(Config(other / "embedmig.ini"), "head", force=True)
     real = reembedded.metrics["recall_at_10_new"]

@@ -15,7 +15,7 @@ from embedmig.cli import main
 from embedmig.metrics.report import Report
 from embedmig.render.html import render_html
 from embedmig.render.text import render_text
-from tests.support import with_judged_queries
+from tests.support import edit, with_judged_queries
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -27,7 +27,7 @@ def migrated(config: Config, project: Path) -> Report:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
     path = next((project / "migrations" / "versions").glob("r2_*.py"))
-    path.write_text(path.read_text().replace("gates = Gates(", "gates = Gates(thresholds=[0.62], "))
+    edit(path, "gates = Gates(", "gates = Gates(thresholds=[0.62], ")
     return command.upgrade(config, "head")[-1]
 
 

@@ -9,14 +9,14 @@ import pytest
 
 from embedmig import Config, SourceError, command
 from embedmig.store import files
-from tests.support import FLAKY_ENV, count_encodes, index_file
+from tests.support import FLAKY_ENV, count_encodes, edit, index_file
 
 
 def test_killed_backfill_resumes_without_embedding_a_batch_twice(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ini = project / "embedmig.ini"
-    ini.write_text(ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 40"))
+    edit(ini, "checkpoint_every = 1024", "checkpoint_every = 40")
     (project / "migrations" / "env.py").write_text(FLAKY_ENV)
     config = Config(ini)
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")

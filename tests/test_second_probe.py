@@ -23,7 +23,7 @@ from embedmig import (
 from embedmig.cli import main
 from embedmig.embedders import Embedder
 from embedmig.sources import JsonlSource
-from tests.support import FLAKY_ENV, corpus_rows, count_encodes, indexed, snapshot
+from tests.support import FLAKY_ENV, corpus_rows, count_encodes, edit, indexed, snapshot
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -47,7 +47,7 @@ def one_line_error(
 
 def killed_after_three_checkpoints(project: Path) -> Config:
     ini = project / "embedmig.ini"
-    ini.write_text(ini.read_text().replace("checkpoint_every = 1024", "checkpoint_every = 40"))
+    edit(ini, "checkpoint_every = 1024", "checkpoint_every = 40")
     (project / "migrations" / "env.py").write_text(FLAKY_ENV)
     config = Config(ini)
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
@@ -274,7 +274,7 @@ def test_bad_evaluation_options_fail_before_anything_is_embedded(
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     encoded = count_encodes(monkeypatch)
     ini = config.root / "embedmig.ini"
-    ini.write_text(ini.read_text().replace("eval.k = 10", "eval.k = 0"))
+    edit(ini, "eval.k = 10", "eval.k = 0")
     one_line_error(capsys, config, "upgrade", match="option 'eval.k' must be at least 1, got 0")
     assert encoded == []
 
@@ -309,9 +309,7 @@ def test_a_revision_with_a_badly_typed_embedder_is_refused_before_the_backfill(
 ) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     rev = next((config.script_location / "versions").glob("r1_*.py"))
-    rev.write_text(
-        rev.read_text().replace("Embedder('models/a')", "Embedder('models/a', query_prompt=123)")
-    )
+    edit(rev, "Embedder('models/a')", "Embedder('models/a', query_prompt=123)")
     one_line_error(capsys, config, "upgrade", match="query_prompt must be a string or None")
 
 

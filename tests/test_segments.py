@@ -11,7 +11,7 @@ import pytest
 
 from embedmig import Config, ConfigError, GateFailed, command, open_searcher, render
 from embedmig.metrics.segments import SegmentSettings, benjamini_hochberg, segments
-from tests.support import corpus_rows, embedmig, encode, snapshot
+from tests.support import corpus_rows, edit, embedmig, encode, snapshot
 
 SETTINGS = SegmentSettings("topic", min_queries=20, drop=0.1)
 
@@ -68,19 +68,13 @@ def collapsing_queries(models: dict[str, Path], project: Path) -> None:
 
 def segmented(config: Config, by: str, gates: str = "Gates(max_segment_recall_drop=0.5)") -> Config:
     ini = config.root / "embedmig.ini"
-    text = ini.read_text().replace("# queries = queries.jsonl", "queries = queries.jsonl")
-    ini.write_text(
-        text.replace("# qrels = qrels.tsv", "qrels = qrels.tsv") + f"eval.segment_by = {by}\n"
-    )
+    edit(ini, "# queries = queries.jsonl", "queries = queries.jsonl")
+    edit(ini, "# qrels = qrels.tsv", f"qrels = qrels.tsv\neval.segment_by = {by}")
     config = Config(ini)
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     rev = command.revision(config, "second", alias="docs", new="models/far", rev_id="r2")
     path = Path(str(rev.path))
-    path.write_text(
-        path.read_text().replace(
-            "gates = Gates(min_overlap_at_10=0.5, max_score_shift=0.2)", f"gates = {gates}"
-        )
-    )
+    edit(path, "gates = Gates(min_overlap_at_10=0.5, max_score_shift=0.2)", f"gates = {gates}")
     return config
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from embedmig import Config, GateFailed, ScriptError, StateError, command
 from embedmig.store import files
-from tests.support import embedmig, index_file, snapshot
+from tests.support import edit, embedmig, index_file, snapshot
 
 
 def set_gates(config: Config, rev_id: str, gates: str) -> None:
@@ -75,12 +75,12 @@ def test_failing_gate_leaves_alias_unchanged_and_keeps_the_shadow(config: Config
     after = live(config)
     assert after.revision == "r1" and after.live == before
     from embedmig.environment import Environment
-    from embedmig.store import catalog
+    from embedmig.store import catalog, events
 
     env = Environment(config)
     with env.engine.connect() as conn:
         shadows = [i for i in catalog.indexes(conn, "docs") if i.revision == "r2"]
-        (event, *_) = catalog.history(conn, "docs")
+        (event, *_) = events.history(conn, "docs")
     assert [s.state for s in shadows] == ["ready"]
     assert index_file(config, shadows[0]).is_file()
     assert (event.action, event.status, event.verdict) == ("upgrade", "gate-failed", "fail")
@@ -155,7 +155,7 @@ def test_upgrade_that_never_swaps_is_an_error(config: Config) -> None:
     two_revisions(config)
     command.upgrade(config, "r1")
     path = next((config.script_location / "versions").glob("r2_*.py"))
-    path.write_text(path.read_text().replace("    ctx.swap()", "    pass"))
+    edit(path, "    ctx.swap()", "    pass")
     with pytest.raises(ScriptError, match=r"without calling ctx\.swap"):
         command.upgrade(config, "head")
     assert live(config).revision == "r1"
@@ -200,7 +200,7 @@ def test_vectors_in_the_index_equal_a_fresh_encoding(
     from sentence_transformers import SentenceTransformer
 
     from embedmig.environment import Environment
-    from embedmig.store import catalog
+    from embedmig.store import docids
 
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     command.upgrade(config, "head")
@@ -209,7 +209,7 @@ def test_vectors_in_the_index_equal_a_fresh_encoding(
     index = files.load(index_file(config, record), record.sha256)
     env = Environment(config)
     with env.engine.connect() as conn:
-        ids = catalog.lookup_ids(conn, "docs", ["33370", "8764879"])
+        ids = docids.lookup_ids(conn, "docs", ["33370", "8764879"])
     from tests.support import corpus_rows
 
     texts = {row["id"]: row["text"] for row in corpus_rows(300)}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from embedmig import Config, StateError, command, open_searcher, open_writer, render
-from tests.support import corpus_rows, embedmig, snapshot
+from tests.support import corpus_rows, edit, embedmig, snapshot
 
 WATCH_GATES = "Gates(max_watch_top1_ks=0.3, max_watch_topk_ks=0.3, thresholds=[0.5])"
 LOGGING = "searcher.log_queries = 1\nwatch.min_queries = 20\n"
@@ -36,13 +36,9 @@ def watched(config: Config, *, log_before_swap: bool = True) -> Config:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     rev = command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
     path = Path(str(rev.path))
-    text = path.read_text()
-    path.write_text(
-        text.replace(
-            "gates = Gates(min_overlap_at_10=0.5, max_score_shift=0.2)", f"gates = {WATCH_GATES}"
-        )
+    edit(
+        path, "gates = Gates(min_overlap_at_10=0.5, max_score_shift=0.2)", f"gates = {WATCH_GATES}"
     )
-    assert WATCH_GATES in path.read_text()
     command.upgrade(config, "r1")
     if log_before_swap:
         serve(config, queries())

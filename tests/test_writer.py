@@ -20,7 +20,7 @@ from embedmig import (
 from embedmig.environment import Environment
 from embedmig.history import schema
 from embedmig.sources import Corpus
-from embedmig.store import catalog
+from embedmig.store import catalog, docids
 from tests.support import assert_serves, corpus_rows, index_file, snapshot
 
 NEW_TEXT = "Zebrafish fin regeneration depends on osteoblast dedifferentiation"
@@ -250,8 +250,8 @@ def test_invalid_holdover_is_a_config_error(config: Config) -> None:
 def snippet_of(config: Config, key: str) -> str:
     env = Environment(config)
     with env.engine.connect() as conn:
-        doc_id = catalog.lookup_ids(conn, "docs", [key])[key]
-        snippet = catalog.describe_ids(conn, "docs", [doc_id])[doc_id].snippet
+        doc_id = docids.lookup_ids(conn, "docs", [key])[key]
+        snippet = docids.describe_ids(conn, "docs", [doc_id])[doc_id].snippet
     env.dispose()
     return snippet
 
