@@ -299,6 +299,15 @@ class Gates:
     def bounds(self, metric: str) -> bool:
         return any(name == metric for name, _ in self._bounds.values())
 
+    def bounding(self, metrics: Iterable[str]) -> list[str]:
+        """The gates (``min_<metric>``, ``max_<metric>``) that bound one of ``metrics``."""
+        wanted = set(metrics)
+        return [
+            f"{key.rpartition(':')[2]}_{metric}"
+            for key, (metric, _) in self._bounds.items()
+            if metric in wanted
+        ]
+
     def __repr__(self) -> str:
         args = [
             f"{key.rpartition(':')[2]}_{metric}={limit:g}"

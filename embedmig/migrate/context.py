@@ -19,14 +19,14 @@ from embedmig.gates import Gates, Verdict
 from embedmig.metrics.report import Report
 from embedmig.migrate import adapter as adapters
 from embedmig.migrate import canary as live_traffic
-from embedmig.migrate import carryover
+from embedmig.migrate import carryover, forecast
 from embedmig.migrate import evaluate as ev
 from embedmig.migrate.backfill import CorpusStats, Shadow, backfill
 from embedmig.migrate.dryrun import DryRun
 from embedmig.migrate.fit import MapSpec
 from embedmig.migrate.settings import MigrationSettings
 from embedmig.script import Revision
-from embedmig.store import catalog, clock, files, traffic
+from embedmig.store import catalog, clock, events, files, traffic
 
 log = logging.getLogger("embedmig")
 
@@ -132,6 +132,8 @@ class MigrationContext:
         if self._new is not None:
             raise StateError("ctx.backfill() or ctx.adapt() was called twice in one upgrade()")
         spec = MapSpec(bridge) if bridge is not None else None
+        if self.dry_run:
+            forecast.refuse_gates_not_forecast(self.gates, self.revision.revision)
         self._new = new = self.env.load_embedder(self.new, cache=True)
         if spec is not None and not self.dry_run:
             self._bridge(new, spec)
@@ -497,7 +499,7 @@ class MigrationContext:
         return self.report.to_dict() if self.report else None
 
     def _record(self, conn: Any, action: str, status: str, **values: Any) -> None:
-        catalog.record(
+        events.record(
             conn,
             alias=self.alias,
             revision=self.revision.revision,
