@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from embedmig.embedders import probes
 from embedmig.errors import EmbedderError
+from embedmig.history.batches import in_parts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("embedmig")
 
 _SUFFIX = ".sqlite"
-_SQL_VARIABLES = 900  # under SQLite's oldest limit of 999 parameters a statement
 
 
 class _Unwritable(Exception):
@@ -153,8 +153,7 @@ class EmbeddingCache:
             where.setdefault(key, []).append(i)
         unique = list(where)
         with self._lock, self._checked():
-            for start in range(0, len(unique), _SQL_VARIABLES):
-                part = unique[start : start + _SQL_VARIABLES]
+            for part in in_parts(unique):
                 marks = ",".join("?" * len(part))
                 for key, blob in self._db.execute(
                     f"SELECT key, vector FROM vectors WHERE key IN ({marks})", part

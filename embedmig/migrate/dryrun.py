@@ -12,6 +12,7 @@ from embedmig.contracts import Contract, check_known
 from embedmig.embedders import LoadedEmbedder
 from embedmig.environment import Environment
 from embedmig.errors import ConfigError, SourceError
+from embedmig.history.batches import IN_LIST
 from embedmig.metrics import contracts as golden
 from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
@@ -197,8 +198,6 @@ class _CorpusRead:
     questions, so only known keys are kept (16 bytes each).
     """
 
-    _CHUNK = 500
-
     def __init__(self, env: Environment, alias: str) -> None:
         self.env = env
         self.alias = alias
@@ -208,7 +207,7 @@ class _CorpusRead:
 
     def add(self, doc: Document) -> None:
         self._pending[doc.key] = manifest.content_hash(doc.text)
-        if len(self._pending) >= self._CHUNK:
+        if len(self._pending) >= IN_LIST:
             self._resolve()
 
     def _resolve(self) -> None:

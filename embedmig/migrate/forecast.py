@@ -278,7 +278,7 @@ def _exact_old(
     assert old_queries is not None
     exclude = 1 if queries.self_ids is not None else 0
     depth = max(max(OVERLAP_KS), k)
-    scores, ids = files.search(old.index, old_queries, min(depth + exclude, int(old.index.ntotal)))
+    scores, ids = files.search(old.index, old_queries, depth + exclude)
     column_of_live = {old.live_ids[key]: col for key, col in columns.items() if key in old.live_ids}
     lookup = np.vectorize(lambda i: column_of_live.get(int(i), -1), otypes=[np.int64])
     cols = lookup(ids) if ids.size else ids.astype(np.int64)

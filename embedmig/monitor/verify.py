@@ -47,7 +47,7 @@ def verify(
     check_known(contracts, ids_of, alias)
     compiled = golden.compile_(contracts, ids_of)
     vectors = view.embedder.encode_queries([c.query for c in contracts])
-    _, ids = view.overlay.search(vectors, max(1, min(compiled.depth, view.overlay.size)))
+    _, ids = view.overlay.search(vectors, compiled.depth)
     judged = golden.judge(ids, compiled)
     baseline = None
     if swap is not None and swap.metrics is not None:

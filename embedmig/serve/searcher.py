@@ -103,8 +103,6 @@ class Searcher:
             # A mirrored query's live answer is read to the canary's depth in the same search.
             target = self._mirror.plan()
             depth = max(k, target.k) if target is not None else k
-            # FAISS allocates k results per query whatever the index holds: clamp to its size.
-            depth = max(1, min(depth, view.overlay.size))
             scores, ids = view.overlay.search(vectors, depth)
         with self.env.engine.connect() as conn:
             described = docids.describe_ids(conn, self.alias, ids[0][:k])

@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from embedmig.errors import StateError
 from embedmig.history import schema as t
+from embedmig.history.batches import in_parts
 from embedmig.names import check_key
 
 if TYPE_CHECKING:
@@ -104,8 +105,7 @@ def ids_under_lock(
     known: dict[str, int] = {}
     stale: list[tuple[int, str, str | None]] = []
     unique = list(described)
-    for start in range(0, len(unique), 500):
-        part = unique[start : start + 500]
+    for part in in_parts(unique):
         rows = conn.execute(_DOCS_BY_KEY, {"alias": alias, "keys": part})
         for key, doc_id, snippet, meta in rows:
             known[key] = doc_id
@@ -173,11 +173,9 @@ def lookup_ids(conn: sa.Connection, alias: str, keys: Iterable[str]) -> dict[str
     """Ids of the ``keys`` that have one; assigns nothing (dry runs must not write)."""
     found: dict[str, int] = {}
     unique = list(dict.fromkeys(keys))
-    for start in range(0, len(unique), 500):
+    for part in in_parts(unique):
         rows = conn.execute(
-            sa.select(t.doc.c.key, t.doc.c.id).where(
-                t.doc.c.alias == alias, t.doc.c.key.in_(unique[start : start + 500])
-            )
+            sa.select(t.doc.c.key, t.doc.c.id).where(t.doc.c.alias == alias, t.doc.c.key.in_(part))
         )
         found.update({key: int(doc_id) for key, doc_id in rows})
     return found
@@ -193,10 +191,10 @@ def describe_ids(conn: sa.Connection, alias: str, ids: Iterable[int]) -> dict[in
     """id -> key, snippet and metadata of the given ids."""
     wanted = sorted({int(i) for i in ids if i >= 0})
     found: dict[int, DocInfo] = {}
-    for start in range(0, len(wanted), 500):
+    for part in in_parts(wanted):
         rows = conn.execute(
             sa.select(t.doc.c.id, t.doc.c.key, t.doc.c.snippet, t.doc.c.meta).where(
-                t.doc.c.alias == alias, t.doc.c.id.in_(wanted[start : start + 500])
+                t.doc.c.alias == alias, t.doc.c.id.in_(part)
             )
         )
         found.update(

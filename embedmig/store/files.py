@@ -225,11 +225,14 @@ def _checked(
 
 
 def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` scores and ids; rows shorter than ``k`` are padded with id -1 and score -inf."""
+    """Top-``k`` scores and ids, at most as many columns as the index holds vectors (FAISS would
+    allocate ``k`` results per query whatever it holds: a k of 10,000 on 50 vectors is 10,000
+    columns of padding); rows shorter than that are padded with id -1 and score -inf."""
     if len(queries) == 0 or k < 1:
         return np.empty((len(queries), max(k, 0)), np.float32), np.empty(
             (len(queries), 0), np.int64
         )
+    k = max(1, min(k, int(index.ntotal)))
     scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     scores[ids < 0] = -np.inf
     return scores, ids

@@ -17,6 +17,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from embedmig.history import schema as t
+from embedmig.history.batches import in_parts
 from embedmig.store import catalog, clock, docids, files, manifest
 from embedmig.store.manifest import content_hash
 
@@ -51,7 +52,6 @@ _CHANGE_COLUMNS = (
     t.journal.c.text,
     t.journal.c.meta,
 )
-_CHUNK = 500
 _INSERT_VECTOR = t.journal_vector.insert()
 
 
@@ -242,13 +242,13 @@ def written_texts(
     the wanted hash; ids whose text the journal no longer holds are left out."""
     found: dict[int, tuple[str, str | None]] = {}
     ids = sorted(wanted)
-    for start in range(0, len(ids), _CHUNK):
+    for part in in_parts(ids):
         rows = conn.execute(
             sa.select(t.journal.c.doc_id, t.journal.c.text, t.journal.c.meta)
             .where(
                 t.journal.c.alias == alias,
                 t.journal.c.op == UPSERT,
-                t.journal.c.doc_id.in_(ids[start : start + _CHUNK]),
+                t.journal.c.doc_id.in_(part),
             )
             .order_by(t.journal.c.seq)
         )
@@ -299,11 +299,9 @@ def collect(conn: sa.Connection, alias: str) -> int:
     ).all()
     kept = _written_only(conn, [index_id for index_id, _ in retained], rows)
     doomed = [row.seq for row in rows if row.seq not in kept]
-    for start in range(0, len(doomed), _CHUNK):
+    for part in in_parts(doomed):
         conn.execute(
-            t.journal.delete().where(
-                t.journal.c.alias == alias, t.journal.c.seq.in_(doomed[start : start + _CHUNK])
-            )
+            t.journal.delete().where(t.journal.c.alias == alias, t.journal.c.seq.in_(part))
         )
     return len(doomed)
 

@@ -16,9 +16,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from embedmig.history import schema as t
+from embedmig.history.batches import in_parts
 from embedmig.store import docids
-
-_CHUNK = 500
 
 
 def content_hash(text: str) -> int:
@@ -102,8 +101,7 @@ def load(conn: sa.Connection, index_id: int, doc_ids: Iterable[int] | None = Non
     else:
         wanted = sorted({int(i) for i in doc_ids})
         rows = []
-        for start in range(0, len(wanted), _CHUNK):
-            part = wanted[start : start + _CHUNK]
+        for part in in_parts(wanted):
             rows += conn.execute(query.where(t.manifest.c.doc_id.in_(part))).all()
     rows.sort(key=lambda row: row[0])
     n = len(rows)

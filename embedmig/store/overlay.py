@@ -85,6 +85,7 @@ class Overlay:
     def _search_base(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._params is None:
             self._params = _excluding(self.base, self._hidden)
+        k = max(1, min(k, int(self.base.ntotal)))  # as files.search
         scores, ids = self.base.search(
             np.ascontiguousarray(queries, dtype=np.float32), k, params=self._params
         )

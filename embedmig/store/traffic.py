@@ -15,6 +15,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from embedmig.history import schema as t
+from embedmig.history.batches import in_parts
 from embedmig.store import clock
 
 OPEN, PASSED, FORCED, CLOSED, ABANDONED = "open", "passed", "forced", "closed", "abandoned"
@@ -104,8 +105,7 @@ def sample_served(
     if len(ids) > limit:
         ids = np.sort(np.random.default_rng(seed).choice(ids, limit, replace=False))
     texts: list[str] = []
-    for start in range(0, len(ids), _IN_CHUNK):
-        chunk = [int(i) for i in ids[start : start + _IN_CHUNK]]
+    for chunk in in_parts([int(i) for i in ids]):
         texts += [
             str(text)
             for text in conn.execute(
@@ -113,9 +113,6 @@ def sample_served(
             ).scalars()
         ]
     return texts, total
-
-
-_IN_CHUNK = 1000  # ids per IN list: well under SQLite's bound on parameters
 
 
 # ---- canaries --------------------------------------------------------------------------------
