@@ -83,7 +83,7 @@ def main() -> None:
                         (time.perf_counter() - t0) / (2 if what == "manifest" else 1)
                     )
             with engine.begin() as conn:
-                catalog.update_index(conn, live_id, state=catalog.LIVE, ntotal=args.docs)
+                catalog.update_index(conn, live_id, state=catalog.State.LIVE, ntotal=args.docs)
                 counters = docids.lock_alias(conn, alias, reserve=args.writes)
                 changes = [
                     journal.Change(journal.UPSERT, f"new-{i}", f"written {i}")

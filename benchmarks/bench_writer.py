@@ -149,8 +149,8 @@ def main() -> None:
     dual = interleaved({"bare": bare, "dual": batched}, batches, rounds)
     with env.engine.begin() as conn:
         for record in catalog.indexes(conn, "docs"):
-            if record.state == catalog.BUILDING:
-                catalog.update_index(conn, record.id, state=catalog.DROPPED)
+            if record.state == catalog.State.BUILDING:
+                catalog.update_index(conn, record.id, state=catalog.State.DROPPED)
     command.compact(config, "docs")
 
     print(

@@ -198,7 +198,7 @@ def _wait_for_readers(env: Environment, reports: list[Report], timeout: float) -
         log.info(
             "%s: %d reader(s) serve index #%s, %.1f s after the swap",
             alias,
-            sum(r.state == status.LIVE for r in seen.readers),
+            sum(r.state == status.Reading.LIVE for r in seen.readers),
             seen.live.id if seen.live else "-",
             waited,
         )
@@ -261,8 +261,8 @@ def current(config: Config) -> list[AliasState]:
         with env.engine.connect() as conn:
             versions = catalog.versions(conn)
             records = catalog.indexes(conn)
-            adapters = {a.alias: a for a in catalog.adapters(conn, states=[catalog.LIVE])}
-    live = {r.alias: r for r in records if r.state == catalog.LIVE}
+            adapters = {a.alias: a for a in catalog.adapters(conn, states=[catalog.State.LIVE])}
+    live = {r.alias: r for r in records if r.state == catalog.State.LIVE}
     try:
         heads = {rev.alias: rev.revision for rev in env.scripts.heads()}
     except ScriptError as exc:  # what is live is in SQL: show it, and name what is broken
@@ -307,7 +307,7 @@ def status(config: Config, alias: str | None = None) -> list[AliasReaders]:
                 aliases = [alias]
             else:
                 aliases = sorted(
-                    {r.alias for r in catalog.indexes(conn) if r.state == catalog.LIVE}
+                    {r.alias for r in catalog.live_indexes(conn)}
                     | {r.alias for r in readers.of(conn)}
                 )
             found = [survey.survey(conn, name, settings) for name in aliases]
@@ -370,7 +370,7 @@ def _live_aliases(env: Environment, alias: str | None, verb: str) -> list[str]:
     live: list[str] = []
     if env.has_history():
         with env.engine.connect() as conn:
-            live = sorted({r.alias for r in catalog.indexes(conn) if r.state == catalog.LIVE})
+            live = sorted(r.alias for r in catalog.live_indexes(conn))
     if alias is None:
         return live
     if alias not in live:

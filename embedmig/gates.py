@@ -79,7 +79,9 @@ METRICS: dict[str, str] = {
 }
 # The metrics a canary measures again on live queries, as canary_<metric>: those that compare the
 # two top-k lists (live traffic has no judgements, and the random-pair background is offline).
-LIVE = tuple(name for name in METRICS if name.startswith(("overlap_", "jaccard_", "rbo", "score_")))
+CANARY_COMPARED = tuple(
+    name for name in METRICS if name.startswith(("overlap_", "jaccard_", "rbo", "score_"))
+)
 CANARY_PREFIX = "canary_"
 METRICS.update(
     {
@@ -87,7 +89,7 @@ METRICS.update(
         "canary_dropped": "mirrored queries searchers dropped (queue full) instead of comparing",
         **{
             CANARY_PREFIX + name: METRICS[name] + ", on live queries mirrored during the canary"
-            for name in LIVE
+            for name in CANARY_COMPARED
         },
     }
 )

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from embedmig import CanaryOpen, Config, ConfigError, StateError, command, open_searcher
 from embedmig.environment import Environment
-from embedmig.gates import CANARY_PREFIX, LIVE
+from embedmig.gates import CANARY_COMPARED, CANARY_PREFIX
 from embedmig.history import schema
 from embedmig.metrics import report as rpt
 from embedmig.store import catalog, files, traffic
@@ -143,7 +143,7 @@ def test_mirrored_comparisons_equal_an_offline_comparison_of_the_same_queries(
         assert expected[name] is not None
         assert live["metrics"][name] == pytest.approx(expected[name], abs=1e-6), name
         assert live["metrics"][CANARY_PREFIX + name] == pytest.approx(expected[name], abs=1e-6)
-    assert {CANARY_PREFIX + name for name in LIVE} <= set(live["metrics"])
+    assert {CANARY_PREFIX + name for name in CANARY_COMPARED} <= set(live["metrics"])
     text = embedmig(any_db.root, "canary", "docs")
     assert "canary, live traffic" in text.stdout and "live traffic, 60 queries" in text.stdout
 

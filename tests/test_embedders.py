@@ -497,7 +497,7 @@ def test_a_model_changed_behind_the_endpoint_mid_backfill_is_never_swapped_in(
     assert "changed during the backfill: lowest probe cosine" in ran.stderr
     assert [(s.revision, s.live) for s in command.current(config)] == [(None, None)]
     (building,) = records(config)
-    assert building.state == catalog.BUILDING  # its first chunk, of the model it started with
+    assert building.state == catalog.State.BUILDING  # its first chunk, of the model it started with
 
     server.serve("tiny", models["a"])  # the endpoint goes back: the build resumes, all of `a`
     assert embedmig(project, "upgrade").returncode == 0
@@ -542,7 +542,7 @@ def test_a_local_model_keeps_its_file_hash_and_gains_a_probe(config: Config) -> 
     (result,) = command.probe(config)
     assert result.lowest is not None and result.lowest > 0.99999 and not result.drifted
     (live,) = records(config)
-    assert live.state == catalog.LIVE and live.probe is not None
+    assert live.state == catalog.State.LIVE and live.probe is not None
     assert probes.from_bytes(live.probe, live.dim).shape == (2 * len(probes.PROBES), live.dim)
 
 

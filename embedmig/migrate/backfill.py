@@ -274,7 +274,7 @@ def _backfill(
         catalog.update_index(
             conn,
             index_id,
-            state=catalog.READY,
+            state=catalog.State.READY,
             path=env.stored_path(path),
             ntotal=int(index.ntotal),
             sha256=sha256,
@@ -320,7 +320,7 @@ def _start(
     # No row yet means no change journaled yet; a writer creating one meanwhile only makes the
     # replay start at 0, a superset, so a failed first run need not leave a row behind.
     _, start_seq = docids.lock_alias(conn, rev.alias, create=False)
-    building = catalog.find_index(conn, rev.alias, rev.revision, [catalog.BUILDING])
+    building = catalog.find_index(conn, rev.alias, rev.revision, [catalog.State.BUILDING])
     if not restart and building is not None and building.fingerprint == embedder.fingerprint:
         # The checkpointed vectors came from this model: refuse to add others to them.
         env.check_drift(embedder, building)
@@ -329,10 +329,11 @@ def _start(
     dropped = [
         old
         for old in catalog.indexes(conn, rev.alias)
-        if old.revision == rev.revision and old.state in (catalog.BUILDING, catalog.READY)
+        if old.revision == rev.revision
+        and old.state in (catalog.State.BUILDING, catalog.State.READY)
     ]
     for old in dropped:
-        catalog.update_index(conn, old.id, state=catalog.DROPPED)
+        catalog.update_index(conn, old.id, state=catalog.State.DROPPED)
         checkpoints.clear_checkpoint(conn, old.id)
         manifest.drop(conn, old.id)
     index_id = catalog.register_index(

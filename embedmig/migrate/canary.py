@@ -14,7 +14,7 @@ from typing import Any
 from embedmig.embedders import Embedder
 from embedmig.environment import Environment
 from embedmig.errors import CanaryOpen, ScriptError, StateError
-from embedmig.gates import CANARY_PREFIX, LIVE, Check, Gates, Verdict
+from embedmig.gates import CANARY_COMPARED, CANARY_PREFIX, Check, Gates, Verdict
 from embedmig.metrics import report as rpt
 from embedmig.migrate.settings import CanarySettings, EvalSettings
 from embedmig.store import catalog, docids, events, traffic
@@ -94,7 +94,9 @@ def gateable(
 ) -> dict[str, float | None]:
     """The canary's metrics as gates name them: ``canary_<metric>`` for those live traffic can
     measure, and the counts of queries compared and dropped."""
-    named: dict[str, float | None] = {CANARY_PREFIX + name: metrics.get(name) for name in LIVE}
+    named: dict[str, float | None] = {
+        CANARY_PREFIX + name: metrics.get(name) for name in CANARY_COMPARED
+    }
     named["canary_queries"] = float(compared)
     named["canary_dropped"] = float(dropped)
     return named
@@ -160,7 +162,7 @@ def attach(
         record = catalog.get_index(conn, canary.index_id)
         if (
             canary.revision == revision
-            and record.state == catalog.READY
+            and record.state == catalog.State.READY
             and record.fingerprint == fingerprint
             and canary.live_id == live_id
             and canary.report is not None

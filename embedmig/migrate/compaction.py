@@ -10,7 +10,7 @@ from embedmig.serve.view import IndexView
 from embedmig.store import catalog, files, journal, manifest
 
 # Indexes a reader or a downgrade may open; a shadow still building folds its tail at its end.
-_COMPACTED = (catalog.LIVE, catalog.READY, catalog.RETIRED)
+_COMPACTED = (catalog.State.LIVE, catalog.State.READY, catalog.State.RETIRED)
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,7 @@ class MigrationContext:
         with self.env.engine.connect() as conn:
             up = [
                 a
-                for a in catalog.adapters(conn, self.alias, [catalog.BRIDGE])
+                for a in catalog.adapters(conn, self.alias, [catalog.State.BRIDGE])
                 if (a.revision, a.index_id, a.fingerprint, a.kind)
                 == (self.revision.revision, live.id, new.fingerprint, spec.kind)
             ]
@@ -218,7 +218,9 @@ class MigrationContext:
         )
         path = adapters.write(self.env, self.revision, fitted)
         with self.env.begin() as conn:
-            record = adapters.register(conn, self.env, self.revision, fitted, path, catalog.BRIDGE)
+            record = adapters.register(
+                conn, self.env, self.revision, fitted, path, catalog.State.BRIDGE
+            )
             self._record(
                 conn,
                 "bridge",
@@ -413,7 +415,9 @@ class MigrationContext:
                     "upgrade"
                 )
             catalog.retire_adapters(conn, self.alias)
-            record = adapters.register(conn, self.env, self.revision, fitted, path, catalog.LIVE)
+            record = adapters.register(
+                conn, self.env, self.revision, fitted, path, catalog.State.LIVE
+            )
             catalog.set_version(conn, self.alias, self.revision.revision)
             self._record(
                 conn,
@@ -486,10 +490,10 @@ class MigrationContext:
     ) -> catalog.AdapterRecord | None:
         """The map ``revision`` served ``index_id`` through, if it was an adapter revision: it
         serves again (checked first, as an index is)."""
-        for found in catalog.adapters(conn, self.alias, [catalog.RETIRED]):
+        for found in catalog.adapters(conn, self.alias, [catalog.State.RETIRED]):
             if (found.revision, found.index_id) == (revision, index_id):
                 files.verify(self.env.file_of(found), found.sha256)
-                catalog.update_adapter(conn, found.id, state=catalog.LIVE)
+                catalog.update_adapter(conn, found.id, state=catalog.State.LIVE)
                 return found
         return None
 

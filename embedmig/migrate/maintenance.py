@@ -52,12 +52,12 @@ def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
             records = catalog.indexes(conn, alias)
             if not records:
                 raise StateError(f"alias {alias!r} has no indexes")
-            retired = [r for r in records if r.state == catalog.RETIRED]
+            retired = [r for r in records if r.state == catalog.State.RETIRED]
             canary = traffic.open_canary(conn, alias)
             unswapped = [
                 r
                 for r in records
-                if r.state in (catalog.BUILDING, catalog.READY)
+                if r.state in (catalog.State.BUILDING, catalog.State.READY)
                 and (canary is None or r.id != canary.index_id)  # searchers mirror to it
             ]
             candidates = retired[: max(0, len(retired) - keep)] + unswapped
@@ -68,7 +68,7 @@ def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
             gone_silent = [r.id for r in readers.of(conn, alias) if r.silent(silent_after, at)]
             readers.forget(conn, gone_silent)
             for record in doomed:
-                catalog.update_index(conn, record.id, state=catalog.DROPPED)
+                catalog.update_index(conn, record.id, state=catalog.State.DROPPED)
                 checkpoints.clear_checkpoint(conn, record.id)
                 manifest.drop(conn, record.id)
             gone = {r.id for r in doomed}
@@ -76,12 +76,12 @@ def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
             maps = [
                 a
                 for a in catalog.adapters(conn, alias)
-                if (a.index_id in gone and a.state != catalog.DROPPED)
+                if (a.index_id in gone and a.state != catalog.State.DROPPED)
                 # A bridge stands in for a shadow: it goes with it.
-                or (a.state == catalog.BRIDGE and a.revision in abandoned)
+                or (a.state == catalog.State.BRIDGE and a.revision in abandoned)
             ]
             for adapter in maps:
-                catalog.update_adapter(conn, adapter.id, state=catalog.DROPPED)
+                catalog.update_adapter(conn, adapter.id, state=catalog.State.DROPPED)
             journal.collect(conn, alias)  # changes only the dropped indexes still needed
             if doomed or maps:
                 events.record(
@@ -199,13 +199,13 @@ def _recoverable(conn: Any, env: Environment, alias: str) -> tuple[str | None, R
         and h.to_index in records
     ]
     retired = sorted(
-        (r for r in records.values() if r.state == catalog.RETIRED),
+        (r for r in records.values() if r.state == catalog.State.RETIRED),
         key=lambda r: (r.updated_at, r.id),
         reverse=True,
     )
     unusable = []
     for record, why in [*served, *((r, "the newest retired index") for r in retired)]:
-        if record.state not in (catalog.RETIRED, catalog.READY):
+        if record.state not in (catalog.State.RETIRED, catalog.State.READY):
             continue
         try:
             files.verify(env.file_of(record), record.sha256)

@@ -32,7 +32,7 @@ def probe(env: Environment, alias: str | None = None) -> list[ProbeResult]:
         records = []
     else:
         with env.engine.connect() as conn:
-            records = [r for r in catalog.indexes(conn, alias) if r.state == catalog.LIVE]
+            records = catalog.live_indexes(conn, alias)
     if alias is not None and not records:
         raise StateError(f"alias {alias!r} has no live index to probe")
     results = []

@@ -8,35 +8,40 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 import sqlalchemy as sa
 
 from embedmig.config import Config
 from embedmig.store import catalog, clock, events, readers
 
-LIVE, BEHIND, SKEW, SILENT, STALLED, IDLE, REFUSED = (
-    "live",
-    "behind",
-    "skew",
-    "silent",
-    "stalled",
-    "idle",
-    "refused",
-)
+
+class Reading(StrEnum):
+    """What a reader is doing, judged from its heartbeat against the alias's live index."""
+
+    LIVE = "live"  # serves the live index
+    BEHIND = "behind"  # serves another one, for less than readers.skew_seconds since the swap
+    SKEW = "skew"  # serves another one, for longer
+    SILENT = "silent"  # no heartbeat for readers.silent_seconds, or its process is gone
+    STALLED = "stalled"  # on this host, alive but not reporting: paused or hung
+    IDLE = "idle"  # has served nothing yet
+    REFUSED = "refused"  # its embedder drifted: it refuses to serve
+
+
 # What a swap waits for no longer: on the live index, gone, or not serving anything yet.
-SETTLED = (LIVE, SILENT, IDLE)
+SETTLED = (Reading.LIVE, Reading.SILENT, Reading.IDLE)
 
 
 @dataclass(frozen=True)
 class ReaderState:
     reader: readers.Reader
-    state: str  # one of the constants above
+    state: Reading
     # How long it has served another index than the live one since the swap (seconds).
     behind_for: float | None = None
 
     @property
     def flagged(self) -> bool:
-        return self.state in (SKEW, SILENT, STALLED, REFUSED)
+        return self.state in (Reading.SKEW, Reading.SILENT, Reading.STALLED, Reading.REFUSED)
 
 
 @dataclass(frozen=True)
@@ -83,21 +88,21 @@ def survey(conn: sa.Connection, alias: str, settings: ReaderSettings) -> AliasRe
     for reader in readers.of(conn, alias):
         behind = None
         if reader.silent(settings.silent_after, at):
-            state = SILENT
+            state = Reading.SILENT
         elif reader.stalled(settings.silent_after, at):
-            state = STALLED
+            state = Reading.STALLED
         elif reader.drift is not None:
-            state = REFUSED
+            state = Reading.REFUSED
         elif reader.index_id is None:
-            state = IDLE
+            state = Reading.IDLE
         elif live is not None and reader.index_id == live.id:
-            state = LIVE
+            state = Reading.LIVE
         else:
             # On another index since the swap (or since it started, if it started later).
             start = max(since, clock.utc(reader.started_at)) if since else None
             behind = (at - start).total_seconds() if start else None
             late = behind is None or behind > settings.skew_after.total_seconds()
-            state = SKEW if late else BEHIND
+            state = Reading.SKEW if late else Reading.BEHIND
         states.append(ReaderState(reader, state, behind))
     return AliasReaders(alias, live, since, states)
 
@@ -107,7 +112,7 @@ def describe(state: ReaderState) -> str:
     reader = state.reader
     where = f"index #{reader.index_id}" if reader.index_id is not None else "no index yet"
     behind = f" for {state.behind_for:.0f} s" if state.behind_for is not None else ""
-    why = f" ({reader.drift})" if state.state == REFUSED and reader.drift else ""
+    why = f" ({reader.drift})" if state.state == Reading.REFUSED and reader.drift else ""
     return f"{reader.describe()} on {where}: {state.state}{behind}{why}"
 
 

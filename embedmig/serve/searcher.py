@@ -141,11 +141,11 @@ class Searcher:
     def _live(self) -> tuple[catalog.IndexRecord, catalog.AdapterRecord | None]:
         with self.env.engine.connect() as conn:
             live = catalog.live_index(conn, self.alias)
-            maps = catalog.adapters(conn, self.alias, [catalog.LIVE, catalog.BRIDGE])
+            maps = catalog.adapters(conn, self.alias, [catalog.State.LIVE, catalog.State.BRIDGE])
         if live is None:
             raise StateError(f"alias {self.alias!r} has no live index; run `embedmig upgrade`")
         maps = [m for m in maps if m.index_id == live.id]
-        current = next((m for m in maps if m.state == catalog.LIVE), None)
+        current = next((m for m in maps if m.state == catalog.State.LIVE), None)
         if self.model is None:
             return live, current
         wanted = self._wanted()

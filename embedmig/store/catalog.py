@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -23,7 +24,17 @@ if TYPE_CHECKING:
     pass
 
 
-BUILDING, READY, LIVE, RETIRED, DROPPED = "building", "ready", "live", "retired", "dropped"
+class State(StrEnum):
+    """Where an index, or an adapter's map, is in its life: an index goes building -> ready ->
+    live -> retired (or dropped); a map is live, a bridge (serving while its backfill runs) or
+    retired."""
+
+    BUILDING = "building"
+    READY = "ready"
+    LIVE = "live"
+    RETIRED = "retired"
+    DROPPED = "dropped"
+    BRIDGE = "bridge"
 
 
 @dataclass(frozen=True)
@@ -63,9 +74,14 @@ def set_version(conn: sa.Connection, alias: str, revision: str | None) -> None:
 
 def live_index(conn: sa.Connection, alias: str) -> IndexRecord | None:
     row = conn.execute(
-        sa.select(t.index).where(t.index.c.alias == alias, t.index.c.state == LIVE)
+        sa.select(t.index).where(t.index.c.alias == alias, t.index.c.state == State.LIVE)
     ).first()
     return IndexRecord.from_row(row) if row else None
+
+
+def live_indexes(conn: sa.Connection, alias: str | None = None) -> list[IndexRecord]:
+    """The live index of every alias (or of ``alias``: one at most)."""
+    return [r for r in indexes(conn, alias) if r.state == State.LIVE]
 
 
 def get_index(conn: sa.Connection, index_id: int) -> IndexRecord:
@@ -106,11 +122,11 @@ def previous_index(conn: sa.Connection, live: IndexRecord, down_revision: str) -
             previous = get_index(conn, event.from_index)
             break
     else:
-        found = find_index(conn, live.alias, down_revision, [RETIRED])
+        found = find_index(conn, live.alias, down_revision, [State.RETIRED])
         if found is None:
             raise StateError(f"no retained index of {down_revision} to roll back to")
         previous = found
-    if previous.state != RETIRED:
+    if previous.state != State.RETIRED:
         raise StateError(
             f"index #{previous.id} of {previous.revision} is {previous.state}, not retired; "
             "it cannot be restored without re-embedding"
@@ -144,7 +160,7 @@ def register_index(
             ntotal=0,
             base_seq=base_seq,
             probe=probe,
-            state=BUILDING,
+            state=State.BUILDING,
             created_at=stamp,
             updated_at=stamp,
         )
@@ -174,9 +190,9 @@ def point_alias(
     previous = live_index(conn, alias)
     retire_adapters(conn, alias)  # the alias now serves an index as its own model built it
     if previous is not None:
-        update_index(conn, previous.id, state=RETIRED)
+        update_index(conn, previous.id, state=State.RETIRED)
     if index_id is not None:
-        update_index(conn, index_id, state=LIVE)
+        update_index(conn, index_id, state=State.LIVE)
     set_version(conn, alias, revision)
     return previous
 
@@ -186,7 +202,6 @@ def point_alias(
 # An adapter is "live" while its alias serves through it, a "bridge" while a backfill builds the
 # index it stands in for; then "retired" (a rollback may restore it) or "dropped" by prune. A map
 # is stored only once it serves: a fit whose gate failed leaves no row.
-BRIDGE = "bridge"
 
 
 @dataclass(frozen=True)
@@ -240,7 +255,7 @@ def adapters(
 
 def live_adapter(conn: sa.Connection, alias: str) -> AdapterRecord | None:
     """The map the alias serves its live index through, if an adapter revision is current."""
-    found = adapters(conn, alias, [LIVE])
+    found = adapters(conn, alias, [State.LIVE])
     return found[0] if found else None
 
 
@@ -248,6 +263,6 @@ def retire_adapters(conn: sa.Connection, alias: str) -> None:
     """The alias stops serving through any map: its live adapter and bridges are retired."""
     conn.execute(
         t.adapter.update()
-        .where(t.adapter.c.alias == alias, t.adapter.c.state.in_([LIVE, BRIDGE]))
-        .values(state=RETIRED, updated_at=now())
+        .where(t.adapter.c.alias == alias, t.adapter.c.state.in_([State.LIVE, State.BRIDGE]))
+        .values(state=State.RETIRED, updated_at=now())
     )

@@ -23,9 +23,9 @@ from embedmig.store.manifest import content_hash
 
 UPSERT, DELETE = "upsert", "delete"
 # Indexes that receive writes: the live one, a shadow being built or awaiting its swap.
-_WRITTEN_STATES = (catalog.LIVE, catalog.BUILDING, catalog.READY)
+_WRITTEN_STATES = (catalog.State.LIVE, catalog.State.BUILDING, catalog.State.READY)
 # Indexes whose tail must be kept: those, and retired ones a downgrade may restore.
-_RETAINED_STATES = (*_WRITTEN_STATES, catalog.RETIRED)
+_RETAINED_STATES = (*_WRITTEN_STATES, catalog.State.RETIRED)
 
 
 # Built once: every write runs these, and building a statement costs more than running it.
@@ -82,14 +82,14 @@ def targets(
     params = {"alias": alias}
     records = [catalog.IndexRecord.from_row(row) for row in conn.execute(_RETAINED, params)]
     found = [record for record in records if record.state in _WRITTEN_STATES]
-    live = next((record for record in found if record.state == catalog.LIVE), None)
+    live = next((record for record in found if record.state == catalog.State.LIVE), None)
     swap = conn.execute(_LAST_SWAP, params).first()
     if live is None or swap is None or swap.to_index != live.id:
         return found
     if holdover is not None and clock.utc(swap.finished_at) + holdover <= clock.now():
         return found
     # Retired, so neither pruned (dropped) nor restored by a downgrade since.
-    previous = [r for r in records if r.id == swap.from_index and r.state == catalog.RETIRED]
+    previous = [r for r in records if r.id == swap.from_index and r.state == catalog.State.RETIRED]
     return previous + found
 
 
