@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from embedmig.config import MAX_K, Config, sample_size
+from embedmig.config import DEFAULT_SAMPLE, MAX_K, Config, sample_size
 from embedmig.embedders.spec import BACKENDS, LOCAL, MAP_KINDS, Embedder
 from embedmig.errors import (
     CanaryOpen,
@@ -205,7 +205,7 @@ def revision(
     "--sample",
     type=SAMPLE,
     default=None,
-    help="A dry run's sample: documents (default 1000) or a share of the corpus (10%).",
+    help=f"A dry run's sample: documents (default {DEFAULT_SAMPLE}) or a share of the corpus (10%).",
 )
 @click.option("--force", is_flag=True, help="Swap even if a gate fails (recorded as forced).")
 @click.option(
@@ -271,9 +271,9 @@ def _print_report(report: Report) -> None:
 @click.option(
     "--sample",
     type=SAMPLE,
-    default="1000",
+    default=str(DEFAULT_SAMPLE),
     show_default=True,
-    help="The dry run's sample: documents (1000) or a share of the corpus (10%).",
+    help="The dry run's sample: documents or a share of the corpus (10%).",
 )
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True

@@ -248,9 +248,7 @@ def recover(config: Config, alias: str, *, dry_run: bool = False, wait: float = 
 def unlock(config: Config, alias: str, *, force: bool = False) -> locks.Holder:
     """Remove the lock of ``alias`` left by a dead run; refuses a live holder unless ``force``."""
     with _opened(config) as env:
-        return locks.unlock(
-            env.engine, alias, force=force, lease=config.get_float("lock.lease_seconds")
-        )
+        return locks.unlock(env.engine, alias, force=force, lease=env.settings.lock_lease)
 
 
 def current(config: Config) -> list[AliasState]:
@@ -322,7 +320,7 @@ def verify(config: Config, alias: str | None = None) -> list[Verified]:
     from embedmig.monitor import verify as verifying
 
     with _opened(config) as env:
-        if env.golden_queries() is None:
+        if env.all_contracts() is None:
             raise ConfigError(
                 "no golden queries: set contracts = FILE (JSONL) in the configuration"
             )
@@ -435,12 +433,12 @@ def canary(
     ends the canary without a swap (recorded in history; the shadow stays ``ready``)."""
     if fraction is not None:
         fraction = share(fraction, "--fraction")
-    from embedmig.migrate import canary as live_traffic
+    from embedmig.migrate import canary as canaries
     from embedmig.migrate.settings import EvalSettings
 
     settings = EvalSettings.of(config)
     with _opened(config) as env:
-        return live_traffic.show(env, alias, settings, fraction=fraction, close=close, wait=wait)
+        return canaries.show(env, alias, settings, fraction=fraction, close=close, wait=wait)
 
 
 def report(config: Config, rev: str, *, event: int | None = None) -> Report:

@@ -100,10 +100,10 @@ class Environment:
     def contracts(self, alias: str) -> list[Contract] | None:
         """The golden queries of ``alias`` (``contracts = FILE``), read and checked once per
         command; None without a contracts file or when none of its lines applies to ``alias``."""
-        every = self.golden_queries()
+        every = self.all_contracts()
         return of_alias(every, alias) or None if every is not None else None
 
-    def golden_queries(self) -> list[Contract] | None:
+    def all_contracts(self) -> list[Contract] | None:
         """Every line of the contracts file, read and checked once; None without one."""
         path = self.config.path_option("contracts")
         if path is None:

@@ -12,14 +12,14 @@ from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
 
+from embedmig.config import DEFAULT_SAMPLE
 from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.environment import Environment
 from embedmig.errors import GateFailed, ScriptError, StateError
 from embedmig.gates import Gates, Verdict
 from embedmig.metrics.report import Report
 from embedmig.migrate import adapter as adapters
-from embedmig.migrate import canary as live_traffic
-from embedmig.migrate import carryover, forecast
+from embedmig.migrate import canary, carryover, forecast
 from embedmig.migrate import evaluate as ev
 from embedmig.migrate.backfill import CorpusStats, Shadow, backfill
 from embedmig.migrate.dryrun import DryRun
@@ -48,7 +48,7 @@ class MigrationContext:
         live: catalog.IndexRecord | None = None,
         adapter: catalog.AdapterRecord | None = None,
         dry_run: bool = False,
-        sample: int | float = 1000,
+        sample: int | float = DEFAULT_SAMPLE,
         force: bool = False,
     ) -> None:
         self.env = env
@@ -151,7 +151,7 @@ class MigrationContext:
                 self.sample,
             )
             return
-        attached = live_traffic.attach(
+        attached = canary.attach(
             self.env,
             self.alias,
             self.revision.revision,
@@ -334,10 +334,10 @@ class MigrationContext:
             return
         if self._canary is None:
             assert self._shadow is not None
-            raise live_traffic.open_on(
+            raise canary.open_on(
                 self.env, report, self._shadow.record, live, wanted, self.k, self._started
             )
-        live_traffic.hold(
+        canary.hold(
             self.env, self._canary, report, self.gates, self.settings.eval, forced=self.force
         )
 
@@ -474,7 +474,7 @@ class MigrationContext:
                     notes.append(f"adapter #{restored.id} serves again")
             opened = traffic.open_canary(conn, self.alias)
             if opened is not None:  # it compares against the index that stops being live
-                live_traffic.end(conn, opened, traffic.ABANDONED, started_at=self._started)
+                canary.end(conn, opened, traffic.ABANDONED, started_at=self._started)
             self._record(
                 conn,
                 "downgrade",

@@ -13,7 +13,7 @@ from embedmig.embedders import LoadedEmbedder
 from embedmig.environment import Environment
 from embedmig.errors import ConfigError, SourceError
 from embedmig.history.batches import IN_LIST
-from embedmig.metrics import contracts as golden
+from embedmig.metrics import contracts as contract_figures
 from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
 from embedmig.metrics.report import Report
@@ -184,11 +184,11 @@ class DryRun:
                     conn, alias, set().union(*(c.keys for c in self.contracts))
                 )
             check_known(self.contracts, live_ids, alias)
-            compiled = golden.compile_(self.contracts, live_ids)
+            compiled = contract_figures.compile_(self.contracts, live_ids)
             vectors = old.embedder.encode_queries([c.query for c in self.contracts])
             _, ids = files.search(old.index, vectors, compiled.depth)
-            on_old = golden.judge(ids, compiled)
-        return fc.Contracts(golden.compile_(self.contracts, self.columns), on_old)
+            on_old = contract_figures.judge(ids, compiled)
+        return fc.Contracts(contract_figures.compile_(self.contracts, self.columns), on_old)
 
 
 class _CorpusRead:

@@ -16,7 +16,7 @@ from embedmig.contracts import Contract, check_known
 from embedmig.embedders import LoadedEmbedder
 from embedmig.environment import Environment
 from embedmig.gates import OVERLAP_KS
-from embedmig.metrics import contracts as golden
+from embedmig.metrics import contracts as contract_figures
 from embedmig.metrics import kernels
 from embedmig.metrics import report as rpt
 from embedmig.metrics.kernels import Judgements
@@ -211,16 +211,16 @@ def check_contracts(
     with env.engine.connect() as conn:
         ids_of = docids.lookup_ids(conn, alias, set().union(*(c.keys for c in contracts)))
     check_known(contracts, ids_of, alias)
-    compiled = golden.compile_(contracts, ids_of)
+    compiled = contract_figures.compile_(contracts, ids_of)
     texts = [c.query for c in contracts]
 
-    def judged(side: Side) -> golden.Judged:
+    def judged(side: Side) -> contract_figures.Judged:
         _, ids = files.search(side.index, side.embedder.encode_queries(texts), compiled.depth)
-        return golden.judge(ids, compiled)
+        return contract_figures.judge(ids, compiled)
 
     on_new, on_old = judged(new), judged(old) if old is not None else None
-    report.metrics.update(golden.metrics(on_new, on_old))
-    report.distributions["contracts"] = golden.section(compiled, on_new, on_old)
+    report.metrics.update(contract_figures.metrics(on_new, on_old))
+    report.distributions["contracts"] = contract_figures.section(compiled, on_new, on_old)
 
 
 def run(

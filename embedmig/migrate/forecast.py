@@ -18,7 +18,7 @@ import numpy as np
 from embedmig.embedders import LoadedEmbedder
 from embedmig.errors import ConfigError
 from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS, Gates
-from embedmig.metrics import contracts as golden
+from embedmig.metrics import contracts as contract_figures
 from embedmig.metrics import figures, kernels, segments
 from embedmig.metrics import forecast as fc
 from embedmig.metrics import report as rpt
@@ -74,8 +74,8 @@ class Contracts:
     """The golden queries with their documents as sample columns, and as the live index
     answers them now (exact; None for an alias's first index)."""
 
-    compiled: golden.Compiled
-    on_old: golden.Judged | None
+    compiled: contract_figures.Compiled
+    on_old: contract_figures.Judged | None
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def run(
         with phases.phase("encode_queries"):
             contract_queries = new.encode_queries([c.query for c in contracts.compiled.contracts])
         with phases.phase("forecast"):
-            found, likely = golden.forecast(
+            found, likely = contract_figures.forecast(
                 (contract_queries @ doc_vectors.T).astype(np.float32),
                 certain,
                 rate,
@@ -207,11 +207,11 @@ def run(
                 metrics.update(
                     {
                         n: v
-                        for n, v in golden.metrics(likely, contracts.on_old).items()
+                        for n, v in contract_figures.metrics(likely, contracts.on_old).items()
                         if "_old" in n
                     }
                 )
-            distributions["contracts"] = golden.section(
+            distributions["contracts"] = contract_figures.section(
                 contracts.compiled, likely, contracts.on_old
             )
     return rpt.Report(

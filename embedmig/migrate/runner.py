@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from embedmig.config import DEFAULT_SAMPLE
 from embedmig.contracts import check_known
 from embedmig.environment import Environment
 from embedmig.errors import ConfigError, EmbedmigError, ScriptError, StateError
@@ -20,7 +21,7 @@ def upgrade(
     target: str,
     *,
     dry_run: bool = False,
-    sample: int | float = 1000,
+    sample: int | float = DEFAULT_SAMPLE,
     force: bool = False,
     on_report: Callable[[Report], None] | None = None,
     wait: float = 0.0,

@@ -13,7 +13,7 @@ from typing import Any
 
 from embedmig.contracts import Contract, check_known
 from embedmig.environment import Environment
-from embedmig.metrics import contracts as golden
+from embedmig.metrics import contracts as contract_figures
 from embedmig.serve.searcher import Searcher
 from embedmig.serve.view import IndexView
 from embedmig.store import catalog, docids, events
@@ -45,15 +45,19 @@ def verify(
         ids_of = docids.lookup_ids(conn, alias, set().union(*(c.keys for c in contracts)))
         swap = events.swap_of(conn, alias, view.record.id, catalog.versions(conn).get(alias))
     check_known(contracts, ids_of, alias)
-    compiled = golden.compile_(contracts, ids_of)
+    compiled = contract_figures.compile_(contracts, ids_of)
     vectors = view.embedder.encode_queries([c.query for c in contracts])
     _, ids = view.overlay.search(vectors, compiled.depth)
-    judged = golden.judge(ids, compiled)
+    judged = contract_figures.judge(ids, compiled)
     baseline = None
     if swap is not None and swap.metrics is not None:
         recorded = swap.metrics.get("metrics") or {}
         if "contract_failures" in recorded:
-            baseline = {name: recorded.get(name) for name in golden.metrics(judged)}
+            baseline = {name: recorded.get(name) for name in contract_figures.metrics(judged)}
     return Verified(
-        alias, view.record, golden.metrics(judged), golden.section(compiled, judged, None), baseline
+        alias,
+        view.record,
+        contract_figures.metrics(judged),
+        contract_figures.section(compiled, judged, None),
+        baseline,
     )

@@ -100,8 +100,8 @@ def hold(
     aliases: Iterable[str],
     command: str,
     *,
-    wait: float = 0.0,
-    lease: float = 60.0,
+    wait: float,
+    lease: float,
 ) -> Iterator[Lease]:
     """Hold the locks of ``aliases`` (taken in sorted order, so two runs cannot deadlock); the
     lease it yields fences the holder's transactions (``Lease.check``)."""
