@@ -26,7 +26,7 @@ from typing import Any
 from embedmig import cli
 from embedmig.embedders import LoadedEmbedder
 from embedmig.migrate import adapter, context, evaluate
-from embedmig.store import catalog, files
+from embedmig.store import catalog, checkpoints, docids, events, files
 
 
 def die() -> None:
@@ -61,18 +61,18 @@ def kill_on_call(
 POINTS: dict[str, Callable[[], None]] = {
     "during-encode": lambda: kill_on_call(LoadedEmbedder, "encode_documents", call=2),
     "after-spool-append": lambda: kill_on_call(files.Spool, "append", call=2, after=True),
-    "before-checkpoint": lambda: kill_on_call(catalog, "save_checkpoint", call=3),
-    "between-batches": lambda: kill_on_call(catalog, "assign_ids", call=3),
+    "before-checkpoint": lambda: kill_on_call(checkpoints, "save_checkpoint", call=3),
+    "between-batches": lambda: kill_on_call(docids, "assign_ids", call=3),
     "during-index-build": lambda: kill_on_call(files.Spool, "build"),
     "before-index-rename": lambda: kill_on_call(
         os, "replace", when=lambda src, dst: str(dst).endswith(".faiss")
     ),
     "after-index-rename": lambda: kill_on_call(files, "fsync_dir"),
-    "before-ready-commit": lambda: kill_on_call(catalog, "clear_checkpoint"),
+    "before-ready-commit": lambda: kill_on_call(checkpoints, "clear_checkpoint"),
     "during-evaluate": lambda: kill_on_call(evaluate, "run"),
     "during-swap": lambda: kill_on_call(catalog, "point_alias"),
     "before-swap-commit": lambda: kill_on_call(
-        catalog, "record", when=lambda conn, **kw: kw.get("action") == "upgrade"
+        events, "record", when=lambda conn, **kw: kw.get("action") == "upgrade"
     ),
     "after-swap-commit": lambda: kill_on_call(context.MigrationContext, "swap", after=True),
 }
@@ -80,7 +80,7 @@ POINTS: dict[str, Callable[[], None]] = {
 ROLLBACK_POINTS: dict[str, Callable[[], None]] = {
     "during-rollback": lambda: kill_on_call(catalog, "point_alias"),
     "before-rollback-commit": lambda: kill_on_call(
-        catalog, "record", when=lambda conn, **kw: kw.get("action") == "downgrade"
+        events, "record", when=lambda conn, **kw: kw.get("action") == "downgrade"
     ),
     "after-rollback-commit": lambda: kill_on_call(context.MigrationContext, "rollback", after=True),
 }
@@ -90,7 +90,7 @@ ADAPTER_POINTS: dict[str, Callable[[], None]] = {
     "during-fit": lambda: kill_on_call(adapter, "fit"),
     "after-map-write": lambda: kill_on_call(files, "save_bytes", after=True),
     "before-adapter-commit": lambda: kill_on_call(
-        catalog, "record", when=lambda conn, **kw: kw.get("action") == "adapter"
+        events, "record", when=lambda conn, **kw: kw.get("action") == "adapter"
     ),
 }
 

@@ -16,12 +16,20 @@ from embedmig.config import DEFAULT_SAMPLE
 from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.environment import Environment
 from embedmig.errors import GateFailed, ScriptError, StateError
-from embedmig.gates import Gates, Verdict
+from embedmig.gates import Gates
 from embedmig.metrics.report import Report
 from embedmig.migrate import adapter as adapters
 from embedmig.migrate import canary, carryover, forecast
 from embedmig.migrate import evaluate as ev
 from embedmig.migrate.backfill import CorpusStats, Shadow, backfill
+from embedmig.migrate.builds import (
+    AdapterBuild,
+    Build,
+    CanaryBuild,
+    DryRunBuild,
+    ShadowBuild,
+    label,
+)
 from embedmig.migrate.dryrun import DryRun
 from embedmig.migrate.fit import MapSpec
 from embedmig.migrate.settings import MigrationSettings
@@ -60,15 +68,10 @@ class MigrationContext:
         self.report: Report | None = None
         self.swapped = False
         self.rolled_back = False
-        self._live = live
+        self.live = live
         self._adapter = adapter
-        self._fitted: adapters.Fitted | None = None  # ctx.adapt()'s map
-        self._swapped_adapter: catalog.AdapterRecord | None = None  # its row, once it serves
-        self._started = clock.now()
-        self._new: LoadedEmbedder | None = None
-        self._shadow: Shadow | None = None
-        self._dry: DryRun | None = None
-        self._canary: traffic.Canary | None = None  # open on this revision's shadow
+        self.started = clock.now()
+        self._build: Build | None = None  # what ctx.backfill() or ctx.adapt() made
 
     @property
     def alias(self) -> str:
@@ -100,24 +103,24 @@ class MigrationContext:
     def serving(self) -> catalog.IndexRecord | None:
         """The index the alias serves once this context is done: the shadow after a swap, else
         the index live when it started (a dry run swaps nothing)."""
-        if self.swapped and self._shadow is not None:
-            return self._shadow.record
-        return self._live
+        if self.swapped and not self.dry_run and self._build is not None:
+            return self._build.serves or self.live
+        return self.live
 
     @property
     def serving_adapter(self) -> catalog.AdapterRecord | None:
         """The map the alias serves ``serving`` through once this context is done."""
-        if not self.swapped or self.dry_run:
+        if not self.swapped or self.dry_run or self._build is None:
             return self._adapter
-        return self._swapped_adapter
+        return self._build.serves_through
 
     @property
     def new_fingerprint(self) -> str | None:
         """The new model's fingerprint, once ``backfill`` loaded it."""
-        return self._new.fingerprint if self._new is not None else None
+        return self._build.new.fingerprint if self._build is not None else None
 
     @cached_property
-    def _queries(self) -> ev.QuerySource:
+    def queries(self) -> ev.QuerySource:
         return ev.QuerySource.of(self.env, self.alias, first_index=self.old is None)
 
     # ---- upgrade steps -----------------------------------------------------------------------
@@ -129,41 +132,43 @@ class MigrationContext:
         ``bridge`` (a map kind, ``"procrustes"``) first fits a map from the new model into the
         live index, so searchers opened with the new model get adapted results from the live
         index while the shadow builds; the swap drops it."""
-        if self._new is not None:
+        if self._build is not None:
             raise StateError("ctx.backfill() or ctx.adapt() was called twice in one upgrade()")
         spec = MapSpec(bridge) if bridge is not None else None
         if self.dry_run:
             forecast.refuse_gates_not_forecast(self.gates, self.revision.revision)
-        self._new = new = self.env.load_embedder(self.new, cache=True)
+        new = self.env.load_embedder(self.new, cache=True)
         if spec is not None and not self.dry_run:
             self._bridge(new, spec)
-        if self._live is not None and self._live.dim != new.dim:
+        if self.live is not None and self.live.dim != new.dim:
             # Legal (the shadow is a new index), but worth saying: vectors are not comparable.
-            log.info("dimension changes from %d to %d", self._live.dim, new.dim)
+            log.info("dimension changes from %d to %d", self.live.dim, new.dim)
         if self.dry_run:
-            self._dry = DryRun.read(
+            dry = DryRun.read(
                 self.env,
                 self.revision,
                 new,
-                self._live,
-                self._queries,
+                self.live,
+                self.queries,
                 self.settings.eval,
                 self.sample,
             )
+            self._build = DryRunBuild(new, dry)
             return
         attached = canary.attach(
             self.env,
             self.alias,
             self.revision.revision,
             new.fingerprint,
-            self._live.id if self._live else None,
-            self._started,
+            self.live.id if self.live else None,
+            self.started,
         )
         if attached is not None:
-            self._canary, record = attached
-            self._shadow = Shadow(record, None, [], CorpusStats(), carryover.Result({}))
+            opened, record = attached
+            shadow = Shadow(record, None, [], CorpusStats(), carryover.Result({}))
+            self._build = CanaryBuild(new, shadow, opened=opened)
         else:
-            self._shadow = backfill(self.env, self.revision, new, self.settings)
+            self._build = ShadowBuild(new, backfill(self.env, self.revision, new, self.settings))
 
     def adapt(
         self,
@@ -179,20 +184,15 @@ class MigrationContext:
         full re-embed) and ``swap()``, the alias serves its live index to the new model through
         the map; writers embed with the new model and store through it. A dry run stores nothing.
         """
-        if self._new is not None:
+        if self._build is not None:
             raise StateError("ctx.backfill() or ctx.adapt() was called twice in one upgrade()")
         spec = MapSpec(kind, rank, hidden, epochs)
         live = self._require_live("ctx.adapt()")
-        self._new = new = self.env.load_embedder(self.new, cache=True)
-        self._fitted = adapters.fit_on_live(
-            self.env,
-            self.revision,
-            new,
-            live,
-            self.settings,
-            spec,
-            old=self._old_side,
+        new = self.env.load_embedder(self.new, cache=True)
+        fitted = adapters.fit_on_live(
+            self.env, self.revision, new, live, self.settings, spec, old=self.old_side
         )
+        self._build = AdapterBuild(new, fitted)
 
     def _bridge(self, new: LoadedEmbedder, spec: MapSpec) -> None:
         live = self._require_live("ctx.backfill(bridge=...)")
@@ -214,7 +214,7 @@ class MigrationContext:
             live,
             self.settings,
             spec,
-            old=self._old_side,
+            old=self.old_side,
         )
         path = adapters.write(self.env, self.revision, fitted)
         with self.env.begin() as conn:
@@ -231,19 +231,19 @@ class MigrationContext:
             )
 
     def _require_live(self, verb: str) -> catalog.IndexRecord:
-        if self._live is None or self.old is None:
+        if self.live is None or self.old is None:
             raise StateError(
                 f"{verb} maps the new model into the live index of {self.alias!r}, and it has "
                 "none yet (its first revision): use ctx.backfill()"
             )
-        return self._live
+        return self.live
 
-    def _old_side(self) -> LoadedEmbedder | None:
+    def old_side(self) -> LoadedEmbedder | None:
         """What embedded for the live index as the alias served it (through its adapter, if an
         adapter revision was current): the old side of every comparison."""
-        if self._live is None or self.old is None:
+        if self.live is None or self.old is None:
             return None
-        return self.env.serving_embedder(self._live, self._adapter, cache=True)
+        return self.env.serving_embedder(self.live, self._adapter, cache=True)
 
     def evaluate(self) -> Report:
         """Compare old and new on the query sample (a dry run: forecast the comparison), check the
@@ -251,43 +251,16 @@ class MigrationContext:
 
         Raises GateFailed (after recording the verdict) when a gate fails and force is off.
         """
-        new = self._new
-        if new is None:
+        build = self._build
+        if build is None:
             raise StateError("ctx.evaluate() needs ctx.backfill() first")
-        if self._fitted is not None:
-            old = self._old_side()
-            assert old is not None and self._live is not None
-            report = adapters.evaluate(
-                self.env, self.revision, self._fitted, old, self._live, self.settings
-            )
-        elif self._canary is not None and self._canary.report is not None:
-            # The shadow was evaluated when its canary opened; writers kept it current since.
-            report = Report.from_dict(self._canary.report)
-        else:
-            if self._dry is not None:
-                covered = self._dry.coverage
-                report = self._dry.forecast(
-                    self.env, self.revision, new, self._live, self._old_side, self.settings.eval
-                )
-            else:
-                assert self._shadow is not None
-                covered = self._shadow.coverage
-                report = ev.evaluate_shadow(
-                    self.env,
-                    self.revision,
-                    self._shadow,
-                    new,
-                    self._live,
-                    self._old_side(),
-                    self._queries,
-                    self.settings.eval,
-                )
-            report.metrics.update(covered.counts)
-            if covered.examples:
-                report.distributions["coverage"] = covered.examples
+        report = build.evaluate(self)
         # Canary gates are judged on live traffic, by ctx.canary().
         report.verdict = self.gates.check(
-            report.metrics, forced=self.force, canary=False, adapter=self._fitted is not None
+            report.metrics,
+            forced=self.force,
+            canary=False,
+            adapter=isinstance(build, AdapterBuild),
         )
         if self.dry_run and self.gates.on_canary:
             report.notes.append(
@@ -314,17 +287,14 @@ class MigrationContext:
             raise StateError(
                 "ctx.canary() needs ctx.evaluate() first: there is no shadow to mirror to"
             )
-        live = self._live
-        if live is None:
+        if self.live is None:
             raise StateError(
                 f"ctx.canary() compares the shadow with the live index, and {self.alias!r} has "
                 "none yet (its first revision)"
             )
-        if self._fitted is not None:
-            raise StateError(
-                "ctx.canary() mirrors queries to a shadow index, and an adapter revision builds "
-                "none: its map is measured by ctx.evaluate()"
-            )
+        assert self._build is not None
+        if isinstance(self._build, AdapterBuild):
+            self._build.canary(self, report, self.settings.canary)  # refuses, in a dry run too
         wanted = self.settings.canary.with_arguments(fraction, min_queries)
         if self.dry_run:
             report.notes.append(
@@ -332,14 +302,7 @@ class MigrationContext:
                 f"mirrored at {wanted.fraction:.0%} (a dry run opens none)"
             )
             return
-        if self._canary is None:
-            assert self._shadow is not None
-            raise canary.open_on(
-                self.env, report, self._shadow.record, live, wanted, self.k, self._started
-            )
-        canary.hold(
-            self.env, self._canary, report, self.gates, self.settings.eval, forced=self.force
-        )
+        self._build.canary(self, report, wanted)
 
     def swap(self) -> None:
         """Point the alias at the shadow index, atomically, and record it (a dry run records
@@ -350,7 +313,9 @@ class MigrationContext:
         if self.report is None:
             self.evaluate()
         assert self.report is not None and self.report.verdict is not None
-        if self.gates.on_canary and self._canary is None and not self.dry_run:
+        build = self._build
+        assert build is not None
+        if self.gates.on_canary and not build.holds_canary and not self.dry_run:
             raise ScriptError(
                 f"the gates of {self.revision.revision} name canary_* metrics, but its "
                 "upgrade() calls ctx.swap() without ctx.canary() first"
@@ -359,80 +324,11 @@ class MigrationContext:
         if self.dry_run:
             with self.env.begin() as conn:
                 self._record(
-                    conn, "dry-run", "ok", verdict=_label(verdict), metrics=self._metrics()
+                    conn, "dry-run", "ok", verdict=label(verdict), metrics=self._report_dict()
                 )
-            self.swapped = True
-            return
-        if self._fitted is not None:
-            self._swap_to_adapter(verdict)
-            return
-        shadow = self._shadow
-        assert shadow is not None
-        if self._canary is not None:
-            # Built by an earlier run: readers must find a working file once the pointer moves.
-            # A shadow built by this run was hashed from the very bytes it wrote.
-            files.verify(self.env.file_of(shadow.record), shadow.record.sha256)
-        if self._new is not None and self._new.remote:
-            # Readers will embed with it from now on: it must still be the model that built it.
-            self.env.recheck(self._new, shadow.record, "since its index was built")
-        expected = self._live.id if self._live else None
-        with self.env.begin() as conn:
-            live = catalog.live_index(conn, self.alias)
-            if (live.id if live else None) != expected:
-                raise StateError(
-                    f"the live index of {self.alias} changed during this migration "
-                    f"(now #{live.id if live else None}); re-run the upgrade"
-                )
-            catalog.point_alias(conn, self.alias, self.revision.revision, shadow.record.id)
-            if self._canary is not None:
-                status = traffic.FORCED if not verdict.passed else traffic.PASSED
-                traffic.close(conn, self._canary.id, status)
-            self._record(
-                conn,
-                "upgrade",
-                "forced" if not verdict.passed else "ok",
-                from_index=expected,
-                to_index=shadow.record.id,
-                verdict=_label(verdict),
-                forced=not verdict.passed,
-                metrics=self._metrics(),
-            )
+        else:
+            build.swap(self, verdict)
         self.swapped = True
-        log.info(
-            "swapped %s to index #%d (%s)", self.alias, shadow.record.id, self.revision.revision
-        )
-
-    def _swap_to_adapter(self, verdict: Verdict) -> None:
-        """The alias keeps its live index and serves it through the fitted map from now on."""
-        fitted = self._fitted
-        assert fitted is not None and self._live is not None
-        path = adapters.write(self.env, self.revision, fitted)
-        with self.env.begin() as conn:
-            live = catalog.live_index(conn, self.alias)
-            if live is None or live.id != self._live.id:
-                raise StateError(
-                    f"the live index of {self.alias} changed during this migration; re-run the "
-                    "upgrade"
-                )
-            catalog.retire_adapters(conn, self.alias)
-            record = adapters.register(
-                conn, self.env, self.revision, fitted, path, catalog.State.LIVE
-            )
-            catalog.set_version(conn, self.alias, self.revision.revision)
-            self._record(
-                conn,
-                "adapter",
-                "forced" if not verdict.passed else "ok",
-                from_index=live.id,
-                to_index=live.id,
-                verdict=_label(verdict),
-                forced=not verdict.passed,
-                metrics=self._metrics(),
-                message=f"adapter #{record.id}: {fitted.spec.describe()} map",
-            )
-        self.swapped = True
-        self._swapped_adapter = record
-        log.info("%s serves index #%d through adapter #%d", self.alias, live.id, record.id)
 
     # ---- downgrade ---------------------------------------------------------------------------
 
@@ -474,7 +370,7 @@ class MigrationContext:
                     notes.append(f"adapter #{restored.id} serves again")
             opened = traffic.open_canary(conn, self.alias)
             if opened is not None:  # it compares against the index that stops being live
-                canary.end(conn, opened, traffic.ABANDONED, started_at=self._started)
+                canary.end(conn, opened, traffic.ABANDONED, started_at=self.started)
             self._record(
                 conn,
                 "downgrade",
@@ -499,31 +395,34 @@ class MigrationContext:
 
     # ---- history -----------------------------------------------------------------------------
 
-    def _metrics(self) -> dict[str, Any] | None:
+    def _report_dict(self) -> dict[str, Any] | None:
+        """The report as history keeps it."""
         return self.report.to_dict() if self.report else None
 
     def _record(self, conn: Any, action: str, status: str, **values: Any) -> None:
+        """A history row of this revision, in ``conn``'s transaction."""
         events.record(
             conn,
             alias=self.alias,
             revision=self.revision.revision,
             action=action,
             status=status,
-            started_at=self._started,
+            started_at=self.started,
             **values,
         )
 
     def _gate_failed(self, report: Report) -> None:
         """Record the failed verdict, then raise it."""
         assert report.verdict is not None
-        shadow_id = self._shadow.record.id if self._shadow else None
+        build = self._build
+        shadow = build.serves if build is not None else None
         with self.env.begin() as conn:
             self._record(
                 conn,
                 "dry-run" if self.dry_run else "upgrade",
                 "gate-failed",
-                from_index=self._live.id if self._live else None,
-                to_index=shadow_id,
+                from_index=self.live.id if self.live else None,
+                to_index=shadow.id if shadow else None,
                 verdict="fail",
                 metrics=report.to_dict(),
             )
@@ -531,12 +430,9 @@ class MigrationContext:
             check.describe() + _examples(report.distributions, check.metric)
             for check in report.verdict.failures()
         )
-        where = "" if self.dry_run else f"; shadow index #{shadow_id} kept for inspection"
-        if self._fitted is not None:
-            where = (
-                f"; the {self._fitted.spec.kind} map is not good enough to stand in for a full "
-                "re-embed: a revision whose upgrade() calls ctx.backfill() is the way"
-            )
+        where = "" if self.dry_run or build is None else build.kept()
+        if isinstance(build, AdapterBuild):
+            where = build.kept()
         raise GateFailed(
             f"gate failed for {self.alias} @ {self.revision.revision}: {failures}{where}"
             " (alias unchanged; --force overrides)",
@@ -559,8 +455,3 @@ def _examples(distributions: Mapping[str, Any], metric: str) -> str:
     return (
         f" ({', '.join(keys)}{', ...' if len(keys) >= carryover.EXAMPLES else ''})" if keys else ""
     )
-
-
-def _label(verdict: Verdict) -> str | None:
-    """The verdict as history records it; None when the revision has no gates."""
-    return verdict.label if verdict.checks else None
