@@ -93,7 +93,7 @@ from embedmig.embedders.base import Usage  # noqa: E402
 from embedmig.metrics import report as rpt  # noqa: E402
 from embedmig.metrics.kernels import Judgements  # noqa: E402
 from embedmig.migrate import evaluate as ev  # noqa: E402
-from embedmig.migrate import forecast as fc  # noqa: E402
+from embedmig.migrate import forecast as forecasting  # noqa: E402
 from embedmig.sources import Document  # noqa: E402
 from embedmig.store import files  # noqa: E402
 
@@ -257,12 +257,12 @@ def forecast(
     uniform = [rest[i] for i in rng.choice(len(rest), min(size, len(rest)), replace=False)]
     columns = {d.key: i for i, d in enumerate([*uniform, *judged_docs])}
     judged = judgements(data, queries, columns)
-    report = fc.run(
+    report = forecasting.run(
         alias="bench",
         revision="r2",
         new=new,  # type: ignore[arg-type]
-        old=fc.LiveSide(old, live, {d.key: i for i, d in enumerate(data.docs)}),  # type: ignore[arg-type]
-        sample=fc.SampleDocs(uniform, judged_docs, len(data.docs)),
+        old=forecasting.LiveSide(old, live, {d.key: i for i, d in enumerate(data.docs)}),  # type: ignore[arg-type]
+        sample=forecasting.SampleDocs(uniform, judged_docs, len(data.docs)),
         columns=columns,
         queries=ev.QuerySet(queries, "bench", judged=judged),
         settings=rpt.Settings(seed=seed),

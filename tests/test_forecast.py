@@ -13,7 +13,9 @@ from embedmig import Gates, command
 from embedmig.errors import ConfigError
 from embedmig.metrics import forecast as fc
 from embedmig.metrics import report as rpt
+from embedmig.metrics.intervals import Interval, with_intervals
 from embedmig.metrics.kernels import Judgements
+from embedmig.metrics.ranks import SampledScores, rank_posterior
 from embedmig.render.html import render_html
 from embedmig.render.text import render_text
 from tests.support import (
@@ -95,7 +97,7 @@ def _forecaster(data: Subset, fraction: float, seed: int) -> fc.Forecaster:
     columns = np.concatenate([uniform, certain_ids])
     column_of = np.full(n, -1)
     column_of[columns] = np.arange(len(columns))
-    sampled = fc.SampledScores(
+    sampled = SampledScores(
         new_q @ new_d[columns].T,
         np.isin(columns, certain_ids),
         len(uniform) / len(rest),
@@ -195,7 +197,7 @@ def test_rank_interpolation_matches_a_per_row_reference() -> None:
 
 def test_rank_posterior_is_exact_when_the_sample_is_the_corpus() -> None:
     grid = np.arange(10)
-    posterior, _ = fc.rank_posterior(np.array([0, 3, 9]), 1.0, grid)
+    posterior, _ = rank_posterior(np.array([0, 3, 9]), 1.0, grid)
     assert posterior.argmax(axis=1).tolist() == [0, 3, 9]
     assert np.allclose(posterior.sum(axis=1), 1.0)
 
@@ -322,7 +324,7 @@ def _lost_queries(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 def _tail_forecast(
     seed: int,
-) -> tuple[dict[str, fc.Interval], dict[str, float | None], fc.Estimate]:
+) -> tuple[dict[str, Interval], dict[str, float | None], fc.Estimate]:
     from embedmig.migrate import forecast as dry
 
     docs_old, docs_new, queries_old, queries_new, _ = _lost_queries(7)
@@ -331,7 +333,7 @@ def _tail_forecast(
     columns = np.sort(np.random.default_rng(seed).choice(3000, 300, replace=False))
     column_of = np.full(3000, -1)
     column_of[columns] = np.arange(len(columns))
-    sampled = fc.SampledScores(
+    sampled = SampledScores(
         (queries_new @ docs_new[columns].T).astype(np.float32),
         np.zeros(len(columns), bool),
         0.1,
@@ -340,7 +342,7 @@ def _tail_forecast(
     old_top = column_of[old.ids]
     forecaster = fc.Forecaster(fc.ForecastInput(sampled, k=10, rbo_p=0.9, old_top=old_top))
     exact = dry._Exact(old_top, old.scores[:, :10], {})
-    estimate, intervals = fc.with_intervals(
+    estimate, intervals = with_intervals(
         forecaster, lambda e, w: dry._figures(e, w, exact, 10, [0.5]), 20, seed
     )
     return intervals, realized, estimate

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from embedmig.contracts import Contract
-from embedmig.metrics import figures, kernels
-from embedmig.metrics import forecast as fc
+from embedmig.metrics import figures, kernels, ranks
 from embedmig.metrics.kernels import Judgements, ranks_of
 
 NDCG_DEPTH = 10
@@ -170,8 +169,8 @@ def forecast(
     above = scores[rows] > target[:, None]
     certain_above = (above & certain[None, :]).sum(axis=1)
     seen = (above & ~certain[None, :]).sum(axis=1)
-    grid = fc.rank_grid(population)
-    posterior, _ = fc.rank_posterior(seen, min(rate, 1.0), grid)
+    grid = ranks.rank_grid(population)
+    posterior, _ = ranks.rank_posterior(seen, min(rate, 1.0), grid)
     rng = np.random.default_rng(seed)
     # Inverse-CDF draws of B per pair, (pairs, draws): one searchsorted over every row at once,
     # each row's CDF (0 to 1) lifted by twice its row number so the rows do not interleave.

@@ -1,224 +1,38 @@
-"""Forecasts of full-corpus retrieval metrics from a sample of documents (pure numpy).
+"""Forecasts of full-corpus retrieval metrics from a sample of documents (pure numpy), read off
+each pair's rank posterior (``metrics.ranks``):
 
-A dry run embeds only a sample of the corpus with the new model. Ranking that sample alone would
-meet each query with a fraction of the real distractors and pull every figure toward the
-ceiling, so nothing here ranks the sample as if it were the corpus. Each sampled document gets a
-*rank in the full corpus*, extrapolated:
-
-- Documents are embedded either with certainty (the judged documents of the queries: inclusion
-  probability 1) or as a uniform sample of the rest at ``rate``.
-- For a query and a sampled document with new score s, its full-corpus rank is ``1 + A + B``:
-  A, the certain documents scoring above s, is known; B, the others above s, is not. What is seen
-  is b, the sampled ones among them, b ~ Binomial(B, rate).
-- B gets an *empirical-Bayes* prior: a non-increasing distribution over a grid of counts (a
-  mixture of uniforms on [0, m]), fitted by EM (maximum likelihood) to all the b
-  of one family of pairs (the judged documents; the old model's top documents), separately within
-  bands of the old model's rank of the document (1, 2, 3-4, 5-8, ...): where the old model ranks a
-  document is the best guess of where the new one will. Each pair then has a posterior over its
-  rank, and each metric is its posterior expectation.
-- Per-query figures whose distribution is reported (overlap and Jaccard at each depth) are
-  drawn, not averaged: each query gets DRAWS realizations of its overlap count, from its
-  documents' rank posteriors and, for the old top-k documents the sample lacks, a keep rate
-  drawn from an empirical-Bayes prior over queries (``Forecaster._kept_draws``). Quantiles,
-  shares and Jaccard read the draws; expectations would squeeze them toward the mean.
+- Judged figures (recall, nDCG, MRR) are expectations over each judged document's rank, and are
+  drawn too: DRAWS realizations per query, so a query's MRR in a draw is a reciprocal rank.
+- Per-query agreement figures (overlap and Jaccard at each depth) are drawn, not averaged: each
+  query gets DRAWS realizations of its overlap count, from its documents' rank posteriors and,
+  for the old top-k documents the sample lacks, a keep rate drawn from an empirical-Bayes prior
+  over queries (``Forecaster._kept_draws``). Quantiles, shares and Jaccard read the draws;
+  expectations would squeeze them toward the mean.
 - Sums over documents the sample holds only some of (the old top-k kept in the new top-k) weight
   each sampled document by 1 / its inclusion probability (Horvitz-Thompson): unbiased for the
   sum over the whole corpus (RBO; a crosscheck of the drawn means).
 - A query's new top-k scores are read off its sampled scores by rank interpolation
   (``TopScores``).
-
-Intervals come from a bootstrap that resamples the queries and the uniformly sampled documents
-together, refitting the priors each time: they cover query sampling and document sampling.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from statistics import NormalDist
 
 import numpy as np
 
 from embedmig.metrics.kernels import Judgements, ideal_grades
+from embedmig.metrics.ranks import (
+    Posterior,
+    Ranks,
+    SampledScores,
+    categorical,
+    em,
+    top_columns,
+)
 
-# EM for the priors: from a flat start until it settles (at most EM_STEPS); a bootstrap replicate
-# from the forecast's own fit (WARM_STEPS). Stopped early (SMOOTH_STEPS from a flat start) a
-# prior stays flatter and reads the first ranks lower: nDCG@10 of the known-item set 0.036 low
-# at 10%, 0.001 when settled. Where the two fits disagree, the data cannot tell the first ranks
-# apart, and the intervals widen by that disagreement (``with_intervals``).
-EM_STEPS = 3000
-WARM_STEPS = 30
-SMOOTH_STEPS = 30
-_DENSE_GRID = 128  # counts 0..127 one by one, then geometric steps up to the population
 _NDCG_DISCOUNTS = 1.0 / np.log2(np.arange(2, 12))
-
-
-@dataclass(frozen=True)
-class SampledScores:
-    """New-model scores of every query against the documents a dry run embedded.
-
-    ``scores`` is (queries, documents); -inf marks a pair that must not count (a query's own
-    document). ``certain`` marks documents embedded with certainty; the others are a uniform
-    sample at ``rate`` of ``population`` documents.
-    """
-
-    scores: np.ndarray
-    certain: np.ndarray
-    rate: float
-    population: int
-
-    @property
-    def weights(self) -> np.ndarray:
-        """Horvitz-Thompson weights: how many corpus documents each sampled one stands for."""
-        return np.where(self.certain, 1.0, 1.0 / self.rate)
-
-    @property
-    def uncertain(self) -> np.ndarray:
-        return np.flatnonzero(~self.certain)
-
-
-class Ranks:
-    """Extrapolated full-corpus ranks of (query row, sampled column) pairs.
-
-    The certain documents above each pair are counted once (they are never resampled); the
-    sampled ones are counted from each query's top ``cap`` sampled scores, which is all that
-    matters for ranks up to the depths reported, and recounted per bootstrap replicate.
-    """
-
-    def __init__(
-        self,
-        sampled: SampledScores,
-        rows: np.ndarray,
-        cols: np.ndarray,
-        cap: int,
-        horizon: int,
-        strata: np.ndarray | None = None,
-    ):
-        self.sampled, self.rows, self.cols, self.horizon = sampled, rows, cols, horizon
-        self.strata = strata if strata is not None else np.zeros(len(rows), np.int64)
-        self.fitted: dict[int, np.ndarray] = {}
-        scores = sampled.scores
-        threshold = scores[rows, cols][:, None]
-        certain = np.flatnonzero(sampled.certain)
-        self.above_certain = _count_above(scores, certain, rows, threshold)
-        uncertain = sampled.uncertain
-        top = _top_columns(scores, uncertain, cap)
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        # Positions in ``uncertain``, best first: what a replicate's multiplicities index.
-        self.top = np.searchsorted(uncertain, np.take_along_axis(top, order, axis=1))
-        top_sorted = np.take_along_axis(top_scores, order, axis=1)
-        self.position = (top_sorted[rows] > threshold).sum(axis=1)
-
-    def seen_above(self, multiplicity: np.ndarray | None) -> np.ndarray:
-        """Sampled documents above each pair, each counted ``multiplicity`` times."""
-        if multiplicity is None:
-            position: np.ndarray = self.position
-            return position
-        running = np.cumsum(multiplicity[self.top], axis=1)
-        padded = np.concatenate([np.zeros((len(running), 1), running.dtype), running], axis=1)
-        seen: np.ndarray = padded[self.rows, self.position]
-        return seen
-
-    def posterior(self, multiplicity: np.ndarray | None = None, smooth: bool = False) -> Posterior:
-        """Each stratum of pairs gets its own fitted prior. The fit to the data itself is kept:
-        a bootstrap replicate (``multiplicity`` given) starts its own fit from it."""
-        sampled = self.sampled
-        seen = self.seen_above(multiplicity)
-        grid = (
-            rank_grid(sampled.population)
-            if sampled.rate < 1.0
-            else np.arange(seen.max(initial=0) + 1)
-        )
-        # Ranks past the horizon weigh nothing in any metric: their columns are dropped.
-        kept = grid[grid < self.horizon]
-        post = np.zeros((len(seen), len(kept)))
-        for stratum in np.unique(self.strata):
-            members = np.flatnonzero(self.strata == stratum)
-            start = self.fitted.get(int(stratum)) if multiplicity is not None else None
-            post[members], mix = rank_posterior(
-                seen[members],
-                sampled.rate,
-                grid,
-                len(kept),
-                start,
-                SMOOTH_STEPS if smooth else None,
-            )
-            if multiplicity is None and not smooth and mix is not None:
-                self.fitted[int(stratum)] = mix
-        return Posterior(kept, post, self.above_certain)
-
-
-@dataclass(frozen=True)
-class Posterior:
-    """Per pair, a distribution over its rank: 1 + ``above`` + grid[j] with probability
-    ``probability[:, j]``; ``grid`` is 0, 1, 2, ... up to the deepest rank any metric reads."""
-
-    grid: np.ndarray
-    probability: np.ndarray
-    above: np.ndarray
-
-    def expect(self, gain: np.ndarray, pairs: np.ndarray | slice = slice(None)) -> np.ndarray:
-        """E[gain[rank - 1]] per pair (0 beyond the end of ``gain``)."""
-        rank0 = self.above[pairs][:, None] + self.grid[None, :]
-        values = np.where(rank0 < len(gain), gain[np.minimum(rank0, len(gain) - 1)], 0.0)
-        out: np.ndarray = (self.probability[pairs] * values).sum(axis=1)
-        return out
-
-    def cdf(self, depth: int) -> np.ndarray:
-        """P(rank <= d) for d = 1..depth, shape (pairs, depth)."""
-        # The grid kept is dense from 0: rank <= d means B <= d - 1 - above, a prefix of it.
-        cumulative = np.cumsum(self.probability, axis=1)
-        upto = np.arange(depth)[None, :] - self.above[:, None]
-        inside = upto >= 0
-        at = np.clip(upto, 0, cumulative.shape[1] - 1)
-        cdf: np.ndarray = np.where(inside, np.take_along_axis(cumulative, at, axis=1), 0.0)
-        return cdf
-
-
-def rank_posterior(
-    seen: np.ndarray,
-    rate: float,
-    grid: np.ndarray,
-    columns: int | None = None,
-    start: np.ndarray | None = None,
-    steps: int | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Posterior over B (population documents above a pair), on ``grid``, for each observed
-    count ``seen``, under a non-increasing prior fitted to all of ``seen``: (pairs, columns),
-    the first ``columns`` grid points (default all); and the fitted mixture weights.
-
-    The fit is EM from a flat start, run until it settles; with ``start`` (the weights a fit of
-    nearby data found: a bootstrap replicate starts from the forecast's) it runs WARM_STEPS;
-    ``steps`` caps it.
-    """
-    seen = np.asarray(seen, dtype=np.int64)
-    columns = len(grid) if columns is None else columns
-    if rate >= 1.0:  # the sample is the population: B is what was seen
-        exact: np.ndarray = (seen[:, None] == grid[None, :columns]).astype(np.float64)
-        return exact, None
-    width = np.diff(np.append(grid, 2 * grid[-1] - grid[-2] if len(grid) > 1 else 1))
-    width = width.astype(np.float64)
-    values, inverse = np.unique(seen, return_inverse=True)
-    log_lik = _log_binomial(values, grid, rate)
-    lik = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
-    weight = np.bincount(inverse, minlength=len(values)).astype(np.float64)
-    weight /= weight.sum()
-    # A non-increasing prior is a mixture of uniforms on [0, m]: component m spreads its mass
-    # over the grid cells up to m in proportion to their widths.
-    components = np.tril(np.broadcast_to(width, (len(grid), len(grid))))
-    components /= components.sum(axis=1, keepdims=True)
-    lik_c = lik @ components.T
-    mix = _em(lik_c, weight, start, steps)
-    prior = mix @ components
-    post = lik * prior
-    post /= post.sum(axis=1, keepdims=True)
-    out: np.ndarray = post[:, :columns][inverse]
-    return out, mix
-
-
-# ---- the forecast ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -270,8 +84,8 @@ class TopScores:
     def __init__(self, sampled: SampledScores, k: int) -> None:
         self.sampled, self.k = sampled, k
         # Enough of each kind to reach rank k even after a bootstrap drops a third of them.
-        self.uncertain = _top_columns(sampled.scores, sampled.uncertain, 2 * k + 4)
-        self.certain = _top_columns(sampled.scores, np.flatnonzero(sampled.certain), k + 1)
+        self.uncertain = top_columns(sampled.scores, sampled.uncertain, 2 * k + 4)
+        self.certain = top_columns(sampled.scores, np.flatnonzero(sampled.certain), k + 1)
 
     def estimate(self, multiplicity: np.ndarray | None) -> np.ndarray:
         sampled = self.sampled
@@ -291,21 +105,6 @@ class TopScores:
         cumulative = np.cumsum(weight, axis=1)
         middle = cumulative - (weight - 1) / 2  # ranks 1..w: their middle is (w + 1) / 2
         return _interpolate_ranks(values, middle, weight > 0, self.k)
-
-
-def _top_columns(scores: np.ndarray, columns: np.ndarray, count: int) -> np.ndarray:
-    """Per query, the ``count`` columns among ``columns`` with the highest scores."""
-    count = min(count, len(columns))
-    if count == 0:
-        return np.zeros((scores.shape[0], 0), np.int64)
-    block = scores[:, columns]
-    top = (
-        np.argpartition(-block, count - 1, axis=1)[:, :count]
-        if count < len(columns)
-        else (np.broadcast_to(np.arange(len(columns)), block.shape))
-    )
-    out: np.ndarray = columns[top]
-    return out
 
 
 def _interpolate_ranks(
@@ -436,7 +235,7 @@ class Forecaster:
         much the figures move from draw to draw is what the ranks leave open (Rubin's rule)."""
         n, rel = self.n_queries, self.relevant
         beyond = np.clip(1.0 - post.probability.sum(axis=1, keepdims=True), 0.0, None)
-        index = _categorical(np.hstack([post.probability, beyond]), DRAWS, rng)
+        index = categorical(np.hstack([post.probability, beyond]), DRAWS, rng)
         grid = np.append(post.grid, np.iinfo(np.int32).max // 2)
         rank0 = post.above[:, None] + grid[index]  # (pairs, DRAWS), 0-based
         out: dict[str, np.ndarray] = {}
@@ -533,7 +332,7 @@ class Forecaster:
                         log_lik[members] - log_lik[members].max(axis=1, keepdims=True)
                     )
                 posterior /= posterior.sum(axis=1, keepdims=True)
-                theta[:, draw] = THETA[_categorical(posterior, 1, rng)[:, 0]]
+                theta[:, draw] = THETA[categorical(posterior, 1, rng)[:, 0]]
                 mean_theta += posterior @ THETA / DRAWS
             if groups.max() == 0:
                 # Which queries keep much and which little is read from the deepest list, where
@@ -547,7 +346,11 @@ class Forecaster:
 
 # Per-query realizations of the drawn figures, and the grid of a query's keep rate theta.
 DRAWS = 16
+
+
 THETA = np.linspace(0.0, 1.0, 41)
+
+
 GROUP_QUERIES = 60  # queries per group whose shallow lists share a prior (at most 5 groups)
 
 
@@ -563,36 +366,7 @@ def _quantile_groups(values: np.ndarray, count: int) -> np.ndarray:
 def _fit_mixture(log_lik: np.ndarray, start: np.ndarray | None) -> np.ndarray:
     """The mixing distribution over THETA that maximizes the likelihood of every query."""
     lik = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
-    return _em(lik, np.full(len(lik), 1.0 / max(len(lik), 1)), start)
-
-
-def _em(
-    lik: np.ndarray, weight: np.ndarray, start: np.ndarray | None, steps: int | None = None
-) -> np.ndarray:
-    """Mixture weights over the columns of ``lik`` (rows: observations, ``weight`` each) that
-    maximize the likelihood: EM from a flat start until it settles (at most EM_STEPS), from
-    ``start`` (a nearby fit) WARM_STEPS; ``steps`` caps it."""
-    mix = np.full(lik.shape[1], 1.0 / lik.shape[1]) if start is None else start
-    if steps is None:
-        steps = EM_STEPS if start is None else WARM_STEPS
-    for step in range(steps):
-        joint = lik * mix
-        joint /= joint.sum(axis=1, keepdims=True)
-        previous, mix = mix, weight @ joint
-        if step % 50 == 49 and np.abs(mix - previous).max() < 1e-7:
-            break
-    return mix
-
-
-def _categorical(probability: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
-    """``draws`` indices per row, each drawn from that row's distribution."""
-    cumulative = np.cumsum(probability, axis=1)
-    cumulative[:, -1] = 1.0
-    u = rng.random((len(probability), draws))
-    index: np.ndarray = np.minimum(
-        (u[:, :, None] > cumulative[:, None, :]).sum(axis=2), probability.shape[1] - 1
-    )
-    return index
+    return em(lik, np.full(len(lik), 1.0 / max(len(lik), 1)), start)
 
 
 MIN_STRATUM = 30  # pairs: fewer give a prior that is mostly noise
@@ -655,19 +429,6 @@ def _rbo(common: np.ndarray, p: float) -> np.ndarray:
     return out
 
 
-def _count_above(
-    scores: np.ndarray, cols: np.ndarray, rows: np.ndarray, threshold: np.ndarray
-) -> np.ndarray:
-    out = np.zeros(len(rows), np.int64)
-    if len(cols) == 0:
-        return out
-    step = max(1, 4_000_000 // len(cols))
-    for start in range(0, len(rows), step):
-        block = slice(start, start + step)
-        out[block] = (scores[rows[block]][:, cols] > threshold[block]).sum(axis=1)
-    return out
-
-
 def _argmax_per_row(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Index into ``rows`` of the largest value of each row present."""
     if len(rows) == 0:
@@ -697,122 +458,3 @@ def _add_rows(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros((n, values.shape[1]))
     np.add.at(out, rows, values)
     return out
-
-
-def rank_grid(population: int) -> np.ndarray:
-    """The values of B (population documents above a pair) a rank posterior is held on."""
-    if population < _DENSE_GRID:
-        return np.arange(population + 1)
-    tail = np.geomspace(_DENSE_GRID, max(population, _DENSE_GRID), 48).round().astype(np.int64)
-    return np.unique(np.concatenate([np.arange(_DENSE_GRID), tail]))
-
-
-def _log_binomial(seen: np.ndarray, grid: np.ndarray, rate: float) -> np.ndarray:
-    """log P(seen | B) for each B of ``grid`` under Binomial(B, rate); -inf where seen > B."""
-    n = grid[None, :]
-    k = seen[:, None]
-    valid = k <= n
-    n = np.where(valid, n, k)
-    log_choose = _log_factorial(n) - _log_factorial(k) - _log_factorial(n - k)
-    out: np.ndarray = np.where(
-        valid, log_choose + k * math.log(rate) + (n - k) * math.log1p(-rate), -np.inf
-    )
-    return out
-
-
-_TABLE = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, 1024, dtype=np.float64)))])
-
-
-def _log_factorial(n: np.ndarray) -> np.ndarray:
-    """log(n!) for integer arrays: a table below 1024, Stirling's series (error < 1e-12) above."""
-    n = np.asarray(n, dtype=np.int64)
-    small = n < len(_TABLE)
-    x = np.maximum(n, 1).astype(np.float64)
-    stirling = x * np.log(x) - x + 0.5 * np.log(2 * np.pi * x) + 1 / (12 * x) - 1 / (360 * x**3)
-    out: np.ndarray = np.where(small, _TABLE[np.minimum(n, len(_TABLE) - 1)], stirling)
-    return out
-
-
-# ---- metrics with intervals ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Interval:
-    value: float
-    low: float
-    high: float
-
-
-Summary = Callable[[Estimate, np.ndarray], dict[str, float]]
-
-
-def with_intervals(
-    forecaster: Forecaster,
-    summarize: Summary,
-    resamples: int,
-    seed: int,
-    level: float = 0.95,
-) -> tuple[Estimate, dict[str, Interval]]:
-    """Each figure ``summarize`` makes of an estimate (given per-query weights: how often each
-    query is drawn), with an interval: ± z bootstrap standard deviations over queries and
-    sampled documents, widened by how far the forecast moves when its priors are fitted less
-    far (what the data cannot pin down, chiefly the first ranks), by how far a mean lies from
-    its Horvitz-Thompson crosscheck, and, for figures read off the per-query draws, by how much
-    they vary from one draw (imputation) to the next (Rubin's rule). Returns the forecast's own
-    estimate too."""
-    n_queries = forecaster.n_queries
-    rng = np.random.default_rng(seed)
-    estimate = forecaster.estimate(rng=rng)
-    point = summarize(estimate, np.ones(n_queries))
-    crosscheck = estimate.crosscheck
-    between = _between_draws(estimate, summarize, point)
-    smooth = summarize(forecaster.estimate(smooth=True, rng=rng), np.ones(n_queries))
-    n_docs = len(forecaster.data.sampled.uncertain)
-    draws: dict[str, list[float]] = {name: [] for name in point}
-    for _ in range(resamples):
-        queries = np.bincount(rng.integers(0, n_queries, n_queries), minlength=n_queries)
-        docs = np.bincount(rng.integers(0, n_docs, n_docs), minlength=n_docs) if n_docs else None
-        figures = summarize(forecaster.estimate(docs, rng=rng), queries.astype(np.float64))
-        for name, value in figures.items():
-            draws[name].append(value)
-    z = NormalDist().inv_cdf(0.5 + level / 2)
-    out: dict[str, Interval] = {}
-    for name, value in point.items():
-        sample = np.array([v for v in draws[name] if v is not None and math.isfinite(v)])
-        if math.isfinite(value) and len(sample) > 1:
-            # Normal, centred on the forecast: a replicate's duplicated documents make the
-            # estimator's bootstrap distribution lean (its median is not the forecast), and a
-            # spread is stable from far fewer replicates than a 2.5% quantile.
-            moved = smooth.get(name, value) - value
-            moved = moved if math.isfinite(moved) else 0.0
-            apart = crosscheck.get(name, value) - value
-            imputed = (1 + 1 / DRAWS) * between.get(name, 0.0)
-            spread = z * math.sqrt(float(sample.var(ddof=1)) + moved**2 + apart**2 + imputed)
-            out[name] = Interval(value, value - spread, value + spread)
-        else:
-            out[name] = Interval(value, math.nan, math.nan)
-    return estimate, out
-
-
-def _between_draws(
-    estimate: Estimate, summarize: Summary, point: dict[str, float]
-) -> dict[str, float]:
-    """Each figure's variance across the draws taken one at a time: the between-imputation
-    variance (none for a figure the draws do not move)."""
-    if not estimate.drawn:
-        return {}
-    n = len(next(iter(estimate.drawn.values())))
-    values: dict[str, list[float]] = {}
-    for draw in range(DRAWS):
-        one = Estimate(
-            per_query=estimate.per_query,
-            top_scores=estimate.top_scores,
-            drawn={name: d[:, draw : draw + 1] for name, d in estimate.drawn.items()},
-        )
-        for name, value in summarize(one, np.ones(n)).items():
-            values.setdefault(name, []).append(value)
-    return {
-        name: float(np.var(finite, ddof=1))
-        for name, v in values.items()
-        if name in point and len(finite := np.array(v)[np.isfinite(v)]) > 1
-    }

@@ -34,7 +34,7 @@ from embedmig.gates import ADAPTER
 from embedmig.metrics import report as rpt
 from embedmig.migrate import cost
 from embedmig.migrate import evaluate as ev
-from embedmig.migrate import forecast as fc
+from embedmig.migrate import forecast as forecasting
 from embedmig.migrate.dryrun import DryRun
 from embedmig.migrate.fit import MapSpec, fit
 from embedmig.migrate.settings import MigrationSettings
@@ -207,11 +207,11 @@ def evaluate(
         live_ids = docids.lookup_ids(
             conn, rev.alias, set(dry.columns) | {q.key for q in dry.queries.docs}
         )
-    reembed = fc.run(
+    reembed = forecasting.run(
         alias=rev.alias,
         revision=rev.revision,
         new=fitted.adapted.inner,
-        old=fc.LiveSide(fitted.adapted, fitted.index, live_ids),
+        old=forecasting.LiveSide(fitted.adapted, fitted.index, live_ids),
         sample=dry.sample,
         columns=dry.columns,
         queries=dry.queries,

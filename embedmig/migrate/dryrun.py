@@ -19,7 +19,7 @@ from embedmig.metrics.coverage import Docs
 from embedmig.metrics.report import Report
 from embedmig.migrate import carryover
 from embedmig.migrate import evaluate as ev
-from embedmig.migrate import forecast as fc
+from embedmig.migrate import forecast as forecasting
 from embedmig.migrate.backfill import Sampler
 from embedmig.migrate.settings import EvalSettings
 from embedmig.names import blank
@@ -35,7 +35,7 @@ class DryRun:
     and the coverage the upgrade would reach (exact: it needs no embedding). ``phases`` times
     the whole dry run, from the new model's loading to the forecast's last figure."""
 
-    sample: fc.SampleDocs
+    sample: forecasting.SampleDocs
     columns: dict[str, int]
     queries: ev.QuerySet
     notes: list[str]
@@ -114,7 +114,7 @@ class DryRun:
         )
         covered = read.coverage(live)
         return cls(
-            fc.SampleDocs(uniform, list(extra.values()), population),
+            forecasting.SampleDocs(uniform, list(extra.values()), population),
             columns,
             query_set,
             notes + covered.notes,
@@ -137,7 +137,7 @@ class DryRun:
         new side estimated from the sample."""
         with self.phases.phase("load"):
             old = self._old(env, rev.alias, live, old_side)
-        return fc.run(
+        return forecasting.run(
             alias=rev.alias,
             revision=rev.revision,
             new=new,
@@ -161,18 +161,18 @@ class DryRun:
         alias: str,
         live: catalog.IndexRecord | None,
         old_side: Callable[[], LoadedEmbedder | None],
-    ) -> fc.LiveSide | None:
+    ) -> forecasting.LiveSide | None:
         embedder = old_side() if live is not None else None
         if live is None or embedder is None:
             return None
         keys = set(self.columns) | {q.key for q in self.queries.docs}
         with env.engine.connect() as conn:
             live_ids = docids.lookup_ids(conn, alias, keys)
-        return fc.LiveSide(embedder, files.load(env.file_of(live), live.sha256), live_ids)
+        return forecasting.LiveSide(embedder, files.load(env.file_of(live), live.sha256), live_ids)
 
     def _contracts(
-        self, env: Environment, alias: str, old: fc.LiveSide | None
-    ) -> fc.Contracts | None:
+        self, env: Environment, alias: str, old: forecasting.LiveSide | None
+    ) -> forecasting.Contracts | None:
         """The golden queries as the forecast reads them: their documents as sample columns,
         and the old side judged exactly on the live index."""
         if not self.contracts:
@@ -188,7 +188,9 @@ class DryRun:
             vectors = old.embedder.encode_queries([c.query for c in self.contracts])
             _, ids = files.search(old.index, vectors, compiled.depth)
             on_old = contract_figures.judge(ids, compiled)
-        return fc.Contracts(contract_figures.compile_(self.contracts, self.columns), on_old)
+        return forecasting.Contracts(
+            contract_figures.compile_(self.contracts, self.columns), on_old
+        )
 
 
 class _CorpusRead:

@@ -22,6 +22,8 @@ from embedmig.metrics import contracts as contract_figures
 from embedmig.metrics import figures, kernels, segments
 from embedmig.metrics import forecast as fc
 from embedmig.metrics import report as rpt
+from embedmig.metrics.intervals import Interval, with_intervals
+from embedmig.metrics.ranks import SampledScores
 from embedmig.metrics.segments import SegmentSettings
 from embedmig.migrate import cost
 from embedmig.migrate import evaluate as ev
@@ -133,7 +135,7 @@ def run(
         exact = _exact_old(old, old_queries, queries, columns, k) if old else None
     population = max(sample.population - len(sample.judged), len(sample.uniform))
     rate = len(sample.uniform) / population if population else 1.0
-    sampled = fc.SampledScores(scores, certain, min(rate, 1.0), population)
+    sampled = SampledScores(scores, certain, min(rate, 1.0), population)
     forecaster = fc.Forecaster(
         fc.ForecastInput(
             sampled,
@@ -171,7 +173,7 @@ def run(
         return found
 
     with phases.phase("forecast"):
-        estimate, intervals = fc.with_intervals(forecaster, summarize, resamples, settings.seed)
+        estimate, intervals = with_intervals(forecaster, summarize, resamples, settings.seed)
         metrics, per_segment = _reported(intervals)
         withheld = [name for name in NOT_FORECAST if metrics.get(name) is not None]
         for name in withheld:
@@ -238,7 +240,7 @@ _Bounds = tuple[float | None, float | None, float | None]  # a value and its int
 
 
 def _reported(
-    intervals: Mapping[str, fc.Interval],
+    intervals: Mapping[str, Interval],
 ) -> tuple[dict[str, float | None], dict[str, _Bounds]]:
     """The report's metrics (each with ``_ci_low``/``_ci_high``), and the segment figures apart:
     they go to the segments table."""
@@ -402,7 +404,7 @@ def _reconstruct(old: LiveSide, docs: Sequence[Document]) -> np.ndarray | None:
 _SHARES = ("overlap_", "jaccard_", "rbo", "recall_at_", "mrr_", "ndcg_", "score_ks")
 
 
-def _within_range(name: str, interval: fc.Interval) -> fc.Interval:
+def _within_range(name: str, interval: Interval) -> Interval:
     """An interval cut to the values its metric can take (shares lie in [0, 1], their deltas in
     [-1, 1]); a normal interval knows no bounds."""
     if name.endswith("_delta"):
@@ -411,4 +413,4 @@ def _within_range(name: str, interval: fc.Interval) -> fc.Interval:
         low, high = 0.0, 1.0
     else:
         return interval
-    return fc.Interval(interval.value, max(interval.low, low), min(interval.high, high))
+    return Interval(interval.value, max(interval.low, low), min(interval.high, high))
