@@ -34,7 +34,7 @@ def reaches(path: Path, forbidden: str) -> list[str]:
 
 
 # What each folder may import besides itself: the rules of the house, one row per folder. A part
-# lower in the table never reaches one above it; cli.py and command.py, at the top, import any.
+# lower in the table never reaches one above it; cli/ and command.py, at the top, import any.
 _SERVING = {"config", "embedders", "environment", "errors", "history", "names", "store"}
 MAY_IMPORT = {
     "history": {"errors"},  # tables and their migrations
@@ -49,6 +49,8 @@ MAY_IMPORT = {
     | {"contracts", "gates", "metrics", "migrate", "monitor", "script", "serve", "sources"},
 }
 TOP = {"cli", "command"}
+# The CLI parses, calls command and prints: the top of the house, it may reach any part.
+MAY_IMPORT["cli"] = {p.stem for p in PACKAGE.iterdir() if p.suffix == ".py" or p.is_dir()}
 
 
 def parts_imported(path: Path) -> set[str]:
@@ -74,7 +76,7 @@ def test_nothing_below_the_commands_imports_them() -> None:
     below = [
         path
         for path in PACKAGE.rglob("*.py")
-        if path.parent != PACKAGE or path.stem not in {*TOP, "__init__"}
+        if path.relative_to(PACKAGE).parts[0] not in {"cli", "command.py", "__init__.py"}
     ]
     offenders = {
         str(path.relative_to(PACKAGE)): sorted(parts_imported(path) & TOP) for path in below
