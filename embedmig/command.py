@@ -7,7 +7,6 @@ printing is the CLI's business. Errors are :mod:`embedmig.errors` exceptions.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,8 +19,8 @@ from typing import TYPE_CHECKING
 from embedmig.config import DEFAULT_SAMPLE, Config, sample_size, share
 from embedmig.embedders import Embedder
 from embedmig.environment import Environment
-from embedmig.errors import ConfigError, GateFailed, ReadersBehind, ScriptError, StateError
-from embedmig.store import catalog, events, locks, readers
+from embedmig.errors import ConfigError, GateFailed, ScriptError, StateError
+from embedmig.store import catalog, events, locks
 
 if TYPE_CHECKING:
     from embedmig.metrics.report import Report
@@ -171,37 +170,16 @@ def upgrade(
             env, target, dry_run=dry_run, sample=sample, force=force, on_report=keep, wait=wait
         )
         if wait_readers is not None:
-            _wait_for_readers(env, reports, wait_readers)
+            from embedmig.monitor import status
+
+            last = {report.alias: report for report in reports}  # the final swap of each alias
+            for alias, report in last.items():
+                waited = status.await_readers(env, alias, wait_readers)
+                report.timings["readers_converged_s"] = waited
         return reports
 
 
 _MAX_WAIT = 86_400.0  # a day: longer is a typo, not a rollout
-
-
-def _wait_for_readers(env: Environment, reports: list[Report], timeout: float) -> None:
-    """Each swapped alias's readers onto its live index, or ReadersBehind."""
-    from embedmig.monitor import status
-
-    settings = status.ReaderSettings.of(env.config)
-    last = {report.alias: report for report in reports}  # the final swap of each alias
-    for alias, report in last.items():
-        waited, seen = status.converge(env.engine, alias, settings, timeout)
-        behind = [r for r in seen.readers if r.state not in status.SETTLED]
-        if behind:
-            raise ReadersBehind(
-                f"{alias} swapped, but after {waited:.1f} s {len(behind)} reader(s) still serve "
-                f"another index: {', '.join(status.describe(r) for r in behind[:5])}",
-                alias=alias,
-                readers=behind,
-            )
-        report.timings["readers_converged_s"] = waited
-        log.info(
-            "%s: %d reader(s) serve index #%s, %.1f s after the swap",
-            alias,
-            sum(r.state == status.Reading.LIVE for r in seen.readers),
-            seen.live.id if seen.live else "-",
-            waited,
-        )
 
 
 def downgrade(config: Config, target: str, *, wait: float = 0.0) -> list[Revision]:
@@ -294,24 +272,8 @@ def status(config: Config, alias: str | None = None) -> list[AliasReaders]:
     ``readers.skew_seconds`` behind it (skew), silent or refusing to serve."""
     from embedmig.monitor import status as survey
 
-    settings = survey.ReaderSettings.of(config)
     with _opened(config) as env:
-        if not env.has_history():
-            if alias is not None:
-                raise StateError(f"alias {alias!r} has no live index and no readers")
-            return []
-        with env.engine.connect() as conn:
-            if alias is not None:
-                aliases = [alias]
-            else:
-                aliases = sorted(
-                    {r.alias for r in catalog.live_indexes(conn)}
-                    | {r.alias for r in readers.of(conn)}
-                )
-            found = [survey.survey(conn, name, settings) for name in aliases]
-    if alias is not None and found[0].live is None and not found[0].readers:
-        raise StateError(f"alias {alias!r} has no live index and no readers")
-    return found
+        return survey.aliases(env, alias)
 
 
 def verify(config: Config, alias: str | None = None) -> list[Verified]:
@@ -449,26 +411,15 @@ def report(config: Config, rev: str, *, event: int | None = None) -> Report:
         if not env.has_history():
             raise StateError("no upgrade or dry run was recorded yet (no history database)")
         with env.engine.connect() as conn:
-            recorded = [e for e in events.history(conn) if e.metrics is not None]
-    if event is not None:
-        chosen = [e for e in recorded if e.id == event]
-        if not chosen:
-            raise StateError(f"history event #{event} has no recorded report")
-    else:
-        revisions = {e.revision for e in recorded if e.revision and e.revision.startswith(rev)}
-        if len(revisions) > 1:
-            raise ScriptError(f"{rev!r} matches several revisions: {', '.join(sorted(revisions))}")
-        chosen = [e for e in recorded if e.revision in revisions]
-        if not chosen:
-            raise StateError(f"no recorded upgrade or dry run of revision {rev!r}")
-    assert chosen[0].metrics is not None
+            chosen = events.with_report(conn, rev, event)
+    assert chosen.metrics is not None
     from embedmig.metrics.report import Report
 
     try:
-        return Report.from_dict(chosen[0].metrics)
+        return Report.from_dict(chosen.metrics)
     except (KeyError, TypeError, ValueError) as exc:
         raise StateError(
-            f"history event #{chosen[0].id} holds a report this version cannot read: {exc}"
+            f"history event #{chosen.id} holds a report this version cannot read: {exc}"
         ) from None
 
 
@@ -485,15 +436,11 @@ def check(
 
 def check_writable(path: Path) -> None:
     """Refuse, before anything changes, a report path that could not be written at the end."""
-    if path.is_dir():
-        raise ConfigError(f"cannot write report {path}: it is a directory")
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ConfigError(f"cannot write report {path}: {folder} is not a directory")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write report {path}: {folder} is not writable")
+    from embedmig.store import files
+
+    reason = files.unwritable(path)
+    if reason is not None:
+        raise ConfigError(f"cannot write report {path}: {reason}")
 
 
 def write_report(report: Report, path: Path) -> None:

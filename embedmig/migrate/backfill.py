@@ -5,11 +5,9 @@ from __future__ import annotations
 import hashlib
 import heapq
 import logging
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import faiss
@@ -316,7 +314,10 @@ def _start(
     moment: every later change is written to it too (dual-write), and is replayed into it.
     Also returns the stale shadows it dropped, whose files the caller removes once this commits.
     """
-    _check_writable(env.index_path(rev.alias, 0, rev.revision).parent)
+    folder = env.index_path(rev.alias, 0, rev.revision).parent
+    reason = files.unwritable(folder / "index.faiss")
+    if reason is not None:  # fail before hours of encoding, not at the first write
+        raise StoreError(f"index folder {folder} is not writable: {reason}")
     # No row yet means no change journaled yet; a writer creating one meanwhile only makes the
     # replay start at 0, a superset, so a failed first run need not leave a row behind.
     _, start_seq = docids.lock_alias(conn, rev.alias, create=False)
@@ -434,16 +435,6 @@ def _reconcile(
         np.array(hashes, dtype=np.int64),
         np.concatenate([deleted, tail.deleted_ids]),
     )
-
-
-def _check_writable(folder: Path) -> None:
-    """Fail before hours of encoding, not at the first write, if the index folder is unusable."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise StoreError(f"index folder {folder} is not writable: {exc.strerror or exc}") from None
 
 
 def _get(env: Environment, index_id: int) -> catalog.IndexRecord:

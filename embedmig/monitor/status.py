@@ -5,6 +5,7 @@ judged on the database's clock.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,7 +14,11 @@ from enum import StrEnum
 import sqlalchemy as sa
 
 from embedmig.config import Config
+from embedmig.environment import Environment
+from embedmig.errors import ReadersBehind, StateError
 from embedmig.store import catalog, clock, events, readers
+
+log = logging.getLogger("embedmig")
 
 
 class Reading(StrEnum):
@@ -132,3 +137,45 @@ def converge(
 
 
 _CONVERGE_POLL = 0.2  # seconds between looks at the heartbeats while waiting for readers
+
+
+def aliases(env: Environment, alias: str | None = None) -> list[AliasReaders]:
+    """The readers of every alias with a live index or a reader (or of ``alias``)."""
+    settings = ReaderSettings.of(env.config)
+    if not env.has_history():
+        if alias is not None:
+            raise StateError(f"alias {alias!r} has no live index and no readers")
+        return []
+    with env.engine.connect() as conn:
+        if alias is not None:
+            names = [alias]
+        else:
+            names = sorted(
+                {r.alias for r in catalog.live_indexes(conn)} | {r.alias for r in readers.of(conn)}
+            )
+        found = [survey(conn, name, settings) for name in names]
+    if alias is not None and found[0].live is None and not found[0].readers:
+        raise StateError(f"alias {alias!r} has no live index and no readers")
+    return found
+
+
+def await_readers(env: Environment, alias: str, timeout: float) -> float:
+    """Wait until every reader of ``alias`` still reporting serves its live index: the seconds
+    it took; ReadersBehind, naming them, after ``timeout``."""
+    waited, seen = converge(env.engine, alias, ReaderSettings.of(env.config), timeout)
+    behind = [r for r in seen.readers if r.state not in SETTLED]
+    if behind:
+        raise ReadersBehind(
+            f"{alias} swapped, but after {waited:.1f} s {len(behind)} reader(s) still serve "
+            f"another index: {', '.join(describe(r) for r in behind[:5])}",
+            alias=alias,
+            readers=behind,
+        )
+    log.info(
+        "%s: %d reader(s) serve index #%s, %.1f s after the swap",
+        alias,
+        sum(r.state == Reading.LIVE for r in seen.readers),
+        seen.live.id if seen.live else "-",
+        waited,
+    )
+    return waited

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from embedmig.errors import ScriptError, StateError
 from embedmig.history import schema as t
 from embedmig.store.clock import now, utc
 
@@ -146,3 +147,21 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def with_report(conn: sa.Connection, rev: str, event: int | None = None) -> HistoryRecord:
+    """History event ``event``, or the latest recorded upgrade or dry run of revision ``rev``
+    (a unique prefix), with its report."""
+    recorded = [e for e in history(conn) if e.metrics is not None]
+    if event is not None:
+        chosen = [e for e in recorded if e.id == event]
+        if not chosen:
+            raise StateError(f"history event #{event} has no recorded report")
+        return chosen[0]
+    revisions = {e.revision for e in recorded if e.revision and e.revision.startswith(rev)}
+    if len(revisions) > 1:
+        raise ScriptError(f"{rev!r} matches several revisions: {', '.join(sorted(revisions))}")
+    chosen = [e for e in recorded if e.revision in revisions]
+    if not chosen:
+        raise StateError(f"no recorded upgrade or dry run of revision {rev!r}")
+    return chosen[0]

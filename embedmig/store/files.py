@@ -238,6 +238,21 @@ def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     return scores, ids
 
 
+def unwritable(path: Path) -> str | None:
+    """Why a file could not be made at ``path`` (None: it could), asked before the work that
+    writes it at the end; creates nothing."""
+    if path.is_dir():
+        return "it is a directory"
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not writable"
+    return None
+
+
 def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
