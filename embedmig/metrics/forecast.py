@@ -202,10 +202,10 @@ class Forecaster:
             out.per_query.update(self._judged(judged))
             out.drawn.update(self._judged_draws(judged, rng))
         if self.kept is not None:
-            post = self.kept.posterior(multiplicity, smooth)
-            common, noise = self._common(post, weights)
+            cdf = self._kept_cdf(self.kept.posterior(multiplicity, smooth))
+            common, noise = self._common(cdf, weights)
             out.per_query["rbo"] = _rbo(common, data.rbo_p)
-            drawn = self._kept_draws(post, multiplicity, rng, multiplicity is None and not smooth)
+            drawn = self._kept_draws(cdf, multiplicity, rng, multiplicity is None and not smooth)
             out.drawn.update(drawn)
             out.per_query.update({name: d.mean(axis=1) for name, d in drawn.items()})
             out.crosscheck = _horvitz_thompson(common, noise, out.per_query)
@@ -253,15 +253,18 @@ class Forecaster:
         out["mrr_at_10"] = mrr
         return out
 
-    def _common(self, post: Posterior, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _kept_cdf(self, post: Posterior) -> np.ndarray:
+        """P(new rank <= d) of each old top document, d = 1..depth, 0 at depths above its old
+        position (a document at old position j counts at depths d >= j)."""
+        cdf = post.cdf(self.depth)
+        cdf[np.arange(self.depth)[None, :] < self.kept_at[:, None]] = 0.0
+        return cdf
+
+    def _common(self, cdf: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Expected |old top-d ∩ new top-d| per query and depth d = 1..depth, Horvitz-Thompson
         over the sampled documents of the old top lists (unbiased: what RBO's mean reads), and
         the sampling variance of each."""
         assert self.kept is not None
-        depth = self.depth
-        cdf = post.cdf(depth)
-        # A document at old position j counts at depths d >= j.
-        cdf[np.arange(depth)[None, :] < self.kept_at[:, None]] = 0.0
         w = weights[self.kept.cols][:, None]
         common = _sum_rows(self.kept.rows, cdf * w, self.n_queries)
         # Horvitz-Thompson variance: (1 - pi) / pi^2 per sampled term, i.e. w (w - 1).
@@ -270,7 +273,7 @@ class Forecaster:
 
     def _kept_draws(
         self,
-        post: Posterior,
+        cdf: np.ndarray,
         multiplicity: np.ndarray | None,
         rng: np.random.Generator,
         keep_fit: bool,
@@ -291,7 +294,6 @@ class Forecaster:
         assert self.kept is not None
         kept, sampled = self.kept, self.data.sampled
         n, depth = self.n_queries, self.depth
-        cdf = post.cdf(depth)
         uniform = ~sampled.certain[kept.cols]
         counts = np.ones(len(kept.cols))
         if multiplicity is not None:  # a replicate: documents drawn 0 times are not embedded

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -188,24 +189,57 @@ def rank_posterior(
     if rate >= 1.0:  # the sample is the population: B is what was seen
         exact: np.ndarray = (seen[:, None] == grid[None, :columns]).astype(np.float64)
         return exact, None
-    width = np.diff(np.append(grid, 2 * grid[-1] - grid[-2] if len(grid) > 1 else 1))
-    width = width.astype(np.float64)
     values, inverse = np.unique(seen, return_inverse=True)
-    log_lik = _log_binomial(values, grid, rate)
-    lik = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
+    model = _BinomialModel.of(grid, rate)
+    lik, lik_c = model.likelihoods(values)
     weight = np.bincount(inverse, minlength=len(values)).astype(np.float64)
     weight /= weight.sum()
-    # A non-increasing prior is a mixture of uniforms on [0, m]: component m spreads its mass
-    # over the grid cells up to m in proportion to their widths.
-    components = np.tril(np.broadcast_to(width, (len(grid), len(grid))))
-    components /= components.sum(axis=1, keepdims=True)
-    lik_c = lik @ components.T
     mix = em(lik_c, weight, start, steps)
-    prior = mix @ components
+    prior = mix @ model.components
     post = lik * prior
     post /= post.sum(axis=1, keepdims=True)
     out: np.ndarray = post[:, :columns][inverse]
     return out, mix
+
+
+class _BinomialModel:
+    """The likelihood of each seen count under Binomial(B, rate) for B on a grid, and the
+    components of a non-increasing prior over B: the same for every fit of one forecast (the
+    data, each bootstrap replicate, each stratum), so computed once and kept."""
+
+    _kept: ClassVar[dict[tuple[float, bytes], _BinomialModel]] = {}
+
+    def __init__(self, grid: np.ndarray, rate: float) -> None:
+        self.grid, self.rate = grid, rate
+        width = np.diff(np.append(grid, 2 * grid[-1] - grid[-2] if len(grid) > 1 else 1))
+        # A non-increasing prior is a mixture of uniforms on [0, m]: component m spreads its mass
+        # over the grid cells up to m in proportion to their widths.
+        components = np.tril(np.broadcast_to(width.astype(np.float64), (len(grid), len(grid))))
+        self.components = components / components.sum(axis=1, keepdims=True)
+        empty = np.empty((0, len(grid)))
+        self._tables = (empty, empty)  # replaced whole, never changed in place
+
+    @classmethod
+    def of(cls, grid: np.ndarray, rate: float) -> _BinomialModel:
+        key = (rate, grid.tobytes())
+        model = cls._kept.get(key)
+        if model is None:
+            if len(cls._kept) >= 8:  # a process forecasts a few corpora at a time, not many
+                cls._kept.clear()
+            model = cls._kept[key] = cls(grid, rate)
+        return model
+
+    def likelihoods(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each seen count: its likelihood over the grid (scaled to a maximum of 1), and that
+        likelihood under each prior component."""
+        needed = int(values.max(initial=0)) + 1
+        lik, lik_c = self._tables
+        if needed > len(lik):
+            log_lik = _log_binomial(np.arange(needed), self.grid, self.rate)
+            lik = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
+            lik_c = lik @ self.components.T
+            self._tables = (lik, lik_c)
+        return lik[values], lik_c[values]
 
 
 def top_columns(scores: np.ndarray, columns: np.ndarray, count: int) -> np.ndarray:
@@ -232,13 +266,15 @@ def em(
     mix = np.full(lik.shape[1], 1.0 / lik.shape[1]) if start is None else start
     if steps is None:
         steps = EM_STEPS if start is None else WARM_STEPS
+    # One step: each observation's responsibilities lik * mix / (lik @ mix), summed with their
+    # weights; as two products it allocates no (observations, columns) array.
+    lik_t = np.ascontiguousarray(lik.T)
     for step in range(steps):
-        joint = lik * mix
-        joint /= joint.sum(axis=1, keepdims=True)
-        previous, mix = mix, weight @ joint
+        previous, mix = mix, mix * (lik_t @ (weight / (lik @ mix)))
         if step % 50 == 49 and np.abs(mix - previous).max() < 1e-7:
             break
-    return mix
+    out: np.ndarray = mix
+    return out
 
 
 def categorical(probability: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
