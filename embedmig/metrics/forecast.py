@@ -314,28 +314,24 @@ class Forecaster:
             weight = counts[inside][evidence]
             tried = np.bincount(rows[evidence], weight, minlength=n)
             held = _sum_rows(rows[evidence], hits[evidence] * weight[:, None], n)
-            theta = np.empty((n, DRAWS))
-            mean_theta = np.zeros(n)
-            priors: dict[int, np.ndarray] = {}
-            for draw in range(DRAWS):
-                log_lik = held[:, draw, None] * log_theta + (tried - held[:, draw])[:, None] * (
-                    log_rest
-                )
-                posterior = np.empty_like(log_lik)
-                for group in np.unique(groups):
-                    members = groups == group
-                    if draw == 0:  # G from the first draw serves the others: a population's
-                        key = (at, int(group))  # prior moves little from one draw to the next
-                        start = self.theta_prior.get(key) if multiplicity is not None else None
-                        priors[int(group)] = _fit_mixture(log_lik[members], start)
-                        if keep_fit:  # the point forecast's: replicates start from it
-                            self.theta_prior[key] = priors[int(group)]
-                    posterior[members] = priors[int(group)] * np.exp(
-                        log_lik[members] - log_lik[members].max(axis=1, keepdims=True)
-                    )
-                posterior /= posterior.sum(axis=1, keepdims=True)
-                theta[:, draw] = THETA[categorical(posterior, 1, rng)[:, 0]]
-                mean_theta += posterior @ THETA / DRAWS
+            # (queries, DRAWS, THETA): each draw's likelihood of each keep rate.
+            log_lik = held[:, :, None] * log_theta + (tried[:, None] - held)[:, :, None] * log_rest
+            prior = np.empty((n, len(THETA)))
+            for group in np.unique(groups):
+                members = groups == group
+                # G from the first draw serves the others: a population's prior moves little
+                # from one draw to the next.
+                key = (at, int(group))
+                start = self.theta_prior.get(key) if multiplicity is not None else None
+                fitted = _fit_mixture(log_lik[members, 0], start)
+                if keep_fit:  # the point forecast's: replicates start from it
+                    self.theta_prior[key] = fitted
+                prior[members] = fitted
+            posterior = prior[:, None, :] * np.exp(log_lik - log_lik.max(axis=2, keepdims=True))
+            posterior /= posterior.sum(axis=2, keepdims=True)
+            picked = categorical(posterior.reshape(n * DRAWS, len(THETA)), 1, rng)[:, 0]
+            theta = THETA[picked].reshape(n, DRAWS)
+            mean_theta = (posterior @ THETA).mean(axis=1)
             if groups.max() == 0:
                 # Which queries keep much and which little is read from the deepest list, where
                 # each has several sampled documents; the shallower ones share priors by it.
