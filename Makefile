@@ -22,8 +22,8 @@ test: install
 	$(VENV)/bin/mypy
 	# Two lanes: the SciFact reproduction (one MiniLM pass over 5,183 abstracts, on one core)
 	# and the specs that mostly wait, beside every other spec; each lane prints its own summary,
-	# and either failing fails.
-	@scifact=$$(mktemp -d); \
+	# and either failing fails. The distilled static model is made once for both.
+	@scifact=$$(mktemp -d); export EMBEDMIG_TEST_MODELS=$$scifact/models; \
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -m "scifact or waits" \
 		--basetemp=$$scifact/tmp -p no:cacheprovider > $$scifact/log 2>&1 & lane=$$!; \
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not scifact and not waits" --durations=15; rest=$$?; \

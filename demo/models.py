@@ -3,9 +3,11 @@ distilled from it with model2vec. Used by the demo, the MiniLM tests and the ben
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +41,24 @@ def minilm() -> Path:
 
 
 def distilled(destination: Path, pca_dims: int = 256) -> Path:
-    """A static sentence-transformers model distilled from MiniLM (model2vec), made once."""
+    """A static sentence-transformers model distilled from MiniLM (model2vec), made once: a
+    process asking for it while another distills it waits and reuses it."""
     if (destination / "modules.json").is_file():
         return destination
-    from sentence_transformers import SentenceTransformer
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with (destination.parent / f".{destination.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (destination / "modules.json").is_file():
+            return destination
+        from sentence_transformers import SentenceTransformer
 
-    static_embedding = static_embedding_class()
-
-    embedding = static_embedding.from_distillation(str(minilm()), device="cpu", pca_dims=pca_dims)
-    SentenceTransformer(modules=[embedding], device="cpu").save(str(destination))
+        static_embedding = static_embedding_class()
+        embedding = static_embedding.from_distillation(
+            str(minilm()), device="cpu", pca_dims=pca_dims
+        )
+        building = destination.parent / f".{destination.name}.{os.getpid()}"
+        SentenceTransformer(modules=[embedding], device="cpu").save(str(building))
+        building.rename(destination)  # whole, or not at all
     return destination
 
 

@@ -130,6 +130,13 @@ def build_static_model(
     return path
 
 
+def shared_models(tmp_path_factory: Any) -> Path:
+    """Where the real models a spec builds (the distilled static one) are kept: the folder
+    ``make test`` shares between its two lanes (EMBEDMIG_TEST_MODELS), else this session's."""
+    shared = os.environ.get("EMBEDMIG_TEST_MODELS")
+    return Path(shared) if shared else tmp_path_factory.getbasetemp() / "models"
+
+
 def edit(path: Path, old: str, new: str) -> None:
     """Replace ``old`` with ``new`` in the file at ``path`` (a revision script, a config); fails
     the spec when ``old`` is not there, rather than running it on an unedited file."""

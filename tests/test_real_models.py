@@ -15,7 +15,14 @@ import pytest
 from demo.models import ModelUnavailable, distilled, minilm
 from embedmig import Config, command
 from embedmig.metrics.report import Report
-from tests.support import copy_project, corpus_rows, edit, new_project, with_judged_queries
+from tests.support import (
+    copy_project,
+    corpus_rows,
+    edit,
+    new_project,
+    shared_models,
+    with_judged_queries,
+)
 
 pytestmark = pytest.mark.minilm
 
@@ -26,7 +33,7 @@ def real_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         folder = minilm()
     except ModelUnavailable as exc:
         pytest.skip(str(exc))
-    return {"minilm": folder, "static": distilled(tmp_path_factory.mktemp("real") / "static")}
+    return {"minilm": folder, "static": distilled(shared_models(tmp_path_factory) / "static-256")}
 
 
 def real_project_at(project: Path, real_models: dict[str, Path]) -> Config:

@@ -14,6 +14,7 @@ import pytest
 from demo import scifact
 from demo.models import ModelUnavailable, distilled, minilm
 from embedmig import Config, command
+from tests.support import shared_models
 
 pytestmark = [pytest.mark.scifact, pytest.mark.minilm]
 SCIFACT = scifact.SCIFACT
@@ -38,7 +39,9 @@ def scifact_project(tmp_path_factory: pytest.TempPathFactory) -> Config:
     root = tmp_path_factory.mktemp("scifact")
     (root / "models").mkdir()
     (root / "models" / "minilm").symlink_to(model)
-    distilled(root / "models" / "static")
+    (root / "models" / "static").symlink_to(
+        distilled(shared_models(tmp_path_factory) / "static-256")
+    )
     config = scifact.project(root)
     command.revision(config, "papers on MiniLM", alias="papers", new="models/minilm", rev_id="s1")
     command.revision(config, "papers to static", alias="papers", new="models/static", rev_id="s2")
