@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -341,3 +342,63 @@ def random_model(project: Path) -> Any:
 
     (project / "random_vectors.py").write_text(RANDOM_ENCODER)
     return Embedder("random_vectors:make", backend="python")
+
+
+def first_index(config: Config, rev_id: str = "r1") -> None:
+    """Alias ``docs``'s first revision on model ``a``, upgraded: a live index to refuse against."""
+    from embedmig import command
+
+    command.revision(config, "first", alias="docs", new="models/a", rev_id=rev_id)
+    command.upgrade(config, rev_id)
+
+
+def edit_revision(config: Config, rev_id: str, pattern: str, replacement: str) -> None:
+    """``re.sub`` on revision ``rev_id``'s script (line by line); fails when nothing matched."""
+    path = next((config.script_location / "versions").glob(f"{rev_id}_*.py"))
+    text, count = re.subn(pattern, replacement, path.read_text(), flags=re.M)
+    assert count, f"{pattern!r} matches nothing in {path}"
+    path.write_text(text)
+
+
+def refused(config: Config, error: type[Exception], match: str, target: str = "head") -> None:
+    """``upgrade(target)`` raises ``error`` and leaves every table and index file as it was."""
+    import pytest
+
+    from embedmig import command
+
+    before = snapshot(config)
+    with pytest.raises(error, match=match):
+        command.upgrade(config, target)
+    assert snapshot(config) == before
+
+
+def cli(capsys: Any, *args: str) -> tuple[int, str, str]:
+    """``embedmig ARGS`` through ``main`` in this process: exit code, stdout, stderr."""
+    from embedmig.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(capsys: Any, config: Config, *args: str, match: str) -> None:
+    """``embedmig -q ARGS`` fails with one ``embedmig: error:`` line naming ``match``, and leaves
+    every table and index file as it was."""
+    before = snapshot(config)
+    capsys.readouterr()  # what earlier steps printed
+    code, _, err = cli(capsys, "-q", *args)
+    assert code != 0
+    assert len(err.strip().splitlines()) == 1, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("embedmig: error: ") and match in line, line
+    assert snapshot(config) == before
+
+
+def one_line_error_exit(config: Config, *args: str, code: int = 1, match: str) -> None:
+    """The same through ``embedmig()`` (its own output capture), with exit code ``code``."""
+    before = snapshot(config)
+    done = embedmig(config.root, "-q", *args)
+    assert done.returncode == code, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("embedmig: error: ") and match in line, line
+    assert snapshot(config) == before

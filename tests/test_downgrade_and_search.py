@@ -8,8 +8,24 @@ import shutil
 
 import pytest
 
-from embedmig import Config, ScriptError, StateError, StoreError, command, open_searcher
-from tests.support import edit, index_file, snapshot
+from embedmig import (
+    Config,
+    ConfigError,
+    ScriptError,
+    StateError,
+    StoreError,
+    command,
+    open_searcher,
+)
+from tests.support import (
+    cli,
+    edit,
+    first_index,
+    index_file,
+    one_line_error,
+    one_line_error_exit,
+    snapshot,
+)
 
 QUERY = "glioblastoma stem cells tumor growth"
 
@@ -211,3 +227,29 @@ def test_prune_drops_shadows_that_were_never_swapped(config: Config) -> None:
     assert [(r.revision, r.state) for r in dropped] == [("r2", "ready")]
     assert command.prune(config, "docs").dropped == []
     assert command.search(config, "docs", QUERY, k=1)  # the live index is untouched
+
+
+# ---- refused inputs (each found by a probe; each failed before its fix) --------------------
+
+
+def test_search_depth_is_clamped_to_the_index_and_bounded(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.upgrade(config, "head")
+    assert len(command.search(config, "docs", "tumor", k=10_000)) == 300
+    with pytest.raises(ConfigError, match="k must be an integer from 1 to 10,000"):
+        command.search(config, "docs", "tumor", k=1_000_000_000)
+    with pytest.raises(ConfigError, match="k must be an integer"):
+        command.search(config, "docs", "tumor", k=1e20)  # type: ignore[arg-type]
+    code, _, err = cli(capsys, "search", "docs", "tumor", "-k", "1e20")
+    assert code == 2 and "Invalid value for '-k'" in err and "Traceback" not in err
+    one_line_error(capsys, config, "search", "docs", "  ", match="the query is empty")
+
+
+@pytest.mark.parametrize("query", [" \t ", "\u200b\u200b", " \u200b\ufeff\u2060 "])
+def test_a_query_of_only_white_space_and_zero_width_characters_is_empty(
+    config: Config, query: str
+) -> None:
+    first_index(config)
+    one_line_error_exit(config, "search", "docs", query, match="the query is empty")

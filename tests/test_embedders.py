@@ -17,13 +17,21 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
 import pytest
 
-from embedmig import Config, Embedder, EmbedderError, command, open_searcher
+from embedmig import (
+    Config,
+    Embedder,
+    EmbedderError,
+    StateError,
+    command,
+    open_searcher,
+    open_writer,
+)
 from embedmig.config import EmbedderSettings, EnvSettings
 from embedmig.embedders import load, probes
 from embedmig.environment import Environment
@@ -34,7 +42,11 @@ from tests.support import (
     assert_serves,
     build_static_model,
     corpus_rows,
+    edit_revision,
     embedmig,
+    first_index,
+    indexed,
+    refused,
     snapshot,
 )
 
@@ -738,3 +750,81 @@ def test_an_endpoint_model_to_a_local_one_and_back_through_the_cli(
     # Back on the endpoint's model: every document came from the cache of r1's backfill.
     report = command.report(Config(project / "embedmig.ini"), "r3")
     assert report.embedding["cached"] == 300 and report.embedding["requests"] == 0
+
+
+# ---- refused inputs (each found by a probe; each failed before its fix) --------------------
+
+
+def test_an_old_embedder_with_other_options_than_the_live_index_is_refused(config: Config) -> None:
+    first_index(config, "aaa111")
+    command.revision(config, "second", alias="docs", new="models/near", rev_id="bbb222")
+    edit_revision(
+        config,
+        "bbb222",
+        r"^old = Embedder\('models/a'\)",
+        "old = Embedder('models/a', normalize=False)",
+    )
+    refused(config, StateError, "does not match")
+
+
+def test_truncate_dim_beyond_the_model_is_refused(config: Config) -> None:
+    first_index(config, "aaa111")
+    command.revision(config, "second", alias="docs", new="models/near", rev_id="bbb222")
+    edit_revision(
+        config,
+        "bbb222",
+        r"^new = Embedder\('models/near'\)",
+        "new = Embedder('models/near', truncate_dim=999)",
+    )
+    refused(config, EmbedderError, "truncate_dim=999 is larger")
+
+
+def test_nan_vectors_from_the_model_are_refused(
+    config: Config, project: Path, corpus_texts: list[str]
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    broken = build_static_model(project / "models" / "broken-src", corpus_texts, 32, seed=3)
+    model = SentenceTransformer(str(broken), device="cpu")
+    weights = cast(Any, model[0]).embedding.weight.data
+    weights[5:50] = float("nan")
+    model.save(str(project / "models" / "nan"))
+    command.revision(config, "first", alias="docs", new="models/nan", rev_id="aaa111")
+    refused(config, EmbedderError, "NaN or inf")
+
+
+def test_a_model_needing_remote_code_is_refused_unless_allowed(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="aaa111")
+    edit_revision(
+        config,
+        "aaa111",
+        r"^new = Embedder\('models/a'\)",
+        "new = Embedder('models/a', trust_remote_code=True)",
+    )
+    refused(config, EmbedderError, "trust_remote_code")
+    allowed = Config(config.path, options={"allow_remote_code": "true"})
+    command.upgrade(allowed)
+    assert command.current(config)[0].revision == "aaa111"
+
+
+@pytest.mark.parametrize("options", [{}, {"truncate_dim": 16}])
+def test_every_vector_of_a_normalized_embedder_has_norm_one(
+    models: dict[str, Path], options: dict[str, int]
+) -> None:
+    settings = EnvSettings.of(Config(None)).embedder
+    embedder = load(Embedder(str(models["a"]), **options), Path("."), settings)  # type: ignore[arg-type]
+    texts = [row["text"] for row in corpus_rows(100)]
+    for vectors in (embedder.encode_documents(texts), embedder.encode_queries(texts)):
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_stored_vector_and_a_search_of_its_own_text_score_at_most_one(config: Config) -> None:
+    first_index(config)
+    with open_writer(config, "docs") as writer:
+        writer.upsert("written", "Zebrafish fin regeneration depends on osteoblasts")
+    stored = indexed(config, "docs")
+    norms = np.linalg.norm(np.stack(list(stored.values())), axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    for row in corpus_rows(20):
+        (hit,) = command.search(config, "docs", row["text"], k=1)
+        assert hit.score <= 1 + 1e-5

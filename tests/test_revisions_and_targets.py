@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from embedmig import Config, ConfigError, ScriptError, command
-from tests.support import snapshot
+from embedmig import (
+    Config,
+    ConfigError,
+    EmbedderError,
+    ScriptError,
+    command,
+    open_searcher,
+    open_writer,
+)
+from embedmig.embedders import Embedder
+from tests.support import (
+    edit,
+    edit_revision,
+    embedmig,
+    first_index,
+    one_line_error,
+    refused,
+    snapshot,
+)
 
 
 def test_init_copies_the_template_and_writes_the_config(tmp_path: Path) -> None:
@@ -189,3 +207,106 @@ def test_a_broken_revision_script_is_a_one_line_error(config: Config, edit, mess
     with pytest.raises(ScriptError, match=message):
         command.upgrade(config, "docs@head")
     assert snapshot(config) == before
+
+
+# ---- refused inputs (each found by a probe; each failed before its fix) --------------------
+
+
+def test_a_cycle_in_down_revision_is_refused(config: Config) -> None:
+    first_index(config, "aaa111")
+    command.revision(config, "second", alias="docs", new="models/near", rev_id="bbb222")
+    edit_revision(config, "aaa111", r"^down_revision = None", "down_revision = 'bbb222'")
+    refused(config, ScriptError, "(?i)cycle")
+
+
+def test_a_revision_without_a_revision_id_is_refused(config: Config) -> None:
+    first_index(config, "aaa111")
+    command.revision(config, "second", alias="docs", new="models/near", rev_id="bbb222")
+    edit_revision(config, "bbb222", r"^revision = .*$", "")
+    refused(config, ScriptError, "revision")
+
+
+def test_an_ambiguous_partial_revision_id_is_refused(config: Config) -> None:
+    first_index(config, "aaa111")
+    command.revision(config, "b", alias="docs", new="models/near", rev_id="abc111")
+    command.revision(config, "c", alias="docs", new="models/a", rev_id="abc222")
+    refused(config, ScriptError, "(?i)multiple|ambiguous", target="abc")
+
+
+def test_a_forked_alias_chain_is_refused_naming_both_revisions(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.upgrade(config, "head")
+    command.revision(config, "left", alias="docs", new="models/near", rev_id="r2a")
+    fork = config.script_location / "versions" / "r2b_right.py"
+    text = next((config.script_location / "versions").glob("r2a_*.py")).read_text()
+    fork.write_text(text.replace("'r2a'", "'r2b'").replace('"r2a"', '"r2b"'))
+    for args in (("upgrade", "heads"), ("upgrade", "r2a"), ("check",)):
+        one_line_error(capsys, config, *args, match="forks after r1: r2a and r2b")
+
+
+def test_a_broken_pending_revision_does_not_stop_writers_or_searchers(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.upgrade(config, "head")
+    command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
+    pending = next((config.script_location / "versions").glob("r2_*.py"))
+    pending.write_text(pending.read_text() + "\nthis is not python\n")
+    with open_writer(config, "docs") as writer:
+        writer.upsert("new-key", "zebrafish fin regeneration")
+    searcher = open_searcher(config, "docs")
+    assert searcher.search("zebrafish fin regeneration", k=1)[0].key == "new-key"
+    searcher.close()
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("downgrade", ""), "empty target"),
+        (("stamp", ""), "empty target"),
+        (("upgrade", ""), "empty target"),
+        (("report", ""), "name a revision"),
+        (("show", ""), "empty target"),
+        (("downgrade", "-1"), "nothing to roll back: no alias is at a revision"),
+        (("downgrade", "docs@-1"), "nothing to roll back"),
+    ],
+)
+def test_targets_that_name_nothing_are_one_line(
+    config: Config, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], match: str
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    one_line_error(capsys, config, *args, match=match)
+
+
+def test_a_downgrade_below_base_is_one_line(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.upgrade(config, "head")
+    one_line_error(capsys, config, "downgrade", "docs@-2", match="goes below base")
+
+
+def test_an_embedder_option_of_the_wrong_type_is_refused_when_the_revision_loads() -> None:
+    with pytest.raises(EmbedderError, match="query_prompt must be a string or None, got 123"):
+        Embedder("models/a", query_prompt=123)  # type: ignore[arg-type]
+    with pytest.raises(EmbedderError, match="normalize must be True or False"):
+        Embedder("models/a", normalize="yes")  # type: ignore[arg-type]
+
+
+def test_a_revision_with_a_badly_typed_embedder_is_refused_before_the_backfill(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    rev = next((config.script_location / "versions").glob("r1_*.py"))
+    edit(rev, "Embedder('models/a')", "Embedder('models/a', query_prompt=123)")
+    one_line_error(capsys, config, "upgrade", match="query_prompt must be a string or None")
+
+
+def test_current_shows_the_live_state_and_names_a_broken_pending_script(config: Config) -> None:
+    first_index(config)
+    rev = command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
+    Path(str(rev.path)).write_text("revision = 'r2'\nthis is not python\n")
+    done = embedmig(config.root, "current")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^docs: r1; index #1", done.stdout, re.M), done.stdout
+    assert "revision script r2_second.py:2 failed to load: NameError" in done.stderr

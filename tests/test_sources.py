@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from embedmig import Config, EmbedderError, SourceError, command
+from embedmig import (
+    Config,
+    EmbedderError,
+    IterableSource,
+    SourceError,
+    command,
+    open_writer,
+)
 from embedmig.sources import Document, JsonlSource, read_qrels
-from tests.support import corpus_rows, snapshot, with_judged_queries
+from tests.support import (
+    corpus_rows,
+    first_index,
+    indexed,
+    one_line_error,
+    one_line_error_exit,
+    snapshot,
+    with_judged_queries,
+)
 
 
 def test_jsonl_source_joins_title_and_text_when_configured(tmp_path: Path) -> None:
@@ -116,3 +133,122 @@ def test_an_empty_corpus_is_refused_and_leaves_nothing_behind(
     with pytest.raises(SourceError, match="no non-empty documents"):
         command.upgrade(config)
     assert snapshot(config) == before
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ---- refused inputs (each found by a probe; each failed before its fix) --------------------
+
+
+def test_empty_texts_are_skipped_and_counted(config: Config, project: Path) -> None:
+    with (project / "corpus.jsonl").open("a") as fh:
+        for i in range(3):
+            fh.write(json.dumps({"id": f"empty{i}", "text": "   "}) + "\n")
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="aaa111")
+    (report,) = command.upgrade(config)
+    assert report.corpus_size == 300 and "3 empty document(s) skipped" in report.notes
+
+
+@pytest.mark.parametrize("key", ["a\tb", "a\nb", "a\rb", "\x00"])
+def test_keys_with_control_characters_are_refused(config: Config, key: str) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.upgrade(config, "head")
+    with open_writer(config, "docs") as writer, pytest.raises(SourceError, match="control"):
+        writer.upsert(key, "text")
+    rows = corpus_rows(3)
+    rows[1]["id"] = key
+    with (config.root / "corpus.jsonl").open("w") as fh:
+        fh.writelines(json.dumps(row) + "\n" for row in rows)
+    command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
+    before = snapshot(config)
+    with pytest.raises(SourceError, match="control"):
+        command.upgrade(config, "head", force=True)
+    assert snapshot(config) == before
+
+
+@pytest.mark.parametrize("line", [6, 150, 199])
+def test_a_non_utf8_byte_is_reported_at_its_own_line(tmp_path: Path, line: int) -> None:
+    path = tmp_path / "c.jsonl"
+    rows = [json.dumps(row).encode() for row in corpus_rows(200)]
+    rows[line - 1] = rows[line - 1][:20] + b"\xff" + rows[line - 1][20:]
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    with pytest.raises(SourceError, match=rf"c\.jsonl:{line}: not valid UTF-8"):
+        list(JsonlSource(path))
+
+
+def test_string_and_number_ids_do_not_merge_silently(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"id": "1", "text": "a"}\n{"id": 1, "text": "b"}\n')
+    with pytest.raises(
+        SourceError, match=r"c\.jsonl:2: 'id' is a number but earlier ones are strings"
+    ):
+        list(JsonlSource(path))
+    path.write_text('{"id": 1, "text": "a"}\n{"id": 2, "text": "b"}\n')
+    assert [d.key for d in JsonlSource(path)] == ["1", "2"]
+    with pytest.raises(SourceError, match="document 2: key 1 is a number but earlier ones"):
+        list(IterableSource(lambda: [("1", "a"), (1, "b")]))  # type: ignore[list-item]
+
+
+def test_a_directory_as_the_corpus_says_so(
+    config: Config, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    (project / "corpus.jsonl").unlink()
+    (project / "corpus.jsonl").mkdir()
+    one_line_error(capsys, config, "upgrade", match="is a directory; name a file")
+
+
+def test_non_string_texts_from_an_iterable_source_are_one_line() -> None:
+    with pytest.raises(SourceError, match="document 'k': text must be a string, got int"):
+        list(IterableSource(lambda: [("k", 5)]))  # type: ignore[list-item]
+    with pytest.raises(SourceError, match=r"expected a \(key, text\) pair"):
+        list(IterableSource(lambda: ["just a string"]))  # type: ignore[list-item]
+
+
+def test_an_env_py_yielding_a_non_string_text_is_one_line(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    (config.script_location / "env.py").write_text(
+        "from embedmig import Document\n\n"
+        "def corpus(config, alias):\n"
+        "    yield Document('a', 'fine text')\n"
+        "    yield Document('b', 42)\n"
+    )
+    one_line_error(capsys, config, "upgrade", match="document 'b': text is int, not str")
+    one_line_error(
+        capsys, config, "upgrade", "--dry-run", match="document 'b': text is int, not str"
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: path.symlink_to(path), "cannot be opened: Too many levels of symbolic links"),
+        (os.mkfifo, "is not a regular file (a pipe or a device)"),
+    ],
+    ids=["symlink-loop", "fifo"],
+)
+def test_a_corpus_path_that_is_no_readable_file_says_what_it_is(
+    config: Config, make: Callable[[Path], None], message: str
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    corpus = config.root / "corpus.jsonl"
+    corpus.unlink()
+    make(corpus)
+    one_line_error_exit(config, "upgrade", "r1", match=message)
+
+
+def test_a_document_of_only_zero_width_characters_is_skipped_as_empty(config: Config) -> None:
+    rows = corpus_rows(300)
+    with (config.root / "corpus.jsonl").open("a") as fh:
+        fh.write('{"id": "invisible", "text": "\\u200b\\u200d"}\n')
+    first_index(config)
+    assert sorted(indexed(config, "docs")) == sorted(row["id"] for row in rows)
+    with pytest.raises(Exception, match="has no text"):
+        open_writer(config, "docs").upsert("invisible", "\u200b")
+
+
+def test_the_key_limit_is_documented() -> None:
+    pages = "".join(page.read_text() for page in [ROOT / "README.md", *ROOT.glob("docs/*.md")])
+    assert "512 characters" in pages

@@ -3,15 +3,33 @@ a snapshot with its journal tail applied in memory (the overlay)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
-from embedmig import StoreError, names
+from embedmig import (
+    Config,
+    HistoryError,
+    StoreError,
+    command,
+    names,
+    open_searcher,
+    open_writer,
+)
 from embedmig.store import files, journal
 from embedmig.store.overlay import Overlay
+from tests.support import (
+    cli,
+    embedmig,
+    first_index,
+    indexed,
+    one_line_error_exit,
+    snapshot,
+)
 
 
 def vectors(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
@@ -150,3 +168,114 @@ def test_overlay_refuses_a_tail_whose_vectors_are_not_filled() -> None:
     tail.missing = np.array([0])
     with pytest.raises(StoreError, match="must be filled"):
         overlay.apply(tail)
+
+
+# ---- refused inputs (each found by a probe; each failed before its fix) --------------------
+
+
+def test_an_unwritable_index_folder_is_refused_before_embedding(
+    config: Config, project: Path
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="aaa111")
+    blocked = Config(config.path, options={"index_dir": "corpus.jsonl/indexes"})
+    command.current(blocked)
+    before = snapshot(blocked)
+    with pytest.raises(StoreError, match="not writable"):
+        command.upgrade(blocked)
+    assert snapshot(blocked) == before
+
+
+def test_a_history_schema_newer_than_embedmig_is_refused(config: Config) -> None:
+    first_index(config, "aaa111")
+    engine = sa.create_engine(config.url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE embedmig_schema_version SET version_num = '9999'"))
+    engine.dispose()
+    with pytest.raises(HistoryError, match="newer than this embedmig"):
+        command.current(config)
+
+
+def test_a_history_database_that_is_not_sqlite_or_is_read_only_is_one_line(
+    config: Config, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    (project / "not.db").write_text("this is not a database\n" * 100)
+    ini = project / "embedmig.ini"
+    original = ini.read_text()
+    ini.write_text(original.replace("sqlite:///embedmig.db", "sqlite:///not.db"))
+    code, _, err = cli(capsys, "current")
+    assert code == 1 and err.strip() == (
+        f"embedmig: error: cannot open history database sqlite:///{project}/not.db: "
+        "file is not a database"
+    )
+    ini.write_text(original)
+    command.upgrade(config, "head")
+    ini.write_text(
+        original.replace(
+            "sqlite:///embedmig.db", f"sqlite:///file:{project}/embedmig.db?mode=ro&uri=true"
+        )
+    )
+    capsys.readouterr()
+    code, _, err = cli(capsys, "-q", "stamp", "base")
+    assert len(err.strip().splitlines()) == 1, err
+    (line,) = err.strip().splitlines()
+    assert (
+        code == 1
+        and line == "embedmig: error: history database error: attempt to write a readonly database"
+    )
+
+
+def test_a_searcher_and_a_writer_refuse_a_history_database_deleted_under_them(
+    config: Config,
+) -> None:
+    first_index(config)
+    database = config.root / "embedmig.db"
+    searcher = open_searcher(config, "docs")
+    writer = open_writer(config, "docs")
+    searcher.search("protein folding")
+    files = {p.name for p in config.index_dir.rglob("*.faiss")}
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    with pytest.raises(HistoryError, match="was deleted or replaced while in use"):
+        writer.upsert("new-key", "Zebrafish fin regeneration depends on osteoblasts")
+    with pytest.raises(HistoryError, match="was deleted or replaced while in use"):
+        searcher.search("protein folding")
+    writer.close()
+    searcher.close()
+    assert not database.exists()  # nothing created an empty database, so nothing acknowledged
+    with pytest.raises(HistoryError, match="does not exist"):
+        open_writer(config, "docs")
+    with pytest.raises(HistoryError, match="does not exist"):
+        open_searcher(config, "docs")
+    assert not database.exists()
+    assert {p.name for p in config.index_dir.rglob("*.faiss")} == files
+    failed = embedmig(config.root, "search", "docs", "protein folding")
+    assert failed.returncode == 1 and "does not exist" in failed.stderr
+    assert not database.exists()
+
+
+def test_a_writer_refuses_a_history_database_replaced_under_it(config: Config) -> None:
+    first_index(config)
+    writer = open_writer(config, "docs")
+    database = config.root / "embedmig.db"
+    copy = database.with_name("copy.db")
+    copy.write_bytes(database.read_bytes())
+    os.replace(copy, database)  # another file at the same path: another history
+    with pytest.raises(HistoryError, match="was deleted or replaced while in use"):
+        writer.upsert("new-key", "Zebrafish fin regeneration depends on osteoblasts")
+    writer.close()
+    assert "new-key" not in indexed(config, "docs")
+
+
+def test_read_only_commands_create_no_history_database(config: Config) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    (
+        config.root / "embedmig.db"
+    ).unlink()  # `embedmig init` made it; only an upgrade makes it again
+    assert command.current(config) == [] and command.history(config) == []
+    for args in (("current",), ("history",), ("show", "r1")):
+        assert embedmig(config.root, *args).returncode == 0
+    assert not (config.root / "embedmig.db").exists()
+    one_line_error_exit(
+        config, "downgrade", "base", match="does not exist (an `embedmig upgrade` creates"
+    )
