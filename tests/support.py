@@ -10,6 +10,8 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -402,3 +404,18 @@ def one_line_error_exit(config: Config, *args: str, code: int = 1, match: str) -
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("embedmig: error: ") and match in line, line
     assert snapshot(config) == before
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    what: str,
+    timeout: float = 120.0,
+    alive: Callable[[], bool] | None = None,
+) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` past ``timeout`` seconds, or as
+    soon as ``alive`` (the process being waited on) says it is gone."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert alive is None or alive(), f"{what}: the process waited on ended first"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
+        time.sleep(0.02)

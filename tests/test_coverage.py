@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from embedmig import Config, command, open_writer
 from embedmig.history import schema
 from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
-from tests.support import CLI, assert_serves, corpus_rows, edit, embedmig, indexed
+from tests.support import CLI, assert_serves, corpus_rows, edit, embedmig, indexed, wait_until
 
 NEW = "Zebrafish fin regeneration depends on osteoblast dedifferentiation, report"
 
@@ -177,9 +176,9 @@ def test_writes_before_during_and_after_the_backfill_all_hold(any_db: Config) ->
         stderr=subprocess.PIPE,
         text=True,
     )
-    while not (project / "paused").exists():
-        assert upgrade.poll() is None, upgrade.stderr.read() if upgrade.stderr else ""
-        time.sleep(0.05)
+    wait_until(
+        (project / "paused").exists, "the upgrade paused", alive=lambda: upgrade.poll() is None
+    )
     with open_writer(config, "docs") as writer:  # during: the stream has not reached row 200
         writer.upsert("during-new", f"{NEW} during")
         writer.upsert(rows[250]["id"], f"{NEW} rewritten during")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from embedmig import Config, command, open_searcher
 from embedmig.environment import Environment
 from embedmig.store import journal
-from tests.support import assert_serves, corpus_rows, edit, embedmig_process
+from tests.support import assert_serves, corpus_rows, edit, embedmig_process, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -89,14 +90,19 @@ def run_live_migration(project: Path, config: Config) -> None:
     command.upgrade(config, "r1")
 
     writers = start_writers(project, OPS, seed=100)
-    while journal_position(config) < 200:  # writers are up and writing before the migration
-        time.sleep(0.05)
+    wait_until(  # writers are up and writing before the migration
+        lambda: journal_position(config) >= 200,
+        "200 journaled writes",
+        alive=lambda: all(w.poll() is None for w in writers),
+    )
     upgrade = embedmig_process(project, "upgrade", "r2", "--force")  # beside the writers
     assert upgrade.returncode == 0, upgrade.stderr
     at_swap = journal_position(config)
-    while journal_position(config) < at_swap + 150:  # writes go on after the swap, too
-        assert all(w.poll() is None for w in writers), "a writer ended before the swap's end"
-        time.sleep(0.05)
+    wait_until(  # writes go on after the swap, too
+        lambda: journal_position(config) >= at_swap + 150,
+        "150 writes after the swap",
+        alive=lambda: all(w.poll() is None for w in writers),
+    )
     (project / "stop-writers").touch()
     finish(writers)
     (project / "stop-writers").unlink()
@@ -143,9 +149,7 @@ def test_a_searcher_in_another_process_sees_an_upsert_and_a_delete_within_a_seco
     for args, seen in steps:
         command_line = [sys.executable, str(WRITER), args[0], str(config.root), *args[1:]]
         proc = subprocess.Popen(command_line, stdout=subprocess.PIPE, text=True)
-        while not seen():
-            assert proc.poll() is None or proc.returncode == 0
-            time.sleep(0.01)
+        wait_until(seen, f"{args[0]} seen", alive=partial(_alive_or_done, proc))
         seen_at = time.time()
         out, _ = proc.communicate(timeout=60)
         assert seen_at - float(out.split()[0]) < 1.0  # after its acknowledgement
@@ -166,3 +170,7 @@ def test_a_write_acknowledged_before_its_process_is_killed_is_kept(config: Confi
     assert died.returncode == -signal.SIGKILL and died.stdout.strip(), died.stderr
     assert command.search(config, "docs", text, k=1)[0].key == "kept-key"
     assert journal_position(config) == 1
+
+
+def _alive_or_done(proc: subprocess.Popen[str]) -> bool:
+    return proc.poll() in (None, 0)
