@@ -112,30 +112,12 @@ def run(
     ``queries.judged`` and ``queries.self_ids`` use those positions. ``phases`` (a dry run's
     timer, else a new one) gets each phase's seconds: the report's ``timings``."""
     phases = phases if phases is not None else Phases()
-    docs = [*sample.uniform, *sample.judged]
-    certain = np.zeros(len(docs), bool)
-    certain[len(sample.uniform) :] = True
-    doc_texts = [d.text for d in docs]
-    before = new.usage
-    with phases.phase("encode_sample"):
-        uniform = new.encode_documents(doc_texts[: len(sample.uniform)])
-    with phases.phase("encode_judged"):
-        judged = new.encode_documents(doc_texts[len(sample.uniform) :])
-    doc_vectors = np.concatenate([uniform, judged]) if len(judged) else uniform
-    embedding = cost.forecast(new.usage - before, doc_texts, sample.population, price)
+    embedded = _Embedded.of(new, old, sample, queries, price, phases)
     texts = [q.text for q in queries.docs]
-    with phases.phase("encode_queries"):
-        new_queries = new.encode_queries(texts)
-        old_queries = old.embedder.encode_queries(texts) if old else None
     k = settings.k
     with phases.phase("search"):
-        scores = (new_queries @ doc_vectors.T).astype(np.float32)
-        if queries.self_ids is not None:
-            scores[np.arange(len(texts)), queries.self_ids] = -np.inf
-        exact = _exact_old(old, old_queries, queries, columns, k) if old else None
-    population = max(sample.population - len(sample.judged), len(sample.uniform))
-    rate = len(sample.uniform) / population if population else 1.0
-    sampled = SampledScores(scores, certain, min(rate, 1.0), population)
+        sampled = embedded.sampled(sample, queries.self_ids)
+        exact = _exact_old(old, embedded.old_queries, queries, columns, k) if old else None
     forecaster = fc.Forecaster(
         fc.ForecastInput(
             sampled,
@@ -149,10 +131,11 @@ def run(
     notes = list(notes)
     labels = None
     if segment is not None and texts:
+        old_queries = embedded.old_queries
         labels = ev.segment_labels(
             segment,
             queries.docs,
-            old_queries if old_queries is not None else new_queries,
+            old_queries if old_queries is not None else embedded.new_queries,
             settings.seed,
             notes,
         )
@@ -175,47 +158,20 @@ def run(
     with phases.phase("forecast"):
         estimate, intervals = with_intervals(forecaster, summarize, resamples, settings.seed)
         metrics, per_segment = _reported(intervals)
-        withheld = [name for name in NOT_FORECAST if metrics.get(name) is not None]
-        for name in withheld:
-            metrics[name] = metrics[f"{name}_ci_low"] = metrics[f"{name}_ci_high"] = None
-        if withheld:
-            notes.append(
-                f"not forecast (a sample cannot see them; the upgrade measures them): "
-                f"{', '.join(withheld)}"
-            )
+        _withhold(metrics, notes)
         distributions = _distributions(estimate, exact, metrics, thresholds)
         if segment is not None and labels is not None:
             found, distributions["segments"] = segments.forecast_table(
                 segment, kept, skipped, per_segment
             )
             metrics.update(found)
-        pair_new = doc_vectors[: min(pair_docs, len(sample.uniform))]
+        pair_new = embedded.docs[: min(pair_docs, len(sample.uniform))]
         pair_old = _reconstruct(old, sample.uniform[: len(pair_new)]) if old else None
         _pair_metrics(pair_old, pair_new, metrics, distributions)
     if contracts is not None:
-        with phases.phase("encode_queries"):
-            contract_queries = new.encode_queries([c.query for c in contracts.compiled.contracts])
-        with phases.phase("forecast"):
-            found, likely = contract_figures.forecast(
-                (contract_queries @ doc_vectors.T).astype(np.float32),
-                certain,
-                rate,
-                population,
-                contracts.compiled,
-                settings.seed,
-            )
-            metrics.update(found)
-            if contracts.on_old is not None:
-                metrics.update(
-                    {
-                        n: v
-                        for n, v in contract_figures.metrics(likely, contracts.on_old).items()
-                        if "_old" in n
-                    }
-                )
-            distributions["contracts"] = contract_figures.section(
-                contracts.compiled, likely, contracts.on_old
-            )
+        _forecast_contracts(
+            contracts, new, embedded, sampled, settings.seed, phases, metrics, distributions
+        )
     return rpt.Report(
         alias=alias,
         revision=revision,
@@ -231,9 +187,106 @@ def run(
         notes=list(notes),
         timings=phases.total(),
         forecast=True,
-        sample_size=len(docs),
-        embedding=embedding,
+        sample_size=len(embedded.docs),
+        embedding=embedded.cost,
     )
+
+
+@dataclass(frozen=True)
+class _Embedded:
+    """What a dry run embeds: the sample then the judged documents with the new model (``docs``,
+    in that order; ``certain`` marks the judged ones), the queries with both models, and what
+    the sample's embedding forecasts the upgrade's will cost."""
+
+    docs: np.ndarray
+    certain: np.ndarray
+    new_queries: np.ndarray
+    old_queries: np.ndarray | None
+    cost: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls,
+        new: LoadedEmbedder,
+        old: LiveSide | None,
+        sample: SampleDocs,
+        queries: ev.QuerySet,
+        price: float | None,
+        phases: Phases,
+    ) -> _Embedded:
+        before = new.usage
+        with phases.phase("encode_sample"):
+            uniform = new.encode_documents([d.text for d in sample.uniform])
+        with phases.phase("encode_judged"):
+            judged = new.encode_documents([d.text for d in sample.judged])
+        texts = [d.text for d in (*sample.uniform, *sample.judged)]
+        spent = cost.forecast(new.usage - before, texts, sample.population, price)
+        with phases.phase("encode_queries"):
+            asked = [q.text for q in queries.docs]
+            new_queries = new.encode_queries(asked)
+            old_queries = old.embedder.encode_queries(asked) if old else None
+        certain = np.zeros(len(uniform) + len(judged), bool)
+        certain[len(uniform) :] = True
+        docs = np.concatenate([uniform, judged]) if len(judged) else uniform
+        return cls(docs, certain, new_queries, old_queries, spent)
+
+    def sampled(self, sample: SampleDocs, self_ids: np.ndarray | None) -> SampledScores:
+        """The queries' new scores against the embedded documents, as a sample of the corpus;
+        each query's own document (``self_ids``) left out, as the upgrade's evaluation does."""
+        scores = (self.new_queries @ self.docs.T).astype(np.float32)
+        if self_ids is not None:
+            scores[np.arange(len(scores)), self_ids] = -np.inf
+        return SampledScores(scores, self.certain, *_rate(sample))
+
+
+def _rate(sample: SampleDocs) -> tuple[float, int]:
+    """The uniform sample's inclusion rate, and the population it was drawn from."""
+    population = max(sample.population - len(sample.judged), len(sample.uniform))
+    rate = len(sample.uniform) / population if population else 1.0
+    return min(rate, 1.0), population
+
+
+def _withhold(metrics: dict[str, float | None], notes: list[str]) -> None:
+    """The figures a sample cannot see (NOT_FORECAST) lose their forecast and interval."""
+    withheld = [name for name in NOT_FORECAST if metrics.get(name) is not None]
+    for name in withheld:
+        metrics[name] = metrics[f"{name}_ci_low"] = metrics[f"{name}_ci_high"] = None
+    if withheld:
+        notes.append(
+            "not forecast (a sample cannot see them; the upgrade measures them): "
+            + ", ".join(withheld)
+        )
+
+
+def _forecast_contracts(
+    contracts: Contracts,
+    new: LoadedEmbedder,
+    embedded: _Embedded,
+    sampled: SampledScores,
+    seed: int,
+    phases: Phases,
+    metrics: dict[str, float | None],
+    distributions: dict[str, Any],
+) -> None:
+    """The golden queries forecast from the same sample: their figures and section."""
+    with phases.phase("encode_queries"):
+        asked = new.encode_queries([c.query for c in contracts.compiled.contracts])
+    with phases.phase("forecast"):
+        found, likely = contract_figures.forecast(
+            (asked @ embedded.docs.T).astype(np.float32),
+            embedded.certain,
+            sampled.rate,
+            sampled.population,
+            contracts.compiled,
+            seed,
+        )
+        metrics.update(found)
+        if contracts.on_old is not None:
+            judged_old = contract_figures.metrics(likely, contracts.on_old)
+            metrics.update({n: v for n, v in judged_old.items() if "_old" in n})
+        distributions["contracts"] = contract_figures.section(
+            contracts.compiled, likely, contracts.on_old
+        )
 
 
 _Bounds = tuple[float | None, float | None, float | None]  # a value and its interval
