@@ -269,152 +269,169 @@ def _notes(report: Report) -> list[str]:
     return ["<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>"]
 
 
+Plot = tuple[str, Callable[[Any], None]]  # a title, and what draws it on a matplotlib Axes
+
+
 def _plots(report: Report, plt: Any) -> list[tuple[str, str]]:
-    dist = report.distributions
+    """Every plot the report has data for, as (title, base64 PNG)."""
     plots: list[tuple[str, str]] = []
+    for build in _PLOTS:
+        for title, draw in build(report):
+            fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+            try:
+                draw(ax)
+                ax.set_title(title, fontsize=11)
+                fig.tight_layout()
+                buffer = io.BytesIO()
+                fig.savefig(buffer, format="png")
+            finally:
+                plt.close(fig)
+            plots.append((title, base64.b64encode(buffer.getvalue()).decode("ascii")))
+    return plots
 
-    def add(title: str, draw: Callable[[Any], None]) -> None:
-        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-        try:
-            draw(ax)
-            ax.set_title(title, fontsize=11)
-            fig.tight_layout()
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png")
-        finally:
-            plt.close(fig)
-        plots.append((title, base64.b64encode(buffer.getvalue()).decode("ascii")))
 
+def _score_plots(report: Report) -> list[Plot]:
+    found = []
     for key, title in (
         ("scores", "query→top-k cosine scores"),
         ("pair_scores", "random document pairs (background)"),
     ):
-        hist = (dist.get(key) or {}).get("histogram") or {}
+        hist = (report.distributions.get(key) or {}).get("histogram") or {}
         if hist.get("edges"):
-            add(title, _two_histograms(hist))
-    overlap = (dist.get("overlap") or {}).get(str(report.k))
-    if overlap and overlap.get("histogram"):
+            found.append((title, _two_histograms(hist)))
+    return found
 
-        def draw_overlap(ax: Any) -> None:
-            counts = overlap["histogram"]
-            edges = [i / len(counts) for i in range(len(counts) + 1)]
-            ax.bar(
-                edges[:-1],
-                counts,
-                width=1 / len(counts),
-                align="edge",
-                color="#0969da",
-                edgecolor="white",
-            )
-            ax.set_xlabel(f"overlap@{report.k}")
-            ax.set_ylabel("queries")
 
-        add(f"overlap@{report.k} per query", draw_overlap)
-    mapping = [row for row in dist.get("threshold_map") or [] if row["new"] is not None]
-    if mapping:
+def _overlap_plot(report: Report) -> list[Plot]:
+    overlap = (report.distributions.get("overlap") or {}).get(str(report.k))
+    if not overlap or not overlap.get("histogram"):
+        return []
 
-        def draw_map(ax: Any) -> None:
-            xs = [row["old"] for row in mapping]
-            ax.plot(
-                xs,
-                [row["new"] for row in mapping],
-                marker="o",
-                color="#cf222e",
-                label="new threshold",
-            )
-            ax.plot(xs, xs, linestyle="--", color="#999", label="unchanged")
-            ax.set_xlabel("old-model threshold")
-            ax.set_ylabel("new-model threshold")
-            ax.legend()
+    def draw(ax: Any) -> None:
+        counts = overlap["histogram"]
+        edges = [i / len(counts) for i in range(len(counts) + 1)]
+        ax.bar(edges[:-1], counts, width=1 / len(counts), align="edge", color="#0969da", ec="white")
+        ax.set_xlabel(f"overlap@{report.k}")
+        ax.set_ylabel("queries")
 
-        add("threshold map (same share of results)", draw_map)
-    qrels = {name: row for name, row in (dist.get("qrels") or {}).items() if row.get("ci")}
-    if qrels:
+    return [(f"overlap@{report.k} per query", draw)]
 
-        def draw_qrels(ax: Any) -> None:
-            names = list(qrels)
-            deltas = [qrels[n]["delta"] for n in names]
-            low = [qrels[n]["delta"] - qrels[n]["ci"][0] for n in names]
-            high = [qrels[n]["ci"][1] - qrels[n]["delta"] for n in names]
-            ax.bar(
-                names,
-                deltas,
-                yerr=[low, high],
-                capsize=6,
-                color=["#cf222e" if d < 0 else "#1a7f37" for d in deltas],
-            )
-            ax.axhline(0, color="#333", linewidth=0.8)
-            ax.set_ylabel("new − old (95% bootstrap interval)")
 
-        add("retrieval quality change", draw_qrels)
+def _threshold_plot(report: Report) -> list[Plot]:
+    mapping = [
+        row for row in report.distributions.get("threshold_map") or [] if row["new"] is not None
+    ]
+    if not mapping:
+        return []
+
+    def draw(ax: Any) -> None:
+        xs = [row["old"] for row in mapping]
+        new = [row["new"] for row in mapping]
+        ax.plot(xs, new, marker="o", color="#cf222e", label="new threshold")
+        ax.plot(xs, xs, linestyle="--", color="#999", label="unchanged")
+        ax.set_xlabel("old-model threshold")
+        ax.set_ylabel("new-model threshold")
+        ax.legend()
+
+    return [("threshold map (same share of results)", draw)]
+
+
+def _qrels_plot(report: Report) -> list[Plot]:
+    qrels = {
+        name: row
+        for name, row in (report.distributions.get("qrels") or {}).items()
+        if row.get("ci")
+    }
+    if not qrels:
+        return []
+
+    def draw(ax: Any) -> None:
+        names = list(qrels)
+        deltas = [qrels[n]["delta"] for n in names]
+        low = [qrels[n]["delta"] - qrels[n]["ci"][0] for n in names]
+        high = [qrels[n]["ci"][1] - qrels[n]["delta"] for n in names]
+        colours = ["#cf222e" if d < 0 else "#1a7f37" for d in deltas]
+        ax.bar(names, deltas, yerr=[low, high], capsize=6, color=colours)
+        ax.axhline(0, color="#333", linewidth=0.8)
+        ax.set_ylabel("new − old (95% bootstrap interval)")
+
+    return [("retrieval quality change", draw)]
+
+
+def _forecast_plot(report: Report) -> list[Plot]:
+    metrics = report.metrics
     shown = [
         name
         for name in (*HEADLINE, "recall_at_10_new", "ndcg_at_10_new", "recall_ratio")
         if report.forecast
-        and report.metrics.get(name) is not None
-        and report.metrics.get(f"{name}_ci_low") is not None
+        and metrics.get(name) is not None
+        and metrics.get(f"{name}_ci_low") is not None
     ]
-    if shown:
+    if not shown:
+        return []
 
-        def draw_forecast(ax: Any) -> None:
-            values = [float(report.metrics[n] or 0.0) for n in shown]
-            low = [
-                v - float(report.metrics[f"{n}_ci_low"] or v)
-                for n, v in zip(shown, values, strict=True)
-            ]
-            high = [
-                float(report.metrics[f"{n}_ci_high"] or v) - v
-                for n, v in zip(shown, values, strict=True)
-            ]
-            ax.errorbar(values, shown, xerr=[low, high], fmt="o", capsize=4, color="#0969da")
-            ax.invert_yaxis()
-            ax.set_xlabel("forecast with its 95% interval")
+    def draw(ax: Any) -> None:
+        values = [float(metrics[n] or 0.0) for n in shown]
+        low = [v - float(metrics[f"{n}_ci_low"] or v) for n, v in zip(shown, values, strict=True)]
+        high = [float(metrics[f"{n}_ci_high"] or v) - v for n, v in zip(shown, values, strict=True)]
+        ax.errorbar(values, shown, xerr=[low, high], fmt="o", capsize=4, color="#0969da")
+        ax.invert_yaxis()
+        ax.set_xlabel("forecast with its 95% interval")
 
-        add("forecast for the full corpus", draw_forecast)
-    segment_rows = (dist.get("segments") or {}).get("segments") or []
-    measure = "recall_at_10_new" if any("recall_at_10_new" in r for r in segment_rows) else None
-    measure = measure or (
-        "overlap_at_10" if any("overlap_at_10" in r for r in segment_rows) else None
+    return [("forecast for the full corpus", draw)]
+
+
+def _segment_plot(report: Report) -> list[Plot]:
+    rows = (report.distributions.get("segments") or {}).get("segments") or []
+    measure = next(
+        (m for m in ("recall_at_10_new", "overlap_at_10") if any(m in r for r in rows)), None
     )
-    if measure is not None:
+    if measure is None:
+        return []
 
-        def draw_segments(ax: Any) -> None:
-            labels = [r["label"][:24] for r in segment_rows]
-            values = [r.get(measure) or 0.0 for r in segment_rows]
-            colours = ["#cf222e" if r["flagged"] else "#0969da" for r in segment_rows]
-            ax.barh(labels, values, color=colours)
-            if measure == "recall_at_10_new":
-                ax.scatter(
-                    [r["recall_at_10_old"] for r in segment_rows],
-                    labels,
-                    color="#333",
-                    marker="|",
-                    s=200,
-                    label="old model",
-                    zorder=3,
-                )
-                ax.legend(fontsize=8)
-            ax.invert_yaxis()
-            ax.set_xlabel(measure.replace("_at_10_new", "@10, new model").replace("_at_10", "@10"))
+    def draw(ax: Any) -> None:
+        labels = [r["label"][:24] for r in rows]
+        colours = ["#cf222e" if r["flagged"] else "#0969da" for r in rows]
+        ax.barh(labels, [r.get(measure) or 0.0 for r in rows], color=colours)
+        if measure == "recall_at_10_new":
+            old = [r["recall_at_10_old"] for r in rows]
+            ax.scatter(old, labels, color="#333", marker="|", s=200, label="old model", zorder=3)
+            ax.legend(fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(measure.replace("_at_10_new", "@10, new model").replace("_at_10", "@10"))
 
-        add("per segment (red: flagged)", draw_segments)
-    trend = dist.get("watch_trend") or []
+    return [("per segment (red: flagged)", draw)]
+
+
+def _trend_plot(report: Report) -> list[Plot]:
+    trend = report.distributions.get("watch_trend") or []
     drawn = (
         [n for n in _TREND if any(p.get(n) is not None for p in trend)] if len(trend) > 1 else []
     )
-    if drawn:
+    if not drawn:
+        return []
 
-        def draw_trend(ax: Any) -> None:
-            for name in drawn:
-                points = [(i, p[name]) for i, p in enumerate(trend) if p.get(name) is not None]
-                ax.plot(*zip(*points, strict=True), marker="o", label=name.removeprefix("watch_"))
-            ax.set_xticks(range(len(trend)), [p["at"][5:16].replace("T", " ") for p in trend])
-            ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-            ax.set_ylabel("against the baseline at the swap")
-            ax.legend(fontsize=8)
+    def draw(ax: Any) -> None:
+        for name in drawn:
+            points = [(i, p[name]) for i, p in enumerate(trend) if p.get(name) is not None]
+            ax.plot(*zip(*points, strict=True), marker="o", label=name.removeprefix("watch_"))
+        ax.set_xticks(range(len(trend)), [p["at"][5:16].replace("T", " ") for p in trend])
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        ax.set_ylabel("against the baseline at the swap")
+        ax.legend(fontsize=8)
 
-        add("decay watch: trend over the watches of this index", draw_trend)
-    return plots
+    return [("decay watch: trend over the watches of this index", draw)]
+
+
+_PLOTS = (
+    _score_plots,
+    _overlap_plot,
+    _threshold_plot,
+    _qrels_plot,
+    _forecast_plot,
+    _segment_plot,
+    _trend_plot,
+)
 
 
 # The trend lines the HTML report draws: the shifts, on one scale (0 = the baseline).
