@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -104,63 +105,32 @@ def watch(env: Environment, alias: str, k: int) -> Report:
     settings = WatchSettings.of(env.config)
     started = clock.now()
     phases = clock.Phases()
-    with phases.phase("read"), env.engine.connect() as conn:
-        live = catalog.live_index(conn, alias)
-        if live is None:
-            raise StateError(f"alias {alias!r} has no live index to watch")
-        since = events.went_live(conn, alias, live.id)
-        revision = catalog.versions(conn).get(alias, live.revision)
-        swap = events.swap_of(conn, alias, live.id, revision)
-        # The watches of what the alias serves now: since its swap, rollback or adapter.
-        past = [
-            h
-            for h in reversed(events.history(conn, alias, revision))
-            if h.action == "watch"
-            and h.to_index == live.id
-            and h.metrics
-            and (since is None or clock.utc(h.finished_at) >= since)
-        ]
-        texts, total = traffic.sample_served(
-            conn, alias, since=since, limit=settings.sample, seed=settings.seed
-        )
-        readers = status.survey(conn, alias, status.ReaderSettings.of(env.config))
-    gates, notes = _gates(env, revision)
-    recorded = (swap.metrics or {}) if swap is not None else {}
-    kept = _baseline(recorded, past, settings.min_queries, notes)
+    with phases.phase("read"):
+        seen = _Seen.read(env, alias, settings)
+    gates, notes = _gates(env, seen.revision)
+    recorded = (seen.swap.metrics or {}) if seen.swap is not None else {}
+    kept = _baseline(recorded, seen.past, settings.min_queries, notes)
     thresholds = (
         kept["thresholds"]
         if kept is not None
         else remapped(gates, recorded.get("metrics") or {}, recorded.get("old_model") is None)
     )
     metrics: dict[str, float | None] = {name: None for name in WATCH}
-    metrics["watch_queries"] = float(total)
-    metrics["watch_reader_skew"] = float(len(readers.flagged))
+    metrics["watch_queries"] = float(seen.total)
+    metrics["watch_reader_skew"] = float(len(seen.readers.flagged))
     with phases.phase("open"):
-        view, lowest, served_by = _serving(env, alias, live)
+        view, lowest, served_by = _serving(env, alias, seen.live)
     metrics["watch_probe_min_cosine"] = lowest
     distributions: dict[str, Any] = {}
     now: dict[str, Any] | None = None
     if view is None:
         notes.append("the model the alias is queried with drifted: nothing was searched")
     else:
-        if texts:
+        if seen.texts:
             with phases.phase("search"):
-                scores = _scores(view.embedder, view.overlay.search, texts, k)
+                scores = _scores(view.embedder, view.overlay.search, seen.texts, k)
             now = {"thresholds": dict(thresholds), **figures.summary(scores, thresholds)}
-        if now is not None and kept is not None and len(texts) >= settings.min_queries:
-            metrics.update(figures.compare(now, kept))
-        elif kept is None and len(texts) >= settings.min_queries:
-            notes.append("no baseline yet: this watch is the baseline of the next ones")
-        elif kept is None:
-            notes.append(
-                f"no baseline yet: {len(texts)} logged queries since the swap, fewer than "
-                f"watch.min_queries ({settings.min_queries}); the first watch with as many sets it"
-            )
-        else:
-            notes.append(
-                f"{len(texts)} logged queries since the swap: fewer than watch.min_queries "
-                f"({settings.min_queries}), the traffic shift is not measured"
-            )
+        _shift(now, kept, len(seen.texts), settings.min_queries, metrics, notes)
         contracts = env.contracts(alias)
         if contracts:
             with phases.phase("contracts"):
@@ -168,43 +138,125 @@ def watch(env: Environment, alias: str, k: int) -> Report:
             metrics.update(_golden_metrics(verified, recorded))
             distributions["contracts"] = verified.section
     distributions["watch"] = {
-        "since": since.isoformat() if since else None,
+        "since": seen.since.isoformat() if seen.since else None,
         "baseline": None if kept is None else {**kept, "top1": None, "topk": None},
         "now": now if kept is None else _light(now),
     }
     distributions["watch_trend"] = [
-        {"at": h.finished_at.isoformat(), **_trend_point(h.metrics or {})} for h in past
+        {"at": h.finished_at.isoformat(), **_trend_point(h.metrics or {})} for h in seen.past
     ] + [{"at": clock.now().isoformat(), **{n: metrics.get(n) for n in TREND}}]
-    checks = [
-        check
-        for check in gates.check(metrics, watch=True).checks
-        # The watch that sets the baseline has no shift to judge; any later one does.
-        if kept is not None or check.metric not in figures.SHIFT
-    ]
-    if not gates.bounds("watch_probe_min_cosine") and lowest is not None:
-        checks.append(Check("watch_probe_min_cosine", "min", env.settings.probe_min_cosine, lowest))
     report = Report(
         alias=alias,
-        revision=revision,
+        revision=seen.revision,
         old_model=None,
         new_model=served_by,
         dry_run=False,
-        corpus_size=int(live.ntotal),
+        corpus_size=int(seen.live.ntotal),
         query_source="query log since the swap",
-        n_queries=len(texts),
+        n_queries=len(seen.texts),
         k=k,
         metrics=metrics,
         distributions=distributions,
-        verdict=Verdict(tuple(checks)),
+        verdict=_verdict(gates, metrics, kept is not None, lowest, env.settings.probe_min_cosine),
         notes=notes,
         timings=phases.total(),
         watch=True,
     )
-    _record(env, report, live, started)
+    _record(env, report, seen.live, started)
     if not report.verdict or report.verdict.passed:
         return report
     failures = "; ".join(c.describe() for c in report.verdict.failures())
     raise GateFailed(f"watch of {alias} failed: {failures}", report)
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What a watch reads from the history database in one go: the live index, since when it
+    serves (its swap, rollback or adapter), the swap's record, the watches of it since, a
+    seeded sample of the traffic logged since (and how much there was), and its readers."""
+
+    live: catalog.IndexRecord
+    since: datetime | None
+    revision: str
+    swap: events.HistoryRecord | None
+    past: list[events.HistoryRecord]
+    texts: list[str]
+    total: int
+    readers: status.AliasReaders
+
+    @classmethod
+    def read(cls, env: Environment, alias: str, settings: WatchSettings) -> _Seen:
+        with env.engine.connect() as conn:
+            live = catalog.live_index(conn, alias)
+            if live is None:
+                raise StateError(f"alias {alias!r} has no live index to watch")
+            since = events.went_live(conn, alias, live.id)
+            revision = catalog.versions(conn).get(alias, live.revision)
+            past = [
+                h
+                for h in reversed(events.history(conn, alias, revision))
+                if h.action == "watch"
+                and h.to_index == live.id
+                and h.metrics
+                and (since is None or clock.utc(h.finished_at) >= since)
+            ]
+            texts, total = traffic.sample_served(
+                conn, alias, since=since, limit=settings.sample, seed=settings.seed
+            )
+            return cls(
+                live,
+                since,
+                revision,
+                events.swap_of(conn, alias, live.id, revision),
+                past,
+                texts,
+                total,
+                status.survey(conn, alias, status.ReaderSettings.of(env.config)),
+            )
+
+
+def _shift(
+    now: dict[str, Any] | None,
+    kept: dict[str, Any] | None,
+    searched: int,
+    min_queries: int,
+    metrics: dict[str, float | None],
+    notes: list[str],
+) -> None:
+    """The traffic's shift from the baseline, when both are there and enough was searched;
+    else a note saying why not."""
+    if now is not None and kept is not None and searched >= min_queries:
+        metrics.update(figures.compare(now, kept))
+    elif kept is None and searched >= min_queries:
+        notes.append("no baseline yet: this watch is the baseline of the next ones")
+    elif kept is None:
+        notes.append(
+            f"no baseline yet: {searched} logged queries since the swap, fewer than "
+            f"watch.min_queries ({min_queries}); the first watch with as many sets it"
+        )
+    else:
+        notes.append(
+            f"{searched} logged queries since the swap: fewer than watch.min_queries "
+            f"({min_queries}), the traffic shift is not measured"
+        )
+
+
+def _verdict(
+    gates: Gates,
+    metrics: dict[str, float | None],
+    has_baseline: bool,
+    lowest: float | None,
+    min_cosine: float,
+) -> Verdict:
+    checks = [
+        check
+        for check in gates.check(metrics, watch=True).checks
+        # The watch that sets the baseline has no shift to judge; any later one does.
+        if has_baseline or check.metric not in figures.SHIFT
+    ]
+    if not gates.bounds("watch_probe_min_cosine") and lowest is not None:
+        checks.append(Check("watch_probe_min_cosine", "min", min_cosine, lowest))
+    return Verdict(tuple(checks))
 
 
 def _baseline(
