@@ -200,7 +200,6 @@ def _backfill(
     *,
     restart: bool,
 ) -> Shadow:
-    engine = env.engine
     docs = env.corpus(rev.alias)  # first: a corpus that cannot be opened registers nothing
     probes.of(embedder)  # before writers are locked out below: an endpoint may take its time
     with env.begin() as conn:
@@ -223,24 +222,13 @@ def _backfill(
     try:
         chunks = batches(docs, settings.checkpoint_every, progress, sampler, skip)
         for chunk, encoded in executor.map(chunks, Chunk.texts):
-            texts = chunk.texts()
             stats.truncated += encoded.usage.truncated
             stats.usage += encoded.usage
-            hashes = [manifest.content_hash(text) for text in texts]
-            # As it was when the chunk was read, with the truncations counted up to it.
-            state = {**chunk.state, "truncated": stats.truncated}
             if embedder.remote:
                 # What an endpoint or user code returns may change mid-run: a chunk commits
                 # only while the model still returns what the build started with.
                 env.recheck(embedder, started_as, "during the backfill")
-            with env.begin() as conn:
-                ids = docids.assign_ids(conn, rev.alias, [doc.key for doc in chunk.docs], texts)
-                spool.append(ids, encoded.vectors)
-                manifest.record_corpus(conn, index_id, ids, hashes)
-                rows += len(texts)
-                checkpoints.save_checkpoint(
-                    conn, index_id, checkpoints.Checkpoint(chunk.consumed, rows, state)
-                )
+            rows = _commit(env, rev.alias, index_id, spool, chunk, encoded.vectors, rows, stats)
             meter.update(chunk.consumed - meter.done)
         if rows == 0:
             raise SourceError(f"the corpus of alias {rev.alias!r} has no non-empty documents")
@@ -258,14 +246,54 @@ def _backfill(
         meter.close()
         executor.close()
     stats.seconds["backfill_s"] = time.perf_counter() - started
-    replayed = merged.tail
     stats.duplicates = streamed - spool.distinct_ids(streamed)
+    index, covered = _build(env, rev, index_id, spool, merged, settings, stats)
+    _notes(stats, merged.tail, covered, embedder)
+    log.info("backfill %s: %d vectors in index #%d", rev.alias, index.ntotal, index_id)
+    return Shadow(_get(env, index_id), index, sampler.documents(), stats, covered)
+
+
+def _commit(
+    env: Environment,
+    alias: str,
+    index_id: int,
+    spool: files.Spool,
+    chunk: Chunk,
+    vectors: np.ndarray,
+    rows: int,
+    stats: CorpusStats,
+) -> int:
+    """One chunk's ids, vectors, manifest rows and checkpoint, in one transaction: the rows the
+    shadow then holds."""
+    texts = chunk.texts()
+    hashes = [manifest.content_hash(text) for text in texts]
+    # As it was when the chunk was read, with the truncations counted up to it.
+    state = {**chunk.state, "truncated": stats.truncated}
+    with env.begin() as conn:
+        ids = docids.assign_ids(conn, alias, [doc.key for doc in chunk.docs], texts)
+        spool.append(ids, vectors)
+        manifest.record_corpus(conn, index_id, ids, hashes)
+        rows += len(texts)
+        checkpoints.save_checkpoint(
+            conn, index_id, checkpoints.Checkpoint(chunk.consumed, rows, state)
+        )
+    return rows
+
+
+def _build(
+    env: Environment,
+    rev: Revision,
+    index_id: int,
+    spool: files.Spool,
+    merged: _Merged,
+    settings: MigrationSettings,
+    stats: CorpusStats,
+) -> tuple[Any, carryover.Result]:
+    """The spool as the index file, marked ready with what it holds, and checked against the
+    documents it must hold."""
     started = time.perf_counter()
-    index = spool.build(
-        rev.index_factory,
-        seed=settings.eval.seed,
-        drop=merged.deleted_ids,
-    )
+    index = spool.build(rev.index_factory, seed=settings.eval.seed, drop=merged.deleted_ids)
+    path = env.index_path(rev.alias, index_id, rev.revision)
     sha256 = files.save(index, path)
     stats.seconds["build_s"] = time.perf_counter() - started
     with env.begin() as conn:
@@ -276,13 +304,20 @@ def _backfill(
             path=env.stored_path(path),
             ntotal=int(index.ntotal),
             sha256=sha256,
-            base_seq=replayed.last_seq,
+            base_seq=merged.tail.last_seq,
         )
         manifest.set_held(conn, index_id, merged.upsert_ids, merged.upsert_sha, merged.deleted_ids)
         checkpoints.clear_checkpoint(conn, index_id)
-    with engine.connect() as conn:  # a read: writers need not wait for the check
+    with env.engine.connect() as conn:  # a read: writers need not wait for the check
         covered = merged.check(conn, rev.alias, faiss.vector_to_array(index.id_map))
     spool.remove()
+    return index, covered
+
+
+def _notes(
+    stats: CorpusStats, replayed: journal.Tail, covered: carryover.Result, embedder: LoadedEmbedder
+) -> None:
+    """What the report says about the corpus the backfill read."""
     if stats.duplicates:
         stats.notes.append(
             f"{stats.duplicates} repeated document key(s): the last text of each won"
@@ -301,8 +336,6 @@ def _backfill(
             f"{stats.truncated} document(s) longer than the model's {embedder.max_seq_length} "
             "tokens were truncated"
         )
-    log.info("backfill %s: %d vectors in index #%d", rev.alias, index.ntotal, index_id)
-    return Shadow(_get(env, index_id), index, sampler.documents(), stats, covered)
 
 
 def _start(
