@@ -91,7 +91,7 @@ from demo.models import distilled, minilm  # noqa: E402
 from embedmig.embedders import Embedder  # noqa: E402
 from embedmig.embedders.base import Usage  # noqa: E402
 from embedmig.metrics import report as rpt  # noqa: E402
-from embedmig.metrics.kernels import Judgements  # noqa: E402
+from embedmig.metrics.relevance import Judgements  # noqa: E402
 from embedmig.migrate import evaluate as ev  # noqa: E402
 from embedmig.migrate import forecast as forecasting  # noqa: E402
 from embedmig.sources import Document  # noqa: E402

@@ -14,7 +14,7 @@ from embedmig import Config, ConfigError, GateFailed, command, gates, render
 from embedmig.contracts import Contract
 from embedmig.metrics import contracts as golden
 from embedmig.metrics import figures
-from embedmig.metrics.kernels import Judgements
+from embedmig.metrics.relevance import Judgements
 from tests.support import corpus_rows, embedmig, encode, snapshot
 
 

@@ -16,7 +16,7 @@ import embedmig
 from embedmig import cli, gates
 from embedmig.config import DEFAULTS, KNOWN
 from embedmig.metrics import report
-from embedmig.metrics.kernels import Judgements
+from embedmig.metrics.relevance import Judgements
 from tests.support import with_judged_queries
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ from embedmig.errors import ConfigError
 from embedmig.metrics import forecast as fc
 from embedmig.metrics import report as rpt
 from embedmig.metrics.intervals import Interval, with_intervals
-from embedmig.metrics.kernels import Judgements
 from embedmig.metrics.ranks import SampledScores, rank_posterior
+from embedmig.metrics.relevance import Judgements
 from embedmig.render.html import render_html
 from embedmig.render.text import render_text
 from tests.support import (

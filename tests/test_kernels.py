@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from embedmig.metrics import kernels
+from embedmig.metrics import kernels, relevance
 
 
 def ref_overlap(a: list[int], b: list[int], k: int) -> float:
@@ -94,16 +94,18 @@ def test_qrels_metrics_match_textbook_definitions(seed: int) -> None:
         for i in range(n)
     }
     flat = [(row, doc, grade) for row, judged in qrels.items() for doc, grade in judged.items()]
-    judged = kernels.Judgements(*(np.array(col, dtype=np.int64) for col in zip(*flat, strict=True)))
-    rel = kernels.relevance_matrix(ids, judged)
-    n_rel, ideal = kernels.ideal_grades(judged, n, k)
+    judged = relevance.Judgements(
+        *(np.array(col, dtype=np.int64) for col in zip(*flat, strict=True))
+    )
+    rel = relevance.relevance_matrix(ids, judged)
+    n_rel, ideal = relevance.ideal_grades(judged, n, k)
     for i in range(n):
         assert n_rel[i] == len(qrels[i])
         grades = sorted(qrels[i].values(), reverse=True)[:k]
         assert list(ideal[i, : len(grades)]) == grades and not ideal[i, len(grades) :].any()
-    ndcg = kernels.ndcg_at_k(rel, ideal, k)
-    recall = kernels.recall_at_k(rel, n_rel, k)
-    mrr = kernels.mrr_at_k(rel, k)
+    ndcg = relevance.ndcg_at_k(rel, ideal, k)
+    recall = relevance.recall_at_k(rel, n_rel, k)
+    mrr = relevance.mrr_at_k(rel, k)
     for i in range(n):
         ranked, graded = [int(d) for d in ids[i]], qrels[i]
         found = [d for d in ranked[:k] if d in graded]
@@ -205,7 +207,7 @@ def test_bootstrap_interval_is_seeded_and_covers_the_mean() -> None:
 
 def test_ranks_of_finds_first_positions_and_marks_absent() -> None:
     ids = np.array([[5, 3, 5, -1], [1, 2, 3, 4]], dtype=np.int64)
-    ranks = kernels.ranks_of(ids, np.array([0, 0, 1, 1]), np.array([5, 9, 4, 1]))
+    ranks = relevance.ranks_of(ids, np.array([0, 0, 1, 1]), np.array([5, 9, 4, 1]))
     assert list(ranks) == [0, 4, 3, 0]
 
 

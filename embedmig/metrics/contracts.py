@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from embedmig.contracts import Contract
-from embedmig.metrics import figures, kernels, ranks
-from embedmig.metrics.kernels import Judgements, ranks_of
+from embedmig.metrics import figures, ranks, relevance
+from embedmig.metrics.relevance import Judgements, ranks_of
 
 NDCG_DEPTH = 10
 # Searched at least this deep, so a lost document's report says where it went.
@@ -220,7 +220,7 @@ def _broken_draws(compiled: Compiled, rank0: np.ndarray) -> np.ndarray:
 
 
 def _ndcg_draws(compiled: Compiled, rank0: np.ndarray) -> np.ndarray | None:
-    """Per rated contract and draw, nDCG@10 with linear gains (as ``kernels.ndcg_at_k``)."""
+    """Per rated contract and draw, nDCG@10 with linear gains (as ``relevance.ndcg_at_k``)."""
     judged = compiled.judged
     if not compiled.rated.any():
         return None
@@ -228,7 +228,7 @@ def _ndcg_draws(compiled: Compiled, rank0: np.ndarray) -> np.ndarray | None:
     discount = np.where(rank0 < NDCG_DEPTH, 1.0 / np.log2(np.minimum(rank0, NDCG_DEPTH) + 2), 0.0)
     dcg = np.zeros((n, rank0.shape[1]))
     np.add.at(dcg, judged.rows, judged.grades[:, None] * discount)
-    _, ideal_grades = kernels.ideal_grades(judged, n, NDCG_DEPTH)
+    _, ideal_grades = relevance.ideal_grades(judged, n, NDCG_DEPTH)
     discounts = 1.0 / np.log2(np.arange(2, NDCG_DEPTH + 2))
     ideal = (ideal_grades[:, :NDCG_DEPTH] * discounts[: ideal_grades.shape[1]]).sum(axis=1)
     ndcg = np.divide(dcg, ideal[:, None], out=np.zeros_like(dcg), where=ideal[:, None] > 0)

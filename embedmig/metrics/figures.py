@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from embedmig.gates import OVERLAP_KS, threshold_metric
-from embedmig.metrics import kernels
-from embedmig.metrics.kernels import Judgements, Sample
+from embedmig.metrics import kernels, relevance
+from embedmig.metrics.kernels import Sample
+from embedmig.metrics.relevance import Judgements
 
 Figures = dict[str, float | None]
 
@@ -56,13 +57,13 @@ ONCE = Weights()
 
 def judged_per_query(ids: np.ndarray, judged: Judgements) -> dict[str, np.ndarray]:
     """Each query's judged metrics from its ranked ids (-1 where nothing was found)."""
-    rel = kernels.relevance_matrix(ids, judged)
-    n_relevant, ideal = kernels.ideal_grades(judged, len(ids), 10)
+    rel = relevance.relevance_matrix(ids, judged)
+    n_relevant, ideal = relevance.ideal_grades(judged, len(ids), 10)
     return {
-        "recall_at_10": kernels.recall_at_k(rel, n_relevant, 10),
-        "recall_at_100": kernels.recall_at_k(rel, n_relevant, 100),
-        "mrr_at_10": kernels.mrr_at_k(rel, 10),
-        "ndcg_at_10": kernels.ndcg_at_k(rel, ideal, 10),
+        "recall_at_10": relevance.recall_at_k(rel, n_relevant, 10),
+        "recall_at_100": relevance.recall_at_k(rel, n_relevant, 100),
+        "mrr_at_10": relevance.mrr_at_k(rel, 10),
+        "ndcg_at_10": relevance.ndcg_at_k(rel, ideal, 10),
     }
 
 

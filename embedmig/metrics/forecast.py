@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embedmig.metrics.kernels import Judgements, ideal_grades
 from embedmig.metrics.ranks import (
     Posterior,
     Ranks,
@@ -31,6 +30,7 @@ from embedmig.metrics.ranks import (
     em,
     top_columns,
 )
+from embedmig.metrics.relevance import Judgements, ideal_grades
 
 _NDCG_DISCOUNTS = 1.0 / np.log2(np.arange(2, 12))
 

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS, Check, Verdict
-from embedmig.metrics import figures, kernels, segments
+from embedmig.metrics import figures, kernels, relevance, segments
 from embedmig.metrics.figures import QRELS_METRICS
-from embedmig.metrics.kernels import Judgements
+from embedmig.metrics.relevance import Judgements
 from embedmig.metrics.segments import SegmentSettings
 
 SCHEMA_VERSION = 6
@@ -316,8 +316,8 @@ def worst_queries(
     drops: list[tuple[int, int, int, int]] = []  # (row, doc, old rank, new rank)
     if judged is not None and len(judged.rows):
         relevant = judged.relevant()
-        old_rank = kernels.ranks_of(old.ids, relevant.rows, relevant.docs)
-        new_rank = kernels.ranks_of(new.ids, relevant.rows, relevant.docs)
+        old_rank = relevance.ranks_of(old.ids, relevant.rows, relevant.docs)
+        new_rank = relevance.ranks_of(new.ids, relevant.rows, relevant.docs)
         drop = new_rank - old_rank
         # Worst judgement per query, then the queries with the largest drops.
         order = np.lexsort((-drop, relevant.rows))

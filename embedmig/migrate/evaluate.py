@@ -19,7 +19,7 @@ from embedmig.gates import OVERLAP_KS
 from embedmig.metrics import contracts as contract_figures
 from embedmig.metrics import kernels
 from embedmig.metrics import report as rpt
-from embedmig.metrics.kernels import Judgements
+from embedmig.metrics.relevance import Judgements
 from embedmig.metrics.segments import SegmentSettings
 from embedmig.migrate import cost
 from embedmig.migrate.backfill import Sampler, Shadow
