@@ -23,6 +23,7 @@ from embedmig import (
     open_writer,
 )
 from embedmig.environment import Environment
+from embedmig.metrics import names as metric_names
 from embedmig.store import catalog, docids, files
 from tests.support import (
     corpus_rows,
@@ -184,12 +185,11 @@ def test_a_map_from_random_vectors_is_refused_by_the_default_gates(
 def test_the_report_names_every_adapter_metric_with_its_interval(
     project: Path, models: dict[str, Path]
 ) -> None:
-    from embedmig import gates
 
     config = with_judged_queries(project, 60, words=12)
     adapter_revision(config, gates="min_adapter_recall_ratio=0.0", kind="affine")
     (report,) = command.upgrade(config, "head")
-    for name in gates.ADAPTER:
+    for name in metric_names.ADAPTER:
         low, value, high = (report.metrics[name + s] for s in ("_ci_low", "", "_ci_high"))
         assert low is not None and value is not None and high is not None
         assert low <= value <= high, name

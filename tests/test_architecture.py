@@ -40,7 +40,7 @@ MAY_IMPORT = {
     "history": {"errors"},  # tables and their migrations
     "embedders": {"config", "errors", "history", "names"},  # history: only its IN-list bound
     "store": {"config", "errors", "history", "names"},  # SQL and files: no numbers, no models
-    "metrics": {"contracts", "errors", "gates"},  # pure functions on arrays
+    "metrics": {"contracts", "errors", "gates"},  # pure functions on arrays (gates: verdicts)
     "render": {"errors", "gates", "metrics"},  # a report in, text or HTML out
     "serve": _SERVING,  # the request path: nothing of migrating or of the checks after it
     "monitor": _SERVING | {"contracts", "gates", "metrics", "serve"},  # reads what serve serves

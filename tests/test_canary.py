@@ -16,9 +16,9 @@ import sqlalchemy as sa
 
 from embedmig import CanaryOpen, Config, ConfigError, StateError, command, open_searcher
 from embedmig.environment import Environment
-from embedmig.gates import CANARY_COMPARED, CANARY_PREFIX
 from embedmig.history import schema
 from embedmig.metrics import report as rpt
+from embedmig.metrics.names import CANARY_COMPARED, CANARY_PREFIX
 from embedmig.store import catalog, files, traffic
 from embedmig.store.overlay import Overlay
 from tests.support import corpus_rows, edit, embedmig, snapshot

@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embedmig import Config, ConfigError, GateFailed, command, gates, render
+from embedmig import Config, ConfigError, GateFailed, command, render
 from embedmig.contracts import Contract
 from embedmig.metrics import contracts as golden
 from embedmig.metrics import figures
+from embedmig.metrics import names as metric_names
 from embedmig.metrics.relevance import Judgements
 from tests.support import corpus_rows, embedmig, encode, snapshot
 
@@ -123,7 +124,7 @@ def test_ratings_give_the_contracts_ndcg_as_the_report_computes_it() -> None:
         {"id": "q0", "query": "x", "k": 2, "missing": [{"document": "d1", "rank": 3}]},
         {"id": "q2", "query": "z", "k": 1, "missing": [{"document": "d9", "rank": None}]},
     ]
-    assert set(golden.metrics(judged, judged)) == set(gates.CONTRACT)
+    assert set(golden.metrics(judged, judged)) == set(metric_names.CONTRACT)
 
 
 @pytest.mark.parametrize(

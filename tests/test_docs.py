@@ -15,6 +15,7 @@ import pytest
 import embedmig
 from embedmig import cli, gates
 from embedmig.config import DEFAULTS, KNOWN
+from embedmig.metrics import names as metric_names
 from embedmig.metrics import report
 from embedmig.metrics.relevance import Judgements
 from tests.support import with_judged_queries
@@ -123,13 +124,18 @@ def test_gates_metrics_are_exactly_what_the_report_fills() -> None:
     # coverage_* come from the backfill, canary_* from live traffic (next spec), adapter_* from an
     # adapter's evaluation (tests/test_adapter.py), contract_* from the golden queries
     # (tests/test_contracts.py), watch_* from a watch (tests/test_watch.py), not from compute()
-    canary = {name for name in gates.METRICS if name.startswith(gates.CANARY_PREFIX)}
-    others = set(gates.COVERAGE) | set(gates.ADAPTER) | set(gates.CONTRACT) | set(gates.WATCH)
-    others |= set(gates.SEGMENT)  # with eval.segment_by (tests/test_segments.py)
+    canary = {name for name in metric_names.METRICS if name.startswith(metric_names.CANARY_PREFIX)}
+    others = (
+        set(metric_names.COVERAGE)
+        | set(metric_names.ADAPTER)
+        | set(metric_names.CONTRACT)
+        | set(metric_names.WATCH)
+    )
+    others |= set(metric_names.SEGMENT)  # with eval.segment_by (tests/test_segments.py)
     others |= canary
-    assert filled - thresholds == set(gates.METRICS) - others
+    assert filled - thresholds == set(metric_names.METRICS) - others
     for name in thresholds:
-        assert gates.is_metric(name), name
+        assert metric_names.is_metric(name), name
         gates.Gates(**{f"min_{name}": 0.0})  # type: ignore[arg-type]
 
 
@@ -162,14 +168,14 @@ def test_canary_metrics_are_exactly_what_a_canary_fills() -> None:
     from embedmig.migrate import canary
 
     measured = canary.gateable(dict.fromkeys(computed_metric_names(), 0.5), 20, 0)
-    assert set(measured) == {name for name in gates.METRICS if name.startswith("canary_")}
+    assert set(measured) == {name for name in metric_names.METRICS if name.startswith("canary_")}
     assert all(value is not None for value in measured.values())
 
 
 @pytest.mark.parametrize("threshold", [1.0, -0.2, 0.0, 0.62, 1e-5, -1.0])
 def test_every_threshold_the_report_can_produce_is_a_valid_gate_name(threshold: float) -> None:
-    name = gates.threshold_metric(threshold)
-    assert gates.is_metric(name)
+    name = metric_names.threshold_metric(threshold)
+    assert metric_names.is_metric(name)
     gates.Gates(**{f"max_{name}": 0.5})  # type: ignore[arg-type]
 
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from embedmig.gates import OVERLAP_KS, threshold_metric
 from embedmig.metrics import kernels, relevance
 from embedmig.metrics.kernels import Sample
+from embedmig.metrics.names import OVERLAP_KS, threshold_metric
 from embedmig.metrics.relevance import Judgements
 
 Figures = dict[str, float | None]

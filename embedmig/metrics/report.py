@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS, Check, Verdict
+from embedmig.gates import Check, Verdict
 from embedmig.metrics import figures, kernels, relevance, segments
 from embedmig.metrics.figures import QRELS_METRICS
+from embedmig.metrics.names import DEFAULT_THRESHOLDS, OVERLAP_KS
 from embedmig.metrics.relevance import Judgements
 from embedmig.metrics.segments import SegmentSettings
 

@@ -30,8 +30,8 @@ from embedmig.embedders import Embedder, LoadedEmbedder
 from embedmig.embedders.adapted import AdaptedEmbedder, Map
 from embedmig.environment import Environment
 from embedmig.errors import StateError
-from embedmig.gates import ADAPTER
 from embedmig.metrics import report as rpt
+from embedmig.metrics.names import ADAPTER
 from embedmig.migrate import cost
 from embedmig.migrate import evaluate as ev
 from embedmig.migrate import forecast as forecasting

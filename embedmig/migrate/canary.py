@@ -14,8 +14,9 @@ from typing import Any
 from embedmig.embedders import Embedder
 from embedmig.environment import Environment
 from embedmig.errors import CanaryOpen, ScriptError, StateError
-from embedmig.gates import CANARY_COMPARED, CANARY_PREFIX, Check, Gates, Verdict
+from embedmig.gates import Check, Gates, Verdict
 from embedmig.metrics import report as rpt
+from embedmig.metrics.names import CANARY_COMPARED, CANARY_PREFIX
 from embedmig.migrate.settings import CanarySettings, EvalSettings
 from embedmig.store import catalog, docids, events, traffic
 

@@ -15,10 +15,10 @@ from threadpoolctl import ThreadpoolController
 from embedmig.contracts import Contract, check_known
 from embedmig.embedders import LoadedEmbedder
 from embedmig.environment import Environment
-from embedmig.gates import OVERLAP_KS
 from embedmig.metrics import contracts as contract_figures
 from embedmig.metrics import kernels
 from embedmig.metrics import report as rpt
+from embedmig.metrics.names import OVERLAP_KS
 from embedmig.metrics.relevance import Judgements
 from embedmig.metrics.segments import SegmentSettings
 from embedmig.migrate import cost

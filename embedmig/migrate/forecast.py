@@ -17,12 +17,13 @@ import numpy as np
 
 from embedmig.embedders import LoadedEmbedder
 from embedmig.errors import ConfigError
-from embedmig.gates import DEFAULT_THRESHOLDS, OVERLAP_KS, Gates
+from embedmig.gates import Gates
 from embedmig.metrics import contracts as contract_figures
 from embedmig.metrics import figures, kernels, segments
 from embedmig.metrics import forecast as fc
 from embedmig.metrics import report as rpt
 from embedmig.metrics.intervals import Interval, with_intervals
+from embedmig.metrics.names import DEFAULT_THRESHOLDS, OVERLAP_KS
 from embedmig.metrics.ranks import SampledScores
 from embedmig.metrics.segments import SegmentSettings
 from embedmig.migrate import cost

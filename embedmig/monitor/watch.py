@@ -20,8 +20,9 @@ from embedmig.embedders import Embedder, LoadedEmbedder, probes
 from embedmig.embedders.adapted import AdaptedEmbedder
 from embedmig.environment import Environment
 from embedmig.errors import EmbedderDrift, GateFailed, ScriptError, StateError
-from embedmig.gates import WATCH, Check, Gates, Verdict, threshold_metric
+from embedmig.gates import Check, Gates, Verdict
 from embedmig.metrics import watch as figures
+from embedmig.metrics.names import WATCH, threshold_metric
 from embedmig.metrics.report import Report
 from embedmig.monitor import status
 from embedmig.monitor import verify as verifying
