@@ -117,12 +117,14 @@ def run_live_migration(project: Path, config: Config) -> None:
     assert_serves(config, project / "models" / "a", source_state(project))
 
 
+@pytest.mark.waits  # writer processes and an upgrade process, which the spec waits on
 def test_no_write_is_lost_or_resurrected_across_a_live_migration_on_sqlite(
     project: Path, config: Config
 ) -> None:
     run_live_migration(project, config)
 
 
+@pytest.mark.waits
 def test_no_write_is_lost_or_resurrected_across_a_live_migration_on_postgres(
     project: Path, postgres_config: Config
 ) -> None:
