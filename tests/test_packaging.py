@@ -107,3 +107,19 @@ def test_render_stays_callable_when_a_render_submodule_was_imported_first() -> N
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("{ NO GATES docs @ r1 (upgrade)")
+
+
+def test_every_package_of_the_tree_is_in_the_wheel() -> None:
+    """setuptools lists packages by hand here: a new folder left out of the list would be
+    missing from every install but an editable one."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    folders = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "embedmig").rglob("__init__.py")
+        if "migrations" not in init.parent.relative_to(ROOT / "embedmig").parts
+    }
+    assert folders <= listed, sorted(folders - listed)
