@@ -19,16 +19,17 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(VENV)/bin/ruff check embedmig tests benchmarks demo
 	$(VENV)/bin/ruff format --check embedmig tests benchmarks demo
-	$(VENV)/bin/mypy
-	# Two lanes: the SciFact reproduction (one MiniLM pass over 5,183 abstracts, on one core)
-	# and the specs that mostly wait, beside every other spec; each lane prints its own summary,
-	# and either failing fails. The distilled static model is made once for both.
+	# Three lanes: mypy; the SciFact reproduction (one MiniLM pass over 5,183 abstracts, on one
+	# core) and the specs that mostly wait; every other spec. Each prints its own summary, and
+	# any failing fails. The distilled static model is made once for both spec lanes.
 	@scifact=$$(mktemp -d); export EMBEDMIG_TEST_MODELS=$$scifact/models; \
+	$(VENV)/bin/mypy > $$scifact/types 2>&1 & types=$$!; \
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -m "scifact or waits" \
 		--basetemp=$$scifact/tmp -p no:cacheprovider > $$scifact/log 2>&1 & lane=$$!; \
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not scifact and not waits" --durations=15; rest=$$?; \
-	wait $$lane; sci=$$?; cat $$scifact/log; rm -rf $$scifact; \
-	test $$rest -eq 0 && test $$sci -eq 0
+	wait $$types; typed=$$?; wait $$lane; sci=$$?; \
+	cat $$scifact/types $$scifact/log; rm -rf $$scifact; \
+	test $$rest -eq 0 && test $$sci -eq 0 && test $$typed -eq 0
 
 # Between commits: everything but the specs about processes, Ray and the real models (see README).
 test-fast: install
