@@ -136,7 +136,7 @@ def test_mirrored_comparisons_equal_an_offline_comparison_of_the_same_queries(
     shown = embedmig(any_db.root, "canary", "docs", "--format", "json")
     assert shown.returncode == 0, shown.stderr
     live = json.loads(shown.stdout)
-    assert live["live"] is True and live["n_queries"] == 60
+    assert live["kind"] == "canary" and live["n_queries"] == 60
     assert live["query_source"].startswith("live traffic, 60 queries since ")
     expected = offline(any_db, open_canary(any_db), queries.read_text().splitlines())
     for name in ("overlap_at_1", "overlap_at_10", "jaccard_at_10", "score_old_mean", "score_ks"):

@@ -234,7 +234,7 @@ def test_a_dry_run_embeds_no_document_with_the_old_model_and_reports_a_forecast(
     (report,) = command.upgrade(config, "head", dry_run=True, sample=60)
     assert {model for model, _ in encoded} == {str(models["near"])}
     assert sum(count for _, count in encoded) == 60 + 40  # the sample and the judged documents
-    assert report.forecast and report.corpus_size == 300 and report.sample_size == 100
+    assert report.kind == "dry-run" and report.corpus_size == 300 and report.sample_size == 100
     for name in ("recall_at_10_new", "overlap_at_10", "score_delta_mean"):
         low, high = report.metrics[f"{name}_ci_low"], report.metrics[f"{name}_ci_high"]
         assert low is not None and high is not None and low <= report.metrics[name] <= high  # type: ignore[operator]
@@ -264,7 +264,7 @@ def test_a_first_revision_forecasts_from_the_sample_alone(
     config = with_judged_queries(project, 40, words=12)
     command.revision(config, "first", alias="docs", new=str(models["a"]), rev_id="r1")
     (report,) = command.upgrade(config, "head", dry_run=True, sample=100)
-    assert report.forecast and report.old_model is None
+    assert report.kind == "dry-run" and report.old_model is None
     assert report.metrics["recall_at_10_new"] is not None
     assert report.metrics.get("overlap_at_10") is None
     (upgraded,) = command.upgrade(config, "head")
@@ -288,7 +288,7 @@ def test_a_sample_can_be_a_share_of_the_corpus(
     command.upgrade(config, "r1")
     (report,) = command.upgrade(config, "head", dry_run=True, sample=0.25)
     # A Bernoulli sample of the 280 unjudged documents at 25%, plus the 20 judged ones.
-    assert report.forecast and 40 <= (report.sample_size or 0) - 20 <= 100
+    assert report.kind == "dry-run" and 40 <= (report.sample_size or 0) - 20 <= 100
     assert main(["upgrade", "--dry-run", "--sample", "25%", "--report", "r.json"]) == 0
     assert json.loads((project / "r.json").read_text())["sample_size"] == report.sample_size
     capsys.readouterr()

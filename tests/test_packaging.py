@@ -100,7 +100,7 @@ def test_render_stays_callable_when_a_render_submodule_was_imported_first() -> N
         "import embedmig.render.text\n"
         "from embedmig import Report, render\n"
         "report = Report(alias='docs', revision='r1', old_model=None, new_model='m',\n"
-        "    dry_run=False, corpus_size=1, query_source='corpus', n_queries=1, k=1,\n"
+        "    kind='upgrade', corpus_size=1, query_source='corpus', n_queries=1, k=1,\n"
         "    metrics={}, distributions={})\n"
         "print(render(report, 'json')[:1], render(report).splitlines()[0])\n"
     )

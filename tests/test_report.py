@@ -68,6 +68,23 @@ def test_report_round_trips_through_json(migrated: Report) -> None:
     assert again.to_dict() == migrated.to_dict()
 
 
+@pytest.mark.parametrize(
+    ("flags", "kind"),
+    [
+        ({"dry_run": False}, "upgrade"),
+        ({"dry_run": True, "forecast": True}, "dry-run"),
+        ({"dry_run": False, "live": True}, "canary"),
+        ({"dry_run": False, "watch": True}, "watch"),
+    ],
+)
+def test_a_report_recorded_before_schema_7_reads_back_with_its_kind(
+    migrated: Report, flags: dict[str, bool], kind: str
+) -> None:
+    """Up to schema 6 a report said what it was with booleans; history keeps such reports."""
+    old = {k: v for k, v in migrated.to_dict().items() if k != "kind"}
+    assert Report.from_dict({**old, **flags, "schema_version": 6}).kind == kind
+
+
 def test_text_report_fits_100_columns_without_styling(migrated: Report) -> None:
     text = render_text(migrated, styled=False)
     assert not ANSI.search(text)
@@ -109,7 +126,7 @@ def test_check_prints_json_and_exits_3_when_a_gate_fails(
     assert main(["check", "--format", "json", "--sample", "150"]) == 3
     out, err = capsys.readouterr()
     (data,) = json.loads(out)
-    assert data["dry_run"] and data["verdict"]["result"] == "fail"
+    assert data["kind"] == "dry-run" and data["verdict"]["result"] == "fail"
     assert "gate failed" in err
     assert command.current(config)[0].revision == "r1"
 

@@ -108,7 +108,7 @@ def test_dry_run_changes_nothing_but_its_history_row(config: Config) -> None:
     before = snapshot(config, with_history=False)
     history_before = len(command.history(config))
     (report,) = command.upgrade(config, "head", dry_run=True, sample=120)
-    assert report.dry_run and report.metrics["overlap_at_10"] is not None
+    assert report.kind == "dry-run" and report.metrics["overlap_at_10"] is not None
     assert snapshot(config, with_history=False) == before
     events = command.history(config)
     assert len(events) == history_before + 1 and events[0].action == "dry-run"
@@ -121,12 +121,7 @@ def test_dry_run_writes_a_json_report(config: Config, project: Path) -> None:
     import json
 
     data = json.loads((project / "r.json").read_text())
-    assert (
-        data["schema_version"] == 6
-        and data["forecast"] is True
-        and data["revision"] == "r2"
-        and data["dry_run"] is True
-    )
+    assert data["schema_version"] == 7 and data["kind"] == "dry-run" and data["revision"] == "r2"
     assert data["verdict"]["result"] == "pass"
 
 

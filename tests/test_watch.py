@@ -55,7 +55,7 @@ def test_the_swap_keeps_the_traffic_baseline_and_unchanged_traffic_passes(config
 
     serve(config, queries())
     (report,) = command.watch(config)
-    assert report.watch and report.verdict is not None and report.verdict.passed
+    assert report.kind == "watch" and report.verdict is not None and report.verdict.passed
     assert report.metrics["watch_queries"] == 60
     # The same queries on the same index: the distributions are the baseline's.
     assert report.metrics["watch_top1_ks"] is not None and report.metrics["watch_top1_ks"] < 0.05

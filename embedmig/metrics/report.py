@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -22,10 +23,21 @@ from embedmig.metrics.names import DEFAULT_THRESHOLDS, OVERLAP_KS
 from embedmig.metrics.relevance import Judgements
 from embedmig.metrics.segments import SegmentSettings
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Reports recorded by earlier versions still read back (version 2 had no forecasts, 3 no coverage,
-# 4 no live-traffic reports, 5 no watches).
-_READABLE = (2, 3, 4, 5, 6)
+# 4 no live-traffic reports, 5 no watches; up to 6, booleans said the kind).
+_READABLE = (2, 3, 4, 5, 6, 7)
+
+
+class Kind(StrEnum):
+    """What a report is of."""
+
+    UPGRADE = "upgrade"  # an upgrade's measured comparison (an adapter revision's too)
+    DRY_RUN = "dry-run"  # a dry run's forecast of it for the full corpus, from a sample
+    CANARY = "canary"  # a canary's comparison on live traffic (``embedmig canary``)
+    WATCH = "watch"  # a decay watch of the live index on the traffic since its swap
+
+
 WORST = 5
 # What the terminal shows; the JSON report has every metric.
 HEADLINE = (
@@ -77,7 +89,7 @@ class Report:
     revision: str
     old_model: str | None
     new_model: str
-    dry_run: bool
+    kind: Kind
     corpus_size: int
     query_source: str
     n_queries: int
@@ -89,12 +101,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     # A dry run forecasts the full corpus (``corpus_size``) from ``sample_size`` documents.
-    forecast: bool = False
     sample_size: int | None = None
-    # A canary's comparison on live traffic (``embedmig canary``), not an offline evaluation.
-    live: bool = False
-    # A decay watch of the live index on traffic since the swap (``embedmig watch``).
-    watch: bool = False
     # What embedding cost (requests, tokens, cache hits, money) and, in a dry run, its forecast.
     embedding: dict[str, Any] = field(default_factory=dict)
 
@@ -125,12 +132,9 @@ class Report:
                 "revision": self.revision,
                 "old_model": self.old_model,
                 "new_model": self.new_model,
-                "dry_run": self.dry_run,
+                "kind": str(self.kind),
                 "corpus_size": self.corpus_size,
-                "forecast": self.forecast,
                 "sample_size": self.sample_size,
-                "live": self.live,
-                "watch": self.watch,
                 "query_source": self.query_source,
                 "n_queries": self.n_queries,
                 "k": self.k,
@@ -165,7 +169,7 @@ class Report:
             revision=data["revision"],
             old_model=data["old_model"],
             new_model=data["new_model"],
-            dry_run=data["dry_run"],
+            kind=_kind(data),
             corpus_size=data["corpus_size"],
             query_source=data["query_source"],
             n_queries=data["n_queries"],
@@ -176,12 +180,20 @@ class Report:
             verdict=verdict,
             notes=list(data["notes"]),
             timings=dict(data.get("timings") or {}),
-            forecast=bool(data.get("forecast", False)),
             sample_size=data.get("sample_size"),
-            live=bool(data.get("live", False)),
-            watch=bool(data.get("watch", False)),
             embedding=dict(data.get("embedding") or {}),
         )
+
+
+def _kind(data: Mapping[str, Any]) -> Kind:
+    """The kind of a recorded report; before schema 7, what its booleans said."""
+    if "kind" in data:
+        return Kind(data["kind"])
+    if data.get("watch"):
+        return Kind.WATCH
+    if data.get("live"):
+        return Kind.CANARY
+    return Kind.DRY_RUN if data.get("dry_run") else Kind.UPGRADE
 
 
 def compute(

@@ -49,14 +49,13 @@ def measure(
         revision=canary.revision,
         old_model=Embedder.from_json(live.model).describe() if live else None,
         new_model=Embedder.from_json(shadow.model).describe(),
-        dry_run=False,
+        kind=rpt.Kind.CANARY,
         corpus_size=shadow.ntotal,
         query_source="",
         n_queries=len(found),
         k=canary.k,
         metrics=metrics,
         distributions={},
-        live=True,
     )
     if len(found):
         old = rpt.Results(found.old_ids, found.old_scores)

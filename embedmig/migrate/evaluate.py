@@ -285,7 +285,7 @@ def run(
         revision=revision,
         old_model=old.embedder.describe() if old else None,
         new_model=new.embedder.describe(),
-        dry_run=False,
+        kind=rpt.Kind.UPGRADE,
         corpus_size=ntotal,
         query_source=queries.source,
         n_queries=len(texts),

@@ -178,7 +178,7 @@ def run(
         revision=revision,
         old_model=old.embedder.describe() if old else None,
         new_model=new.describe(),
-        dry_run=True,
+        kind=rpt.Kind.DRY_RUN,
         corpus_size=sample.population,
         query_source=queries.source,
         n_queries=len(texts),
@@ -187,7 +187,6 @@ def run(
         distributions=distributions,
         notes=list(notes),
         timings=phases.total(),
-        forecast=True,
         sample_size=len(embedded.docs),
         embedding=embedded.cost,
     )

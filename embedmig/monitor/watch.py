@@ -23,7 +23,7 @@ from embedmig.errors import EmbedderDrift, GateFailed, ScriptError, StateError
 from embedmig.gates import Check, Gates, Verdict
 from embedmig.metrics import watch as figures
 from embedmig.metrics.names import WATCH, threshold_metric
-from embedmig.metrics.report import Report
+from embedmig.metrics.report import Kind, Report
 from embedmig.monitor import status
 from embedmig.monitor import verify as verifying
 from embedmig.serve.searcher import Searcher
@@ -151,7 +151,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
         revision=seen.revision,
         old_model=None,
         new_model=served_by,
-        dry_run=False,
+        kind=Kind.WATCH,
         corpus_size=int(seen.live.ntotal),
         query_source="query log since the swap",
         n_queries=len(seen.texts),
@@ -161,7 +161,6 @@ def watch(env: Environment, alias: str, k: int) -> Report:
         verdict=_verdict(gates, metrics, kept is not None, lowest, env.settings.probe_min_cosine),
         notes=notes,
         timings=phases.total(),
-        watch=True,
     )
     _record(env, report, seen.live, started)
     if not report.verdict or report.verdict.passed:

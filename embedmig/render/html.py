@@ -13,8 +13,9 @@ from html import escape as e
 from typing import Any
 
 from embedmig.errors import ConfigError
-from embedmig.metrics.report import HEADLINE, SCHEMA_VERSION, WORST_KINDS, Report
+from embedmig.metrics.report import HEADLINE, SCHEMA_VERSION, WORST_KINDS, Kind, Report
 from embedmig.render import embedding_lines
+from embedmig.render.text import MODES
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
@@ -63,7 +64,7 @@ def _header(report: Report) -> list[str]:
         ("corpus", f"{report.corpus_size:,} documents"),
         ("queries", f"{report.n_queries:,} ({e(report.query_source)}), k={report.k}"),
     ]
-    if report.forecast:
+    if report.kind == Kind.DRY_RUN:
         rows.append(
             (
                 "forecast",
@@ -86,9 +87,7 @@ def _header(report: Report) -> list[str]:
 
 
 def _mode(report: Report) -> str:
-    if report.watch:
-        return "(watch, live traffic since the swap)"
-    return "(canary, live traffic)" if report.live else "(dry run)" if report.dry_run else ""
+    return "" if report.kind == Kind.UPGRADE else f"({MODES[report.kind]})"
 
 
 def _gates(report: Report) -> list[str]:
@@ -363,7 +362,7 @@ def _forecast_plot(report: Report) -> list[Plot]:
     shown = [
         name
         for name in (*HEADLINE, "recall_at_10_new", "ndcg_at_10_new", "recall_ratio")
-        if report.forecast
+        if report.kind == Kind.DRY_RUN
         and metrics.get(name) is not None
         and metrics.get(f"{name}_ci_low") is not None
     ]

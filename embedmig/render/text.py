@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from embedmig.metrics.report import HEADLINE, WORST_KINDS, Report
+from embedmig.metrics.report import HEADLINE, WORST_KINDS, Kind, Report
 from embedmig.render import embedding_lines
 
 Style = Callable[..., str]
@@ -37,16 +37,16 @@ def render_text(report: Report, *, styled: bool = True) -> str:
     return "\n".join(lines)
 
 
+MODES = {
+    Kind.UPGRADE: "upgrade",
+    Kind.DRY_RUN: "dry run",
+    Kind.CANARY: "canary, live traffic",
+    Kind.WATCH: "watch, live traffic since the swap",
+}
+
+
 def _header(report: Report, style: Style) -> list[str]:
-    mode = (
-        "watch, live traffic since the swap"
-        if report.watch
-        else "canary, live traffic"
-        if report.live
-        else "dry run"
-        if report.dry_run
-        else "upgrade"
-    )
+    mode = MODES[report.kind]
     if report.verdict is not None and report.verdict.checks:
         label = report.verdict.label.upper()
         colour = {"PASS": "green", "FAIL": "red", "FORCED": "yellow"}[label]
@@ -57,14 +57,14 @@ def _header(report: Report, style: Style) -> list[str]:
         f"{head} {report.alias} @ {report.revision} ({mode})",
         *(
             []
-            if report.watch
+            if report.kind == Kind.WATCH
             else [f"  old  {report.old_model or '(none: first index of the alias)'}"]
         ),
-        f"  {'live' if report.watch else 'new '} {report.new_model}",
+        f"  {'live' if report.kind == Kind.WATCH else 'new '} {report.new_model}",
         f"  {report.corpus_size:,} documents; {report.n_queries:,} queries "
         f"({report.query_source}); k={report.k}",
     ]
-    if report.forecast:
+    if report.kind == Kind.DRY_RUN:
         lines.append(
             style(
                 f"  forecast for {report.corpus_size:,} documents from a sample of "
@@ -118,7 +118,7 @@ def _contracts(report: Report, style: Style) -> list[str]:
 
 
 def _watch(report: Report, style: Style) -> list[str]:
-    if not report.watch:
+    if report.kind != Kind.WATCH:
         return []
     shown = [(n, v) for n, v in report.metrics.items() if n.startswith("watch_") and v is not None]
     lines = [style("  decay since the swap", bold=True)]
@@ -155,7 +155,7 @@ def _headline(report: Report, style: Style) -> list[str]:
     if not shown:
         return []
     lines = [style("  retrieval change", bold=True)]
-    width = 2 if not report.forecast else 1
+    width = 2 if report.kind != Kind.DRY_RUN else 1
     for i in range(0, len(shown), width):
         cells = [
             f"{name:<26}{value:>9.4f}{_interval(report, name)}"
@@ -167,7 +167,7 @@ def _headline(report: Report, style: Style) -> list[str]:
 
 def _interval(report: Report, name: str) -> str:
     low, high = report.metrics.get(f"{name}_ci_low"), report.metrics.get(f"{name}_ci_high")
-    if not report.forecast or low is None or high is None:
+    if report.kind != Kind.DRY_RUN or low is None or high is None:
         return ""
     return f"  [{low:.4f}, {high:.4f}]"
 
@@ -197,7 +197,7 @@ def _segments(report: Report, style: Style) -> list[str]:
     lines = [
         style(f"  segments by {table['by']}", bold=True)
         + f"  (at least {table['min_queries']} queries; drops beyond the whole, "
-        + ("95% intervals)" if report.forecast else "BH-adjusted p)")
+        + ("95% intervals)" if report.kind == Kind.DRY_RUN else "BH-adjusted p)")
     ]
     for row in table["segments"]:
         cells = [f"{_clip(row['label'], 36):<36} {row['queries']:>6}"]
