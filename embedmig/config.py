@@ -11,6 +11,8 @@ import copy
 import difflib
 import logging
 import math
+import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -251,7 +253,9 @@ class Config:
 
     @property
     def url(self) -> str:
-        url = self.require("sqlalchemy.url")
+        """The history database's URL, its ``${VAR}`` references read from the environment: the
+        password need not live in a committed file."""
+        url = _from_environment(self.require("sqlalchemy.url"), "sqlalchemy.url")
         # A relative SQLite file belongs next to the config file, not to the working directory.
         prefix = "sqlite:///"
         if url.startswith(prefix) and not url.startswith(prefix + "/"):
@@ -262,6 +266,24 @@ class Config:
 
     def __repr__(self) -> str:
         return f"Config({str(self.path) if self.path else None!r}, root={str(self.root)!r})"
+
+
+_ENVIRONMENT_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _from_environment(value: str, option: str) -> str:
+    """``value`` with each ``${VAR}`` replaced by that environment variable, as is; an unset one
+    is a ConfigError naming it (never a value)."""
+
+    def expand(found: re.Match[str]) -> str:
+        name = found.group(1)
+        if name not in os.environ:
+            raise ConfigError(
+                f"option {option!r} reads ${{{name}}} from the environment, and {name} is not set"
+            )
+        return os.environ[name]
+
+    return _ENVIRONMENT_REFERENCE.sub(expand, value)
 
 
 DEFAULT_SAMPLE = 1000

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from embedmig import Config, GateFailed, Locked, command, open_searcher
-from tests.support import CrashRunner, edit, snapshot
+from tests.support import CrashRunner, cli, edit, snapshot
 
 QUERY = "glioblastoma stem cells tumor growth"
 
@@ -88,3 +88,69 @@ def test_killed_upgrade_recovers_on_postgres(
     assert command.current(config)[0].revision == "r1"
     command.upgrade(config, "head")
     assert_correct_final_state(config, models)
+
+
+def test_the_database_password_comes_from_the_environment_and_is_stored_nowhere(
+    postgres_config: Config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uuid
+
+    import sqlalchemy as sa
+
+    from tests.support import POSTGRES_ADMIN_URL
+
+    url = sa.make_url(postgres_config.url)
+    # A role of the test's own, with a password found nowhere else, owning the database.
+    role, secret = f"embedmig_{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
+    admin = sa.create_engine(str(POSTGRES_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'"))
+        conn.execute(sa.text(f'ALTER DATABASE "{url.database}" OWNER TO {role}'))
+    admin.dispose()
+    try:
+        _password_from_the_environment(postgres_config, role, secret, monkeypatch, capsys)
+    finally:
+        # What the role owns goes back to the admin, so the database and the role can go.
+        on_test_db = sa.make_url(str(POSTGRES_ADMIN_URL)).set(database=url.database)
+        admin = sa.create_engine(on_test_db, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"REASSIGN OWNED BY {role} TO CURRENT_USER"))
+            conn.execute(sa.text(f"DROP ROLE {role}"))
+        admin.dispose()
+
+
+def _password_from_the_environment(
+    postgres_config: Config,
+    role: str,
+    secret: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import sqlalchemy as sa
+
+    url = sa.make_url(postgres_config.url)
+    ini = postgres_config.path
+    assert ini is not None
+    edit(
+        ini,
+        url.render_as_string(hide_password=False),
+        url.set(username=role, password="PASSWORD").render_as_string(hide_password=False),
+    )
+    edit(ini, ":PASSWORD@", ":${EMBEDMIG_TEST_DB_PASSWORD}@")
+    config = Config(ini)
+    monkeypatch.delenv("EMBEDMIG_TEST_DB_PASSWORD", raising=False)
+    code, _, err = cli(capsys, "-q", "-c", str(ini), "current")
+    assert code == 1 and err.strip() == (
+        "embedmig: error: option 'sqlalchemy.url' reads ${EMBEDMIG_TEST_DB_PASSWORD} from the "
+        "environment, and EMBEDMIG_TEST_DB_PASSWORD is not set"
+    )
+    monkeypatch.setenv("EMBEDMIG_TEST_DB_PASSWORD", secret)
+    revisions(config)
+    (report,) = command.upgrade(config, "r1")
+    assert command.current(config)[0].revision == "r1"
+    assert secret not in ini.read_text() and secret not in report.to_json()
+    assert secret not in repr(snapshot(config))  # history, catalog, indexes
+    monkeypatch.setenv("EMBEDMIG_TEST_DB_PASSWORD", "wrong-" + secret)
+    code, _, err = cli(capsys, "-q", "-c", str(ini), "current")
+    assert code == 1 and err.startswith("embedmig: error: cannot open history database")
+    assert secret not in err and "***" in err
