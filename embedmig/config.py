@@ -36,6 +36,7 @@ BOUNDS: Mapping[str, tuple[int, int | None]] = {
     "eval.segment_min": (2, 1_000_000),
     "searcher.log_max": (1, 100_000_000),
     "searcher.queue_size": (1, 1_000_000),  # queued queries wait in the searcher's memory
+    "searcher.threads": (0, 1024),
     "canary.min_queries": (1, 100_000_000),
     "watch.sample": (1, 1_000_000),  # queries embedded and searched by a watch
     "watch.min_queries": (1, 1_000_000),
@@ -70,6 +71,7 @@ DEFAULTS: Mapping[str, str] = {
     "searcher.log_max": "100000",
     "searcher.log_text": "true",
     "searcher.queue_size": "1024",
+    "searcher.threads": "0",
     "searcher.poll_seconds": "2",
     "readers.heartbeat_seconds": "10",
     "readers.silent_seconds": "60",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -19,6 +20,7 @@ from embedmig import (
 )
 from tests.support import (
     cli,
+    corpus_rows,
     edit,
     first_index,
     index_file,
@@ -161,6 +163,60 @@ def test_search_returns_keys_scores_and_snippets_in_rank_order(config: Config) -
 def test_search_with_k_beyond_the_index_returns_every_document(config: Config) -> None:
     upgraded_twice(config)
     assert len(command.search(config, "docs", QUERY, k=1000)) == 300
+
+
+def test_a_batch_search_answers_each_query_as_a_single_search_does(config: Config) -> None:
+    upgraded_twice(config)
+    texts = [row["text"][:80] for row in corpus_rows(40)]
+    with open_searcher(config, "docs") as searcher:
+        one_by_one = [searcher.search(text, k=5) for text in texts]
+        assert searcher.search_many(texts, k=5) == one_by_one
+        assert searcher.search_many([], k=5) == []
+        with pytest.raises(ConfigError, match="a query is empty"):
+            searcher.search_many(["fine", " "], k=5)
+        with pytest.raises(ConfigError, match="metas holds 1 entries for 2 texts"):
+            searcher.search_many(["a", "b"], metas=[{"lang": "en"}])
+
+
+def test_eight_threads_can_share_one_searcher(config: Config) -> None:
+    """A server holds one searcher for all its request threads: each answer is the one a lone
+    thread gets, and the process's FAISS threads are as they were."""
+    import faiss
+
+    upgraded_twice(config)
+    texts = [row["text"][:80] for row in corpus_rows(64)]
+    threads_before = faiss.omp_get_max_threads()
+    with open_searcher(config, "docs") as searcher:
+        alone = {text: searcher.search(text, k=5) for text in texts}
+        with ThreadPoolExecutor(8) as pool:
+            shared = list(pool.map(lambda text: (text, searcher.search(text, k=5)), texts * 4))
+    assert all(hits == alone[text] for text, hits in shared)
+    assert faiss.omp_get_max_threads() == threads_before
+
+
+def test_a_single_query_searches_faiss_on_one_thread_and_a_batch_on_the_option(
+    config: Config,
+) -> None:
+    """FAISS's advice for serving: one thread per query. The setting holds for the call only."""
+    import faiss
+    import numpy as np
+
+    from embedmig.store import files
+
+    seen: list[int] = []
+
+    class Recorded:
+        ntotal = 50
+
+        def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            seen.append(faiss.omp_get_max_threads())
+            return np.zeros((len(vectors), k), np.float32), np.zeros((len(vectors), k), np.int64)
+
+    before = faiss.omp_get_max_threads()
+    files.search(Recorded(), np.zeros((1, 4)), 5)
+    files.search(Recorded(), np.zeros((3, 4)), 5)
+    files.search(Recorded(), np.zeros((3, 4)), 5, threads=1)
+    assert seen == [1, before, 1] and faiss.omp_get_max_threads() == before
 
 
 def test_searcher_refuses_an_index_file_that_was_altered(config: Config) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from embedmig.config import MAX_K, Config
 from embedmig.embedders import Embedder
@@ -43,6 +45,13 @@ class Searcher:
     came, so an idle reader holds, and reports, what it would serve now. ``close()`` removes
     that report.
 
+    A searcher is safe to share between threads (one per process, as a FastAPI or gRPC server
+    holds it): a search holds the searcher's view of the alias under a lock while it embeds and
+    searches, so each answer comes from one view, whole. ``search_many`` answers a batch from
+    one view in one FAISS call. A single query searches on one FAISS thread, as FAISS advises
+    for serving; a batch on ``searcher.threads`` (default: FAISS's, every core). Either setting
+    holds for that call, in that thread only.
+
     When an adapter revision is current, queries are embedded with its new model and mapped
     into the live index's space. ``model`` asks for one model's queries: the live index's own,
     an adapter's, or, while a backfill with a bridge runs, the new model through the bridge.
@@ -57,6 +66,7 @@ class Searcher:
         # The request path and the worker (which follows swaps between queries) share the view.
         self._view_lock = threading.Lock()
         self._mirror = Mirror(env, alias)  # reads its options now: a bad one fails here
+        self._threads = int(env.config.get_range("searcher.threads", 0, 1024))
         self._mirror.follow = lambda: self._refresh().record.id
 
     def __enter__(self) -> Searcher:
@@ -86,34 +96,80 @@ class Searcher:
     def search(self, text: str, k: int = 10, *, meta: Mapping[str, Any] | None = None) -> list[Hit]:
         """The top ``k`` documents for ``text`` (fewer when the alias holds fewer). ``meta``
         (JSON-able, ``{"lang": "de"}``) is logged with the query: ``eval.segment_by`` reads it."""
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise ConfigError(f"k must be an integer from 1 to {MAX_K:,}, got {k!r}")
+        _check_k(k)
         if not isinstance(text, str) or blank(text):
             raise ConfigError("the query is empty: give a text to search for")
         encoded = _meta(meta)
         with self._view_lock:  # the worker may follow a swap meanwhile: not during a search
-            try:
-                view = self._follow()
-            except EmbedmigError as exc:
-                self._mirror.heartbeat.refused(str(exc))
-                self._mirror.start()
-                raise
-            self._mirror.heartbeat.served(view.record.id)
+            view = self._served_view(1)
             vectors = view.embedder.encode_queries([text])
             # A mirrored query's live answer is read to the canary's depth in the same search.
             target = self._mirror.plan()
             depth = max(k, target.k) if target is not None else k
             scores, ids = view.overlay.search(vectors, depth)
-        with self.env.engine.connect() as conn:
-            described = docids.describe_ids(conn, self.alias, ids[0][:k])
-        hits = []
-        for rank, (doc_id, score) in enumerate(zip(ids[0][:k], scores[0][:k], strict=True), 1):
-            if doc_id < 0:
-                break
-            doc = described.get(int(doc_id), docids.DocInfo(f"#{int(doc_id)}", "", None))
-            hits.append(Hit(rank, doc.key, float(score), doc.snippet, doc.meta))
+        (hits,) = self._hits(ids[:, :k], scores[:, :k])
         self._mirror.served(text, k, target, ids[0], scores[0], encoded)
         return hits
+
+    def search_many(
+        self,
+        texts: Sequence[str],
+        k: int = 10,
+        *,
+        metas: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[list[Hit]]:
+        """The top ``k`` documents for each of ``texts``, as ``search`` gives them, from one
+        view of the alias: the queries encoded in batches (``batch_size``) and searched in one
+        FAISS call on up to ``searcher.threads`` threads. Each query is logged, mirrored and
+        counted as ``search`` does; ``metas``, if given, holds one ``meta`` per text."""
+        _check_k(k)
+        texts = list(texts)
+        if any(not isinstance(t, str) or blank(t) for t in texts):
+            raise ConfigError("a query is empty: give a text to search for, each")
+        if metas is not None and len(metas) != len(texts):
+            raise ConfigError(f"metas holds {len(metas)} entries for {len(texts)} texts")
+        encoded = [_meta(m) for m in metas] if metas is not None else [None] * len(texts)
+        if not texts:
+            return []
+        with self._view_lock:
+            view = self._served_view(len(texts))
+            vectors = view.embedder.encode_queries(texts)
+            targets = [self._mirror.plan() for _ in texts]
+            depth = max([k, *(t.k for t in targets if t is not None)])
+            scores, ids = view.overlay.search(vectors, depth, self._threads)
+        found = self._hits(ids[:, :k], scores[:, :k])
+        for i, text in enumerate(texts):
+            self._mirror.served(text, k, targets[i], ids[i], scores[i], encoded[i])
+        return found
+
+    def _served_view(self, queries: int) -> IndexView:
+        """The view to answer ``queries`` queries from, counted in the heartbeat; a refusal
+        (a drifted embedder) is reported by it too. Under the view lock."""
+        try:
+            view = self._follow()
+        except EmbedmigError as exc:
+            self._mirror.heartbeat.refused(str(exc))
+            self._mirror.start()
+            raise
+        for _ in range(queries):
+            self._mirror.heartbeat.served(view.record.id)
+        return view
+
+    def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
+        """Each row's hits, its documents described in one read."""
+        wanted = {int(i) for i in ids.ravel() if i >= 0}
+        with self.env.engine.connect() as conn:
+            described = docids.describe_ids(conn, self.alias, wanted)
+        rows = []
+        for row_ids, row_scores in zip(ids, scores, strict=True):
+            hits = []
+            for rank, (doc_id, score) in enumerate(zip(row_ids, row_scores, strict=True), 1):
+                if doc_id < 0:
+                    break
+                doc = described.get(int(doc_id), docids.DocInfo(f"#{int(doc_id)}", "", None))
+                hits.append(Hit(rank, doc.key, float(score), doc.snippet, doc.meta))
+            rows.append(hits)
+        return rows
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until the queries queued for the log and the canary are recorded; False if they
@@ -171,6 +227,11 @@ class Searcher:
         self._mirror.close()
         self._view = None
         self.env.dispose()
+
+
+def _check_k(k: object) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise ConfigError(f"k must be an integer from 1 to {MAX_K:,}, got {k!r}")
 
 
 def _meta(meta: Mapping[str, Any] | None) -> str | None:

@@ -224,18 +224,45 @@ def _checked(
         raise StoreError(f"{what} {path} does not match its recorded sha256; refusing it")
 
 
-def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    index: Any, queries: np.ndarray, k: int, threads: int | None = None, params: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` scores and ids, at most as many columns as the index holds vectors (FAISS would
     allocate ``k`` results per query whatever it holds: a k of 10,000 on 50 vectors is 10,000
-    columns of padding); rows shorter than that are padded with id -1 and score -inf."""
+    columns of padding); rows shorter than that are padded with id -1 and score -inf.
+
+    ``threads``: FAISS's threads for this call (default: one for a single query, as FAISS
+    advises for serving, where more only contend with the rest of the machine; the process's
+    setting for a batch)."""
     if len(queries) == 0 or k < 1:
         return np.empty((len(queries), max(k, 0)), np.float32), np.empty(
             (len(queries), 0), np.int64
         )
     k = max(1, min(k, int(index.ntotal)))
-    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    vectors = np.ascontiguousarray(queries, dtype=np.float32)
+    with faiss_threads(1 if threads is None and len(queries) == 1 else threads):
+        if params is None:
+            scores, ids = index.search(vectors, k)
+        else:
+            scores, ids = index.search(vectors, k, params=params)
     scores[ids < 0] = -np.inf
     return scores, ids
+
+
+@contextmanager
+def faiss_threads(count: int | None) -> Iterator[None]:
+    """FAISS's OpenMP threads for the calls made inside, in this thread only, then as before.
+    libgomp keeps the setting per thread, so other threads of the process (a server's) never
+    see it; ``None`` or 0 changes nothing."""
+    before = faiss.omp_get_max_threads()
+    if not count or count == before:
+        yield
+        return
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def unwritable(path: Path) -> str | None:

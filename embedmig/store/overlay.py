@@ -43,13 +43,17 @@ class Overlay:
         """An upper bound on the documents of the view (base plus tail, masked ones counted)."""
         return int(self.base.ntotal) + int(self.delta.ntotal)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, threads: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` over base and tail, like ``files.search`` on the folded index."""
         if not len(self._hidden):
-            return files.search(self.base, queries, k)
-        scores, ids = self._search_base(queries, k)
+            return files.search(self.base, queries, k, threads)
+        if self._params is None:
+            self._params = _excluding(self.base, self._hidden)
+        scores, ids = files.search(self.base, queries, k, threads, self._params)
         if self.delta.ntotal:
-            more_scores, more_ids = files.search(self.delta, queries, k)
+            more_scores, more_ids = files.search(self.delta, queries, k, threads)
             scores = np.concatenate([scores, more_scores], axis=1)
             ids = np.concatenate([ids, more_ids], axis=1)
             order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -81,16 +85,6 @@ class Overlay:
         if len(ids):
             folded.add_with_ids(vectors, ids)
         return folded
-
-    def _search_base(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._params is None:
-            self._params = _excluding(self.base, self._hidden)
-        k = max(1, min(k, int(self.base.ntotal)))  # as files.search
-        scores, ids = self.base.search(
-            np.ascontiguousarray(queries, dtype=np.float32), k, params=self._params
-        )
-        scores[ids < 0] = -np.inf
-        return scores, ids
 
 
 def _excluding(index: Any, hidden: np.ndarray) -> Any:
