@@ -6,6 +6,7 @@ printing is the CLI's business. Errors are :mod:`embedmig.errors` exceptions.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import uuid
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from embedmig.monitor.verify import Verified
     from embedmig.script import Revision
     from embedmig.serve.searcher import Hit
+    from embedmig.sources import Document
 
 log = logging.getLogger("embedmig")
 
@@ -380,6 +382,23 @@ def search(config: Config, alias: str, query: str, k: int = 10) -> list[Hit]:
 
     with _opened(config) as env, Searcher(env, alias) as searcher:
         return searcher.search(query, k)
+
+
+def search_file(
+    config: Config, alias: str, path: Path, k: int = 10, *, batch: int = 256
+) -> Iterator[tuple[Document, list[Hit]]]:
+    """Top-``k`` documents for each query of a JSONL file (``{"id": ..., "text": ...}`` a line;
+    other fields are the query's ``meta``, logged with it), answered ``batch`` at a time by one
+    searcher (``Searcher.search_many``), in the file's order. A bad line is a SourceError
+    naming it, raised before its batch is searched."""
+    from embedmig.serve.searcher import Searcher
+    from embedmig.sources import JsonlSource
+
+    queries = iter(JsonlSource(Path(path), with_meta=True))
+    with _opened(config) as env, Searcher(env, alias) as searcher:
+        while part := list(itertools.islice(queries, batch)):
+            found = searcher.search_many([q.text for q in part], k, metas=[q.meta for q in part])
+            yield from zip(part, found, strict=True)
 
 
 def canary(

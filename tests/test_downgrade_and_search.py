@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -176,6 +178,34 @@ def test_a_batch_search_answers_each_query_as_a_single_search_does(config: Confi
             searcher.search_many(["fine", " "], k=5)
         with pytest.raises(ConfigError, match="metas holds 1 entries for 2 texts"):
             searcher.search_many(["a", "b"], metas=[{"lang": "en"}])
+
+
+def test_search_answers_a_file_of_queries_one_json_line_each(
+    config: Config, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    upgraded_twice(config)
+    texts = {f"q{i}": row["text"][:60] for i, row in enumerate(corpus_rows(5))}
+    path = project / "queries.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"id": key, "text": text, "lang": "en"}) + "\n"
+            for key, text in texts.items()
+        )
+    )
+    code, out, err = cli(capsys, "search", "docs", "--file", str(path), "-k", "3")
+    assert code == 0, err
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert [a["id"] for a in answers] == list(texts)
+    for answer in answers:
+        alone = command.search(config, "docs", texts[answer["id"]], k=3)
+        assert [(h["key"], h["rank"]) for h in answer["hits"]] == [(h.key, h.rank) for h in alone]
+    path.write_text(path.read_text() + "not json\n")
+    code, out, err = cli(capsys, "-q", "search", "docs", "--file", str(path))
+    assert code == 1 and out == ""
+    assert err.strip() == f"embedmig: error: {path}:6: invalid JSON (Expecting value)"
+    for args in (("search", "docs"), ("search", "docs", "q", "--file", str(path))):
+        code, _, err = cli(capsys, *args)
+        assert code == 2 and "give a QUERY or --file, one of them" in err
 
 
 def test_eight_threads_can_share_one_searcher(config: Config) -> None:

@@ -3,6 +3,8 @@ search."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -121,13 +123,31 @@ def show(state: State, rev: str) -> None:
 
 @cli.command()
 @click.argument("alias")
-@click.argument("query")
+@click.argument("query", required=False)
 @click.option(
     "-k", type=click.IntRange(1, MAX_K), default=10, show_default=True, help="Number of hits."
 )
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, allow_dash=False),
+    default=None,
+    help='Queries to answer, JSONL ({"id": ..., "text": ...} a line): one JSON line of hits each.',
+)
 @pass_state
-def search(state: State, alias: str, query: str, k: int) -> None:
-    """Search ALIAS's live index; one tab-separated line per hit: rank, key, score, text."""
+def search(state: State, alias: str, query: str | None, k: int, path: str | None) -> None:
+    """Search ALIAS's live index; one tab-separated line per hit: rank, key, score, text. With
+    --file, every query of a JSONL file, answered in batches: one JSON line per query."""
+    if (query is None) == (path is None):
+        raise click.UsageError("give a QUERY or --file, one of them")
+    if path is not None:
+        for asked, hits in command_module().search_file(state.config(), alias, Path(path), k):
+            found = [
+                {"rank": h.rank, "key": h.key, "score": h.score, "snippet": h.snippet} for h in hits
+            ]
+            click.echo(json.dumps({"id": asked.key, "hits": found}, ensure_ascii=False))
+        return
+    assert query is not None
     for hit in command_module().search(state.config(), alias, query, k):
         snippet = " ".join(hit.snippet.split())[:80]
         click.echo(f"{hit.rank}\t{hit.key}\t{hit.score:.4f}\t{snippet}")
