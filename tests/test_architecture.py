@@ -44,6 +44,8 @@ MAY_IMPORT = {
     "render": {"errors", "gates", "metrics"},  # a report in, text or HTML out
     "serve": _SERVING,  # the request path: nothing of migrating or of the checks after it
     "monitor": _SERVING | {"contracts", "gates", "metrics", "serve"},  # reads what serve serves
+    # Retrievers for RAG frameworks: searchers, as applications hold them.
+    "integrations": {"config", "errors", "serve"},
     # Building and judging a new index; it keeps the watch's baseline at the swap (monitor).
     "migrate": _SERVING
     | {"contracts", "gates", "metrics", "migrate", "monitor", "script", "serve", "sources"},

@@ -26,6 +26,9 @@ class Hit:
     score: float
     snippet: str
     metadata: dict[str, Any] | None = None
+    # The index that answered, and the revision that built it: which space the score is in.
+    index_id: int | None = None
+    revision: str | None = None
 
 
 class Searcher:
@@ -107,7 +110,7 @@ class Searcher:
             target = self._mirror.plan()
             depth = max(k, target.k) if target is not None else k
             scores, ids = view.overlay.search(vectors, depth)
-        (hits,) = self._hits(ids[:, :k], scores[:, :k])
+        (hits,) = self._hits(view.record, ids[:, :k], scores[:, :k])
         self._mirror.served(text, k, target, ids[0], scores[0], encoded)
         return hits
 
@@ -137,7 +140,7 @@ class Searcher:
             targets = [self._mirror.plan() for _ in texts]
             depth = max([k, *(t.k for t in targets if t is not None)])
             scores, ids = view.overlay.search(vectors, depth, self._threads)
-        found = self._hits(ids[:, :k], scores[:, :k])
+        found = self._hits(view.record, ids[:, :k], scores[:, :k])
         for i, text in enumerate(texts):
             self._mirror.served(text, k, targets[i], ids[i], scores[i], encoded[i])
         return found
@@ -155,7 +158,9 @@ class Searcher:
             self._mirror.heartbeat.served(view.record.id)
         return view
 
-    def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
+    def _hits(
+        self, record: catalog.IndexRecord, ids: np.ndarray, scores: np.ndarray
+    ) -> list[list[Hit]]:
         """Each row's hits, its documents described in one read."""
         wanted = {int(i) for i in ids.ravel() if i >= 0}
         with self.env.engine.connect() as conn:
@@ -167,7 +172,17 @@ class Searcher:
                 if doc_id < 0:
                     break
                 doc = described.get(int(doc_id), docids.DocInfo(f"#{int(doc_id)}", "", None))
-                hits.append(Hit(rank, doc.key, float(score), doc.snippet, doc.meta))
+                hits.append(
+                    Hit(
+                        rank,
+                        doc.key,
+                        float(score),
+                        doc.snippet,
+                        doc.meta,
+                        record.id,
+                        record.revision,
+                    )
+                )
             rows.append(hits)
         return rows
 
