@@ -5,15 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from embedmig.config import MAX_K
-from embedmig.embedders.spec import Embedder
-
-if TYPE_CHECKING:
-    pass
 from embedmig.cli import (
     State,
     cli,
@@ -22,6 +16,8 @@ from embedmig.cli import (
     report_output,
     show_report,
 )
+from embedmig.config import MAX_K
+from embedmig.embedders.spec import Embedder
 
 
 @cli.command()

@@ -9,11 +9,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from embedmig.config import DEFAULT_SAMPLE
-from embedmig.embedders.spec import BACKENDS, LOCAL, MAP_KINDS, Embedder
-
-if TYPE_CHECKING:
-    from embedmig.metrics.report import Report
 from embedmig.cli import (
     SAMPLE,
     State,
@@ -24,6 +19,11 @@ from embedmig.cli import (
     report_output,
     show_report,
 )
+from embedmig.config import DEFAULT_SAMPLE
+from embedmig.embedders.spec import BACKENDS, LOCAL, MAP_KINDS, Embedder
+
+if TYPE_CHECKING:
+    from embedmig.metrics.report import Report
 
 
 @cli.command()

@@ -7,14 +7,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from embedmig.errors import (
-    ContractBroken,
-    EmbedderDrift,
-    ReadersBehind,
-)
-
-if TYPE_CHECKING:
-    from embedmig.metrics.report import Report
 from embedmig.cli import (
     State,
     cli,
@@ -23,6 +15,14 @@ from embedmig.cli import (
     report_output,
     show_report,
 )
+from embedmig.errors import (
+    ContractBroken,
+    EmbedderDrift,
+    ReadersBehind,
+)
+
+if TYPE_CHECKING:
+    from embedmig.metrics.report import Report
 
 
 @cli.command()
