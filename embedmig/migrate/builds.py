@@ -46,7 +46,7 @@ class Build:
         raise NotImplementedError
 
     def canary(self, ctx: MigrationContext, report: Report, wanted: CanarySettings) -> None:
-        """Hold the swap for a canary on live traffic (a dry run has noted it already)."""
+        """Hold the swap for a canary on live traffic."""
         raise NotImplementedError
 
     def swap(self, ctx: MigrationContext, verdict: Verdict) -> None:
@@ -69,7 +69,7 @@ class Build:
         return False
 
     def kept(self) -> str:
-        """What a failed gate leaves behind, for its message."""
+        """What a failed gate leaves behind, for its message (a dry run: nothing)."""
         return ""
 
 
@@ -193,6 +193,12 @@ class DryRunBuild(Build):
             ctx.env, ctx.revision, self.new, ctx.live, ctx.old_side, ctx.settings.eval
         )
         return _with_coverage(report, self.dry.coverage)
+
+    def canary(self, ctx: MigrationContext, report: Report, wanted: CanarySettings) -> None:
+        report.notes.append(
+            f"the upgrade will hold the swap for a canary: {wanted.min_queries:,} live queries "
+            f"mirrored at {wanted.fraction:.0%} (a dry run opens none)"
+        )
 
 
 @dataclass

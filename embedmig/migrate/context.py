@@ -293,16 +293,7 @@ class MigrationContext:
                 "none yet (its first revision)"
             )
         assert self._build is not None
-        if isinstance(self._build, AdapterBuild):
-            self._build.canary(self, report, self.settings.canary)  # refuses, in a dry run too
-        wanted = self.settings.canary.with_arguments(fraction, min_queries)
-        if self.dry_run:
-            report.notes.append(
-                f"the upgrade will hold the swap for a canary: {wanted.min_queries:,} live queries "
-                f"mirrored at {wanted.fraction:.0%} (a dry run opens none)"
-            )
-            return
-        self._build.canary(self, report, wanted)
+        self._build.canary(self, report, self.settings.canary.with_arguments(fraction, min_queries))
 
     def swap(self) -> None:
         """Point the alias at the shadow index, atomically, and record it (a dry run records
@@ -430,9 +421,7 @@ class MigrationContext:
             check.describe() + _examples(report.distributions, check.metric)
             for check in report.verdict.failures()
         )
-        where = "" if self.dry_run or build is None else build.kept()
-        if isinstance(build, AdapterBuild):
-            where = build.kept()
+        where = build.kept() if build is not None else ""
         raise GateFailed(
             f"gate failed for {self.alias} @ {self.revision.revision}: {failures}{where}"
             " (alias unchanged; --force overrides)",

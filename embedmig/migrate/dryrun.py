@@ -59,69 +59,55 @@ class DryRun:
         phases = Phases()
         phases.add("load", new.load_seconds)
         with phases.phase("read"):
-            return cls._read(env, rev, new, live, queries, settings, sample, phases)
-
-    @classmethod
-    def _read(
-        cls,
-        env: Environment,
-        rev: Revision,
-        new: LoadedEmbedder,
-        live: catalog.IndexRecord | None,
-        queries: ev.QuerySource,
-        settings: EvalSettings,
-        sample: int | float,
-        phases: Phases,
-    ) -> DryRun:
-        # No index is built, but a factory the upgrade could not build fails here, as there.
-        files.new_index(new.dim, rev.index_factory)
-        if isinstance(sample, float):
-            sampler = Sampler(0, settings.seed, rate=sample)
-        else:
-            sampler = Sampler(sample, settings.seed)
-        judged = queries.judged_keys()
-        extra: dict[str, Document] = {}
-        skipped = population = 0
-        read = _CorpusRead(env, rev.alias)
-        for doc in env.corpus(rev.alias):
-            if blank(doc.text):
-                skipped += 1
-                continue
-            population += 1
-            read.add(doc)
-            if doc.key in judged:
-                extra[doc.key] = doc
+            # No index is built, but a factory the upgrade could not build fails here, as there.
+            files.new_index(new.dim, rev.index_factory)
+            if isinstance(sample, float):
+                sampler = Sampler(0, settings.seed, rate=sample)
             else:
-                sampler.offer(doc)
-        uniform = sampler.documents()
-        if not uniform and not extra:
-            raise SourceError(f"the corpus of alias {rev.alias!r} has no non-empty documents")
-        if not uniform and population > len(extra):
-            # Nothing to extrapolate from: the unjudged documents would go unrepresented.
-            raise ConfigError(
-                f"--sample {sample:g} drew none of the {population - len(extra):,} "
-                "unjudged documents; take a larger sample"
+                sampler = Sampler(sample, settings.seed)
+            judged = queries.judged_keys()
+            extra: dict[str, Document] = {}
+            skipped = population = 0
+            read = _CorpusRead(env, rev.alias)
+            for doc in env.corpus(rev.alias):
+                if blank(doc.text):
+                    skipped += 1
+                    continue
+                population += 1
+                read.add(doc)
+                if doc.key in judged:
+                    extra[doc.key] = doc
+                else:
+                    sampler.offer(doc)
+            uniform = sampler.documents()
+            if not uniform and not extra:
+                raise SourceError(f"the corpus of alias {rev.alias!r} has no non-empty documents")
+            if not uniform and population > len(extra):
+                # Nothing to extrapolate from: the unjudged documents would go unrepresented.
+                raise ConfigError(
+                    f"--sample {sample:g} drew none of the {population - len(extra):,} "
+                    "unjudged documents; take a larger sample"
+                )
+            columns = {d.key: i for i, d in enumerate([*uniform, *extra.values()])}
+            notes = [
+                f"seeded sample of {len(uniform):,} documents"
+                + (f" plus the {len(extra):,} judged documents of the queries" if extra else "")
+            ]
+            if skipped:
+                notes.append(f"{skipped} empty document(s) skipped")
+            query_set = queries.sample(
+                settings, uniform, columns, compared=rev.old is not None or bool(rev.gates)
             )
-        columns = {d.key: i for i, d in enumerate([*uniform, *extra.values()])}
-        notes = [
-            f"seeded sample of {len(uniform):,} documents"
-            + (f" plus the {len(extra):,} judged documents of the queries" if extra else "")
-        ]
-        if skipped:
-            notes.append(f"{skipped} empty document(s) skipped")
-        query_set = queries.sample(
-            settings, uniform, columns, compared=rev.old is not None or bool(rev.gates)
-        )
-        covered = read.coverage(live)
-        return cls(
-            forecasting.SampleDocs(uniform, list(extra.values()), population),
-            columns,
-            query_set,
-            notes + covered.notes,
-            covered,
-            queries.contracts,
-            phases,
-        )
+            covered = read.coverage(live)
+            return cls(
+                forecasting.SampleDocs(uniform, list(extra.values()), population),
+                columns,
+                query_set,
+                notes + covered.notes,
+                covered,
+                queries.contracts,
+                phases,
+            )
 
     def forecast(
         self,

@@ -35,9 +35,9 @@ class Heartbeat:
 
     # ---- request path ------------------------------------------------------------------------
 
-    def served(self, index_id: int) -> None:
+    def served(self, index_id: int, queries: int = 1) -> None:
         self.holds(index_id)
-        self._served += 1
+        self._served += queries
 
     def holds(self, index_id: int) -> None:
         """Its view holds ``index_id`` now: served, or followed off the request path."""

@@ -154,8 +154,7 @@ class Searcher:
             self._mirror.heartbeat.refused(str(exc))
             self._mirror.start()
             raise
-        for _ in range(queries):
-            self._mirror.heartbeat.served(view.record.id)
+        self._mirror.heartbeat.served(view.record.id, queries)
         return view
 
     def _hits(
