@@ -155,6 +155,11 @@ class Forecaster:
         self.judged = None
         if data.judged is not None and len(data.judged.rows):
             relevant = data.judged.relevant()
+            # By query, so sums per query are one reduceat (``_sum_rows``).
+            order = np.argsort(relevant.rows, kind="stable")
+            relevant = Judgements(
+                relevant.rows[order], relevant.docs[order], relevant.grades[order]
+            )
             self.relevant = relevant
             strata = self._strata(relevant.rows, relevant.docs)
             self.judged = Ranks(sampled, relevant.rows, relevant.docs, cap, deepest, strata)
@@ -240,12 +245,12 @@ class Forecaster:
         rank0 = post.above[:, None] + grid[index]  # (pairs, DRAWS), 0-based
         out: dict[str, np.ndarray] = {}
         for depth in (10, 100):
-            found = _add_rows(rel.rows, (rank0 < depth).astype(np.float64), n)
+            found = _sum_rows(rel.rows, (rank0 < depth).astype(np.float64), n)
             out[f"recall_at_{depth}"] = _ratio(found, self.n_relevant[:, None])
         gain = np.where(
             rank0 < 10, _NDCG_DISCOUNTS[np.minimum(rank0, 9)] * rel.grades[:, None], 0.0
         )
-        out["ndcg_at_10"] = _ratio(_add_rows(rel.rows, gain, n), self.idcg[:, None])
+        out["ndcg_at_10"] = _ratio(_sum_rows(rel.rows, gain, n), self.idcg[:, None])
         best = self.first_relevant
         mrr = np.zeros((n, DRAWS))
         first = rank0[best]
@@ -448,11 +453,4 @@ def _sum_rows(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     out: np.ndarray = np.divide(num, den, out=np.zeros(np.shape(num)), where=den > 0)
-    return out
-
-
-def _add_rows(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """Per row r < n, the sum of ``values`` where ``rows == r``; ``rows`` in any order."""
-    out = np.zeros((n, values.shape[1]))
-    np.add.at(out, rows, values)
     return out
