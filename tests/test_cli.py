@@ -24,7 +24,6 @@ from tests.support import (
     embedmig_process,
     first_index,
     one_line_error,
-    one_line_error_exit,
     snapshot,
 )
 
@@ -182,11 +181,11 @@ def test_cli_errors_are_one_line(
 
 
 def test_a_report_path_that_cannot_be_written_is_refused_before_anything_changes(
-    config: Config, project: Path, capsys: pytest.CaptureFixture[str]
+    config: Config, project: Path
 ) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     (project / "afile").write_text("")
-    one_line_error(capsys, config, "upgrade", "--report", "afile/x.json", match="not a directory")
+    one_line_error(config, "upgrade", "--report", "afile/x.json", match="not a directory")
     with pytest.raises(ConfigError, match="is a directory"):
         command.upgrade(config, "head", report_path=project)
 
@@ -203,13 +202,13 @@ def test_an_unknown_option_is_warned_about_with_the_closest_name(
 
 
 def test_bad_evaluation_options_fail_before_anything_is_embedded(
-    config: Config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     encoded = count_encodes(monkeypatch)
     ini = config.root / "embedmig.ini"
     edit(ini, "eval.k = 10", "eval.k = 0")
-    one_line_error(capsys, config, "upgrade", match="option 'eval.k' must be at least 1, got 0")
+    one_line_error(config, "upgrade", match="option 'eval.k' must be at least 1, got 0")
     assert encoded == []
 
 
@@ -222,13 +221,13 @@ def test_bad_evaluation_options_fail_before_anything_is_embedded(
     ],
 )
 def test_options_whose_size_becomes_memory_are_bounded(
-    config: Config, capsys: pytest.CaptureFixture[str], option: str, value: str, match: str
+    config: Config, option: str, value: str, match: str
 ) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     ini = config.root / "embedmig.ini"
     text = re.sub(rf"^{re.escape(option)} = .*\n", "", ini.read_text(), flags=re.M)
     ini.write_text(text + f"{option} = {value}\n")
-    one_line_error(capsys, config, "upgrade", match=f"option {option!r} {match}")
+    one_line_error(config, "upgrade", match=f"option {option!r} {match}")
 
 
 def test_an_ini_file_with_a_byte_order_mark_is_read(config: Config) -> None:
@@ -244,20 +243,18 @@ def test_a_non_utf8_byte_in_the_ini_file_names_its_line(config: Config) -> None:
     lines = ini.read_bytes().splitlines(keepends=True)
     lines.insert(3, b"# caf\xe9\n")
     ini.write_bytes(b"".join(lines))
-    one_line_error_exit(config, "current", match="line 4 is not UTF-8 (byte 0xe9)")
+    one_line_error(config, "current", match="line 4 is not UTF-8 (byte 0xe9)")
 
 
 def test_a_config_path_that_is_a_directory_says_so(config: Config) -> None:
-    one_line_error_exit(
-        config, "-c", str(config.root / "migrations"), "current", match="is a directory"
-    )
+    one_line_error(config, "-c", str(config.root / "migrations"), "current", match="is a directory")
 
 
 @pytest.mark.parametrize("sample", ["0", "0%", "150%", "1e3", "-5", "ten"])
 def test_every_bad_sample_is_one_rule_and_exit_1(config: Config, sample: str) -> None:
     first_index(config)
     command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
-    one_line_error_exit(
+    one_line_error(
         config,
         "upgrade",
         "--dry-run",
@@ -271,4 +268,4 @@ def test_every_bad_sample_is_one_rule_and_exit_1(config: Config, sample: str) ->
 def test_a_sample_without_a_dry_run_is_refused(config: Config) -> None:
     first_index(config)
     command.revision(config, "second", alias="docs", new="models/near", rev_id="r2")
-    one_line_error_exit(config, "upgrade", "--sample", "10%", match="--sample is for a dry run")
+    one_line_error(config, "upgrade", "--sample", "10%", match="--sample is for a dry run")

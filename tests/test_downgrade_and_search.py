@@ -27,7 +27,6 @@ from tests.support import (
     first_index,
     index_file,
     one_line_error,
-    one_line_error_exit,
     snapshot,
 )
 
@@ -330,7 +329,7 @@ def test_search_depth_is_clamped_to_the_index_and_bounded(
         command.search(config, "docs", "tumor", k=1e20)  # type: ignore[arg-type]
     code, _, err = cli(capsys, "search", "docs", "tumor", "-k", "1e20")
     assert code == 2 and "Invalid value for '-k'" in err and "Traceback" not in err
-    one_line_error(capsys, config, "search", "docs", "  ", match="the query is empty")
+    one_line_error(config, "search", "docs", "  ", match="the query is empty")
 
 
 @pytest.mark.parametrize("query", [" \t ", "\u200b\u200b", " \u200b\ufeff\u2060 "])
@@ -338,4 +337,4 @@ def test_a_query_of_only_white_space_and_zero_width_characters_is_empty(
     config: Config, query: str
 ) -> None:
     first_index(config)
-    one_line_error_exit(config, "search", "docs", query, match="the query is empty")
+    one_line_error(config, "search", "docs", query, match="the query is empty")

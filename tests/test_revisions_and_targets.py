@@ -233,9 +233,7 @@ def test_an_ambiguous_partial_revision_id_is_refused(config: Config) -> None:
     refused(config, ScriptError, "(?i)multiple|ambiguous", target="abc")
 
 
-def test_a_forked_alias_chain_is_refused_naming_both_revisions(
-    config: Config, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_forked_alias_chain_is_refused_naming_both_revisions(config: Config) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     command.upgrade(config, "head")
     command.revision(config, "left", alias="docs", new="models/near", rev_id="r2a")
@@ -243,7 +241,7 @@ def test_a_forked_alias_chain_is_refused_naming_both_revisions(
     text = next((config.script_location / "versions").glob("r2a_*.py")).read_text()
     fork.write_text(text.replace("'r2a'", "'r2b'").replace('"r2a"', '"r2b"'))
     for args in (("upgrade", "heads"), ("upgrade", "r2a"), ("check",)):
-        one_line_error(capsys, config, *args, match="forks after r1: r2a and r2b")
+        one_line_error(config, *args, match="forks after r1: r2a and r2b")
 
 
 def test_a_broken_pending_revision_does_not_stop_writers_or_searchers(config: Config) -> None:
@@ -272,18 +270,16 @@ def test_a_broken_pending_revision_does_not_stop_writers_or_searchers(config: Co
     ],
 )
 def test_targets_that_name_nothing_are_one_line(
-    config: Config, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], match: str
+    config: Config, args: tuple[str, ...], match: str
 ) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
-    one_line_error(capsys, config, *args, match=match)
+    one_line_error(config, *args, match=match)
 
 
-def test_a_downgrade_below_base_is_one_line(
-    config: Config, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_downgrade_below_base_is_one_line(config: Config) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     command.upgrade(config, "head")
-    one_line_error(capsys, config, "downgrade", "docs@-2", match="goes below base")
+    one_line_error(config, "downgrade", "docs@-2", match="goes below base")
 
 
 def test_an_embedder_option_of_the_wrong_type_is_refused_when_the_revision_loads() -> None:
@@ -294,12 +290,12 @@ def test_an_embedder_option_of_the_wrong_type_is_refused_when_the_revision_loads
 
 
 def test_a_revision_with_a_badly_typed_embedder_is_refused_before_the_backfill(
-    config: Config, capsys: pytest.CaptureFixture[str]
+    config: Config,
 ) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     rev = next((config.script_location / "versions").glob("r1_*.py"))
     edit(rev, "Embedder('models/a')", "Embedder('models/a', query_prompt=123)")
-    one_line_error(capsys, config, "upgrade", match="query_prompt must be a string or None")
+    one_line_error(config, "upgrade", match="query_prompt must be a string or None")
 
 
 def test_current_shows_the_live_state_and_names_a_broken_pending_script(config: Config) -> None:

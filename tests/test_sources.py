@@ -24,7 +24,6 @@ from tests.support import (
     first_index,
     indexed,
     one_line_error,
-    one_line_error_exit,
     snapshot,
     with_judged_queries,
 )
@@ -189,13 +188,11 @@ def test_string_and_number_ids_do_not_merge_silently(tmp_path: Path) -> None:
         list(IterableSource(lambda: [("1", "a"), (1, "b")]))  # type: ignore[list-item]
 
 
-def test_a_directory_as_the_corpus_says_so(
-    config: Config, project: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_directory_as_the_corpus_says_so(config: Config, project: Path) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     (project / "corpus.jsonl").unlink()
     (project / "corpus.jsonl").mkdir()
-    one_line_error(capsys, config, "upgrade", match="is a directory; name a file")
+    one_line_error(config, "upgrade", match="is a directory; name a file")
 
 
 def test_non_string_texts_from_an_iterable_source_are_one_line() -> None:
@@ -205,9 +202,7 @@ def test_non_string_texts_from_an_iterable_source_are_one_line() -> None:
         list(IterableSource(lambda: ["just a string"]))  # type: ignore[list-item]
 
 
-def test_an_env_py_yielding_a_non_string_text_is_one_line(
-    config: Config, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_an_env_py_yielding_a_non_string_text_is_one_line(config: Config) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     (config.script_location / "env.py").write_text(
         "from embedmig import Document\n\n"
@@ -215,10 +210,8 @@ def test_an_env_py_yielding_a_non_string_text_is_one_line(
         "    yield Document('a', 'fine text')\n"
         "    yield Document('b', 42)\n"
     )
-    one_line_error(capsys, config, "upgrade", match="document 'b': text is int, not str")
-    one_line_error(
-        capsys, config, "upgrade", "--dry-run", match="document 'b': text is int, not str"
-    )
+    one_line_error(config, "upgrade", match="document 'b': text is int, not str")
+    one_line_error(config, "upgrade", "--dry-run", match="document 'b': text is int, not str")
 
 
 @pytest.mark.parametrize(
@@ -236,7 +229,7 @@ def test_a_corpus_path_that_is_no_readable_file_says_what_it_is(
     corpus = config.root / "corpus.jsonl"
     corpus.unlink()
     make(corpus)
-    one_line_error_exit(config, "upgrade", "r1", match=message)
+    one_line_error(config, "upgrade", "r1", match=message)
 
 
 def test_a_document_of_only_zero_width_characters_is_skipped_as_empty(config: Config) -> None:

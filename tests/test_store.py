@@ -27,7 +27,7 @@ from tests.support import (
     embedmig,
     first_index,
     indexed,
-    one_line_error_exit,
+    one_line_error,
     snapshot,
 )
 
@@ -276,6 +276,6 @@ def test_read_only_commands_create_no_history_database(config: Config) -> None:
     for args in (("current",), ("history",), ("show", "r1")):
         assert embedmig(config.root, *args).returncode == 0
     assert not (config.root / "embedmig.db").exists()
-    one_line_error_exit(
+    one_line_error(
         config, "downgrade", "base", match="does not exist (an `embedmig upgrade` creates"
     )
