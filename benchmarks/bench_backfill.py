@@ -6,10 +6,11 @@ embedmig: a fresh project whose first revision builds the alias's index with the
 through `embedmig.command.upgrade` (SQL ids and checkpoints, spool, checksummed atomic save).
 
 Each run is a separate process (fresh model, clean peak RSS); runs alternate so drift in the
-machine's speed hits both. Prints wall time and peak RSS of each, and the ratios (min over runs).
-Target: time ratio <= 1.05, peak memory <= baseline + 10%.
+machine's speed hits both. Prints wall time and peak RSS of each, and the ratios of the medians.
+Targets: time ratio <= 1.10 for the static model (where tokenizing is most of the encode) and for
+MiniLM, peak memory <= baseline + 10%.
 
-    python benchmarks/bench_backfill.py [--docs 1500] [--repeat 2]
+    python benchmarks/bench_backfill.py [--model static|minilm] [--docs 1500] [--repeat 3]
 
 Measured 2026-11-26 (2 cores, 1,500 SciFact abstracts): baseline 78.0 s / 1016 MB peak,
 embedmig 66.9 s / 1093 MB: time ratio 0.86, memory ratio 1.08. Identical encode runs on this
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,20 +104,21 @@ def child(kind: str, work: Path, model_dir: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=1500)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--model", choices=["static", "minilm"], default="minilm")
     parser.add_argument("--child", choices=["baseline", "embedmig"])
     parser.add_argument("--work")
-    parser.add_argument("--model")
+    parser.add_argument("--model-dir")
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     if args.child:
-        child(args.child, Path(args.work), args.model)
+        child(args.child, Path(args.work), args.model_dir)
         return
     sys.path.insert(0, str(ROOT))
-    from demo.models import minilm
+    from demo.models import distilled, minilm
 
-    model_dir = str(minilm())
     work = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
+    model_dir = str(minilm() if args.model == "minilm" else distilled(work / "static-256"))
     corpus_file(work, args.docs)
     results: dict[str, list[dict[str, float]]] = {"baseline": [], "embedmig": []}
     for turn in range(args.repeat):
@@ -129,7 +132,7 @@ def main() -> None:
                     kind,
                     "--work",
                     str(work),
-                    "--model",
+                    "--model-dir",
                     model_dir,
                 ],
                 check=True,
@@ -138,14 +141,15 @@ def main() -> None:
             ).stdout
             results[kind].append(json.loads(out.strip().splitlines()[-1]))
             print(kind, results[kind][-1], flush=True)
-    best = {k: min(r["seconds"] for r in v) for k, v in results.items()}
+    best = {k: statistics.median(r["seconds"] for r in v) for k, v in results.items()}
     peak = {k: max(r["peak_mb"] for r in v) for k, v in results.items()}
     source = "SciFact" if SCIFACT.exists() else "demo SciFact subset"
-    print(f"\n{args.docs} {source} documents, all-MiniLM-L6-v2, batch {BATCH}, chunk {CHUNK}")
+    model = "all-MiniLM-L6-v2" if args.model == "minilm" else "static (model2vec, 256-d)"
+    print(f"\n{args.docs} {source} documents, {model}, batch {BATCH}, chunk {CHUNK}")
     print(f"baseline: {best['baseline']:.1f} s, peak {peak['baseline']:.0f} MB")
     print(f"embedmig: {best['embedmig']:.1f} s, peak {peak['embedmig']:.0f} MB")
     print(
-        f"time ratio embedmig/baseline = {best['embedmig'] / best['baseline']:.3f} (target <= 1.05)"
+        f"time ratio embedmig/baseline = {best['embedmig'] / best['baseline']:.3f} (target <= 1.10)"
     )
     print(f"peak memory ratio = {peak['embedmig'] / peak['baseline']:.3f} (target <= 1.10)")
 

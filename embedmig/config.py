@@ -72,6 +72,7 @@ DEFAULTS: Mapping[str, str] = {
     "searcher.log_text": "true",
     "searcher.queue_size": "1024",
     "searcher.threads": "0",
+    "searcher.refresh_ms": "100",
     "searcher.poll_seconds": "2",
     "readers.heartbeat_seconds": "10",
     "readers.silent_seconds": "60",

@@ -21,6 +21,7 @@ from tests.support import (
     corpus_rows,
     edit,
     new_project,
+    with_options,
 )
 
 
@@ -48,6 +49,9 @@ def blank_project(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Pa
         # A dry run's intervals from 20 bootstrap replicates, not 100: specs that judge how well
         # the intervals cover what an upgrade measures keep the default (tests/test_forecast.py).
         fh.write(FEW_RESAMPLES)
+        # Searchers read the reader clock on every search, so a spec sees each commit at once;
+        # the refresher's staleness bound has its own specs (the `refreshing` fixture).
+        fh.write("searcher.refresh_ms = 0\n")
     return project
 
 
@@ -62,6 +66,13 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blank_project: Path
 @pytest.fixture
 def config(project: Path) -> Config:
     return Config(project / "embedmig.ini")
+
+
+@pytest.fixture(params=[0, 100], ids=["clock-per-search", "refresher"])
+def refreshing(request: pytest.FixtureRequest, config: Config) -> Config:
+    """The project with searchers that read the reader clock on every search, then with the
+    default refresher (every 100 ms, off the request path)."""
+    return with_options(config, searcher__refresh_ms=request.param)
 
 
 @pytest.fixture

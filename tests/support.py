@@ -20,6 +20,7 @@ import numpy as np
 
 from demo.models import static_embedding_class
 from embedmig import Config
+from embedmig.serve.searcher import Searcher
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DATA = ROOT / "demo" / "data"
@@ -393,6 +394,28 @@ def one_line_error(config: Config, *args: str, match: str, code: int | None = No
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("embedmig: error: ") and match in lines[0], lines[0]
     assert snapshot(config) == before
+
+
+def with_options(config: Config, **options: object) -> Config:
+    """The project's configuration with ``options`` (``a__b`` for ``a.b``) set in its ini file."""
+    ini = config.root / "embedmig.ini"
+    lines = ini.read_text().splitlines(True)
+    for key, value in options.items():
+        name = key.replace("__", ".")
+        lines = [line for line in lines if not line.startswith(f"{name} =")]
+        lines.append(f"{name} = {value}\n")
+    ini.write_text("".join(lines))
+    return Config(ini)
+
+
+def seen(searcher: Searcher, condition: Callable[[], bool], what: str) -> None:
+    """``condition`` (on the searcher's answers) holds at once when it reads its alias's clock on
+    every search (``searcher.refresh_ms = 0``), else within its staleness bound: the refresh,
+    plus following what changed (a new file and model, on a loaded machine)."""
+    if searcher.refresh_seconds == 0:
+        assert condition(), what
+    else:
+        wait_until(condition, what, timeout=searcher.refresh_seconds + 10)
 
 
 def wait_until(

@@ -6,10 +6,14 @@ import hashlib
 import itertools
 import json
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from embedmig import (
     Config,
@@ -19,6 +23,7 @@ from embedmig import (
     StoreError,
     command,
     open_searcher,
+    open_writer,
 )
 from tests.support import (
     cli,
@@ -27,7 +32,9 @@ from tests.support import (
     first_index,
     index_file,
     one_line_error,
+    seen,
     snapshot,
+    with_options,
 )
 
 QUERY = "glioblastoma stem cells tumor growth"
@@ -140,16 +147,17 @@ def test_a_moved_project_still_searches_and_downgrades(
     assert command.search(config, "docs", QUERY, k=5) != hits
 
 
-def test_searcher_follows_a_swap_and_a_rollback_without_reopening(config: Config) -> None:
+def test_searcher_follows_a_swap_and_a_rollback_without_reopening(refreshing: Config) -> None:
+    config = refreshing
     upgraded_twice(config)
     searcher = open_searcher(config, "docs")
     first = searcher.search(QUERY, k=5)
-    assert searcher.index_record.revision == "r1"
+    assert {hit.revision for hit in first} == {"r1"}
     command.upgrade(config, "head", force=True)
-    assert searcher.index_record.revision == "r2"
+    seen(searcher, lambda: searcher.search(QUERY, k=5)[0].revision == "r2", "the swap")
     assert searcher.search(QUERY, k=5) != first
     command.downgrade(config, "-1")
-    assert searcher.search(QUERY, k=5) == first
+    seen(searcher, lambda: searcher.search(QUERY, k=5) == first, "the rollback")
     searcher.close()
 
 
@@ -232,20 +240,83 @@ def test_a_single_query_searches_faiss_on_one_thread_and_a_batch_on_the_option(
 
     from embedmig.store import files
 
-    seen: list[int] = []
+    used: list[int] = []
 
     class Recorded:
         ntotal = 50
 
         def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-            seen.append(faiss.omp_get_max_threads())
+            used.append(faiss.omp_get_max_threads())
             return np.zeros((len(vectors), k), np.float32), np.zeros((len(vectors), k), np.int64)
 
     before = faiss.omp_get_max_threads()
     files.search(Recorded(), np.zeros((1, 4)), 5)
     files.search(Recorded(), np.zeros((3, 4)), 5)
     files.search(Recorded(), np.zeros((3, 4)), 5, threads=1)
-    assert seen == [1, before, 1] and faiss.omp_get_max_threads() == before
+    assert used == [1, before, 1] and faiss.omp_get_max_threads() == before
+
+
+def statements_of(statements: list[str]) -> Callable[..., None]:
+    return lambda _conn, _cursor, sql, *_: statements.append(sql)
+
+
+def test_a_search_issues_no_sql_and_with_refresh_0_one_clock_read(config: Config) -> None:
+    """The control plane is off the request path: the alias's state is held in memory and
+    followed by the refresher; with ``searcher.refresh_ms = 0`` each search reads the clock."""
+    first_index(config)
+    quiet = {"readers__heartbeat_seconds": 0, "searcher__poll_seconds": 3600}
+    for refresh_ms, per_search in ((3_600_000, 0), (0, 1)):
+        with open_searcher(
+            with_options(config, searcher__refresh_ms=refresh_ms, **quiet), "docs"
+        ) as searcher:
+            searcher.search(QUERY)  # the first search opens the alias
+            statements: list[str] = []
+            sa.event.listen(searcher.env.engine, "before_cursor_execute", statements_of(statements))
+            for _ in range(20):
+                searcher.search(QUERY)
+            searcher.search_many([QUERY] * 5)
+        assert len(statements) == 21 * per_search
+        assert all("FROM embedmig_sequence" in sql for sql in statements)
+
+
+def test_writes_are_applied_between_searches_of_eight_threads(config: Config) -> None:
+    """The refresher applies the journal while threads search: never under a search (each
+    answer is whole, ranked), and every acknowledged write is served within the bound."""
+    first_index(config)
+    rows = corpus_rows(300)
+    texts = [row["text"][:80] for row in rows[:16]]
+    stop = threading.Event()
+    with (
+        open_searcher(with_options(config, searcher__refresh_ms=5), "docs") as searcher,
+        open_writer(config, "docs") as writer,
+    ):
+        searcher.search(QUERY)
+
+        def search_until_stopped(text: str) -> int:
+            answered = 0
+            while not stop.is_set():
+                hits = searcher.search(text, k=5)
+                assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+                assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
+                answered += 1
+            return answered
+
+        with ThreadPoolExecutor(8) as pool:
+            running = [pool.submit(search_until_stopped, text) for text in texts[:8]]
+            for i, text in enumerate(texts):
+                writer.upsert(f"new-{i}", f"{text} zebrafish {i}")
+                writer.delete(rows[100 + i]["id"])
+                time.sleep(0.01)
+            stop.set()
+            assert all(future.result() > 0 for future in running)
+        seen(
+            searcher,
+            lambda: all(
+                searcher.search(f"{t} zebrafish {i}", k=1)[0].key == f"new-{i}"
+                for i, t in enumerate(texts)
+            ),
+            "every upsert",
+        )
 
 
 def test_searcher_refuses_an_index_file_that_was_altered(config: Config) -> None:

@@ -17,7 +17,14 @@ import pytest
 from embedmig import Config, command, open_searcher
 from embedmig.environment import Environment
 from embedmig.store import journal
-from tests.support import assert_serves, corpus_rows, edit, embedmig_process, wait_until
+from tests.support import (
+    assert_serves,
+    corpus_rows,
+    edit,
+    embedmig_process,
+    wait_until,
+    with_options,
+)
 
 pytestmark = pytest.mark.process
 
@@ -137,7 +144,8 @@ def test_a_searcher_in_another_process_sees_an_upsert_and_a_delete_within_a_seco
 ) -> None:
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     command.upgrade(config, "r1")
-    searcher = open_searcher(config, "docs")
+    # The default refresher (every 100 ms, off the request path), not a clock read per search.
+    searcher = open_searcher(with_options(config, searcher__refresh_ms=100), "docs")
     text = "zebrafish fin regeneration osteoblast dedifferentiation"
 
     def top() -> str:

@@ -14,19 +14,7 @@ from embedmig.environment import Environment
 from embedmig.history import schema
 from embedmig.serve import mirror
 from embedmig.store import traffic
-from tests.support import corpus_rows, embedmig, snapshot
-
-
-def with_options(config: Config, **options: object) -> Config:
-    """The project's configuration with ``options`` (``a__b`` for ``a.b``) set in its ini file."""
-    ini = config.root / "embedmig.ini"
-    lines = ini.read_text().splitlines(True)
-    for key, value in options.items():
-        name = key.replace("__", ".")
-        lines = [line for line in lines if not line.startswith(f"{name} =")]
-        lines.append(f"{name} = {value}\n")
-    ini.write_text("".join(lines))
-    return Config(ini)
+from tests.support import corpus_rows, embedmig, snapshot, with_options
 
 
 def built(config: Config) -> None:

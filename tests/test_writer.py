@@ -21,7 +21,7 @@ from embedmig.environment import Environment
 from embedmig.history import schema
 from embedmig.sources import Corpus
 from embedmig.store import catalog, docids
-from tests.support import assert_serves, corpus_rows, index_file, snapshot
+from tests.support import assert_serves, corpus_rows, index_file, seen, snapshot
 
 NEW_TEXT = "Zebrafish fin regeneration depends on osteoblast dedifferentiation"
 
@@ -49,18 +49,24 @@ def journal_vector_indexes(config: Config) -> set[int]:
     return found
 
 
-def test_upsert_is_seen_by_an_open_searcher_without_reopening(config: Config) -> None:
+def test_upsert_is_seen_by_an_open_searcher_without_reopening(refreshing: Config) -> None:
+    config = refreshing
     live_on_r1(config)
     searcher = open_searcher(config, "docs")
     assert "new-1" not in {hit.key for hit in searcher.search(NEW_TEXT)}
     with open_writer(config, "docs") as writer:
         writer.upsert("new-1", NEW_TEXT, {"lang": "en"})
-    top = searcher.search(NEW_TEXT, k=1)[0]
-    assert (top.key, top.metadata) == ("new-1", {"lang": "en"})
+
+    def top() -> tuple[str, object]:
+        hit = searcher.search(NEW_TEXT, k=1)[0]
+        return hit.key, hit.metadata
+
+    seen(searcher, lambda: top() == ("new-1", {"lang": "en"}), "the upsert")
     searcher.close()
 
 
-def test_delete_and_re_upsert_of_a_key(config: Config) -> None:
+def test_delete_and_re_upsert_of_a_key(refreshing: Config) -> None:
+    config = refreshing
     live_on_r1(config)
     rows = corpus_rows(300)
     victim = rows[0]
@@ -68,9 +74,13 @@ def test_delete_and_re_upsert_of_a_key(config: Config) -> None:
     assert searcher.search(victim["text"], k=1)[0].key == victim["id"]
     with open_writer(config, "docs") as writer:
         writer.delete(victim["id"])
-        assert victim["id"] not in {hit.key for hit in searcher.search(victim["text"], k=20)}
+        seen(
+            searcher,
+            lambda: victim["id"] not in {hit.key for hit in searcher.search(victim["text"], k=20)},
+            "the delete",
+        )
         writer.upsert(victim["id"], NEW_TEXT)
-    assert searcher.search(NEW_TEXT, k=1)[0].key == victim["id"]
+    seen(searcher, lambda: searcher.search(NEW_TEXT, k=1)[0].key == victim["id"], "the upsert")
     searcher.close()
     expected = final_state(rows) | {victim["id"]: NEW_TEXT}
     assert_serves(config, config.root / "models" / "a", expected)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,9 +51,7 @@ class SentenceTransformersBackend:
 
     @property
     def max_seq_length(self) -> int | None:
-        value = getattr(self.model, "max_seq_length", None)
-        # Static models report no limit (None or infinity).
-        return int(value) if value is not None and value != float("inf") else None
+        return _limit(self.model)
 
     def fingerprint(self) -> str:
         return fingerprint(self.spec, self.location)
@@ -67,37 +66,69 @@ class SentenceTransformersBackend:
         return self._encode(texts, self.spec.query_prompt)
 
     def _encode(self, texts: list[str], prompt: str | None) -> np.ndarray:
-        self._count(texts)
-        vectors: np.ndarray = self.model.encode(
-            texts,
-            prompt=prompt or None,
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        _encoding.meter = self.meter
+        try:
+            vectors: np.ndarray = self.model.encode(
+                texts,
+                prompt=prompt or None,
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        finally:
+            _encoding.meter = None
         return vectors
 
-    def _count(self, texts: list[str]) -> None:
-        """Input tokens by the model's own tokenizer, and the texts over its limit (which the
-        model truncates silently). Counted where the texts are encoded: under Ray, tokenizing on
-        the driver would cap the whole cluster at one core's tokenizer speed."""
-        tokenizer = getattr(self.model, "tokenizer", None)
-        limit = self.max_seq_length
-        tokens = truncated = 0
-        # In slices, so the token lists of a whole chunk never sit in memory at once.
-        for start in range(0, len(texts), self.batch_size):
-            part = texts[start : start + self.batch_size]
-            try:
-                if callable(tokenizer):  # transformers
-                    lengths = [len(ids) for ids in tokenizer(part, truncation=False)["input_ids"]]
-                else:  # a static model's tokenizers.Tokenizer
-                    lengths = [len(e.ids) for e in tokenizer.encode_batch(part)]  # type: ignore[union-attr]
-            except Exception:  # custom tokenizers differ: estimate; counting is a courtesy
-                self.meter.add(tokens=sum(map(estimate_tokens, texts)), estimated=True)
-                return
-            tokens += sum(min(n, limit) if limit else n for n in lengths)
-            truncated += sum(n > limit for n in lengths) if limit else 0
-        self.meter.add(tokens=tokens, truncated=truncated)
+
+# The meter of the backend encoding in this thread: models are shared by backends and threads.
+_encoding = threading.local()
+
+
+def _metered(model: SentenceTransformer) -> None:
+    """Count the input tokens of ``model``'s encodes, and the texts that reached its limit
+    (which it truncates silently), from the tokenization the encode itself does: a second pass
+    would tokenize every text twice, most of a static model's encode. Counted where the texts
+    are encoded: under Ray, tokenizing on the driver would cap the cluster at one core."""
+    # sentence-transformers 6 tokenizes in `preprocess`, earlier releases in `tokenize`.
+    name = "preprocess" if hasattr(model, "preprocess") else "tokenize"
+    tokenize = getattr(model, name)
+
+    def counting(inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        features = tokenize(inputs, *args, **kwargs)
+        meter: Meter | None = getattr(_encoding, "meter", None)
+        if meter is None:
+            return features
+        lengths = _lengths(features)
+        if lengths is None:  # a custom first module: estimate; counting is a courtesy
+            meter.add(tokens=sum(map(estimate_tokens, map(str, inputs))), estimated=True)
+        else:
+            limit = _limit(model)
+            reached = int((lengths >= limit).sum()) if limit else 0
+            meter.add(tokens=int(lengths.sum()), truncated=reached)
+        return features
+
+    setattr(model, name, counting)
+
+
+def _limit(model: SentenceTransformer) -> int | None:
+    value = getattr(model, "max_seq_length", None)
+    # Static models report no limit (None or infinity).
+    return int(value) if value is not None and value != float("inf") else None
+
+
+def _lengths(features: Any) -> Any:
+    """Tokens per text of a batch's features: a transformer's attention mask, or a static
+    model's flat ids and offsets."""
+    mask = features.get("attention_mask") if isinstance(features, dict) else None
+    if mask is not None:
+        return mask.sum(dim=1)
+    ids = features.get("input_ids") if isinstance(features, dict) else None
+    offsets = features.get("offsets") if isinstance(features, dict) else None
+    if ids is None or offsets is None:
+        return None
+    import torch
+
+    return torch.diff(offsets, append=torch.tensor([len(ids)]))
 
 
 def resolve_location(spec: Embedder, root: Path) -> Path:
@@ -235,4 +266,5 @@ def _load_model(spec: Embedder, location: Path, device: str | None) -> SentenceT
         reporter.removeFilter(benign)
     if spec.max_seq_length is not None:
         model.max_seq_length = spec.max_seq_length
+    _metered(model)
     return model

@@ -129,6 +129,9 @@ sequence = sa.Table(
     sa.Column("alias", sa.String(64), primary_key=True),
     sa.Column("next_doc_id", sa.BigInteger, nullable=False),
     sa.Column("last_seq", sa.BigInteger, nullable=False),
+    # Catalog changes readers follow (swap, rollback, new file, adapter): with last_seq, the clock
+    # a searcher reads to learn whether anything changed (``catalog.reader_clock``).
+    sa.Column("changes", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 # The change journal: every acknowledged upsert and delete of an alias, in order.

@@ -333,8 +333,8 @@ def _notes(
         stats.notes.append(f"{stats.skipped_empty} empty document(s) skipped")
     if stats.truncated:
         stats.notes.append(
-            f"{stats.truncated} document(s) longer than the model's {embedder.max_seq_length} "
-            "tokens were truncated"
+            f"{stats.truncated} document(s) reached the model's {embedder.max_seq_length} "
+            "tokens: it reads no further (longer ones were truncated)"
         )
 
 

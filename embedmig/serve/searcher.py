@@ -12,7 +12,7 @@ import numpy as np
 from embedmig.config import MAX_K, Config
 from embedmig.embedders import Embedder
 from embedmig.environment import Environment
-from embedmig.errors import ConfigError, EmbedmigError, StateError, StoreError
+from embedmig.errors import ConfigError, StateError, StoreError
 from embedmig.names import blank
 from embedmig.serve.mirror import Mirror, TrafficStats
 from embedmig.serve.view import IndexView, follow
@@ -34,26 +34,32 @@ class Hit:
 class Searcher:
     """Searches ``alias``: its live index file plus every change journaled since it was saved.
 
-    Each search reads the alias's live index from SQL and the journal after the last change it
-    applied (two indexed lookups), so an acknowledged write, a swap or a rollback in any process is
-    seen by the next search, with no reopening. Index file and model load only when the live
-    index or its file (after compaction) changes.
+    The alias's state (its live index, adapter, journal position and the model's probe verdict)
+    is held in memory, so a search issues no SQL: a refresher thread reads the alias's reader
+    clock (``catalog.reader_clock``: one primary-key read) every ``searcher.refresh_ms`` and,
+    when it moved, follows the swap, rollback, new file or writes it counts. **Staleness bound:**
+    a swap, a rollback or a write acknowledged before a search started is served by it when it
+    started at least ``searcher.refresh_ms`` after the commit, plus the time to read the change
+    (and, for a swap, to open the new index file and model: until then the view before it
+    answers). With ``searcher.refresh_ms = 0`` every search reads the clock itself, one
+    statement, and sees every commit before it. A refusal (a drifted model, a history database
+    gone) is found the same way and refuses searches until the refresher finds it resolved.
+    Keys, snippets and metadata of hits come from memory too: read once per index opened, then
+    kept current from the journal.
 
     With ``searcher.log_queries`` it logs a share of the queries it serves, and while a canary is
     open on the alias it mirrors a share of them to the shadow (see ``embedmig.serve.mirror``):
     both off the request path. ``close()`` records what is still queued.
 
     Every ``readers.heartbeat_seconds`` it reports, off the request path too, the index it holds
-    (``embedmig status``): before each report it follows a swap or rollback even when no query
-    came, so an idle reader holds, and reports, what it would serve now. ``close()`` removes
-    that report.
+    (``embedmig status``), which the refresher keeps current even when no query comes: an idle
+    reader holds, and reports, what it would serve now. ``close()`` removes that report.
 
     A searcher is safe to share between threads (one per process, as a FastAPI or gRPC server
-    holds it): a search holds the searcher's view of the alias under a lock while it embeds and
-    searches, so each answer comes from one view, whole. ``search_many`` answers a batch from
-    one view in one FAISS call. A single query searches on one FAISS thread, as FAISS advises
-    for serving; a batch on ``searcher.threads`` (default: FAISS's, every core). Either setting
-    holds for that call, in that thread only.
+    holds it): each search answers from one view of the alias, whole, and searches run at once.
+    ``search_many`` answers a batch from one view in one FAISS call. A single query searches on
+    one FAISS thread, as FAISS advises for serving; a batch on ``searcher.threads`` (default:
+    FAISS's, every core). Either setting holds for that call, in that thread only.
 
     When an adapter revision is current, queries are embedded with its new model and mapped
     into the live index's space. ``model`` asks for one model's queries: the live index's own,
@@ -65,12 +71,14 @@ class Searcher:
         self.alias = alias
         self.model = model
         self._model_fingerprint: str | None = None
-        self._view: IndexView | None = None
-        # The request path and the worker (which follows swaps between queries) share the view.
-        self._view_lock = threading.Lock()
         self._mirror = Mirror(env, alias)  # reads its options now: a bad one fails here
         self._threads = int(env.config.get_range("searcher.threads", 0, 1024))
-        self._mirror.follow = lambda: self._refresh().record.id
+        self._refresh_s = env.config.get_range("searcher.refresh_ms", 0, 3_600_000) / 1000
+        self._held: _Held | None = None  # what the request path answers from, replaced whole
+        self._following = threading.Lock()  # one follow at a time: the refresher's or a search's
+        self._refresher: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._mirror.follow = lambda: self._now().serving().record.id
 
     def __enter__(self) -> Searcher:
         return self
@@ -89,12 +97,19 @@ class Searcher:
         return self._mirror.stats
 
     @property
+    def refresh_seconds(self) -> float:
+        """``searcher.refresh_ms`` in seconds: how often the alias's state is followed (its
+        staleness bound, without the time to follow); 0: at every search."""
+        return self._refresh_s
+
+    @property
     def index_record(self) -> catalog.IndexRecord:
-        return self._refresh().record
+        """The index this searcher serves now."""
+        return self._now().serving().record
 
     @property
     def view(self) -> IndexView:
-        return self._refresh()
+        return self._now().serving()
 
     def search(self, text: str, k: int = 10, *, meta: Mapping[str, Any] | None = None) -> list[Hit]:
         """The top ``k`` documents for ``text`` (fewer when the alias holds fewer). ``meta``
@@ -103,14 +118,14 @@ class Searcher:
         if not isinstance(text, str) or blank(text):
             raise ConfigError("the query is empty: give a text to search for")
         encoded = _meta(meta)
-        with self._view_lock:  # the worker may follow a swap meanwhile: not during a search
-            view = self._served_view(1)
-            vectors = view.embedder.encode_queries([text])
-            # A mirrored query's live answer is read to the canary's depth in the same search.
-            target = self._mirror.plan()
-            depth = max(k, target.k) if target is not None else k
-            scores, ids = view.overlay.search(vectors, depth)
-        (hits,) = self._hits(view.record, ids[:, :k], scores[:, :k])
+        held = self._served(1)
+        view = held.serving()
+        vectors = view.embedder.encode_queries([text])
+        # A mirrored query's live answer is read to the canary's depth in the same search.
+        target = self._mirror.plan()
+        depth = max(k, target.k) if target is not None else k
+        scores, ids = view.overlay.search(vectors, depth)
+        (hits,) = held.hits(ids[:, :k], scores[:, :k])
         self._mirror.served(text, k, target, ids[0], scores[0], encoded)
         return hits
 
@@ -134,79 +149,89 @@ class Searcher:
         encoded = [_meta(m) for m in metas] if metas is not None else [None] * len(texts)
         if not texts:
             return []
-        with self._view_lock:
-            view = self._served_view(len(texts))
-            vectors = view.embedder.encode_queries(texts)
-            targets = [self._mirror.plan() for _ in texts]
-            depth = max([k, *(t.k for t in targets if t is not None)])
-            scores, ids = view.overlay.search(vectors, depth, self._threads)
-        found = self._hits(view.record, ids[:, :k], scores[:, :k])
+        held = self._served(len(texts))
+        view = held.serving()
+        vectors = view.embedder.encode_queries(texts)
+        targets = [self._mirror.plan() for _ in texts]
+        depth = max([k, *(t.k for t in targets if t is not None)])
+        scores, ids = view.overlay.search(vectors, depth, self._threads)
+        found = held.hits(ids[:, :k], scores[:, :k])
         for i, text in enumerate(texts):
             self._mirror.served(text, k, targets[i], ids[i], scores[i], encoded[i])
         return found
-
-    def _served_view(self, queries: int) -> IndexView:
-        """The view to answer ``queries`` queries from, counted in the heartbeat; a refusal
-        (a drifted embedder) is reported by it too. Under the view lock."""
-        try:
-            view = self._follow()
-        except EmbedmigError as exc:
-            self._mirror.heartbeat.refused(str(exc))
-            self._mirror.start()
-            raise
-        self._mirror.heartbeat.served(view.record.id, queries)
-        return view
-
-    def _hits(
-        self, record: catalog.IndexRecord, ids: np.ndarray, scores: np.ndarray
-    ) -> list[list[Hit]]:
-        """Each row's hits, its documents described in one read."""
-        wanted = {int(i) for i in ids.ravel() if i >= 0}
-        with self.env.engine.connect() as conn:
-            described = docids.describe_ids(conn, self.alias, wanted)
-        rows = []
-        for row_ids, row_scores in zip(ids, scores, strict=True):
-            hits = []
-            for rank, (doc_id, score) in enumerate(zip(row_ids, row_scores, strict=True), 1):
-                if doc_id < 0:
-                    break
-                doc = described.get(int(doc_id), docids.DocInfo(f"#{int(doc_id)}", "", None))
-                hits.append(
-                    Hit(
-                        rank,
-                        doc.key,
-                        float(score),
-                        doc.snippet,
-                        doc.meta,
-                        record.id,
-                        record.revision,
-                    )
-                )
-            rows.append(hits)
-        return rows
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until the queries queued for the log and the canary are recorded; False if they
         are not within ``timeout`` seconds."""
         return self._mirror.flush(timeout)
 
-    def _refresh(self) -> IndexView:
-        with self._view_lock:
-            return self._follow()
-
-    def _follow(self) -> IndexView:
-        live, adapter = self._live()
+    def _served(self, queries: int) -> _Held:
+        """What to answer ``queries`` queries from, counted in the heartbeat; a refusal (a
+        drifted embedder) is reported by it too."""
+        held = self._held if self._refresh_s else None
         try:
-            view = follow(self.env, self._view, live, adapter)
+            if held is None:
+                held = self._now()
+            view = held.serving()
+        except Exception as exc:
+            self._mirror.heartbeat.refused(str(exc))
+            self._mirror.start()
+            raise
+        self._mirror.heartbeat.served(view.record.id, queries)
+        return held
+
+    def _now(self) -> _Held:
+        """The alias as it is now: followed here, at once. Raises what refuses it."""
+        held = self._follow()
+        if self._refresh_s and self._refresher is None and not self._closing.is_set():
+            self._refresher = threading.Thread(
+                target=self._refresh, name=f"embedmig-refresh-{self.alias}", daemon=True
+            )
+            self._refresher.start()
+        held.serving()
+        return held
+
+    def _refresh(self) -> None:
+        while not self._closing.wait(self._refresh_s):
+            self._follow()
+
+    def _follow(self) -> _Held:
+        """Read the reader clock; when it moved (or the last follow was refused), follow the
+        alias: its live index and adapter, the journal since, the keys of what changed.
+        Whatever fails (a drifted model, a history database gone or unreachable) is held as
+        the refusal searches raise until a follow succeeds."""
+        with self._following:
+            held = self._held
+            try:
+                with self.env.engine.connect() as conn:
+                    clock = catalog.reader_clock(conn, self.alias)
+                if held is None or held.refusal is not None or held.clock != clock:
+                    held = self._followed(held, clock)
+            except Exception as exc:
+                held = _Held(None, {}, (-1, -1), exc)
+            self._held = held
+            return held
+
+    def _followed(self, held: _Held | None, clock: tuple[int, int]) -> _Held:
+        live, adapter = self._live()
+        before = held.view if held is not None else None
+        try:
+            view = follow(self.env, before, live, adapter)
         except StoreError:
             # Compaction may have replaced the file between reading its row and opening it.
             newer, adapter = self._live()
             if (newer.id, newer.sha256) == (live.id, live.sha256):
                 raise
-            view = follow(self.env, self._view, newer, adapter)
-        self._view = view
-        view.catch_up()
-        return view
+            view = follow(self.env, before, newer, adapter)
+        tail = view.catch_up()
+        with self.env.engine.connect() as conn:
+            if held is None or view is not held.view:
+                # A new file: its documents may have come from a backfill, not the journal.
+                docs = docids.describe_all(conn, self.alias)
+            else:
+                docs = held.docs
+                docs.update(docids.describe_ids(conn, self.alias, tail.upsert_ids))
+        return _Held(view, docs, clock)
 
     def _live(self) -> tuple[catalog.IndexRecord, catalog.AdapterRecord | None]:
         with self.env.engine.connect() as conn:
@@ -238,9 +263,53 @@ class Searcher:
         return self._model_fingerprint
 
     def close(self) -> None:
+        self._closing.set()
+        if self._refresher is not None:
+            self._refresher.join()
+            self._refresher = None
         self._mirror.close()
-        self._view = None
+        self._held = None
         self.env.dispose()
+
+
+@dataclass(frozen=True)
+class _Held:
+    """One follow's outcome: a view with its documents' keys, at a reader clock; or what
+    refused it."""
+
+    view: IndexView | None
+    docs: dict[int, docids.DocInfo]
+    clock: tuple[int, int]
+    refusal: Exception | None = None
+
+    def serving(self) -> IndexView:
+        if self.refusal is not None:
+            raise self.refusal.with_traceback(None)
+        assert self.view is not None
+        return self.view
+
+    def hits(self, ids: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
+        record = self.serving().record
+        rows = []
+        for row_ids, row_scores in zip(ids, scores, strict=True):
+            hits = []
+            for rank, (doc_id, score) in enumerate(zip(row_ids, row_scores, strict=True), 1):
+                if doc_id < 0:
+                    break
+                doc = self.docs.get(int(doc_id)) or docids.DocInfo(f"#{int(doc_id)}", "", None)
+                hits.append(
+                    Hit(
+                        rank,
+                        doc.key,
+                        float(score),
+                        doc.snippet,
+                        doc.meta,
+                        record.id,
+                        record.revision,
+                    )
+                )
+            rows.append(hits)
+        return rows
 
 
 def _check_k(k: object) -> None:

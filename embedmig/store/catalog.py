@@ -11,17 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
 from embedmig.errors import StateError
 from embedmig.history import schema as t
 from embedmig.store.clock import now
+from embedmig.store.docids import dialect_insert
 from embedmig.store.events import history
-
-if TYPE_CHECKING:
-    pass
 
 
 class State(StrEnum):
@@ -171,9 +169,14 @@ def register_index(
 
 
 def update_index(conn: sa.Connection, index_id: int, **values: Any) -> None:
-    conn.execute(
-        t.index.update().where(t.index.c.id == index_id).values(updated_at=now(), **values)
-    )
+    alias = conn.execute(
+        t.index.update()
+        .where(t.index.c.id == index_id)
+        .values(updated_at=now(), **values)
+        .returning(t.index.c.alias)
+    ).scalar()
+    if alias is not None:
+        changed(conn, alias)
 
 
 def delete_index(conn: sa.Connection, index_id: int) -> None:
@@ -230,15 +233,21 @@ class AdapterRecord:
 def register_adapter(conn: sa.Connection, **values: Any) -> int:
     stamp = now()
     result = conn.execute(t.adapter.insert().values(created_at=stamp, updated_at=stamp, **values))
+    changed(conn, values["alias"])
     key = result.inserted_primary_key
     assert key is not None
     return int(key[0])
 
 
 def update_adapter(conn: sa.Connection, adapter_id: int, **values: Any) -> None:
-    conn.execute(
-        t.adapter.update().where(t.adapter.c.id == adapter_id).values(updated_at=now(), **values)
-    )
+    alias = conn.execute(
+        t.adapter.update()
+        .where(t.adapter.c.id == adapter_id)
+        .values(updated_at=now(), **values)
+        .returning(t.adapter.c.alias)
+    ).scalar()
+    if alias is not None:
+        changed(conn, alias)
 
 
 def adapters(
@@ -266,3 +275,29 @@ def retire_adapters(conn: sa.Connection, alias: str) -> None:
         .where(t.adapter.c.alias == alias, t.adapter.c.state.in_([State.LIVE, State.BRIDGE]))
         .values(state=State.RETIRED, updated_at=now())
     )
+    changed(conn, alias)
+
+
+# The reader clock: what a searcher reads to learn, in one primary-key lookup, whether anything it
+# serves changed. The journal position moves with every acknowledged write (``store.docids``);
+# the change count with every catalog change above, in the same transaction.
+
+
+def changed(conn: sa.Connection, alias: str) -> None:
+    """Count a change of ``alias``'s catalog that its readers must follow."""
+    insert = dialect_insert(conn)(t.sequence).values(
+        alias=alias, next_doc_id=1, last_seq=0, changes=1
+    )
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=["alias"], set_={"changes": t.sequence.c.changes + 1}
+        )
+    )
+
+
+def reader_clock(conn: sa.Connection, alias: str) -> tuple[int, int]:
+    """(journal position, catalog changes) of ``alias``: equal twice, nothing changed between."""
+    row = conn.execute(
+        sa.select(t.sequence.c.last_seq, t.sequence.c.changes).where(t.sequence.c.alias == alias)
+    ).first()
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))

@@ -187,6 +187,16 @@ class DocInfo(NamedTuple):
     meta: dict[str, Any] | None
 
 
+def describe_all(conn: sa.Connection, alias: str) -> dict[int, DocInfo]:
+    """id -> key, snippet and metadata of every document ``alias`` ever held, in one read."""
+    rows = conn.execute(
+        sa.select(t.doc.c.id, t.doc.c.key, t.doc.c.snippet, t.doc.c.meta).where(
+            t.doc.c.alias == alias
+        )
+    )
+    return _described(rows)
+
+
 def describe_ids(conn: sa.Connection, alias: str, ids: Iterable[int]) -> dict[int, DocInfo]:
     """id -> key, snippet and metadata of the given ids."""
     wanted = sorted({int(i) for i in ids if i >= 0})
@@ -197,10 +207,12 @@ def describe_ids(conn: sa.Connection, alias: str, ids: Iterable[int]) -> dict[in
                 t.doc.c.alias == alias, t.doc.c.id.in_(part)
             )
         )
-        found.update(
-            {
-                int(i): DocInfo(key, snippet, json.loads(meta) if meta else None)
-                for i, key, snippet, meta in rows
-            }
-        )
+        found.update(_described(rows))
     return found
+
+
+def _described(rows: Iterable[Any]) -> dict[int, DocInfo]:
+    return {
+        int(i): DocInfo(key, snippet, json.loads(meta) if meta else None)
+        for i, key, snippet, meta in rows
+    }

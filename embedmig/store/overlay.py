@@ -3,10 +3,16 @@
 The base index is never modified: ids the tail touched are masked out of its results with a FAISS
 ``IDSelector``, and their current vectors live in a small flat index searched alongside. Results of
 both are merged by score. Folding the two gives the next immutable snapshot (compaction).
+
+An overlay is safe to share between threads: searches run at once, and a tail is applied between
+them (FAISS indexes may be searched concurrently, never while they change).
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import faiss
@@ -24,6 +30,7 @@ class Overlay:
         self.delta: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(base.d))
         self._hidden = np.empty(0, dtype=np.int64)  # sorted ids masked out of the base
         self._params: Any = None
+        self._turns = _Turns()
 
     def apply(self, tail: Tail) -> None:
         """Apply a tail read after ``self.applied`` (its missing vectors filled)."""
@@ -31,11 +38,14 @@ class Overlay:
             raise StoreError("tail vectors must be filled before they are applied")
         touched = tail.touched_ids
         if len(touched):
-            self.delta.remove_ids(touched)
-            if len(tail.upsert_ids):
-                self.delta.add_with_ids(np.ascontiguousarray(tail.vectors), tail.upsert_ids)
-            self._hidden = np.union1d(self._hidden, touched)
-            self._params = None
+            hidden = np.union1d(self._hidden, touched)
+            params = _excluding(self.base, hidden)
+            vectors = np.ascontiguousarray(tail.vectors)
+            with self._turns.alone():
+                self.delta.remove_ids(touched)
+                if len(tail.upsert_ids):
+                    self.delta.add_with_ids(vectors, tail.upsert_ids)
+                self._hidden, self._params = hidden, params
         self.applied = max(self.applied, tail.last_seq)
 
     @property
@@ -47,10 +57,14 @@ class Overlay:
         self, queries: np.ndarray, k: int, threads: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` over base and tail, like ``files.search`` on the folded index."""
+        with self._turns.shared():
+            return self._search(queries, k, threads)
+
+    def _search(
+        self, queries: np.ndarray, k: int, threads: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if not len(self._hidden):
             return files.search(self.base, queries, k, threads)
-        if self._params is None:
-            self._params = _excluding(self.base, self._hidden)
         scores, ids = files.search(self.base, queries, k, threads, self._params)
         if self.delta.ntotal:
             more_scores, more_ids = files.search(self.delta, queries, k, threads)
@@ -64,8 +78,9 @@ class Overlay:
     def contents(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every document in the folded view, ids ascending."""
         base_ids, base_vectors = _all_vectors(self.base)
-        keep = ~np.isin(base_ids, self._hidden)
-        delta_ids, delta_vectors = _all_vectors(self.delta)
+        with self._turns.shared():
+            keep = ~np.isin(base_ids, self._hidden)
+            delta_ids, delta_vectors = _all_vectors(self.delta)
         ids = np.concatenate([base_ids[keep], delta_ids])
         vectors = np.concatenate([base_vectors[keep], delta_vectors])
         order = np.argsort(ids, kind="stable")
@@ -87,10 +102,52 @@ class Overlay:
         return folded
 
 
+class _Turns:
+    """Many searches at once, or one change alone: a change waits for the searches under way
+    and holds new ones back until it is done (so a stream of searches cannot starve it)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._searching = 0
+        self._changing = False
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._changing and not self._waiting)
+            self._searching += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._searching -= 1
+                if not self._searching:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._changing and not self._searching)
+            self._waiting -= 1
+            self._changing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._changing = False
+                self._cond.notify_all()
+
+
 def _excluding(index: Any, hidden: np.ndarray) -> Any:
     """Search parameters that skip ``hidden`` ids and keep the index's own nprobe / efSearch."""
     api: Any = faiss  # its bundled type stubs predate search parameters with selectors
     selector = api.IDSelectorNot(api.IDSelectorBatch(hidden))
+    if hasattr(index, "id_map"):
+        # Given a plain selector, IndexIDMap wraps it by writing into the parameters for the
+        # length of each search: parameters shared by concurrent searches must come wrapped.
+        selector = api.IDSelectorTranslated(index.id_map, selector)
     inner = api.downcast_index(index.index) if hasattr(index, "index") else index
     ivf = api.try_extract_index_ivf(inner)
     if ivf is not None:
