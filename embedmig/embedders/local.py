@@ -98,13 +98,12 @@ def _metered(model: SentenceTransformer) -> None:
         meter: Meter | None = getattr(_encoding, "meter", None)
         if meter is None:
             return features
-        lengths = _lengths(features)
-        if lengths is None:  # a custom first module: estimate; counting is a courtesy
+        limit = _limit(model)
+        counted = _counted(features, limit)
+        if counted is None:  # a custom first module: estimate; counting is a courtesy
             meter.add(tokens=sum(map(estimate_tokens, map(str, inputs))), estimated=True)
         else:
-            limit = _limit(model)
-            reached = int((lengths >= limit).sum()) if limit else 0
-            meter.add(tokens=int(lengths.sum()), truncated=reached)
+            meter.add(tokens=counted[0], truncated=counted[1])
         return features
 
     setattr(model, name, counting)
@@ -116,19 +115,19 @@ def _limit(model: SentenceTransformer) -> int | None:
     return int(value) if value is not None and value != float("inf") else None
 
 
-def _lengths(features: Any) -> Any:
-    """Tokens per text of a batch's features: a transformer's attention mask, or a static
-    model's flat ids and offsets."""
-    mask = features.get("attention_mask") if isinstance(features, dict) else None
-    if mask is not None:
-        return mask.sum(dim=1)
-    ids = features.get("input_ids") if isinstance(features, dict) else None
-    offsets = features.get("offsets") if isinstance(features, dict) else None
-    if ids is None or offsets is None:
+def _counted(features: Any, limit: int | None) -> tuple[int, int] | None:
+    """(tokens, texts that reached ``limit``) of a batch's features: a transformer's attention
+    mask, or a static model's flat ids (no limit: it reads every token)."""
+    if not isinstance(features, dict):
         return None
-    import torch
-
-    return torch.diff(offsets, append=torch.tensor([len(ids)]))
+    mask = features.get("attention_mask")
+    if mask is not None:
+        lengths = mask.sum(dim=1)
+        return int(lengths.sum()), int((lengths >= limit).sum()) if limit else 0
+    ids = features.get("input_ids")
+    if ids is None or "offsets" not in features or limit:
+        return None
+    return int(ids.numel()), 0
 
 
 def resolve_location(spec: Embedder, root: Path) -> Path:

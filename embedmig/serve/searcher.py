@@ -290,24 +290,15 @@ class _Held:
 
     def hits(self, ids: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
         record = self.serving().record
+        docs, index_id, revision = self.docs, record.id, record.revision
         rows = []
-        for row_ids, row_scores in zip(ids, scores, strict=True):
+        for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True):
             hits = []
             for rank, (doc_id, score) in enumerate(zip(row_ids, row_scores, strict=True), 1):
                 if doc_id < 0:
                     break
-                doc = self.docs.get(int(doc_id)) or docids.DocInfo(f"#{int(doc_id)}", "", None)
-                hits.append(
-                    Hit(
-                        rank,
-                        doc.key,
-                        float(score),
-                        doc.snippet,
-                        doc.meta,
-                        record.id,
-                        record.revision,
-                    )
-                )
+                doc = docs.get(doc_id) or docids.DocInfo(f"#{doc_id}", "", None)
+                hits.append(Hit(rank, doc.key, score, doc.snippet, doc.meta, index_id, revision))
             rows.append(hits)
         return rows
 
