@@ -39,12 +39,15 @@ demo:
 	./demo/run.sh
 
 bench: install
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_backfill.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_backfill.py --model static --docs 5183
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_backfill.py --model minilm
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_swap.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_writer.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_metrics.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_evaluate.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_searcher.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_floor.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_floor.py --docs 100000 --factory HNSW32
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_ray.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_scale.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_embedders.py

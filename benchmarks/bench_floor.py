@@ -3,7 +3,7 @@
 The floor of a single query is `model.encode([q])` plus `index.search(v, 10)` on one FAISS
 thread; of a batch, `model.encode(batch)` plus one `index.search` on FAISS's threads. Both read
 the file embedmig built and serve queries from SciFact's claims. A corpus larger than SciFact's
-5,183 abstracts is filled up with their sentences, each a document of its own.
+5,183 abstracts is filled up with their sentences, alone and two or three in a row.
 
 Measures, in one process, variants interleaved query by query (A, B, B, A, ...):
 - `Searcher.search(q, 10)` p50 / p99 against the floor's (target p50 <= 1.2x, static model);
@@ -48,7 +48,7 @@ BATCH = 256
 
 
 def corpus(path: Path, docs: int) -> None:
-    """SciFact's abstracts, then their sentences, until ``docs`` documents."""
+    """SciFact's abstracts, then their sentences (one, two, three in a row), until ``docs``."""
     rows = [json.loads(line) for line in (SCIFACT / "corpus.jsonl").open()]
     written = 0
     with path.open("w") as out:
@@ -58,13 +58,17 @@ def corpus(path: Path, docs: int) -> None:
             out.write(json.dumps({"id": row["_id"], "text": f"{row['title']} {row['text']}"}))
             out.write("\n")
             written += 1
-        for row in rows:
-            for n, sentence in enumerate(re.split(r"(?<=[.!?])\s+", row["text"])):
-                if written == docs:
-                    return
-                if len(sentence) > 20:
-                    out.write(json.dumps({"id": f"{row['_id']}-s{n}", "text": sentence}) + "\n")
-                    written += 1
+        for width in (1, 2, 3):  # sentences, then pairs and triples of consecutive ones
+            for row in rows:
+                sentences = re.split(r"(?<=[.!?])\s+", row["text"])
+                for n in range(len(sentences) - width + 1):
+                    if written == docs:
+                        return
+                    text = " ".join(sentences[n : n + width])
+                    if len(text) > 20:
+                        key = f"{row['_id']}-{width}s{n}"
+                        out.write(json.dumps({"id": key, "text": text}) + "\n")
+                        written += 1
     raise SystemExit(f"SciFact yields {written} documents, fewer than {docs}")
 
 

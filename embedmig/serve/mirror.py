@@ -99,11 +99,16 @@ class Mirror:
 
     def plan(self) -> Target | None:
         """Whether the query about to be answered is mirrored: the canary, or None."""
+        return self.plan_many(1)[0]
+
+    def plan_many(self, queries: int) -> list[Target | None]:
+        """``plan`` for each query of a batch."""
         self.start()
         target = self.target
-        if target is not None and self._rng.random() < target.fraction:
-            return target
-        return None
+        if target is None:
+            return [None] * queries
+        draws = [self._rng.random() for _ in range(queries)]
+        return [target if draw < target.fraction else None for draw in draws]
 
     def served(
         self,
