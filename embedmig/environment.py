@@ -338,12 +338,13 @@ class Environment:
 
     def remove_index_files(self, record: IndexRecord) -> None:
         """Delete an index's file and any spool of it (after SQL has marked it dropped)."""
-        from embedmig.store import files  # FAISS: loaded by the commands that touch indexes
+        from embedmig.store import files, sidecar  # FAISS: loaded by the commands on indexes
 
         path = self.index_path(record.alias, record.id, record.revision)
         files.Spool(path, record.dim).remove()
         for stale in {path, self.file_of(record) if record.path else path}:
             remove_file(stale)
+            remove_file(sidecar.path_of(stale))
 
     def dispose(self) -> None:
         for embedder in self._embedders:

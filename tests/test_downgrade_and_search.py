@@ -25,6 +25,7 @@ from embedmig import (
     open_searcher,
     open_writer,
 )
+from embedmig.store import sidecar
 from tests.support import (
     cli,
     corpus_rows,
@@ -277,6 +278,31 @@ def test_a_search_issues_no_sql_and_with_refresh_0_one_clock_read(config: Config
             searcher.search_many([QUERY] * 5)
         assert len(statements) == 21 * per_search
         assert all("FROM embedmig_sequence" in sql for sql in statements)
+
+
+def test_hits_are_described_from_the_sidecar_written_with_the_index_file(config: Config) -> None:
+    """Keys, snippets and metadata come from a file beside the index, not from a read of every
+    document; a sidecar that is missing or written for another file is read from SQL instead."""
+    first_index(config)
+    (state,) = command.current(config)
+    assert state.live is not None
+    path = index_file(config, state.live)
+    beside = sidecar.path_of(path)
+    assert beside.exists()
+    answers = []
+    for damage in (None, "garbled", "missing"):
+        if damage == "garbled":
+            beside.write_bytes(b"not a sidecar")
+        elif damage == "missing":
+            beside.unlink()
+        with open_searcher(config, "docs") as searcher:
+            statements: list[str] = []
+            sa.event.listen(searcher.env.engine, "before_cursor_execute", statements_of(statements))
+            answers.append(searcher.search(QUERY, k=5))
+        read_docs = [sql for sql in statements if "FROM embedmig_doc" in sql]
+        assert len(read_docs) == (0 if damage is None else 1)
+    assert answers[0] == answers[1] == answers[2]
+    assert all(hit.key and hit.snippet for hit in answers[0])
 
 
 def test_writes_are_applied_between_searches_of_eight_threads(config: Config) -> None:

@@ -20,7 +20,7 @@ from embedmig import (
 from embedmig.environment import Environment
 from embedmig.history import schema
 from embedmig.sources import Corpus
-from embedmig.store import catalog, docids
+from embedmig.store import catalog, docids, sidecar
 from tests.support import assert_serves, corpus_rows, index_file, seen, snapshot
 
 NEW_TEXT = "Zebrafish fin regeneration depends on osteoblast dedifferentiation"
@@ -195,8 +195,21 @@ def test_compact_folds_the_journal_into_new_snapshots(config: Config) -> None:
     assert result.journal_removed == 10
     live = searcher.index_record
     assert index_file(config, live) != old_path and not old_path.exists()
-    assert live.ntotal == 300 + 20 - 10 and live.base_seq == 30
+    # The new file's documents in its sidecar (the 20 new keys with them), the old one's gone.
+    assert not sidecar.path_of(old_path).exists()
+    docs = sidecar.read(index_file(config, live), live.sha256)
+    env = Environment(config)
+    with env.engine.connect() as conn:
+        ids = docids.lookup_ids(conn, "docs", ["new-0", rows[0]["id"]])
+    env.dispose()
+    assert docs is not None and docs.get(ids["new-0"]) == (
+        "new-0",
+        f"{NEW_TEXT} number 0"[: docids.SNIPPET_CHARS],
+        None,
+    )
+    assert docs.get(ids[rows[0]["id"]]) is None  # deleted, folded away
     assert searcher.search(NEW_TEXT, k=10) == hits_before  # reloaded the new file, same answers
+    assert live.ntotal == 300 + 20 - 10 and live.base_seq == 30
     searcher.close()
     expected = final_state(rows[10:]) | {f"new-{i}": f"{NEW_TEXT} number {i}" for i in range(20)}
     assert_serves(config, config.root / "models" / "far", expected)

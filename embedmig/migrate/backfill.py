@@ -24,7 +24,7 @@ from embedmig.migrate.settings import MigrationSettings
 from embedmig.names import blank
 from embedmig.script import Revision
 from embedmig.sources import Document
-from embedmig.store import catalog, checkpoints, docids, files, journal, manifest
+from embedmig.store import catalog, checkpoints, docids, files, journal, manifest, sidecar
 
 log = logging.getLogger("embedmig")
 
@@ -295,6 +295,8 @@ def _build(
     index = spool.build(rev.index_factory, seed=settings.eval.seed, drop=merged.deleted_ids)
     path = env.index_path(rev.alias, index_id, rev.revision)
     sha256 = files.save(index, path)
+    with env.engine.connect() as conn:
+        sidecar.save(conn, rev.alias, index, path, sha256)
     stats.seconds["build_s"] = time.perf_counter() - started
     with env.begin() as conn:
         catalog.update_index(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from embedmig.environment import Environment, remove_file
 from embedmig.errors import StateError
 from embedmig.serve.view import IndexView
-from embedmig.store import catalog, files, journal, manifest
+from embedmig.store import catalog, files, journal, manifest, sidecar
 
 # Indexes a reader or a downgrade may open; a shadow still building folds its tail at its end.
 _COMPACTED = (catalog.State.LIVE, catalog.State.READY, catalog.State.RETIRED)
@@ -61,6 +61,8 @@ def _fold(env: Environment, record: catalog.IndexRecord) -> Folded:
     index = view.overlay.fold()
     path = env.index_path(record.alias, record.id, record.revision, view.overlay.applied)
     sha256 = files.save(index, path)
+    with env.engine.connect() as conn:
+        sidecar.save(conn, record.alias, index, path, sha256)
     with env.begin() as conn:
         catalog.update_index(
             conn,
@@ -77,4 +79,5 @@ def _fold(env: Environment, record: catalog.IndexRecord) -> Folded:
     previous = env.file_of(record)
     if previous != path:
         remove_file(previous)
+        remove_file(sidecar.path_of(previous))
     return Folded(record.id, record.state, changes, int(index.ntotal), str(path))

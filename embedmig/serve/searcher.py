@@ -16,7 +16,7 @@ from embedmig.errors import ConfigError, StateError, StoreError
 from embedmig.names import blank
 from embedmig.serve.mirror import Mirror, TrafficStats
 from embedmig.serve.view import IndexView, follow
-from embedmig.store import catalog, docids, journal
+from embedmig.store import catalog, docids, journal, sidecar
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, which made building
@@ -49,8 +49,8 @@ class Searcher:
     answers). With ``searcher.refresh_ms = 0`` every search reads the clock itself, one
     statement, and sees every commit before it. A refusal (a drifted model, a history database
     gone) is found the same way and refuses searches until the refresher finds it resolved.
-    Keys, snippets and metadata of hits come from memory too: read once per index opened, then
-    kept current from the journal.
+    Keys, snippets and metadata of hits come from memory too: from the sidecar written with the
+    index file (``embedmig.store.sidecar``), kept current from the journal.
 
     With ``searcher.log_queries`` it logs a share of the queries it serves, and while a canary is
     open on the alias it mirrors a share of them to the shadow (see ``embedmig.serve.mirror``):
@@ -213,7 +213,7 @@ class Searcher:
                 if held is None or held.refusal is not None or held.clock != clock:
                     held = self._followed(held, clock)
             except Exception as exc:
-                held = _Held(None, {}, (-1, -1), exc)
+                held = _Held(None, sidecar.Documents.of({}), (-1, -1), exc)
             self._held = held
             return held
 
@@ -230,12 +230,14 @@ class Searcher:
             view = follow(self.env, before, newer, adapter)
         tail = view.catch_up()
         with self.env.engine.connect() as conn:
-            if held is None or view is not held.view:
-                # A new file: its documents may have come from a backfill, not the journal.
-                docs = docids.describe_all(conn, self.alias)
-            else:
+            if held is not None and view is held.view:
                 docs = held.docs
-                docs.update(docids.describe_ids(conn, self.alias, tail.upsert_ids))
+            else:  # a new file: its documents are in its sidecar, written with it
+                file = self.env.file_of(view.record)
+                docs = sidecar.read(file, view.record.sha256) or sidecar.Documents.of(
+                    docids.describe_all(conn, self.alias)
+                )
+            docs.update(docids.describe_ids(conn, self.alias, tail.upsert_ids))
         return _Held(view, docs, clock)
 
     def _live(self) -> tuple[catalog.IndexRecord, catalog.AdapterRecord | None]:
@@ -283,7 +285,7 @@ class _Held:
     refused it."""
 
     view: IndexView | None
-    docs: dict[int, docids.DocInfo]
+    docs: sidecar.Documents
     clock: tuple[int, int]
     refusal: Exception | None = None
 
