@@ -116,6 +116,30 @@ def corpus_requested(server: EmbeddingServer) -> set[str]:
 # ---- the protocol's three backends -----------------------------------------------------------
 
 
+def test_a_local_model_counts_tokens_from_its_own_encode_tokenizing_each_text_once(
+    models: dict[str, Path],
+) -> None:
+    local = load(Embedder(str(models["a"])), Path("."), settings())
+    tokenizer = local.backend.model[0].tokenizer  # type: ignore[attr-defined]
+    sample = texts(40)
+    expected = sum(len(e.ids) for e in tokenizer.encode_batch(sample, add_special_tokens=False))
+    calls = []
+    encode_batch = tokenizer.encode_batch
+
+    def counted(batch: list[str], *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(batch))
+        return encode_batch(batch, *args, **kwargs)
+
+    tokenizer.encode_batch = counted
+    try:
+        before = local.usage.tokens
+        local.encode_documents(sample)
+    finally:
+        tokenizer.encode_batch = encode_batch
+    assert local.usage.tokens - before == expected and not local.usage.estimated
+    assert sum(calls) == len(sample)  # each text tokenized once: by the encode, counted there
+
+
 def test_vectors_through_the_http_backend_equal_the_in_process_ones(
     server: EmbeddingServer, models: dict[str, Path]
 ) -> None:

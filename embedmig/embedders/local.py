@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,7 +119,7 @@ def _limit(model: SentenceTransformer) -> int | None:
 def _counted(features: Any, limit: int | None) -> tuple[int, int] | None:
     """(tokens, texts that reached ``limit``) of a batch's features: a transformer's attention
     mask, or a static model's flat ids (no limit: it reads every token)."""
-    if not isinstance(features, dict):
+    if not isinstance(features, Mapping):  # a dict, or transformers' BatchEncoding
         return None
     mask = features.get("attention_mask")
     if mask is not None:
