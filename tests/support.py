@@ -24,7 +24,14 @@ from embedmig.serve.searcher import Searcher
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DATA = ROOT / "demo" / "data"
-POSTGRES_ADMIN_URL = os.environ.get("EMBEDMIG_TEST_POSTGRES")
+
+
+def postgres_admin_url() -> str | None:
+    """The admin URL of the specs' PostgreSQL server: .ci/run's, or the one the session started
+    (tests/conftest.py), or none."""
+    return os.environ.get("EMBEDMIG_TEST_POSTGRES")
+
+
 CLI = (sys.executable, "-c", "from embedmig.cli import main; raise SystemExit(main())")
 CRASH_RUNNER = Path(__file__).with_name("crash_runner.py")
 FEW_RESAMPLES = "eval.forecast_resamples = 20\n"

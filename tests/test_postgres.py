@@ -97,12 +97,12 @@ def test_the_database_password_comes_from_the_environment_and_is_stored_nowhere(
 
     import sqlalchemy as sa
 
-    from tests.support import POSTGRES_ADMIN_URL
+    from tests.support import postgres_admin_url
 
     url = sa.make_url(postgres_config.url)
     # A role of the test's own, with a password found nowhere else, owning the database.
     role, secret = f"embedmig_{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
-    admin = sa.create_engine(str(POSTGRES_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(str(postgres_admin_url()), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'"))
         conn.execute(sa.text(f'ALTER DATABASE "{url.database}" OWNER TO {role}'))
@@ -111,7 +111,7 @@ def test_the_database_password_comes_from_the_environment_and_is_stored_nowhere(
         _password_from_the_environment(postgres_config, role, secret, monkeypatch, capsys)
     finally:
         # What the role owns goes back to the admin, so the database and the role can go.
-        on_test_db = sa.make_url(str(POSTGRES_ADMIN_URL)).set(database=url.database)
+        on_test_db = sa.make_url(str(postgres_admin_url())).set(database=url.database)
         admin = sa.create_engine(on_test_db, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(sa.text(f"REASSIGN OWNED BY {role} TO CURRENT_USER"))
