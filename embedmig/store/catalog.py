@@ -169,11 +169,16 @@ def register_index(
 
 
 def update_index(conn: sa.Connection, index_id: int, **values: Any) -> None:
+    _update(conn, t.index, index_id, values)
+
+
+def _update(conn: sa.Connection, table: sa.Table, row_id: int, values: dict[str, Any]) -> None:
+    """Update an index's or an adapter's row, counting the change for its alias's readers."""
     alias = conn.execute(
-        t.index.update()
-        .where(t.index.c.id == index_id)
+        table.update()
+        .where(table.c.id == row_id)
         .values(updated_at=now(), **values)
-        .returning(t.index.c.alias)
+        .returning(table.c.alias)
     ).scalar()
     if alias is not None:
         changed(conn, alias)
@@ -240,14 +245,7 @@ def register_adapter(conn: sa.Connection, **values: Any) -> int:
 
 
 def update_adapter(conn: sa.Connection, adapter_id: int, **values: Any) -> None:
-    alias = conn.execute(
-        t.adapter.update()
-        .where(t.adapter.c.id == adapter_id)
-        .values(updated_at=now(), **values)
-        .returning(t.adapter.c.alias)
-    ).scalar()
-    if alias is not None:
-        changed(conn, alias)
+    _update(conn, t.adapter, adapter_id, values)
 
 
 def adapters(

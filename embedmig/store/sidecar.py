@@ -9,8 +9,8 @@ from SQL instead (``Documents.of``).
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,10 +19,8 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from embedmig.errors import StoreError
-from embedmig.store import docids
+from embedmig.store import docids, files
 from embedmig.store.docids import DocInfo
-from embedmig.store.files import fsync_dir
 
 _FIELDS = ("key", "snippet", "meta")
 
@@ -48,18 +46,9 @@ def save(conn: sa.Connection, alias: str, index: Any, index_file: Path, index_sh
         encoded = [text.encode() for text in texts]
         arrays[f"{name}_ends"] = np.cumsum([len(b) for b in encoded], dtype=np.int64)
         arrays[name] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-    path = path_of(index_file)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    files.save_bytes(buffer.getvalue(), path_of(index_file), "sidecar")
 
 
 class Documents:
