@@ -95,12 +95,16 @@ def revision(
     rev_id: str | None = None,
     index_factory: str = "Flat",
     adapter: str | None = None,
+    index_store: str | None = None,
+    pgvector_index: str = "hnsw",
 ) -> Revision:
     """Write a revision script moving ``alias`` to ``new`` on top of the alias's current head.
 
     A string is a sentence-transformers model; an :class:`Embedder` may name any backend.
     ``old`` defaults to the head's ``new``. ``adapter`` (``"procrustes"``, ``"affine"``,
     ``"mlp"``) writes an adapter revision: ``ctx.adapt(adapter)`` in place of a backfill.
+    ``index_store`` (default: the option ``index_store``) is where the index lives: ``"faiss"``
+    (``index_factory``) or ``"pgvector"`` (``pgvector_index``: see docs/pgvector.md).
     """
     scripts = Environment(config).scripts
     return scripts.generate(
@@ -111,6 +115,8 @@ def revision(
         new=Embedder(new) if isinstance(new, str) else new,
         index_factory=index_factory,
         adapter=adapter,
+        index_store=index_store,
+        pgvector_index=pgvector_index,
     )
 
 

@@ -34,6 +34,7 @@ from embedmig.names import safe_component
 from embedmig.sources import Corpus, Document, Qrels
 from embedmig.store import locks
 from embedmig.store.catalog import AdapterRecord, IndexRecord
+from embedmig.store.stores import PGVECTOR, Searchable, Store
 
 log = logging.getLogger("embedmig")
 
@@ -54,6 +55,7 @@ class Environment:
         self._contracts: list[Contract] | None = None
         self._embedders: list[LoadedEmbedder] = []
         self._lease: locks.Lease | None = None  # the migration locks this command holds
+        self._stores: dict[str, Store] = {}
 
     @cached_property
     def engine(self) -> sa.Engine:
@@ -336,15 +338,44 @@ class Environment:
         moved = self.config.index_dir / record.alias / path.name
         return path if path.exists() or not moved.exists() else moved
 
-    def remove_index_files(self, record: IndexRecord) -> None:
-        """Delete an index's file and any spool of it (after SQL has marked it dropped)."""
-        from embedmig.store import files, sidecar  # FAISS: loaded by the commands on indexes
+    def store(self, name: str) -> Store:
+        """The index store ``name`` (``index_store``) of this project."""
+        if name not in self._stores:
+            if name == PGVECTOR:
+                from embedmig.store.pgvector import PgvectorStore
 
-        path = self.index_path(record.alias, record.id, record.revision)
-        files.Spool(path, record.dim).remove()
-        for stale in {path, self.file_of(record) if record.path else path}:
-            remove_file(stale)
-            remove_file(sidecar.path_of(stale))
+                self._stores[name] = PgvectorStore(self)
+            else:
+                from embedmig.store.filestore import FileStore  # FAISS: loaded on use
+
+                self._stores[name] = FileStore(self)
+        return self._stores[name]
+
+    def open_index(self, record: IndexRecord) -> Searchable:
+        """``record``'s index opened for searching, whatever its store (a FAISS file is verified
+        by its sha256)."""
+        return self.store(record.store).open(record)
+
+    def verify_index(self, record: IndexRecord) -> None:
+        """Refuse an index readers could not use (StoreError)."""
+        self.store(record.store).verify(record)
+
+    def drop_index(self, record: IndexRecord) -> None:
+        """Delete an index's file or table (after the catalog marked it dropped)."""
+        self.store(record.store).drop(record)
+
+    def point_alias(
+        self, conn: sa.Connection, alias: str, revision: str | None, record: IndexRecord | None
+    ) -> IndexRecord | None:
+        """``catalog.point_alias`` in the caller's transaction, after the stores of both indexes
+        have pointed their own aliases (a view), first in the transaction as they must. Returns
+        the index that was live."""
+        from embedmig.store import catalog
+
+        before = catalog.live_index(conn, alias)
+        for name in sorted({r.store for r in (before, record) if r is not None}):
+            self.store(name).point(conn, alias, record, before)
+        return catalog.point_alias(conn, alias, revision, record.id if record else None)
 
     def dispose(self) -> None:
         for embedder in self._embedders:
@@ -352,10 +383,3 @@ class Environment:
         self._embedders.clear()
         if "engine" in self.__dict__:
             self.engine.dispose()
-
-
-def remove_file(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot remove {path}: {exc.strerror}") from None

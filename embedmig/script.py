@@ -28,6 +28,8 @@ from embedmig.embedders import Embedder
 from embedmig.errors import ConfigError, ScriptError
 from embedmig.gates import Gates
 from embedmig.names import check_alias, check_revision_id
+from embedmig.store.pgvector import Spec
+from embedmig.store.stores import STORES
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,14 @@ class Revision:
     path: Path
     upgrade: Callable[[Any], None]
     downgrade: Callable[[Any], None]
+    index_store: str = "faiss"  # where its index lives: "faiss" or "pgvector"
+    pgvector_index: str = "hnsw"  # with pgvector: the table's ANN index (``store.pgvector.Spec``)
+
+    @property
+    def index_spec(self) -> str:
+        """What its store builds, as the catalog records it: a FAISS factory string or a
+        pgvector index."""
+        return self.pgvector_index if self.index_store == "pgvector" else self.index_factory
 
 
 class ScriptDir:
@@ -58,6 +68,12 @@ class ScriptDir:
                 "run `embedmig init` to create one"
             )
         self.location = location
+        self.default_store = config.require("index_store")
+        if self.default_store not in STORES:
+            raise ConfigError(
+                f"option 'index_store' must be one of {', '.join(STORES)}, got "
+                f"{self.default_store!r}"
+            )
         self._scripts = ScriptDirectory(str(location), messaging_opts={"quiet": True})
         self._checked: dict[str, Revision] = {}
 
@@ -157,11 +173,18 @@ class ScriptDir:
         new: Embedder,
         index_factory: str,
         adapter: str | None = None,
+        index_store: str | None = None,
+        pgvector_index: str = "hnsw",
     ) -> Revision:
         """Write a revision for ``alias`` on top of its head, from script.py.mako (``old``
         defaults to the head's ``new``); with ``adapter`` (a map kind), an adapter revision."""
         check_alias(alias)
         check_revision_id(rev_id)
+        store = index_store or self.default_store
+        if store not in STORES:
+            raise ConfigError(f"the index store must be one of {', '.join(STORES)}, got {store!r}")
+        if store == "pgvector":
+            pgvector_index = str(Spec.parse(pgvector_index))
         if rev_id in self._all_ids():
             raise ScriptError(f"revision {rev_id!r} already exists")
         head = self.alias_head(alias)
@@ -195,6 +218,8 @@ class ScriptDir:
                 new_embedder=new.source(),
                 index_factory=index_factory,
                 adapter=adapter,
+                index_store=store,
+                pgvector_index=pgvector_index,
             )
         if script is None:
             raise ScriptError(f"alembic wrote no script for {rev_id}")
@@ -225,6 +250,16 @@ class ScriptDir:
         factory = getattr(module, "index_factory", "Flat")
         if not isinstance(factory, str) or not factory.strip():
             raise ScriptError(f"{where}: `index_factory` must be a faiss index_factory string")
+        store = getattr(module, "index_store", self.default_store)
+        if store not in STORES:
+            raise ScriptError(f"{where}: `index_store` must be one of {', '.join(STORES)}")
+        pg_index = getattr(module, "pgvector_index", "hnsw")
+        try:
+            pg_index = str(Spec.parse(pg_index)) if isinstance(pg_index, str) else None
+        except ConfigError as exc:
+            raise ScriptError(f"{where}: `pgvector_index`: {exc}") from None
+        if pg_index is None:
+            raise ScriptError(f"{where}: `pgvector_index` must be a string such as 'hnsw'")
         down = script.down_revision
         if isinstance(down, (tuple, list)):
             raise ScriptError(f"{where}: merge revisions are not supported (one down_revision)")
@@ -259,6 +294,8 @@ class ScriptDir:
             new=new,
             gates=gates,
             index_factory=factory.strip(),
+            index_store=store,
+            pgvector_index=pg_index,
             message=(script.doc or "").strip(),
             path=Path(script.path),
             upgrade=_attr(module, "upgrade", Callable, where),

@@ -25,7 +25,14 @@ gates = Gates(min_overlap_at_10=0.5, max_score_shift=0.2)
 # The alias's first index: nothing to compare with, so no gates by default.
 gates = Gates()
 % endif
+% if index_store == "pgvector":
+# The index is a table in the history database (PostgreSQL with pgvector); the alias is a view.
+index_store = "pgvector"
+# [vector|halfvec,]hnsw[,m=16,ef_construction=64,ef_search=40], ivfflat[,lists=N,probes=N], exact
+pgvector_index = ${repr(pgvector_index)}
+% else:
 index_factory = ${repr(index_factory)}  # any faiss.index_factory string: "HNSW32", "IVF1024,PQ48", ...
+% endif
 
 
 def upgrade(ctx):

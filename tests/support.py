@@ -194,8 +194,13 @@ def snapshot(config: Config, *, with_history: bool = True) -> dict[str, object]:
     if not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists():
         engine = sa.create_engine(config.url)
         with engine.connect() as conn:
+            present = set(sa.inspect(conn).get_table_names())
             for table in tables:
-                state[table.name] = sorted(map(tuple, conn.execute(sa.select(table))), key=repr)
+                if table.name in present:
+                    rows = conn.execute(sa.select(table))
+                    state[table.name] = sorted(map(tuple, rows), key=repr)
+            if conn.dialect.name == "postgresql":
+                state["pgvector"] = _pgvector_state(conn)
         engine.dispose()
     index_dir = config.index_dir
     if index_dir.exists() and any(p.is_file() for p in index_dir.rglob("*")):
@@ -205,6 +210,22 @@ def snapshot(config: Config, *, with_history: bool = True) -> dict[str, object]:
             if p.is_file()
         }
     state["versions"] = sorted(p.name for p in (config.script_location / "versions").iterdir())
+    return state
+
+
+def _pgvector_state(conn: Any) -> dict[str, object]:
+    """The pgvector store's tables (their rows) and views (their definitions)."""
+    state: dict[str, object] = {}
+    for (name,) in conn.exec_driver_sql(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'embedmig' ORDER BY 1"
+    ):
+        rows = conn.exec_driver_sql(f'SELECT id, key, embedding::text FROM embedmig."{name}"')
+        state[name] = sorted(map(tuple, rows))
+    for schema, name, definition in conn.exec_driver_sql(
+        "SELECT schemaname, viewname, definition FROM pg_views "
+        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
+    ):
+        state[f"{schema}.{name}"] = definition
     return state
 
 
@@ -224,7 +245,7 @@ def indexed(config: Config, alias: str) -> dict[str, np.ndarray]:
 
     searcher = open_searcher(config, alias)
     try:
-        ids, vectors = searcher.view.overlay.contents()
+        ids, vectors = searcher.view.contents()
         with searcher.env.engine.connect() as conn:
             keys = docids.describe_ids(conn, alias, ids)
     finally:

@@ -124,7 +124,7 @@ def test_writers_store_new_documents_through_the_map(config: Config) -> None:
     with open_writer(config, "docs") as writer:
         writer.upsert("fresh-1", text)
     with open_searcher(config, "docs") as searcher:
-        ids, vectors = searcher.view.overlay.contents()
+        ids, vectors = searcher.view.contents()
         stored = vectors[list(ids).index(int(ids.max()))]
         expected = searcher.view.embedder.encode_documents([text])[0]
         assert searcher.search(text, k=1)[0].key == "fresh-1"

@@ -70,6 +70,18 @@ def init(state: State, directory: str) -> None:
     "--index-factory", default="Flat", show_default=True, help="faiss.index_factory string."
 )
 @click.option(
+    "--index-store",
+    type=click.Choice(["faiss", "pgvector"]),
+    default=None,
+    help="Where the index lives (default: the option index_store).",
+)
+@click.option(
+    "--pgvector-index",
+    default="hnsw",
+    show_default=True,
+    help="With pgvector: [vector|halfvec,]hnsw[,m=..], ivfflat[,lists=..] or exact.",
+)
+@click.option(
     "--adapter",
     type=click.Choice(MAP_KINDS),
     default=None,
@@ -88,6 +100,8 @@ def revision(
     old: str | None,
     rev_id: str | None,
     index_factory: str,
+    index_store: str | None,
+    pgvector_index: str,
     adapter: str | None,
 ) -> None:
     """Write a new revision script for an alias."""
@@ -101,6 +115,8 @@ def revision(
         old=old,
         rev_id=rev_id,
         index_factory=index_factory,
+        index_store=index_store,
+        pgvector_index=pgvector_index,
         adapter=adapter,
     )
     click.echo(f"wrote {rev.path} ({rev.revision}, alias {rev.alias})")

@@ -14,7 +14,7 @@ from embedmig.errors import HistoryError
 VERSION_TABLE = "embedmig_schema_version"
 # The head of migrations/ (a spec checks it against alembic's graph). A database already there
 # opens without importing alembic, a third of a read-only command's start-up.
-SCHEMA_HEAD = "0010"
+SCHEMA_HEAD = "0011"
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _VERSIONS = sa.table(VERSION_TABLE, sa.column("version_num"))
 
@@ -35,14 +35,14 @@ def connect(url: str, *, create: bool = True) -> sa.Engine:
     try:
         engine = sa.create_engine(url, **_engine_options(url, path, create))
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
-        raise HistoryError(f"invalid history database URL {_safe(url)}: {exc}") from None
+        raise HistoryError(f"invalid history database URL {safe_url(url)}: {exc}") from None
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     try:
         _ensure_schema(engine, create)
     except sa.exc.DBAPIError as exc:  # unreachable, not a database, read-only, ...
         engine.dispose()
-        raise HistoryError(f"cannot open history database {_safe(url)}: {reason(exc)}") from None
+        raise HistoryError(f"cannot open history database {safe_url(url)}: {reason(exc)}") from None
     if path is not None:
         _keep_identity(engine, path)
     return engine
@@ -147,7 +147,7 @@ def _ensure_schema(engine: sa.Engine, create: bool) -> None:
         )
     if not create:
         raise HistoryError(
-            f"history database {_safe(str(engine.url))} has no embedmig schema at "
+            f"history database {safe_url(str(engine.url))} has no embedmig schema at "
             f"{SCHEMA_HEAD} (an `embedmig upgrade` creates or upgrades it)"
         )
     with engine.begin() as conn:
@@ -165,7 +165,8 @@ def _at_head(engine: sa.Engine) -> bool:
     return found == {SCHEMA_HEAD}
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
+    """``url`` as messages print it: the password as ``***``."""
     try:
         return sa.make_url(url).render_as_string(hide_password=True)
     except sa.exc.ArgumentError:

@@ -37,6 +37,8 @@ index = sa.Table(
     sa.Column("probe", sa.LargeBinary, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # Where the index lives: "faiss" (``path`` is its file) or "pgvector" (``path`` is its table).
+    sa.Column("store", sa.String(16), nullable=False, server_default="faiss"),
     sa.Index("ix_embedmig_index_alias_state", "alias", "state"),
     # At most one live index per alias, enforced by the database rather than by care.
     sa.Index(

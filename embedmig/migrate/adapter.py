@@ -98,7 +98,7 @@ def fit_on_live(
             f"the live index of {rev.alias!r} holds {len(rows)} of the sampled documents: "
             "a map needs at least 2 documents both models embedded"
         )
-    index = files.load(env.file_of(live), live.sha256)
+    index = env.open_index(live)
     ids = np.array([live_ids[uniform[i].key] for i in rows], dtype=np.int64)
     targets, reconstructed = _old_vectors(index, ids, [uniform[i] for i in rows], old)
     normalize = Embedder.from_json(live.model).normalize

@@ -10,12 +10,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import faiss
 import numpy as np
 
 from embedmig.embedders import LoadedEmbedder, Usage, probes
 from embedmig.environment import Environment
-from embedmig.errors import SourceError, StoreError
+from embedmig.errors import SourceError
 from embedmig.metrics import coverage
 from embedmig.metrics.coverage import Docs
 from embedmig.migrate import carryover, executors
@@ -24,7 +23,8 @@ from embedmig.migrate.settings import MigrationSettings
 from embedmig.names import blank
 from embedmig.script import Revision
 from embedmig.sources import Document
-from embedmig.store import catalog, checkpoints, docids, files, journal, manifest, sidecar
+from embedmig.store import catalog, checkpoints, docids, journal, manifest
+from embedmig.store.stores import METRIC, Build
 
 log = logging.getLogger("embedmig")
 
@@ -201,15 +201,15 @@ def _backfill(
     restart: bool,
 ) -> Shadow:
     docs = env.corpus(rev.alias)  # first: a corpus that cannot be opened registers nothing
+    env.store(rev.index_store).check()
     probes.of(embedder)  # before writers are locked out below: an endpoint may take its time
     with env.begin() as conn:
         index_id, point, dropped = _start(conn, env, rev, embedder, restart=restart)
     for record in dropped:  # after the commit, as prune does: a rollback keeps file and row
-        env.remove_index_files(record)
+        env.drop_index(record)
     started_as = _get(env, index_id)  # with the probes the build started with
-    path = env.index_path(rev.alias, index_id, rev.revision)
-    spool = files.Spool(path, embedder.dim)
-    spool.truncate(point.rows)
+    build = env.store(started_as.store).build(started_as, settings.eval.seed)
+    build.truncate(point.rows)
     skip, rows = point.docs_consumed, point.rows
     if skip:
         log.info("resuming backfill of %s at document %d (%d vectors kept)", rev.alias, skip, rows)
@@ -228,26 +228,35 @@ def _backfill(
                 # What an endpoint or user code returns may change mid-run: a chunk commits
                 # only while the model still returns what the build started with.
                 env.recheck(embedder, started_as, "during the backfill")
-            rows = _commit(env, rev.alias, index_id, spool, chunk, encoded.vectors, rows, stats)
+            rows = _commit(env, rev.alias, index_id, build, chunk, encoded.vectors, rows, stats)
             meter.update(chunk.consumed - meter.done)
         if rows == 0:
             raise SourceError(f"the corpus of alias {rev.alias!r} has no non-empty documents")
         streamed = rows
+        stats.duplicates = streamed - build.distinct_ids(streamed)
         before = embedder.usage
-        merged = _reconcile(env, rev.alias, index_id, embedder, spool, settings.checkpoint_every)
+        merged = _reconcile(env, rev.alias, index_id, embedder, build, settings.checkpoint_every)
         stats.usage += embedder.usage - before
     except BaseException:
         # Keep a checkpointed build for the next run to resume; one with nothing durable in it
         # is removed, so a failure on the first batch leaves no trace.
         if rows == 0:
-            _abandon(env, index_id, spool)
+            _abandon(env, index_id, build)
         raise
     finally:
         meter.close()
         executor.close()
     stats.seconds["backfill_s"] = time.perf_counter() - started
-    stats.duplicates = streamed - spool.distinct_ids(streamed)
-    index, covered = _build(env, rev, index_id, spool, merged, settings, stats)
+    started = time.perf_counter()
+    index, held_ids = build.finish(
+        merged.deleted_ids,
+        merged.tail.last_seq,
+        embedder.encode_documents,
+        lambda conn: _held(conn, index_id, merged),
+    )
+    stats.seconds["build_s"] = time.perf_counter() - started
+    with env.engine.connect() as conn:  # a read: writers need not wait for the check
+        covered = merged.check(conn, rev.alias, held_ids)
     _notes(stats, merged.tail, covered, embedder)
     log.info("backfill %s: %d vectors in index #%d", rev.alias, index.ntotal, index_id)
     return Shadow(_get(env, index_id), index, sampler.documents(), stats, covered)
@@ -257,7 +266,7 @@ def _commit(
     env: Environment,
     alias: str,
     index_id: int,
-    spool: files.Spool,
+    build: Build,
     chunk: Chunk,
     vectors: np.ndarray,
     rows: int,
@@ -271,7 +280,7 @@ def _commit(
     state = {**chunk.state, "truncated": stats.truncated}
     with env.begin() as conn:
         ids = docids.assign_ids(conn, alias, [doc.key for doc in chunk.docs], texts)
-        spool.append(ids, vectors)
+        build.append(conn, ids, vectors, [doc.key for doc in chunk.docs])
         manifest.record_corpus(conn, index_id, ids, hashes)
         rows += len(texts)
         checkpoints.save_checkpoint(
@@ -280,40 +289,10 @@ def _commit(
     return rows
 
 
-def _build(
-    env: Environment,
-    rev: Revision,
-    index_id: int,
-    spool: files.Spool,
-    merged: _Merged,
-    settings: MigrationSettings,
-    stats: CorpusStats,
-) -> tuple[Any, carryover.Result]:
-    """The spool as the index file, marked ready with what it holds, and checked against the
-    documents it must hold."""
-    started = time.perf_counter()
-    index = spool.build(rev.index_factory, seed=settings.eval.seed, drop=merged.deleted_ids)
-    path = env.index_path(rev.alias, index_id, rev.revision)
-    sha256 = files.save(index, path)
-    with env.engine.connect() as conn:
-        sidecar.save(conn, rev.alias, index, path, sha256)
-    stats.seconds["build_s"] = time.perf_counter() - started
-    with env.begin() as conn:
-        catalog.update_index(
-            conn,
-            index_id,
-            state=catalog.State.READY,
-            path=env.stored_path(path),
-            ntotal=int(index.ntotal),
-            sha256=sha256,
-            base_seq=merged.tail.last_seq,
-        )
-        manifest.set_held(conn, index_id, merged.upsert_ids, merged.upsert_sha, merged.deleted_ids)
-        checkpoints.clear_checkpoint(conn, index_id)
-    with env.engine.connect() as conn:  # a read: writers need not wait for the check
-        covered = merged.check(conn, rev.alias, faiss.vector_to_array(index.id_map))
-    spool.remove()
-    return index, covered
+def _held(conn: Any, index_id: int, merged: _Merged) -> None:
+    """A ready index's bookkeeping: what it holds; its checkpoint is done."""
+    manifest.set_held(conn, index_id, merged.upsert_ids, merged.upsert_sha, merged.deleted_ids)
+    checkpoints.clear_checkpoint(conn, index_id)
 
 
 def _notes(
@@ -349,15 +328,18 @@ def _start(
     moment: every later change is written to it too (dual-write), and is replayed into it.
     Also returns the stale shadows it dropped, whose files the caller removes once this commits.
     """
-    folder = env.index_path(rev.alias, 0, rev.revision).parent
-    reason = files.unwritable(folder / "index.faiss")
-    if reason is not None:  # fail before hours of encoding, not at the first write
-        raise StoreError(f"index folder {folder} is not writable: {reason}")
+    store = env.store(rev.index_store)
+    # Fail now, not after hours of encoding, if the index cannot be made for this model.
+    store.check_spec(rev.index_spec, embedder.dim)
     # No row yet means no change journaled yet; a writer creating one meanwhile only makes the
     # replay start at 0, a superset, so a failed first run need not leave a row behind.
     _, start_seq = docids.lock_alias(conn, rev.alias, create=False)
     building = catalog.find_index(conn, rev.alias, rev.revision, [catalog.State.BUILDING])
-    if not restart and building is not None and building.fingerprint == embedder.fingerprint:
+    if (
+        not restart
+        and building is not None
+        and (building.fingerprint, building.store) == (embedder.fingerprint, rev.index_store)
+    ):
         # The checkpointed vectors came from this model: refuse to add others to them.
         env.check_drift(embedder, building)
         return building.id, checkpoints.checkpoint(conn, building.id), []
@@ -379,13 +361,13 @@ def _start(
         fingerprint=embedder.fingerprint,
         model=embedder.spec_json,
         dim=embedder.dim,
-        factory=rev.index_factory,
-        metric=files.METRIC,
+        factory=rev.index_spec,
+        metric=METRIC,
         base_seq=start_seq,
         probe=probes.to_bytes(probes.of(embedder)),
+        store=rev.index_store,
     )
-    # Fail now, not after hours of encoding, if the factory string is not valid for this model.
-    files.new_index(embedder.dim, rev.index_factory)
+    store.create(conn, catalog.get_index(conn, index_id))  # rolled back with the row if it fails
     return index_id, checkpoints.Checkpoint(), dropped
 
 
@@ -421,7 +403,7 @@ def _reconcile(
     alias: str,
     index_id: int,
     embedder: LoadedEmbedder,
-    spool: files.Spool,
+    build: Build,
     step: int,
 ) -> _Merged:
     """Put on the spool, after the corpus read, the net effect of the changes journaled since the
@@ -456,9 +438,12 @@ def _reconcile(
     tail.fill(embedder.encode_documents)
     for start in range(0, len(carried), step):
         chunk = [text for text, _ in texts[start : start + step]]
-        spool.append(carried[start : start + step], embedder.encode_documents(chunk))
+        vectors = embedder.encode_documents(chunk)
+        with env.begin() as conn:
+            build.append(conn, carried[start : start + step], vectors, None)
     if len(tail.upsert_ids):
-        spool.append(tail.upsert_ids, tail.vectors)
+        with env.begin() as conn:
+            build.append(conn, tail.upsert_ids, tail.vectors, None)
     hashes = [manifest.content_hash(text) for text in [t for t, _ in texts] + tail.texts]
     deleted = plan.changes.deleted_ids if plan else coverage.EMPTY_IDS
     return _Merged(
@@ -477,9 +462,9 @@ def _get(env: Environment, index_id: int) -> catalog.IndexRecord:
         return catalog.get_index(conn, index_id)
 
 
-def _abandon(env: Environment, index_id: int, spool: files.Spool) -> None:
+def _abandon(env: Environment, index_id: int, build: Build) -> None:
     with env.begin() as conn:
         checkpoints.clear_checkpoint(conn, index_id)
         manifest.drop(conn, index_id)
         catalog.delete_index(conn, index_id)
-    spool.remove()
+        build.remove(conn)

@@ -29,7 +29,7 @@ from embedmig.migrate import evaluate as ev
 from embedmig.migrate.backfill import Shadow
 from embedmig.migrate.dryrun import DryRun
 from embedmig.migrate.settings import CanarySettings
-from embedmig.store import catalog, files, traffic
+from embedmig.store import catalog, traffic
 
 if TYPE_CHECKING:
     from embedmig.migrate.context import MigrationContext
@@ -125,7 +125,7 @@ class ShadowBuild(Build):
                     f"the live index of {ctx.alias} changed during this migration "
                     f"(now #{live.id if live else None}); re-run the upgrade"
                 )
-            catalog.point_alias(conn, ctx.alias, ctx.revision.revision, record.id)
+            ctx.env.point_alias(conn, ctx.alias, ctx.revision.revision, record)
             self._closing(conn, verdict)
             ctx._record(
                 conn,
@@ -169,7 +169,7 @@ class CanaryBuild(ShadowBuild):
     def swap(self, ctx: MigrationContext, verdict: Verdict) -> None:
         # Built by an earlier run: readers must find a working file once the pointer moves.
         # A shadow built by this run was hashed from the very bytes it wrote.
-        files.verify(ctx.env.file_of(self.shadow.record), self.shadow.record.sha256)
+        ctx.env.verify_index(self.shadow.record)
         super().swap(ctx, verdict)
 
     def _closing(self, conn: sa.Connection, verdict: Verdict) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from embedmig.environment import Environment, remove_file
+from embedmig.environment import Environment
 from embedmig.errors import StateError
 from embedmig.serve.view import IndexView
 from embedmig.store import catalog, files, journal, manifest, sidecar
+from embedmig.store.stores import FAISS
 
 # Indexes a reader or a downgrade may open; a shadow still building folds its tail at its end.
 _COMPACTED = (catalog.State.LIVE, catalog.State.READY, catalog.State.RETIRED)
@@ -45,7 +46,12 @@ def compact(env: Environment, alias: str, *, wait: float = 0.0) -> Compaction:
 
 def _compact(env: Environment, alias: str) -> Compaction:
     with env.engine.connect() as conn:
-        records = [r for r in catalog.indexes(conn, alias) if r.state in _COMPACTED and r.path]
+        # A pgvector table is never behind its journal: writers change it with each write.
+        records = [
+            r
+            for r in catalog.indexes(conn, alias)
+            if r.state in _COMPACTED and r.path and r.store == FAISS
+        ]
     folded = [_fold(env, record) for record in records]
     with env.begin() as conn:
         removed = journal.collect(conn, alias)
@@ -58,6 +64,7 @@ def _fold(env: Environment, record: catalog.IndexRecord) -> Folded:
     changes = tail.changes
     if changes == 0:
         return Folded(record.id, record.state, 0, record.ntotal, str(record.path))
+    assert view.overlay is not None
     index = view.overlay.fold()
     path = env.index_path(record.alias, record.id, record.revision, view.overlay.applied)
     sha256 = files.save(index, path)
@@ -78,6 +85,6 @@ def _fold(env: Environment, record: catalog.IndexRecord) -> Folded:
             manifest.set_held(conn, record.id, tail.upsert_ids, hashes, tail.deleted_ids)
     previous = env.file_of(record)
     if previous != path:
-        remove_file(previous)
-        remove_file(sidecar.path_of(previous))
+        files.remove_file(previous)
+        files.remove_file(sidecar.path_of(previous))
     return Folded(record.id, record.state, changes, int(index.ntotal), str(path))

@@ -351,10 +351,8 @@ class MigrationContext:
                 if rev.down_revision is not None:
                     previous = catalog.previous_index(conn, live, rev.down_revision)
                     # Readers must find a working index once the pointer moves: check it first.
-                    files.verify(self.env.file_of(previous), previous.sha256)
-                catalog.point_alias(
-                    conn, self.alias, rev.down_revision, previous.id if previous else None
-                )
+                    self.env.verify_index(previous)
+                self.env.point_alias(conn, self.alias, rev.down_revision, previous)
             if previous is not None and rev.down_revision is not None:
                 restored = self._restore_adapter(conn, rev.down_revision, previous.id)
                 if restored is not None:

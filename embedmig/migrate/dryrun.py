@@ -154,7 +154,7 @@ class DryRun:
         keys = set(self.columns) | {q.key for q in self.queries.docs}
         with env.engine.connect() as conn:
             live_ids = docids.lookup_ids(conn, alias, keys)
-        return forecasting.LiveSide(embedder, files.load(env.file_of(live), live.sha256), live_ids)
+        return forecasting.LiveSide(embedder, env.open_index(live), live_ids)
 
     def _contracts(
         self, env: Environment, alias: str, old: forecasting.LiveSide | None
@@ -172,7 +172,7 @@ class DryRun:
             check_known(self.contracts, live_ids, alias)
             compiled = contract_figures.compile_(self.contracts, live_ids)
             vectors = old.embedder.encode_queries([c.query for c in self.contracts])
-            _, ids = files.search(old.index, vectors, compiled.depth)
+            _, ids = old.index.search(vectors, compiled.depth)
             on_old = contract_figures.judge(ids, compiled)
         return forecasting.Contracts(
             contract_figures.compile_(self.contracts, self.columns), on_old

@@ -29,8 +29,9 @@ from embedmig.monitor import watch
 from embedmig.names import blank
 from embedmig.script import Revision
 from embedmig.sources import Document, Qrels
-from embedmig.store import catalog, docids, files
+from embedmig.store import catalog, docids
 from embedmig.store.clock import Phases
+from embedmig.store.stores import Searchable
 
 _SLICE = 512  # queries per encode + search while evaluating
 
@@ -38,7 +39,7 @@ _SLICE = 512  # queries per encode + search while evaluating
 @dataclass(frozen=True)
 class Side:
     embedder: LoadedEmbedder
-    index: Any
+    index: Searchable
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,10 @@ def evaluate_shadow(
     )
     old = None
     if live is not None and old_embedder is not None:
-        old = Side(old_embedder, files.load(env.file_of(live), live.sha256))
+        old = Side(old_embedder, env.open_index(live))
     index = shadow.index
     if index is None:  # evaluated before (a canary's shadow): read it back, verified
-        index = files.load(env.file_of(shadow.record), shadow.record.sha256)
+        index = env.open_index(shadow.record)
 
     def keys_of(ids: set[int]) -> dict[int, str]:
         with env.engine.connect() as conn:
@@ -191,7 +192,7 @@ def after_the_swap(
         env,
         rev.alias,
         new.embedder,
-        lambda vectors, depth: files.search(new.index, vectors, depth),
+        new.index.search,
         k,
         thresholds,
     )
@@ -215,7 +216,7 @@ def check_contracts(
     texts = [c.query for c in contracts]
 
     def judged(side: Side) -> contract_figures.Judged:
-        _, ids = files.search(side.index, side.embedder.encode_queries(texts), compiled.depth)
+        _, ids = side.index.search(side.embedder.encode_queries(texts), compiled.depth)
         return contract_figures.judge(ids, compiled)
 
     on_new, on_old = judged(new), judged(old) if old is not None else None
@@ -310,7 +311,7 @@ def _search(
         with clock.phase("encode"):
             vectors = side.embedder.encode_queries(part)
         with clock.phase("search"):
-            found.append(files.search(side.index, vectors, depth))
+            found.append(side.index.search(vectors, depth))
         encoded.append(vectors)
         meter.update(len(part))
     results = rpt.Results(

@@ -29,8 +29,8 @@ from embedmig.metrics.segments import SegmentSettings
 from embedmig.migrate import cost
 from embedmig.migrate import evaluate as ev
 from embedmig.sources import Document
-from embedmig.store import files
 from embedmig.store.clock import Phases
+from embedmig.store.stores import Searchable
 
 # Figures a dry run reports as "not forecast" rather than with a confident wrong number
 # (benchmarks/README.md, "Dry-run forecasts": their intervals held the upgrade's value in 40-80%
@@ -68,7 +68,7 @@ class LiveSide:
     """The old model and the live index it built, with the live ids of the sampled documents."""
 
     embedder: LoadedEmbedder
-    index: Any
+    index: Searchable
     live_ids: Mapping[str, int]
 
 
@@ -333,7 +333,7 @@ def _exact_old(
     assert old_queries is not None
     exclude = 1 if queries.self_ids is not None else 0
     depth = max(max(OVERLAP_KS), k)
-    scores, ids = files.search(old.index, old_queries, depth + exclude)
+    scores, ids = old.index.search(old_queries, depth + exclude)
     column_of_live = {old.live_ids[key]: col for key, col in columns.items() if key in old.live_ids}
     lookup = np.vectorize(lambda i: column_of_live.get(int(i), -1), otypes=[np.int64])
     cols = lookup(ids) if ids.size else ids.astype(np.int64)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from embedmig.embedders import cache
-from embedmig.environment import Environment, remove_file
+from embedmig.environment import Environment
 from embedmig.errors import ConfigError, ScriptError, StateError, StoreError
 from embedmig.monitor.status import ReaderSettings
 from embedmig.store import (
@@ -98,9 +98,9 @@ def prune(env: Environment, alias: str, *, keep: int, wait: float) -> Pruned:
                     ),
                 )
         for record in doomed:
-            env.remove_index_files(record)
+            env.drop_index(record)
         for adapter in maps:
-            remove_file(env.file_of(adapter))
+            files.remove_file(env.file_of(adapter))
     folder = env.settings.cache_dir
     bounded = cache.prune(folder, env.settings.cache_max_bytes) if folder else cache.Pruned(0, 0, 0)
     return Pruned(doomed, bounded, maps, held, len(gone_silent))
@@ -167,7 +167,7 @@ def recover(env: Environment, alias: str, *, dry_run: bool, wait: float) -> Reco
     started = clock.now()
     with env.lock([alias], "recover", wait), env.begin() as conn:
         revision, found = _recoverable(conn, env, alias)  # as it is now, under the lock
-        catalog.point_alias(conn, alias, found.index.revision, found.index.id)
+        env.point_alias(conn, alias, found.index.revision, found.index)
         events.record(
             conn,
             alias=alias,
@@ -208,7 +208,7 @@ def _recoverable(conn: Any, env: Environment, alias: str) -> tuple[str | None, R
         if record.state not in (catalog.State.RETIRED, catalog.State.READY):
             continue
         try:
-            files.verify(env.file_of(record), record.sha256)
+            env.verify_index(record)
         except StoreError as exc:
             unusable.append(f"#{record.id}: {exc}")
             continue

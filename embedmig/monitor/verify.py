@@ -47,7 +47,7 @@ def verify(
     check_known(contracts, ids_of, alias)
     compiled = contract_figures.compile_(contracts, ids_of)
     vectors = view.embedder.encode_queries([c.query for c in contracts])
-    _, ids = view.overlay.search(vectors, compiled.depth)
+    _, ids = view.search(vectors, compiled.depth)
     judged = contract_figures.judge(ids, compiled)
     baseline = None
     if swap is not None and swap.metrics is not None:

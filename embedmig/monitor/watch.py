@@ -129,7 +129,7 @@ def watch(env: Environment, alias: str, k: int) -> Report:
     else:
         if seen.texts:
             with phases.phase("search"):
-                scores = _scores(view.embedder, view.overlay.search, seen.texts, k)
+                scores = _scores(view.embedder, view.search, seen.texts, k)
             now = {"thresholds": dict(thresholds), **figures.summary(scores, thresholds)}
         _shift(now, kept, len(seen.texts), settings.min_queries, metrics, notes)
         contracts = env.contracts(alias)

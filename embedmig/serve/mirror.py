@@ -288,10 +288,10 @@ class Mirror:
         assert shadow is not None and target is not None
         k = target.k
         shadow.catch_up()
-        if shadow.overlay.size < k:
+        if shadow.size < k:
             return []  # too few documents to compare top-k lists
         vectors = shadow.embedder.encode_queries([i.text for i in items])
-        scores, ids = shadow.overlay.search(vectors, k)
+        scores, ids = shadow.search(vectors, k)
         return [
             traffic.Comparison(
                 item.at,

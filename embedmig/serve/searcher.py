@@ -131,8 +131,8 @@ class Searcher:
         # A mirrored query's live answer is read to the canary's depth in the same search.
         target = self._mirror.plan()
         depth = max(k, target.k) if target is not None else k
-        scores, ids = view.overlay.search(vectors, depth)
-        (hits,) = held.hits(ids[:, :k], scores[:, :k])
+        scores, ids, found = view.search_documents(vectors, depth)
+        (hits,) = held.hits(ids[:, :k], scores[:, :k], found)
         self._mirror.served(text, k, target, ids[0], scores[0], encoded)
         return hits
 
@@ -161,8 +161,8 @@ class Searcher:
         vectors = view.embedder.encode_queries(texts)
         targets = self._mirror.plan_many(len(texts))
         depth = max([k, *(t.k for t in targets if t is not None)])
-        scores, ids = view.overlay.search(vectors, depth, self._threads)
-        found = held.hits(ids[:, :k], scores[:, :k])
+        scores, ids, documents = view.search_documents(vectors, depth, self._threads)
+        found = held.hits(ids[:, :k], scores[:, :k], documents)
         for i, text in enumerate(texts):
             self._mirror.served(text, k, targets[i], ids[i], scores[i], encoded[i])
         return found
@@ -236,6 +236,8 @@ class Searcher:
         with self.env.engine.connect() as conn:
             if held is not None and view is held.view:
                 docs = held.docs
+            elif view.table is not None:  # a table: each search reads the documents it finds
+                docs = sidecar.Documents.of({})
             else:  # a new file: its documents are in its sidecar, written with it
                 file = self.env.file_of(view.record)
                 docs = sidecar.read(file, view.record.sha256) or sidecar.Documents.of(
@@ -309,9 +311,16 @@ class _Held:
         assert self.view is not None
         return self.view
 
-    def hits(self, ids: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
+    def hits(
+        self,
+        ids: np.ndarray,
+        scores: np.ndarray,
+        found: Mapping[int, docids.DocInfo] | None = None,
+    ) -> list[list[Hit]]:
+        """Hits of the ids found, with the documents held, or ``found`` with them."""
         record = self.serving().record
-        docs, index_id, revision = self.docs, record.id, record.revision
+        docs = self.docs if found is None else found
+        index_id, revision = record.id, record.revision
         rows = []
         for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True):
             hits = []

@@ -1,15 +1,21 @@
-"""One index as readers see it: its verified file plus its journal tail, kept up to date."""
+"""One index as readers see it: its verified file plus its journal tail, kept up to date; or its
+pgvector table."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from embedmig.embedders import LoadedEmbedder
 from embedmig.environment import Environment
-from embedmig.store import catalog, files, journal
+from embedmig.store import catalog, docids, files, journal, pgvector
 from embedmig.store.overlay import Overlay
+from embedmig.store.stores import PGVECTOR
 
 
 class IndexView:
-    """``record`` as readers see it, embedded for through ``adapter`` when one serves it."""
+    """``record`` as readers see it, embedded for through ``adapter`` when one serves it: a FAISS
+    file with its journal tail applied in memory, or a pgvector table, which writers keep
+    current themselves."""
 
     def __init__(
         self,
@@ -21,7 +27,12 @@ class IndexView:
         self.env = env
         self.record = record
         self.adapter = adapter
-        self.overlay = Overlay(files.load(env.file_of(record), record.sha256), record.base_seq)
+        self.overlay: Overlay | None = None
+        self.table: pgvector.Opened | None = None
+        if record.store == PGVECTOR:
+            self.table = pgvector.Opened(env.engine, pgvector.table_of(record))
+        else:
+            self.overlay = Overlay(files.load(env.file_of(record), record.sha256), record.base_seq)
         self._embedder = embedder
 
     @property
@@ -31,8 +42,45 @@ class IndexView:
             self._embedder = self.env.serving_embedder(self.record, self.adapter)
         return self._embedder
 
+    @property
+    def size(self) -> int:
+        """An upper bound on the documents of the view."""
+        if self.overlay is not None:
+            return self.overlay.size
+        assert self.table is not None
+        return self.table.ntotal
+
+    def search(
+        self, queries: np.ndarray, k: int, threads: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` scores and ids, as ``files.search`` gives them."""
+        if self.table is not None:
+            return self.table.search(queries, k)
+        assert self.overlay is not None
+        return self.overlay.search(queries, k, threads)
+
+    def search_documents(
+        self, queries: np.ndarray, k: int, threads: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, docids.DocInfo] | None]:
+        """``search``, with the documents found when the store reads them with the search (a
+        table joins them in the same statement); None: the caller holds them."""
+        if self.table is not None:
+            return self.table.search_documents(queries, k, self.record.alias)
+        scores, ids = self.search(queries, k, threads)
+        return scores, ids, None
+
+    def contents(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every document readers see now, ids ascending."""
+        if self.overlay is not None:
+            return self.overlay.contents()
+        with self.env.engine.connect() as conn:
+            return pgvector.contents(conn, pgvector.table_of(self.record))
+
     def catch_up(self) -> journal.Tail:
-        """Apply the changes journaled since the last call; return them, folded."""
+        """Apply the changes journaled since the last call; return them, folded (a table has
+        them already: nothing)."""
+        if self.overlay is None:
+            return journal.Tail.empty(self.record.dim)
         with self.env.engine.connect() as conn:
             tail = journal.tail(
                 conn, self.record.alias, self.record.id, self.overlay.applied, self.record.dim

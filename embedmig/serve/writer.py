@@ -2,7 +2,8 @@
 
 A write is embedded, outside any lock, once per model of its target indexes (the live one, a
 shadow being built, the holdover index after a swap); then, in one transaction that holds the
-alias's sequence row, its changes and vectors are journaled. Commit is acknowledgement.
+alias's sequence row, its changes and vectors are journaled, and put into the targets that are
+pgvector tables. Commit is acknowledgement.
 """
 
 from __future__ import annotations
@@ -106,7 +107,10 @@ class Writer:
                     ):
                         raise _TargetsChanged
                     kept = {target.id: vectors[target.id] for target in self._targets if texts}
-                    return journal.append(conn, self.alias, counters, changes, kept)
+                    last = journal.append(conn, self.alias, counters, changes, kept)
+                    for target in self._targets:  # a store its readers read itself changes now
+                        self.env.store(target.store).written(conn, target)
+                    return last
             except _TargetsChanged:
                 continue  # a migration started meanwhile: embed for its shadow too
         raise StateError(f"the indexes of alias {self.alias!r} kept changing; write not applied")

@@ -53,6 +53,7 @@ class IndexRecord:
     created_at: datetime
     updated_at: datetime
     probe: bytes | None = field(default=None, repr=False)
+    store: str = "faiss"
 
     @classmethod
     def from_row(cls, row: Any) -> IndexRecord:
@@ -144,6 +145,7 @@ def register_index(
     metric: str,
     base_seq: int = 0,
     probe: bytes | None = None,
+    store: str = "faiss",
 ) -> int:
     stamp = now()
     result = conn.execute(
@@ -158,6 +160,7 @@ def register_index(
             ntotal=0,
             base_seq=base_seq,
             probe=probe,
+            store=store,
             state=State.BUILDING,
             created_at=stamp,
             updated_at=stamp,
@@ -182,6 +185,12 @@ def _update(conn: sa.Connection, table: sa.Table, row_id: int, values: dict[str,
     ).scalar()
     if alias is not None:
         changed(conn, alias)
+
+
+def set_base_seq(conn: sa.Connection, index_id: int, seq: int) -> None:
+    """A pgvector table holds every change up to ``seq``: not a change its readers follow (they
+    read the table itself), so the reader clock stays."""
+    conn.execute(t.index.update().where(t.index.c.id == index_id).values(base_seq=seq))
 
 
 def delete_index(conn: sa.Connection, index_id: int) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -18,9 +19,6 @@ from embedmig.errors import StateError
 from embedmig.history import schema as t
 from embedmig.history.batches import in_parts
 from embedmig.names import check_key
-
-if TYPE_CHECKING:
-    import numpy as np
 
 SNIPPET_CHARS = 200
 
@@ -216,3 +214,12 @@ def _described(rows: Iterable[Any]) -> dict[int, DocInfo]:
         int(i): DocInfo(key, snippet, json.loads(meta) if meta else None)
         for i, key, snippet, meta in rows
     }
+
+
+def last_occurrence(ids: np.ndarray) -> np.ndarray:
+    """Mask of the rows that hold the last occurrence of their id."""
+    keep = np.zeros(len(ids), dtype=bool)
+    if len(ids):
+        _, first_in_reversed = np.unique(ids[::-1], return_index=True)
+        keep[len(ids) - 1 - first_in_reversed] = True
+    return keep

@@ -18,8 +18,8 @@ import faiss
 import numpy as np
 
 from embedmig.errors import StoreError
+from embedmig.store.docids import last_occurrence
 
-METRIC = "ip"
 _CHUNK_ROWS = 65536
 _MAX_TRAIN_ROWS = 100_000
 
@@ -39,6 +39,25 @@ def build(vectors: np.ndarray, ids: np.ndarray, factory: str) -> Any:
     _train(index, vectors, keep)
     index.add_with_ids(np.ascontiguousarray(vectors[keep]), ids[keep])
     return index
+
+
+class Opened:
+    """A FAISS index opened for searching (``store.stores.Searchable``)."""
+
+    def __init__(self, index: Any) -> None:
+        self.index = index
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(
+        self, queries: np.ndarray, k: int, threads: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return search(self.index, queries, k, threads)
+
+    def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self.index.reconstruct_batch(ids))
 
 
 class Spool:
@@ -296,15 +315,6 @@ def _open_for_append(path: Path) -> Any:
         raise StoreError(f"cannot write {path}: {exc.strerror}") from None
 
 
-def last_occurrence(ids: np.ndarray) -> np.ndarray:
-    """Mask of the rows that hold the last occurrence of their id."""
-    keep = np.zeros(len(ids), dtype=bool)
-    if len(ids):
-        _, first_in_reversed = np.unique(ids[::-1], return_index=True)
-        keep[len(ids) - 1 - first_in_reversed] = True
-    return keep
-
-
 def _train(index: Any, vectors: np.ndarray, keep: np.ndarray) -> None:
     if index.is_trained:
         return
@@ -314,3 +324,10 @@ def _train(index: Any, vectors: np.ndarray, keep: np.ndarray) -> None:
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1]
         raise StoreError(f"cannot train the index on {len(sample)} vectors: {reason}") from None
+
+
+def remove_file(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot remove {path}: {exc.strerror}") from None

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from embedmig.history import schema as t
 from embedmig.history.batches import in_parts
-from embedmig.store import catalog, clock, docids, files, manifest
+from embedmig.store import catalog, clock, docids, manifest
 from embedmig.store.manifest import content_hash
 
 UPSERT, DELETE = "upsert", "delete"
@@ -162,6 +162,11 @@ class Tail:
     deleted_ids: np.ndarray
     changes: int = 0
 
+    @classmethod
+    def empty(cls, dim: int, last_seq: int = 0) -> Tail:
+        none = np.empty(0, dtype=np.int64)
+        return cls(last_seq, none, [], [], np.empty((0, dim), np.float32), none, none)
+
     @property
     def touched_ids(self) -> np.ndarray:
         return np.concatenate([self.upsert_ids, self.deleted_ids])
@@ -263,7 +268,7 @@ def _fold(rows: Sequence[Any]) -> tuple[list[Any], list[Any]]:
     if not rows:
         return [], []
     doc_ids = np.fromiter((row.doc_id for row in rows), dtype=np.int64, count=len(rows))
-    final = files.last_occurrence(doc_ids)
+    final = docids.last_occurrence(doc_ids)
     upserts = [row for row, keep in zip(rows, final, strict=True) if keep and row.op == UPSERT]
     deletes = [row for row, keep in zip(rows, final, strict=True) if keep and row.op == DELETE]
     return upserts, deletes

@@ -1,0 +1,420 @@
+"""Indexes in PostgreSQL with pgvector: tables, the alias a view, swaps in one transaction.
+
+Against a real PostgreSQL 18 with pgvector (tests/postgres_server.py); skips without one, fails
+under CI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from embedmig import Config, StoreError, command, open_searcher, open_writer
+from embedmig.environment import Environment
+from embedmig.store import catalog, pgvector
+from tests.support import (
+    CrashRunner,
+    cli,
+    count_encodes,
+    edit,
+    embedmig,
+    encode,
+    indexed,
+    one_line_error,
+    snapshot,
+    with_options,
+)
+
+QUERY = "glioblastoma stem cells tumor growth"
+
+
+@pytest.fixture
+def pg(postgres_config: Config) -> Config:
+    """The project on PostgreSQL with the vector extension, its indexes in pgvector."""
+    engine = sa.create_engine(postgres_config.url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE EXTENSION vector")
+    engine.dispose()
+    return with_options(postgres_config, index_store="pgvector")
+
+
+@pytest.fixture
+def reader(pg: Config) -> Iterator[psycopg.Connection]:
+    """A plain psycopg connection, as any SQL client of the alias holds one."""
+    url = sa.make_url(pg.url)
+    conn = psycopg.connect(
+        dbname=url.database,
+        user=url.username,
+        password=url.password,
+        host=str(url.query["host"]),
+        autocommit=True,
+    )
+    yield conn
+    conn.close()
+
+
+def revisions(config: Config, second: str = "models/near", **pgvector_index: str) -> None:
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.revision(config, "second", alias="docs", new=second, rev_id="r2", **pgvector_index)
+
+
+def one(reader: psycopg.Connection, query: str) -> Any:
+    row = reader.execute(query).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def literal(vector: np.ndarray) -> str:
+    return "[" + ",".join(str(float(x)) for x in vector) + "]"
+
+
+def read_alias(
+    reader: psycopg.Connection, model: Path, fingerprint: str | None = None
+) -> list[tuple[str]]:
+    """The documented reader's query: the alias's view, checked against the fingerprint the
+    reader embedded with (None: read it from the view first)."""
+    if fingerprint is None:
+        fingerprint = one(reader, "SELECT fingerprint FROM search.docs LIMIT 1")
+    vector = literal(encode(model, [QUERY])[0])
+    return reader.execute(
+        "SELECT key FROM search.docs WHERE fingerprint = %s "
+        "ORDER BY embedding <#> %s::vector LIMIT 5",
+        (fingerprint, vector),
+    ).fetchall()
+
+
+def test_full_cycle_through_the_cli_with_an_sql_reader(
+    pg: Config,
+    reader: psycopg.Connection,
+    models: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = str(pg.root / "embedmig.ini")
+    assert (
+        cli(
+            capsys,
+            "-c",
+            root,
+            "revision",
+            "-m",
+            "first",
+            "--alias",
+            "docs",
+            "--new",
+            "models/a",
+            "--rev-id",
+            "r1",
+        )[0]
+        == 0
+    )
+    assert (
+        cli(
+            capsys,
+            "-c",
+            root,
+            "revision",
+            "-m",
+            "second",
+            "--alias",
+            "docs",
+            "--new",
+            "models/near",
+            "--rev-id",
+            "r2",
+            "--pgvector-index",
+            "halfvec,hnsw,m=8",
+        )[0]
+        == 0
+    )
+    assert 'pgvector_index = "halfvec,hnsw,m=8"' in next(
+        (pg.script_location / "versions").glob("r2_*.py")
+    ).read_text().replace("'", '"')
+    assert cli(capsys, "-c", root, "upgrade", "r1")[0] == 0
+    first = read_alias(reader, models["a"])
+    assert len(first) == 5
+    assert one(reader, "SELECT DISTINCT revision FROM search.docs") == "r1"
+    assert cli(capsys, "-c", root, "upgrade", "head")[0] == 0
+    assert reader.execute("SELECT DISTINCT revision FROM search.docs").fetchall() == [("r2",)]
+    model = one(reader, "SELECT obj_description('search.docs'::regclass)")
+    assert "near" in model  # the view names the model to embed queries with
+    assert len(read_alias(reader, models["near"])) == 5
+    assert cli(capsys, "-c", root, "downgrade", "-1")[0] == 0
+    assert read_alias(reader, models["a"]) == first
+    assert [e.action for e in command.history(pg)] == ["downgrade", "upgrade", "upgrade"]
+
+
+def test_searcher_answers_from_the_table_as_the_view_does(
+    pg: Config, reader: psycopg.Connection, models: dict[str, Path]
+) -> None:
+    revisions(pg)
+    command.upgrade(pg, "r1")
+    with open_searcher(pg, "docs") as searcher:
+        hits = searcher.search(QUERY, k=5)
+        assert [h.key for h in hits] == [row[0] for row in read_alias(reader, models["a"])]
+        assert hits[0].snippet and hits[0].revision == "r1"
+        batch = searcher.search_many([QUERY, "heart failure"], k=3)
+        assert [h.key for h in batch[0]] == [h.key for h in hits[:3]]
+
+
+def test_every_acknowledged_write_is_served_before_during_and_after_the_migration(
+    pg: Config, reader: psycopg.Connection, models: dict[str, Path]
+) -> None:
+    revisions(pg)
+    command.upgrade(pg, "r1")
+    before = "Zebrafish regenerate heart muscle after cryoinjury through cardiomyocyte division"
+    after = "Tardigrades survive desiccation by vitrifying their cytoplasm with disordered proteins"
+    with open_writer(pg, "docs") as writer:
+        writer.upsert("before-1", before)
+        writer.delete("33370")
+    with open_searcher(pg, "docs") as searcher:
+        assert searcher.search(before, k=1)[0].key == "before-1"
+        command.upgrade(pg, "head")
+        assert searcher.index_record.revision == "r2"
+        assert searcher.search(before, k=1)[0].key == "before-1"
+        with open_writer(pg, "docs") as writer:
+            writer.upsert("after-1", after)
+        assert searcher.search(after, k=1)[0].key == "after-1"
+        keys = {row[0] for row in reader.execute("SELECT key FROM search.docs")}
+        assert {"before-1", "after-1"} <= keys and "33370" not in keys
+        command.downgrade(pg, "-1")  # the holdover kept the r1 table current: nothing lost
+        assert searcher.index_record.revision == "r1"
+        assert searcher.search(after, k=1)[0].key == "after-1"
+    served = indexed(pg, "docs")
+    np.testing.assert_allclose(served["after-1"], encode(models["a"], [after])[0], atol=1e-5)
+    assert "33370" not in served and len(served) == 301
+
+
+def test_a_rollback_past_the_holdover_brings_the_table_up_to_date(
+    pg: Config, reader: psycopg.Connection, models: dict[str, Path]
+) -> None:
+    config = with_options(pg, writer__holdover=0)
+    revisions(config)
+    command.upgrade(config, "r1")
+    command.upgrade(config, "head")
+    text = "Axolotls regrow limbs from a blastema of dedifferentiated cells"
+    with open_writer(config, "docs") as writer:  # past the holdover: r2's table alone
+        writer.upsert("late-1", text)
+    command.downgrade(config, "-1")
+    (row,) = reader.execute("SELECT embedding::text FROM search.docs WHERE key = 'late-1'")
+    stored = np.array(row[0][1:-1].split(","), dtype=np.float32)
+    np.testing.assert_allclose(stored, encode(models["a"], [text])[0], atol=1e-5)
+
+
+def test_a_reader_of_the_old_model_gets_no_rows_after_the_swap(
+    pg: Config, reader: psycopg.Connection, models: dict[str, Path]
+) -> None:
+    revisions(pg)
+    command.upgrade(pg, "r1")
+    fingerprint = one(reader, "SELECT fingerprint FROM search.docs LIMIT 1")
+    assert len(read_alias(reader, models["a"], fingerprint)) == 5
+    command.upgrade(pg, "head")
+    assert read_alias(reader, models["a"], fingerprint) == []
+
+
+def test_a_dimension_change_swaps_the_view_and_an_old_query_is_refused(
+    pg: Config, reader: psycopg.Connection, models: dict[str, Path]
+) -> None:
+    revisions(
+        pg,
+        second="models/far",
+    )
+    edit(
+        next((pg.script_location / "versions").glob("r2_*.py")),
+        "min_overlap_at_10=0.5",
+        "min_overlap_at_10=0.0",
+    )
+    command.upgrade(pg, "r1")
+    command.upgrade(pg, "head")
+    old_query = literal(encode(models["a"], [QUERY])[0])  # 32 dimensions
+    with pytest.raises(psycopg.errors.DataException, match="different vector dimensions"):
+        reader.execute(
+            "SELECT key FROM search.docs ORDER BY embedding <#> %s::vector LIMIT 5", (old_query,)
+        )
+    assert len(read_alias(reader, models["far"])) == 5  # 24 dimensions
+    command.downgrade(pg, "-1")
+    assert len(read_alias(reader, models["a"])) == 5
+
+
+def test_a_swap_waits_for_a_long_reader_then_reports_who_holds_the_lock(
+    pg: Config, reader: psycopg.Connection
+) -> None:
+    config = with_options(pg, pgvector__lock_timeout_ms=100, pgvector__lock_attempts=2)
+    revisions(config)
+    command.upgrade(config, "r1")
+    reader.autocommit = False
+    reader.execute("SELECT count(*) FROM search.docs").fetchone()  # holds the view until commit
+    pid = reader.info.backend_pid
+    before = snapshot(config, with_history=False)
+    with pytest.raises(StoreError, match=f"pid {pid}"):
+        command.upgrade(config, "head")
+    after = snapshot(config, with_history=False)
+    view = [cast(dict[str, object], state["pgvector"])["search.docs"] for state in (before, after)]
+    assert view[0] == view[1]  # the view as it was: the shadow is kept, for inspection
+    assert command.current(config)[0].revision == "r1"
+    reader.rollback()
+    command.upgrade(config, "head")  # the shadow kept from the failed swap
+    assert command.current(config)[0].revision == "r2"
+
+
+@pytest.mark.process
+def test_killed_load_resumes_with_no_row_twice_and_no_text_embedded_twice(
+    pg: Config, crash_runner: CrashRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_crashes import kill_upgrade_at
+
+    config = with_options(pg, checkpoint_every=50)
+    revisions(config)
+    kill_upgrade_at(crash_runner, config.root, "before-checkpoint", "upgrade", "r1")
+    encoded = count_encodes(monkeypatch)
+    command.upgrade(config, "r1")
+    assert sum(encoded) == 200  # the two checkpointed batches were not embedded again
+    (state,) = command.current(config)
+    assert state.live is not None and state.live.ntotal == 300
+    env = Environment(config)
+    with env.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            f"SELECT count(*), count(DISTINCT key) FROM {pgvector.table_of(state.live).qualified}"
+        ).one()
+    env.dispose()
+    assert tuple(rows) == (300, 300)
+
+
+def test_an_invalid_or_unusable_ann_index_is_refused(pg: Config) -> None:
+    revisions(pg)
+    command.upgrade(pg, "r1")
+    command.upgrade(pg, "head")
+    env = Environment(pg)
+    with env.engine.connect() as conn:
+        (retired,) = [r for r in catalog.indexes(conn, "docs") if r.state == "retired"]
+    table = pgvector.table_of(retired)
+    with env.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass",
+            (f'embedmig."{table.name}_ann"',),
+        )
+    before = snapshot(pg)
+    with pytest.raises(StoreError, match="not valid"):
+        command.downgrade(pg, "-1")
+    assert snapshot(pg) == before
+    with env.engine.begin() as conn:
+        conn.exec_driver_sql(f'DROP INDEX embedmig."{table.name}_ann"')
+        conn.exec_driver_sql(  # an operator class the readers' <#> cannot use
+            f'CREATE INDEX "{table.name}_ann" ON {table.qualified} USING hnsw (embedding vector_l2_ops)'
+        )
+        with pytest.raises(StoreError, match="does not use"):
+            pgvector.check_index(conn, table)
+    env.dispose()
+
+
+def test_prune_drops_the_tables_of_dropped_indexes(pg: Config) -> None:
+    revisions(pg)
+    command.upgrade(pg, "r1")
+    command.upgrade(pg, "head")
+    env = Environment(pg)
+    with env.engine.connect() as conn:
+        (retired,) = [r for r in catalog.indexes(conn, "docs") if r.state == "retired"]
+        assert retired.path is not None and pgvector.exists(conn, retired.path)
+    command.prune(pg, "docs", keep=0)
+    with env.engine.connect() as conn:
+        assert not pgvector.exists(conn, retired.path)
+    env.dispose()
+
+
+def test_pgvector_on_sqlite_is_one_line_naming_the_extension(config: Config) -> None:
+    sqlite = with_options(config, index_store="pgvector")
+    revisions(sqlite)
+    one_line_error(sqlite, "upgrade", "head", match="CREATE EXTENSION vector")
+
+
+def test_pgvector_without_the_extension_is_one_line_naming_it(postgres_config: Config) -> None:
+    bare = with_options(postgres_config, index_store="pgvector")
+    revisions(bare)
+    one_line_error(bare, "upgrade", "head", match="CREATE EXTENSION vector")
+
+
+def test_a_bad_pgvector_index_is_one_line_naming_it(pg: Config) -> None:
+    revisions(pg)
+    path = next((pg.script_location / "versions").glob("r1_*.py"))
+    edit(path, "pgvector_index = 'hnsw'", "pgvector_index = 'hnsw,m=1'")
+    one_line_error(pg, "upgrade", "head", match="m must be an integer from 2 to 100")
+
+
+def test_a_dry_run_reads_the_live_table_and_changes_no_table_or_view(pg: Config) -> None:
+    revisions(pg)
+    command.upgrade(pg, "r1")
+    before = snapshot(pg, with_history=False)
+    report = command.upgrade(pg, "head", dry_run=True, sample=100)
+    assert snapshot(pg, with_history=False) == before
+    (forecast,) = [r for r in report if r is not None]
+    assert forecast.metrics["overlap_at_10"] is not None
+
+
+@pytest.mark.process
+def test_a_canary_mirrors_live_queries_to_the_shadow_table(pg: Config) -> None:
+    from tests.test_canary import canary_revisions, queries_file
+    from tests.test_canary import serve as serve_process
+
+    config = canary_revisions(pg, min_queries=20)
+    assert embedmig(config.root, "-q", "upgrade", "head").returncode == 4  # canary opened
+    stats = serve_process(config.root, queries_file(config.root, 25))
+    assert stats["mirrored"] == 25 and stats["failed"] == 0
+    assert embedmig(config.root, "upgrade", "head").returncode == 0
+    assert command.current(config)[0].revision == "r2"
+
+
+def test_the_watch_and_its_baseline_search_the_live_table(pg: Config) -> None:
+    from tests.test_watch import queries, serve, watched
+
+    config = watched(pg)
+    serve(config, queries())
+    (report,) = command.watch(config)
+    assert report.verdict is not None and report.verdict.passed
+    assert report.metrics["watch_queries"] == 60
+
+
+def test_an_adapter_serves_the_live_table_to_the_new_model(pg: Config) -> None:
+    from tests.test_adapter import adapter_revision
+
+    adapter_revision(pg, gates="min_adapter_overlap_at_10=0.0")
+    command.upgrade(pg, "head")
+    text = "A brand new abstract about zebrafish heart regeneration after injury"
+    with open_writer(pg, "docs") as writer:
+        writer.upsert("fresh-1", text)
+    with open_searcher(pg, "docs") as searcher:
+        assert searcher.search(text, k=1)[0].key == "fresh-1"
+
+
+def test_moving_an_alias_from_faiss_files_into_pgvector_embeds_nothing_again(
+    pg: Config, reader: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from embedmig.embedders import LoadedEmbedder
+
+    config = with_options(pg, index_store="faiss")
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
+    command.upgrade(config, "r1")
+    command.revision(
+        config, "move", alias="docs", new="models/a", rev_id="r2", index_store="pgvector"
+    )
+    embedded: list[int] = []
+    real = LoadedEmbedder.encode_uncached
+
+    def counting(self: LoadedEmbedder, texts: list[str], kind: str, keep: Any = None) -> Any:
+        if kind == "document":
+            embedded.append(len(texts))
+        return real(self, texts, kind, keep)
+
+    monkeypatch.setattr(LoadedEmbedder, "encode_uncached", counting)
+    command.upgrade(config, "head")
+    assert sum(embedded) == 0  # every document's vector came from the embedding cache
+    (state,) = command.current(config)
+    assert state.live is not None and state.live.store == "pgvector"
+    assert one(reader, "SELECT count(*) FROM search.docs") == 300
+    command.downgrade(config, "-1")  # back to the file; the view goes with the alias
+    assert command.current(config)[0].live.store == "faiss"  # type: ignore[union-attr]
+    assert one(reader, "SELECT to_regclass('search.docs')") is None
