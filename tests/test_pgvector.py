@@ -35,13 +35,8 @@ QUERY = "glioblastoma stem cells tumor growth"
 
 
 @pytest.fixture
-def pg(postgres_config: Config) -> Config:
-    """The project on PostgreSQL with the vector extension, its indexes in pgvector."""
-    engine = sa.create_engine(postgres_config.url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE EXTENSION vector")
-    engine.dispose()
-    return with_options(postgres_config, index_store="pgvector")
+def pg(pgvector_config: Config) -> Config:
+    return pgvector_config
 
 
 @pytest.fixture
@@ -160,6 +155,10 @@ def test_searcher_answers_from_the_table_as_the_view_does(
         assert hits[0].snippet and hits[0].revision == "r1"
         batch = searcher.search_many([QUERY, "heart failure"], k=3)
         assert [h.key for h in batch[0]] == [h.key for h in hits[:3]]
+        assert len(searcher.search(QUERY, k=1000)) == 300
+        with open_writer(pg, "docs") as writer:  # more rows than the table held when opened
+            writer.upsert("new-1", "Octopus arms process touch without the central brain")
+        assert len(searcher.search(QUERY, k=1000)) == 301
 
 
 def test_every_acknowledged_write_is_served_before_during_and_after_the_migration(
@@ -418,3 +417,33 @@ def test_moving_an_alias_from_faiss_files_into_pgvector_embeds_nothing_again(
     command.downgrade(config, "-1")  # back to the file; the view goes with the alias
     assert command.current(config)[0].live.store == "faiss"  # type: ignore[union-attr]
     assert one(reader, "SELECT to_regclass('search.docs')") is None
+
+
+@pytest.mark.minilm
+def test_a_384_to_256_dimension_change_on_real_models(
+    pg: Config, reader: psycopg.Connection, real_models: dict[str, Path]
+) -> None:
+    from tests.test_real_models import real_project_at
+
+    config = real_project_at(pg.root, real_models)
+    command.revision(config, "first", alias="docs", new="models/minilm", rev_id="r1")
+    rev = command.revision(config, "static", alias="docs", new="models/static", rev_id="r2")
+    edit(
+        Path(str(rev.path)),
+        "gates = Gates(min_overlap_at_10=0.5, max_score_shift=0.2)",
+        "gates = Gates()",
+    )
+    command.upgrade(config, "r1")
+    dims = "SELECT DISTINCT vector_dims(embedding) FROM search.docs"
+    assert one(reader, dims) == 384
+    old_query = literal(encode(real_models["minilm"], [QUERY])[0])
+    command.upgrade(config, "head")
+    assert one(reader, dims) == 256
+    with pytest.raises(psycopg.errors.DataException, match="different vector dimensions"):
+        reader.execute(
+            "SELECT key FROM search.docs ORDER BY embedding <#> %s::vector LIMIT 5", (old_query,)
+        )
+    assert len(read_alias(reader, real_models["static"])) == 5
+    command.downgrade(config, "-1")
+    assert one(reader, dims) == 384
+    assert len(read_alias(reader, real_models["minilm"])) == 5

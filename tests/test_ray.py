@@ -28,6 +28,7 @@ from tests.support import (
     count_encodes,
     edit,
     embedmig,
+    encode,
     indexed,
     new_project,
     snapshot,
@@ -98,6 +99,19 @@ def test_a_ray_backfill_equals_the_in_process_backfill(config: Config) -> None:
             a, b = ray_side.search(query), local.search(query)
             assert [h.key for h in a] == [h.key for h in b]
             np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-6)
+
+
+def test_a_ray_backfill_loads_a_pgvector_table(
+    pgvector_config: Config, models: dict[str, Path]
+) -> None:
+    config = on_ray(pgvector_config)
+    command.upgrade(config, "r1", executor="ray")  # the driver loads the rows, by COPY
+    served = indexed(config, "docs")
+    rows = corpus_rows(300)
+    assert sorted(served) == sorted(row["id"] for row in rows)
+    expected = encode(models["a"], [row["text"] for row in rows[:20]])
+    got = np.stack([served[row["id"]] for row in rows[:20]])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

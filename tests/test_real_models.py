@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from demo.models import ModelUnavailable, distilled, minilm
 from embedmig import Config, command
 from embedmig.metrics.report import Report
 from tests.support import (
@@ -20,20 +19,10 @@ from tests.support import (
     corpus_rows,
     edit,
     new_project,
-    shared_models,
     with_judged_queries,
 )
 
 pytestmark = pytest.mark.minilm
-
-
-@pytest.fixture(scope="session")
-def real_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    try:
-        folder = minilm()
-    except ModelUnavailable as exc:
-        pytest.skip(str(exc))
-    return {"minilm": folder, "static": distilled(shared_models(tmp_path_factory) / "static-256")}
 
 
 def real_project_at(project: Path, real_models: dict[str, Path]) -> Config:

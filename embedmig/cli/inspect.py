@@ -106,7 +106,7 @@ def show(state: State, rev: str) -> None:
     click.echo(f"Old: {script.old.describe() if script.old else '(none: first index)'}")
     click.echo(f"New: {script.new.describe()}")
     click.echo(f"Gates: {script.gates!r}")
-    click.echo(f"Index factory: {script.index_factory}")
+    click.echo(f"Index: {script.index_store} {script.index_spec}")
     click.echo(f"Path: {script.path}")
     click.echo("")
     click.echo("    " + script.message.replace("\n", "\n    "))
