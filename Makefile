@@ -48,6 +48,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_searcher.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_floor.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_floor.py --docs 100000 --factory HNSW32
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_pgvector.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_ray.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_scale.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_embedders.py

