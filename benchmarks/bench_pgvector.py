@@ -201,16 +201,14 @@ def swap_under_readers(config: Any, model: str, queries: list[str]) -> dict[str,
     """8 SQL readers, each running the documented query (README) every 5 ms, while r2 is built
     and swapped in, then rolled back. Blocked: the slowest reader query that started within a
     second before a swap's commit (the first answer from the other revision) or after it."""
-    import psycopg
-    import sqlalchemy as sa
     from sentence_transformers import SentenceTransformer
 
     from embedmig import command
+    from tests.postgres_server import connect
 
     encoder = SentenceTransformer(model, local_files_only=True)
     vectors = encoder.encode(queries[:64], normalize_embeddings=True)
     literals = ["[" + ",".join(map(str, v.tolist())) + "]" for v in vectors]
-    url = sa.make_url(config.url)
     stop = threading.Event()
     seen: list[list[tuple[float, float, str]]] = [[] for _ in range(8)]  # start, seconds, revision
     errors: list[str] = []
@@ -219,13 +217,7 @@ def swap_under_readers(config: Any, model: str, queries: list[str]) -> dict[str,
     learn = "SELECT fingerprint FROM search.docs LIMIT 1"
 
     def reader(n: int) -> None:
-        conn = psycopg.connect(
-            dbname=url.database,
-            user=url.username,
-            password=url.password,
-            host=str(url.query["host"]),
-            autocommit=True,
-        )
+        conn = connect(config.url)
         row = conn.execute(learn).fetchone()
         fingerprint = row[0] if row else ""
         i = n

@@ -16,15 +16,7 @@ make -C "$ROOT" --no-print-directory install VENV="$VENV"
 export PATH="$VENV/bin:$PATH" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
-python - <<'PY'
-from pathlib import Path
-import sys
-sys.path.insert(0, str(Path.cwd().parents[1]))
-from demo.models import distilled, minilm
-Path("models").mkdir()
-Path("models/all-MiniLM-L6-v2").symlink_to(minilm())
-distilled(Path("models/static-minilm-256"))
-PY
+python "$HERE/models.py" models
 
 say "an OpenAI-compatible server with MiniLM at http://127.0.0.1:$PORT/v1, its key in DEMO_API_KEY"
 export DEMO_API_KEY="demo-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"

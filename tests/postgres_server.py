@@ -43,5 +43,21 @@ def start(folder: Path, cleanup_mode: str | None = None) -> tuple[Any, str]:
     return server, url.render_as_string(hide_password=False)
 
 
+def connect(url: str) -> Any:
+    """A plain psycopg connection (autocommit) to the database of a SQLAlchemy ``url``: what any
+    SQL client of an alias's view holds."""
+    import psycopg
+    import sqlalchemy as sa
+
+    parts = sa.make_url(url)
+    return psycopg.connect(
+        dbname=parts.database,
+        user=parts.username,
+        password=parts.password,
+        host=str(parts.query["host"]),
+        autocommit=True,
+    )
+
+
 if __name__ == "__main__":
     print(start(Path(sys.argv[1]).resolve())[1])

@@ -6,6 +6,7 @@ under CI.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -13,11 +14,11 @@ from typing import Any, cast
 import numpy as np
 import psycopg
 import pytest
-import sqlalchemy as sa
 
 from embedmig import Config, StoreError, command, open_searcher, open_writer
 from embedmig.environment import Environment
 from embedmig.store import catalog, pgvector
+from tests.postgres_server import connect
 from tests.support import (
     CrashRunner,
     cli,
@@ -33,6 +34,7 @@ from tests.support import (
 )
 
 QUERY = "glioblastoma stem cells tumor growth"
+SPEC = "halfvec,hnsw,m=8"
 
 
 @pytest.fixture
@@ -43,14 +45,7 @@ def pg(pgvector_config: Config) -> Config:
 @pytest.fixture
 def reader(pg: Config) -> Iterator[psycopg.Connection]:
     """A plain psycopg connection, as any SQL client of the alias holds one."""
-    url = sa.make_url(pg.url)
-    conn = psycopg.connect(
-        dbname=url.database,
-        user=url.username,
-        password=url.password,
-        host=str(url.query["host"]),
-        autocommit=True,
-    )
+    conn = connect(pg.url)
     yield conn
     conn.close()
 
@@ -91,56 +86,24 @@ def test_full_cycle_through_the_cli_with_an_sql_reader(
     models: dict[str, Path],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    root = str(pg.root / "embedmig.ini")
-    assert (
-        cli(
-            capsys,
-            "-c",
-            root,
-            "revision",
-            "-m",
-            "first",
-            "--alias",
-            "docs",
-            "--new",
-            "models/a",
-            "--rev-id",
-            "r1",
-        )[0]
-        == 0
-    )
-    assert (
-        cli(
-            capsys,
-            "-c",
-            root,
-            "revision",
-            "-m",
-            "second",
-            "--alias",
-            "docs",
-            "--new",
-            "models/near",
-            "--rev-id",
-            "r2",
-            "--pgvector-index",
-            "halfvec,hnsw,m=8",
-        )[0]
-        == 0
-    )
-    assert 'pgvector_index = "halfvec,hnsw,m=8"' in next(
-        (pg.script_location / "versions").glob("r2_*.py")
-    ).read_text().replace("'", '"')
-    assert cli(capsys, "-c", root, "upgrade", "r1")[0] == 0
+    def run(line: str) -> None:
+        code, _, err = cli(capsys, "-c", str(pg.root / "embedmig.ini"), *shlex.split(line))
+        assert code == 0, err
+
+    run("revision -m first --alias docs --new models/a --rev-id r1")
+    run("revision -m second --alias docs --new models/near --rev-id r2 --pgvector-index " + SPEC)
+    written = next((pg.script_location / "versions").glob("r2_*.py")).read_text()
+    assert f"pgvector_index = {SPEC!r}" in written
+    run("upgrade r1")
     first = read_alias(reader, models["a"])
     assert len(first) == 5
     assert one(reader, "SELECT DISTINCT revision FROM search.docs") == "r1"
-    assert cli(capsys, "-c", root, "upgrade", "head")[0] == 0
+    run("upgrade head")
     assert reader.execute("SELECT DISTINCT revision FROM search.docs").fetchall() == [("r2",)]
     model = one(reader, "SELECT obj_description('search.docs'::regclass)")
     assert "near" in model  # the view names the model to embed queries with
     assert len(read_alias(reader, models["near"])) == 5
-    assert cli(capsys, "-c", root, "downgrade", "-1")[0] == 0
+    run("downgrade -1")
     assert read_alias(reader, models["a"]) == first
     assert [e.action for e in command.history(pg)] == ["downgrade", "upgrade", "upgrade"]
 
@@ -323,13 +286,21 @@ def test_an_upgrade_killed_anywhere_ends_correct_after_a_rerun(
     assert set(found) == tables and len(tables) == 2  # no table of the killed run is left
 
 
-def test_an_invalid_or_unusable_ann_index_is_refused(pg: Config) -> None:
-    revisions(pg)
-    command.upgrade(pg, "r1")
-    command.upgrade(pg, "head")
-    env = Environment(pg)
+def swapped_once(config: Config) -> catalog.IndexRecord:
+    """`docs` live on r2, the index r1 built retired: its record."""
+    revisions(config)
+    command.upgrade(config, "r1")
+    command.upgrade(config, "head")
+    env = Environment(config)
     with env.engine.connect() as conn:
         (retired,) = [r for r in catalog.indexes(conn, "docs") if r.state == "retired"]
+    env.dispose()
+    return retired
+
+
+def test_an_invalid_or_unusable_ann_index_is_refused(pg: Config) -> None:
+    retired = swapped_once(pg)
+    env = Environment(pg)
     table = pgvector.table_of(retired)
     with env.engine.begin() as conn:
         conn.exec_driver_sql(
@@ -351,12 +322,9 @@ def test_an_invalid_or_unusable_ann_index_is_refused(pg: Config) -> None:
 
 
 def test_prune_drops_the_tables_of_dropped_indexes(pg: Config) -> None:
-    revisions(pg)
-    command.upgrade(pg, "r1")
-    command.upgrade(pg, "head")
+    retired = swapped_once(pg)
     env = Environment(pg)
     with env.engine.connect() as conn:
-        (retired,) = [r for r in catalog.indexes(conn, "docs") if r.state == "retired"]
         assert retired.path is not None and pgvector.exists(conn, retired.path)
     command.prune(pg, "docs", keep=0)
     with env.engine.connect() as conn:
