@@ -52,7 +52,9 @@ class Searcher:
     gone) is found the same way and refuses searches until a follow succeeds (tried again when
     the clock moves, else every second).
     Keys, snippets and metadata of hits come from memory too: from the sidecar written with the
-    index file (``embedmig.store.sidecar``), kept current from the journal.
+    index file (``embedmig.store.sidecar``), kept current from the journal. On a pgvector table
+    (``index_store = pgvector``) each search is one SQL statement instead, which reads the table
+    writers change and joins the hits' documents: an acknowledged write is served at once.
 
     With ``searcher.log_queries`` it logs a share of the queries it serves, and while a canary is
     open on the alias it mirrors a share of them to the shadow (see ``embedmig.serve.mirror``):
