@@ -29,7 +29,7 @@ from embedmig.errors import ConfigError, ScriptError
 from embedmig.gates import Gates
 from embedmig.names import check_alias, check_revision_id
 from embedmig.store.pgvector import Spec
-from embedmig.store.stores import STORES
+from embedmig.store.stores import PGVECTOR, STORES
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class ScriptDir:
         store = index_store or self.default_store
         if store not in STORES:
             raise ConfigError(f"the index store must be one of {', '.join(STORES)}, got {store!r}")
-        if store == "pgvector":
+        if store == PGVECTOR:
             pgvector_index = str(Spec.parse(pgvector_index))
         if rev_id in self._all_ids():
             raise ScriptError(f"revision {rev_id!r} already exists")
@@ -224,7 +224,16 @@ class ScriptDir:
         if script is None:
             raise ScriptError(f"alembic wrote no script for {rev_id}")
         try:
-            return self._check(script)
+            written = self._check(script)
+            wanted = pgvector_index if store == PGVECTOR else index_factory.strip()
+            if (written.index_store, written.index_spec) != (store, wanted):
+                raise ScriptError(
+                    f"{self.location / 'script.py.mako'} predates index stores: it did not write "
+                    f"index_store = {store!r} with {wanted!r}; copy the index lines of "
+                    "embedmig's template into it (docs/pgvector.md), or set index_store in the "
+                    "config"
+                )
+            return written
         except ScriptError:
             # A script that cannot be loaded must not stay behind to break every later command.
             Path(script.path).unlink(missing_ok=True)

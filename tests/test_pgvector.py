@@ -6,6 +6,7 @@ under CI.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -454,3 +455,18 @@ def test_a_384_to_256_dimension_change_on_real_models(
     command.downgrade(config, "-1")
     assert one(reader, dims) == 384
     assert len(read_alias(reader, real_models["minilm"])) == 5
+
+
+def test_a_template_older_than_stores_refuses_to_write_a_pgvector_revision(config: Config) -> None:
+    template = config.script_location / "script.py.mako"
+    text = template.read_text()
+    # The template of a project made before index stores: the FAISS line alone.
+    old = re.sub(
+        r'% if index_store == "pgvector":\n.*?% else:\n(.*?)% endif\n', r"\1", text, flags=re.S
+    )
+    assert old != text
+    template.write_text(old)
+    command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")  # FAISS: fine
+    line = "revision -m to-pg --alias docs --new models/a --index-store pgvector"
+    one_line_error(config, *line.split(), match="predates index stores")
+    assert [p.name[:3] for p in (config.script_location / "versions").glob("*.py")] == ["r1_"]
