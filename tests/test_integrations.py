@@ -17,7 +17,17 @@ from embedmig.integrations.langchain import EmbedmigRetriever
 QUERY = "glioblastoma stem cells tumor growth"
 
 
-def test_a_langchain_app_keeps_answering_across_a_swap_and_a_rollback(config: Config) -> None:
+@pytest.fixture(params=["faiss", "pgvector"])
+def any_store(request: pytest.FixtureRequest) -> Config:
+    """The project with its indexes in FAISS files, then in pgvector tables."""
+    config: Config = request.getfixturevalue(
+        "pgvector_config" if request.param == "pgvector" else "config"
+    )
+    return config
+
+
+def test_a_langchain_app_keeps_answering_across_a_swap_and_a_rollback(any_store: Config) -> None:
+    config = any_store
     command.revision(config, "first", alias="docs", new="models/a", rev_id="r1")
     command.revision(config, "second", alias="docs", new="models/far", rev_id="r2")
     command.upgrade(config, "r1")
