@@ -121,7 +121,7 @@ def store_alone(dim: int, vectors: np.ndarray, admin: str, work: Path) -> dict[s
     appends plus its Flat index: the stores' own write paths, no model."""
     import sqlalchemy as sa
 
-    from embedmig.store import files, pgvector
+    from embedmig.store import files, pgtables
 
     engine = sa.create_engine(database(admin))
     ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
@@ -137,12 +137,12 @@ def store_alone(dim: int, vectors: np.ndarray, admin: str, work: Path) -> dict[s
                 files.save(spool.build("Flat"), work / f"flat-{turn}.faiss")
                 spool.remove()
             else:
-                table = pgvector.Table(turn + 1, dim, pgvector.Spec.parse("exact"))
+                table = pgtables.Table(turn + 1, dim, pgtables.Spec.parse("exact"))
                 with engine.begin() as conn:
-                    pgvector.create(conn, table)
+                    pgtables.create(conn, table)
                 for start in range(0, len(ids), 8192):
                     with engine.begin() as conn:
-                        pgvector.put(
+                        pgtables.put(
                             conn,
                             table,
                             ids[start : start + 8192],

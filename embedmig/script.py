@@ -28,7 +28,7 @@ from embedmig.embedders import Embedder
 from embedmig.errors import ConfigError, ScriptError
 from embedmig.gates import Gates
 from embedmig.names import check_alias, check_revision_id
-from embedmig.store.pgvector import Spec
+from embedmig.store.pgtables import Spec
 from embedmig.store.stores import PGVECTOR, STORES
 
 
@@ -48,7 +48,7 @@ class Revision:
     upgrade: Callable[[Any], None]
     downgrade: Callable[[Any], None]
     index_store: str = "faiss"  # where its index lives: "faiss" or "pgvector"
-    pgvector_index: str = "hnsw"  # with pgvector: the table's ANN index (``store.pgvector.Spec``)
+    pgvector_index: str = "hnsw"  # with pgvector: the table's ANN index (``store.pgtables.Spec``)
 
     @property
     def index_spec(self) -> str:

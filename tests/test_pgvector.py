@@ -18,7 +18,7 @@ import pytest
 
 from embedmig import Config, StoreError, command, open_searcher, open_writer
 from embedmig.environment import Environment
-from embedmig.store import catalog, pgvector
+from embedmig.store import catalog, pgsearch, pgtables
 from tests.postgres_server import connect
 from tests.support import (
     CrashRunner,
@@ -243,7 +243,7 @@ def test_killed_load_resumes_with_no_row_twice_and_no_text_embedded_twice(
     env = Environment(config)
     with env.engine.connect() as conn:
         rows = conn.exec_driver_sql(
-            f"SELECT count(*), count(DISTINCT key) FROM {pgvector.table_of(state.live).qualified}"
+            f"SELECT count(*), count(DISTINCT key) FROM {pgtables.table_of(state.live).qualified}"
         ).one()
     env.dispose()
     assert tuple(rows) == (300, 300)
@@ -302,7 +302,7 @@ def swapped_once(config: Config) -> catalog.IndexRecord:
 def test_an_invalid_or_unusable_ann_index_is_refused(pg: Config) -> None:
     retired = swapped_once(pg)
     env = Environment(pg)
-    table = pgvector.table_of(retired)
+    table = pgtables.table_of(retired)
     with env.engine.begin() as conn:
         conn.exec_driver_sql(
             "UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass",
@@ -318,7 +318,7 @@ def test_an_invalid_or_unusable_ann_index_is_refused(pg: Config) -> None:
             f'CREATE INDEX "{table.name}_ann" ON {table.qualified} USING hnsw (embedding vector_l2_ops)'
         )
         with pytest.raises(StoreError, match="does not use"):
-            pgvector.check_index(conn, table)
+            pgsearch.check_index(conn, table)
     env.dispose()
 
 
@@ -326,10 +326,10 @@ def test_prune_drops_the_tables_of_dropped_indexes(pg: Config) -> None:
     retired = swapped_once(pg)
     env = Environment(pg)
     with env.engine.connect() as conn:
-        assert retired.path is not None and pgvector.exists(conn, retired.path)
+        assert retired.path is not None and pgtables.exists(conn, retired.path)
     command.prune(pg, "docs", keep=0)
     with env.engine.connect() as conn:
-        assert not pgvector.exists(conn, retired.path)
+        assert not pgtables.exists(conn, retired.path)
     env.dispose()
 
 

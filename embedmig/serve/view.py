@@ -7,7 +7,7 @@ import numpy as np
 
 from embedmig.embedders import LoadedEmbedder
 from embedmig.environment import Environment
-from embedmig.store import catalog, docids, files, journal, pgvector
+from embedmig.store import catalog, docids, files, journal, pgsearch, pgtables
 from embedmig.store.overlay import Overlay
 from embedmig.store.stores import PGVECTOR
 
@@ -28,9 +28,9 @@ class IndexView:
         self.record = record
         self.adapter = adapter
         self.overlay: Overlay | None = None
-        self.table: pgvector.Opened | None = None
+        self.table: pgsearch.Opened | None = None
         if record.store == PGVECTOR:
-            self.table = pgvector.Opened(env.engine, pgvector.table_of(record))
+            self.table = pgsearch.Opened(env.engine, pgtables.table_of(record))
         else:
             self.overlay = Overlay(files.load(env.file_of(record), record.sha256), record.base_seq)
         self._embedder = embedder
@@ -74,7 +74,7 @@ class IndexView:
         if self.overlay is not None:
             return self.overlay.contents()
         with self.env.engine.connect() as conn:
-            return pgvector.contents(conn, pgvector.table_of(self.record))
+            return pgtables.contents(conn, pgtables.table_of(self.record))
 
     def catch_up(self) -> journal.Tail:
         """Apply the changes journaled since the last call; return them, folded (a table has
