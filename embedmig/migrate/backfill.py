@@ -379,7 +379,7 @@ class _Merged:
     tail: journal.Tail  # changes written during the backfill
     plan: carryover.Plan | None  # None: the live index predates manifests
     live: catalog.IndexRecord | None
-    upsert_ids: np.ndarray  # everything put on the spool after the corpus read
+    upsert_ids: np.ndarray  # everything put into the build after the corpus read
     upsert_sha: np.ndarray
     deleted_ids: np.ndarray
 
@@ -406,8 +406,8 @@ def _reconcile(
     build: Build,
     step: int,
 ) -> _Merged:
-    """Put on the spool, after the corpus read, the net effect of the changes journaled since the
-    shadow started (the replay) and the writes the alias serves that the corpus lacks (the
+    """Put into the build, after the corpus read, the net effect of the changes journaled since
+    the shadow started (the replay) and the writes the alias serves that the corpus lacks (the
     carry-over).
 
     The corpus was read over a span of time, so a document changed meanwhile may have been read in
