@@ -1,9 +1,10 @@
 """The one small protocol every index store speaks, and what a store may ask of its project.
 
-A store keeps the indexes of aliases: FAISS files (``store.files``, the default: embedded, no
-server) or tables in PostgreSQL with pgvector (``store.pgvector``). Each is one module with one
-``Store`` class; the rest of embedmig reaches a store only through this protocol (the FAISS
-reader's in-memory journal tail, ``store.overlay``, aside). docs/stores.md says how another engine
+A store keeps the indexes of aliases: FAISS files (``store.filestore`` over ``store.files``, the
+default: embedded, no server) or tables in PostgreSQL with pgvector (``store.pgvector`` over
+``store.pgtables`` and ``store.pgsearch``). Each has one ``Store`` class; the rest of embedmig
+reaches a store only through this protocol (the readers' views aside: ``serve.view`` applies the
+journal to a FAISS file in memory, ``store.overlay``, and searches a table directly). docs/stores.md says how another engine
 (one with native atomic aliases: Qdrant, OpenSearch, Milvus) becomes one module.
 """
 
